@@ -1,0 +1,3 @@
+from dus.cli import main
+
+main()

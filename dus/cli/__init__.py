@@ -1,0 +1,72 @@
+"""The `dus` command line: a thin layer over the Python API.
+
+Each group of commands lives in its own module and registers itself on `app`.
+`main` turns every expected failure into one `error: ...` line on stderr,
+exit code 2 for bad input or usage and 1 for run-time failures; `--debug` or
+DUS_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from dus.errors import DusError
+
+app = typer.Typer(
+    name="dus",
+    help="Depth up-scaling for Hugging Face decoder models: plan, build, verify, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Command modules register on `app` when imported; the order is the help order.
+from dus.cli import surgery  # noqa: E402,F401
+
+for _optional in ("train", "analyze", "instruct"):
+    try:
+        __import__(f"dus.cli.{_optional}")
+    except ModuleNotFoundError as _e:  # a module not written yet, not a missing dependency
+        if _e.name != f"dus.cli.{_optional}":
+            raise
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("DUS_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        app(args=argv, prog_name="dus", standalone_mode=False)
+    except DusError as e:
+        if debug:
+            raise
+        _fail(str(e), e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        _fail(e.format_message(), e.exit_code)
+    except Exception as e:  # an unexpected failure is still one line unless debugging
+        if debug:
+            raise
+        _fail(f"{e.__class__.__name__}: {e} (rerun with --debug for the traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = " ".join(message.split())
+    print(f"error: {first_line}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""`dus plan`, `dus build`, `dus verify`."""
