@@ -1,1 +1,143 @@
-"""`dus plan`, `dus build`, `dus verify`."""
+"""`dus plan`, `dus build`, `dus verify`: layer surgery from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dus.cli import app
+
+_SOURCE = typer.Argument(..., help="Model directory, Hub repo id, or (for plan) a bare config.json.")
+_PLAN_HELP = "Plan options (the defaults come from --config or --preset when given)"
+
+
+def _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset, config) -> dict:
+    return dict(overlap=overlap, layers=layers, recipe=recipe, factor=factor, group=group,
+                new_layers=new_layers, dtype=dtype, preset=preset, config=config)
+
+
+# Shared plan options, declared once and reused by plan and build.
+OVERLAP = typer.Option(None, "--overlap", help="SOLAR DUS: drop the last M layers of copy one and the first M of copy two [default: 8].", rich_help_panel=_PLAN_HELP)
+LAYERS = typer.Option(None, "--layers", help="Explicit stack of source layers: half-open ranges and indices, e.g. 0:24,8:32 or 0:8,7,7,8:16.", rich_help_panel=_PLAN_HELP)
+RECIPE = typer.Option(None, "--recipe", help="dus | stack | interleave | idus | expand | layers.", rich_help_panel=_PLAN_HELP)
+FACTOR = typer.Option(None, "--factor", help="stack / interleave: growth factor G [default: 2].", rich_help_panel=_PLAN_HELP)
+GROUP = typer.Option(None, "--group", help="idus: layers per group K [default: 8].", rich_help_panel=_PLAN_HELP)
+NEW_LAYERS = typer.Option(None, "--new-layers", help="expand: number of zero-initialised identity blocks to insert.", rich_help_panel=_PLAN_HELP)
+DTYPE = typer.Option(None, "--dtype", help="auto | bfloat16 | float16 | float32 [default: auto, keep the source's].", rich_help_panel=_PLAN_HELP)
+PRESET = typer.Option(None, "--preset", help="A published recipe: solar (SOLAR-10.7B from Mistral-7B).", rich_help_panel=_PLAN_HELP)
+CONFIG = typer.Option(None, "--config", help="A YAML recipe file (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
+
+
+@app.command("plan")
+def plan_command(
+    source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id, or a bare config.json."),
+    overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
+    factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
+    dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
+):
+    """Show what a build would write: the layer map, layer and parameter counts, output bytes.
+
+    Reads only config.json and safetensors headers, never the weights.
+    """
+    import dus.api
+
+    resolved = dus.api.plan(source, **_plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
+                                                    str(config) if config else None))
+    if plot:
+        from dus.plan.plot import plot_plan
+
+        plot_plan(resolved.plan, resolved.base.num_layers, plot)
+    if as_json:
+        print(json.dumps(resolved.to_json(), indent=2))
+        return
+    print(format_plan(resolved))
+
+
+def format_plan(resolved) -> str:
+    info = resolved.to_json()
+    lines = [f"source:      {info['source']}  ({info['source_num_layers']} layers, {info['source_num_parameters']:,} parameters)",
+             f"recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
+             f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
+             f"{_human(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
+             "layer map (output <- source):"]
+    for out_range, src_text in _runs(resolved.plan.layers):
+        lines.append(f"  {out_range:>9}  <-  {src_text}")
+    return "\n".join(lines)
+
+
+def _runs(layers):
+    """Group consecutive plain copies of consecutive source layers: 0-23 <- base 0-23 (copy)."""
+    runs = []
+    for i, layer in enumerate(layers):
+        simple = len(layer.inputs) == 1 and not layer.edits
+        if (runs and simple and runs[-1]["simple"] and runs[-1]["source"] == layer.source
+                and runs[-1]["src_end"] + 1 == layer.source_layer and runs[-1]["end"] + 1 == i):
+            runs[-1].update(end=i, src_end=layer.source_layer)
+            continue
+        runs.append({"start": i, "end": i, "src_start": layer.source_layer, "src_end": layer.source_layer,
+                     "source": layer.source, "simple": simple, "layer": layer})
+    for run in runs:
+        out = f"{run['start']}" if run["start"] == run["end"] else f"{run['start']}-{run['end']}"
+        layer = run["layer"]
+        if run["simple"]:
+            src = f"{run['src_start']}" if run["src_start"] == run["src_end"] else f"{run['src_start']}-{run['src_end']}"
+            text = f"{run['source']} {src} (copy)"
+        elif len(layer.inputs) > 1:
+            text = "blend " + " + ".join(f"{r.weight:g} x {r.source} {r.layer}" for r in layer.inputs)
+        else:
+            edits = "; ".join(f"{e.op} {','.join(e.modules)}" + (f" x{e.factor:g}" if e.op == "scale" else "") for e in layer.edits)
+            text = f"{layer.source} {layer.source_layer} ({edits})"
+        yield out, text + (" [new]" if layer.new else "")
+
+
+def _human(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
+        nbytes /= 1000
+
+
+@app.command("build")
+def build_command(
+    source: Optional[str] = typer.Argument(None, help="Model directory or Hub repo id (or `source:` in --config)."),
+    output: Path = typer.Argument(..., help="Output directory (must not exist unless --force)."),
+    overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
+    factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
+    dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
+    shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
+):
+    """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards."""
+    import dus.api
+    from dus.cli.progress import byte_progress
+
+    resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
+                                  str(config) if config else None)
+    with byte_progress("building") as progress:
+        record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress, **resolved_opts)
+    out = record["output"]
+    print(f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "
+          f"{len(out['shards'])} shard(s), {out['total_size']:,} tensor bytes")
+    if verify:
+        verify_command(output, None)
+
+
+@app.command("verify")
+def verify_command(
+    output: Path = typer.Argument(..., help="A directory written by dus build."),
+    source: Optional[str] = typer.Option(None, "--source", help="The source model, if it moved since the build."),
+):
+    """Prove a build is what its dus_plan.json says: hashes, bytes, names, shapes, config."""
+    import dus.api
+
+    report = dus.api.verify(output, source)
+    print(report.summary())
+    if not report.ok:
+        sys.exit(1)

@@ -1,0 +1,152 @@
+"""The Python API: `dus.plan`, `dus.build`, `dus.verify`. The CLI calls these.
+
+    import dus
+    report = dus.plan("mistralai/Mistral-7B-v0.1", overlap=8)
+    dus.build("mistralai/Mistral-7B-v0.1", "solar-base", preset="solar")
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dus import __version__
+from dus.errors import InputError
+from dus.plan.config import output_config
+from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
+from dus.plan.make import make_plan, resolve_options
+from dus.plan.model import Plan
+from dus.read.source import Source, open_source
+
+PLAN_FILE = "dus_plan.json"
+
+
+@dataclass
+class ResolvedPlan:
+    """A plan bound to its opened sources: every output tensor and the output config."""
+
+    plan: Plan
+    sources: dict[str, Source]
+    tensors: list[TensorSpec]
+    config: dict
+    options: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> Source:
+        return self.sources[self.plan.base]
+
+    @property
+    def num_parameters(self) -> int:
+        return num_parameters(self.tensors)
+
+    @property
+    def output_bytes(self) -> int:
+        return output_bytes(self.tensors)
+
+    def to_json(self) -> dict:
+        """The `dus plan --json` object."""
+        return {
+            "source": self.base.ref,
+            "source_num_layers": self.base.num_layers,
+            "num_layers": len(self.plan.layers),
+            "layer_prefix": self.base.layer_prefix,
+            "recipe": self.plan.recipe,
+            "dtype": self.plan.dtype,
+            "layers": self.plan.to_json()["layers"],
+            "num_parameters": self.num_parameters,
+            "source_num_parameters": num_parameters(_source_specs(self.base)),
+            "output_bytes": self.output_bytes,
+            "num_tensors": len(self.tensors),
+            "config": self.config,
+        }
+
+
+def _source_specs(source: Source) -> list[TensorSpec]:
+    return [TensorSpec(n, i.dtype, i.shape, ((i, 1.0),)) for n, i in source.tensors.items()]
+
+
+def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,
+         factor: int | None = None, group: int | None = None, new_layers: int | None = None,
+         dtype: str | None = None, preset: str | None = None, config: str | None = None,
+         sources: dict[str, str] | None = None, need_weights: bool = False) -> ResolvedPlan:
+    """Resolve a plan from headers only (no weights are read)."""
+    options = resolve_options(
+        {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
+         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
+        recipe_file=config, preset_name=preset)
+    refs = _source_refs(options)
+    opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
+    the_plan = make_plan(opened, options)
+    tensors = layout(the_plan, opened)
+    base = opened[the_plan.base]
+    out_dtype = None if the_plan.dtype == "auto" else the_plan.dtype
+    config_out = output_config(base.config, [l.source_layer for l in the_plan.layers], out_dtype,
+                               the_plan.config_overrides)
+    return ResolvedPlan(the_plan, opened, tensors, config_out, options)
+
+
+def _source_refs(options: dict) -> dict[str, str]:
+    if options.get("sources"):
+        refs = dict(options["sources"])
+        if options.get("source") and options["source"] not in refs.values():
+            refs = {"base": options["source"], **{k: v for k, v in refs.items() if k != "base"}}
+        return refs
+    if not options.get("source"):
+        raise InputError("no SOURCE given (as an argument or `source:` in the recipe file)")
+    return {"base": str(options["source"])}
+
+
+def build(source: str | None, output: str | Path, *, shard_size: str | int = "5GB", force: bool = False,
+          verify: bool = False, progress: Callable[[int], None] | None = None, **plan_options) -> dict:
+    """Build OUTPUT from SOURCE by the plan; return the written dus_plan.json record."""
+    from dus.write.build import write_model
+
+    resolved = plan(source, need_weights=True, **plan_options)
+    record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress)
+    if verify:
+        from dus.verify.check import verify_model
+
+        verify_model(Path(output))
+    return record
+
+
+def verify(output: str | Path, source: str | None = None):
+    from dus.verify.check import verify_model
+
+    return verify_model(Path(output), source)
+
+
+def parse_size(size: str | int) -> int:
+    """'5GB' -> 5_000_000_000 (decimal, as Hugging Face uses), '2GiB' -> 2 * 2**30."""
+    if isinstance(size, int):
+        value = size
+    else:
+        text = size.strip().upper().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+                 "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+        for unit, scale in units.items():
+            if text.endswith(unit):
+                text, factor = text[: -len(unit)], scale
+                break
+        else:
+            factor = 1
+        try:
+            value = int(float(text) * factor)
+        except ValueError:
+            raise InputError(f"cannot parse size {size!r}: use e.g. 5GB, 500MB or 2GiB") from None
+    if value <= 0:
+        raise InputError(f"shard size must be positive, got {size!r}")
+    return value
+
+
+def read_plan_record(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / PLAN_FILE
+    if not path.is_file():
+        raise InputError(f"{model_dir}: no {PLAN_FILE} (not built by dus build)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON ({e})") from e

@@ -1,0 +1,18 @@
+"""A bytes-written progress bar on a terminal, nothing when output is not a TTY."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
+@contextlib.contextmanager
+def byte_progress(label: str):
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(f"[bold]{label}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda nbytes: bar.advance(task, nbytes)

@@ -1,0 +1,142 @@
+"""Turn user options, a preset or a recipe file into a Plan.
+
+Precedence: a recipe file (--config) or preset gives the defaults; options
+given explicitly on the command line or in the API call override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dus.errors import InputError
+from dus.plan import recipes
+from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
+from dus.plan.presets import PRESETS
+from dus.read.architecture import residual_output_modules
+from dus.read.source import Source
+
+RECIPES = ("dus", "stack", "interleave", "idus", "expand", "layers")
+RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
+               "dtype", "config_overrides", "shard_size", "preset"}
+
+
+def load_recipe_file(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a recipe file must be a mapping of keys to values")
+    unknown = sorted(set(data) - RECIPE_KEYS)
+    if unknown:
+        raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
+    if "preset" in data:
+        data = {**preset(data.pop("preset")), **data}
+    return data
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return dict(PRESETS[name])
+
+
+def resolve_options(options: dict, recipe_file: str | None = None, preset_name: str | None = None) -> dict:
+    """Merge recipe file, preset and explicit options (None = not given)."""
+    merged: dict = {}
+    if recipe_file:
+        merged.update(load_recipe_file(recipe_file))
+    if preset_name:
+        merged.update(preset(preset_name))
+    merged.update({k: v for k, v in options.items() if v is not None})
+    if isinstance(merged.get("layers"), str) and "recipe" not in options:
+        merged["recipe"] = "layers"  # an explicit stack beats a preset's recipe
+    return merged
+
+
+def make_plan(sources: dict[str, Source], options: dict) -> Plan:
+    base = sources[next(iter(sources))]
+    n = base.num_layers
+    recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+    if recipe not in RECIPES:
+        raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    if recipe == "dus":
+        layers = recipes.dus(n, int(options.get("overlap", 8)))
+        described = {"name": "dus", "overlap": int(options.get("overlap", 8))}
+    elif recipe == "stack":
+        layers, described = recipes.stack(n, int(options.get("factor", 2))), {"name": "stack", "factor": int(options.get("factor", 2))}
+    elif recipe == "interleave":
+        layers, described = recipes.interleave(n, int(options.get("factor", 2))), {"name": "interleave", "factor": int(options.get("factor", 2))}
+    elif recipe == "idus":
+        layers, described = recipes.idus(n, int(options.get("group", 8))), {"name": "idus", "group": int(options.get("group", 8))}
+    elif recipe == "expand":
+        if options.get("new_layers") is None:
+            raise InputError("--recipe expand needs --new-layers K")
+        k = int(options["new_layers"])
+        modules = residual_output_modules(base.layer_tensors[0])
+        layers, described = recipes.expand(n, k, modules), {"name": "expand", "new_layers": k, "zeroed": list(modules)}
+    else:
+        spec = options.get("layers")
+        if spec is None:
+            raise InputError("--recipe layers needs --layers SPEC")
+        layers, described = layer_entries(spec, sources), {"name": "layers", "layers": spec if isinstance(spec, str) else "explicit"}
+    dtype = options.get("dtype") or "auto"
+    return Plan(layers, {name: s.ref for name, s in sources.items()}, described,
+                dict(options.get("config_overrides") or {}), dtype)
+
+
+def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
+    """A layer SPEC string, or a recipe file's list of layer entries."""
+    base_name = next(iter(sources))
+    if isinstance(spec, str):
+        return [copy_of(i) for i in recipes.parse_layer_spec(spec, sources[base_name].num_layers)]
+    if not isinstance(spec, list):
+        raise InputError("layers must be a SPEC string like '0:24,8:32' or a list of layer entries")
+    layers: list[OutputLayer] = []
+    for entry in spec:
+        layers.extend(_entry_layers(entry, sources, base_name))
+    return layers
+
+
+def _entry_layers(entry, sources: dict[str, Source], base_name: str) -> list[OutputLayer]:
+    if not isinstance(entry, dict):
+        raise InputError(f"layer entry {entry!r} must be a mapping (range/layer/blend, with optional zero/scale/new)")
+    source = entry.get("source", base_name)
+    if source not in sources:
+        raise InputError(f"layer entry names source {source!r}, which is not among the sources ({', '.join(sources)})")
+    edits = []
+    if "zero" in entry:
+        edits.append(Edit("zero", tuple(entry["zero"]), 0.0))
+    if "scale" in entry:
+        scale = entry["scale"]
+        edits.append(Edit("scale", tuple(scale["modules"]), float(scale["factor"])))
+    new = bool(entry.get("new", bool(edits)))
+    n = sources[source].num_layers
+    if "range" in entry:
+        start, stop = entry["range"]
+        indices = recipes.parse_layer_spec(f"{start}:{stop}", n)
+        return [OutputLayer((LayerRef(i, source),), tuple(edits), new) for i in indices]
+    if "layer" in entry:
+        (index,) = recipes.parse_layer_spec(str(entry["layer"]), n)
+        return [OutputLayer((LayerRef(index, source),), tuple(edits), new)]
+    if "blend" in entry:
+        items = entry["blend"]
+        if not isinstance(items, list) or len(items) < 2:
+            raise InputError("a blend needs a list of at least two layers")
+        equal = 1.0 / len(items)  # unweighted items average
+        refs = tuple(_blend_ref(item, source, equal) for item in items)
+        return [OutputLayer(refs, tuple(edits), bool(entry.get("new", True)))]
+    raise InputError(f"layer entry {entry!r} needs one of range, layer or blend")
+
+
+def _blend_ref(item, default_source: str, default_weight: float) -> LayerRef:
+    if isinstance(item, int):
+        return LayerRef(item, default_source, default_weight)
+    if isinstance(item, dict) and "layer" in item:
+        return LayerRef(int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight)))
+    raise InputError(f"blend item {item!r} must be a mapping with layer, weight and optional source")

@@ -1,0 +1,53 @@
+"""Hub repo ids as sources: config, side files and safetensors only, never pickles.
+
+`dus plan` reads remote safetensors headers (no weights); `dus build` downloads
+the needed files into the Hugging Face cache. HF_HUB_OFFLINE is honoured by
+huggingface_hub itself: offline, cached files are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dus.errors import InputError
+from dus.read.safetensors import TensorInfo
+from dus.read.source import INDEX_FILE, SIDE_FILES, Source, open_directory
+
+WEIGHT_PATTERNS = ["*.safetensors", INDEX_FILE]
+
+
+def open_hub_source(repo_id: str, *, need_weights: bool) -> Source:
+    from huggingface_hub import constants
+
+    if need_weights or constants.HF_HUB_OFFLINE:
+        directory = _download(repo_id, ["config.json", *SIDE_FILES, *WEIGHT_PATTERNS])
+        return open_directory(directory, repo_id, need_weights=need_weights, revision=directory.name)
+    directory = _download(repo_id, ["config.json"])
+    source = open_directory(directory, repo_id, need_weights=False, revision=directory.name)
+    source.tensors = _remote_tensors(repo_id, directory.name)
+    return source
+
+
+def _download(repo_id: str, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise InputError(f"{repo_id}: cannot get it from the Hugging Face Hub or its cache ({e.__class__.__name__})") from e
+
+
+def _remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:
+    from huggingface_hub import get_safetensors_metadata
+
+    try:
+        metadata = get_safetensors_metadata(repo_id, revision=revision)
+    except Exception as e:  # any Hub failure is a one-line error for the user
+        raise InputError(f"{repo_id}: cannot read its safetensors headers ({e.__class__.__name__})") from e
+    tensors = {}
+    for filename, file_meta in metadata.files_metadata.items():
+        for name, t in file_meta.tensors.items():
+            start, end = t.data_offsets
+            tensors[name] = TensorInfo(filename, t.dtype, tuple(t.shape), start, end)
+    return tensors

@@ -1,0 +1,177 @@
+"""Resolve a SOURCE (model directory, bare config.json, or Hub repo id) into
+its config and a validated map of where every tensor's bytes live.
+
+Only headers are read. Weight-map entries must name safetensors files inside
+the model directory; pickle checkpoints are refused, never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dus.errors import InputError
+from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
+from dus.read.safetensors import DTYPE_SIZES, TensorInfo, read_header
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+SIDE_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+    "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TORCH_TO_SAFETENSORS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+@dataclass
+class Source:
+    ref: str
+    config: dict
+    tensors: dict[str, TensorInfo]
+    directory: Path | None = None
+    revision: str | None = None
+    has_weights: bool = True
+    _prefix: str | None = field(default=None, repr=False)
+
+    @property
+    def layer_key(self) -> str:
+        return layer_count_key(self.config)
+
+    @property
+    def num_layers(self) -> int:
+        return self.config[self.layer_key]
+
+    @property
+    def layer_prefix(self) -> str:
+        if self._prefix is None:
+            self._prefix = find_layer_prefix(self.tensors, self.num_layers)
+        return self._prefix
+
+    @cached_property
+    def layer_tensors(self) -> dict[int, dict[str, str]]:
+        """{layer index: {suffix within the layer: full tensor name}}."""
+        layers: dict[int, dict[str, str]] = {i: {} for i in range(self.num_layers)}
+        for name in self.tensors:
+            split = split_layer_name(name, self.layer_prefix)
+            if split:
+                layers[split[0]][split[1]] = name
+        return layers
+
+    def side_files(self) -> list[Path]:
+        if self.directory is None:
+            return []
+        return [self.directory / f for f in SIDE_FILES if (self.directory / f).is_file()]
+
+
+def open_source(ref: str, *, need_weights: bool = True) -> Source:
+    path = Path(ref).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise InputError(f"{ref}: SOURCE must be a model directory, a config.json or a Hub repo id")
+        if need_weights:
+            raise InputError(f"{ref} is a bare config: building needs a model directory with safetensors weights")
+        config = read_config(path)
+        return Source(ref, config, meta_tensors(config), has_weights=False)
+    if path.is_dir():
+        return open_directory(path, ref, need_weights=need_weights)
+    if _REPO_ID.match(ref) and not ref.startswith((".", "/")):
+        from dus.read.hub import open_hub_source
+
+        return open_hub_source(ref, need_weights=need_weights)
+    raise InputError(f"{ref}: no such model directory or file")
+
+
+def open_directory(path: Path, ref: str, *, need_weights: bool = True, revision: str | None = None) -> Source:
+    config = read_config(path / "config.json")
+    tensors = local_tensors(path)
+    if tensors is None:
+        if need_weights:
+            raise InputError(f"{ref}: no {SINGLE_FILE} or {INDEX_FILE} in the model directory")
+        return Source(ref, config, meta_tensors(config), directory=path, revision=revision, has_weights=False)
+    return Source(ref, config, tensors, directory=path, revision=revision)
+
+
+def read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path.parent}: no config.json in the model directory" if path.name == "config.json"
+                         else f"{path}: no such file")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: config must be a JSON object")
+    return config
+
+
+def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
+    """All tensors of a local checkpoint, or None when it has no safetensors weights."""
+    if (directory / INDEX_FILE).is_file():
+        return _sharded_tensors(directory)
+    if (directory / SINGLE_FILE).is_file():
+        tensors, _ = read_header(str(directory / SINGLE_FILE))
+        return tensors
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(f"{directory}: only safetensors checkpoints are supported; refusing to unpickle "
+                         f"{pickles[0]} (pickle files can run code). Convert it to safetensors first.")
+    return None
+
+
+def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
+    index_path = directory / INDEX_FILE
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+    except (KeyError, AssertionError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)") from None
+    tensors: dict[str, TensorInfo] = {}
+    for filename in sorted(set(weight_map.values())):
+        shard = _inside(directory, filename)
+        header, _ = read_header(str(shard))
+        for name, info in header.items():
+            if weight_map.get(name) != filename:
+                raise InputError(f"{filename}: tensor {name!r} is not listed for this file in {INDEX_FILE}")
+            tensors[name] = info
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise InputError(f"{INDEX_FILE} lists {missing[0]!r} in {weight_map[missing[0]]}, which does not contain it")
+    return tensors
+
+
+def _inside(directory: Path, filename: str) -> Path:
+    """A weight-map file name, refused unless it is a safetensors file in `directory`."""
+    candidate = directory / filename
+    if (os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors")
+            or not candidate.resolve().is_relative_to(directory.resolve())):
+        raise InputError(f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a safetensors file")
+    if not candidate.is_file():
+        raise InputError(f"{INDEX_FILE}: shard {filename!r} is missing")
+    return candidate
+
+
+def meta_tensors(config: dict) -> dict[str, TensorInfo]:
+    """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
+    import torch
+    import transformers
+
+    config = {k: v for k, v in config.items() if k not in ("quantization_config",)}
+    try:
+        hf_config = transformers.AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"transformers cannot build a model from this config: {e}") from e
+    dtype = TORCH_TO_SAFETENSORS.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
+    tensors = {}
+    for name, param in model.named_parameters():
+        nbytes = param.numel() * DTYPE_SIZES[dtype]
+        tensors[name] = TensorInfo("", dtype, tuple(param.shape), 0, nbytes)
+    return tensors

@@ -1,0 +1,36 @@
+"""The model card (README.md) of a built model: Hub front matter and the layer map."""
+
+from __future__ import annotations
+
+import re
+
+from dus.plan.model import Plan
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
+    bases = [ref for ref in plan.sources.values() if _REPO_ID.match(ref)]
+    front = ["---", "library_name: transformers", "tags:", "- dus", "- depth-up-scaling",
+             f"- {plan.recipe.get('name', 'custom')}"]
+    if bases:
+        front += ["base_model:"] + [f"- {b}" for b in bases]
+        if len(bases) > 1:
+            front.append("base_model_relation: merge")
+    front.append("---")
+    recipe = ", ".join(f"{k}={v}" for k, v in plan.recipe.items() if k != "name")
+    lines = [
+        *front, "",
+        f"# Depth up-scaled from {plan.sources[plan.base]}", "",
+        f"Built with [dus](https://pypi.org/project/dus/) recipe `{plan.recipe.get('name')}`"
+        + (f" ({recipe})" if recipe else "") + f": {source_layers} → {len(plan.layers)} decoder layers, "
+        f"{num_parameters:,} parameters. `dus_plan.json` records the exact plan and the sha256 of every shard; "
+        "`dus verify` checks them.", "",
+        "Like SOLAR-10.7B right after depth up-scaling, this model is expected to need continued pretraining.", "",
+        "| output layer | source | source layer | op |", "|---:|---|---:|---|",
+    ]
+    for i, layer in enumerate(plan.layers):
+        src = " + ".join(f"{r.weight:g}×{r.layer}" for r in layer.inputs) if len(layer.inputs) > 1 else str(layer.source_layer)
+        op = layer.op + (" (new)" if layer.new else "")
+        lines.append(f"| {i} | {layer.source} | {src} | {op} |")
+    return "\n".join(lines) + "\n"

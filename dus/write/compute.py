@@ -1,0 +1,54 @@
+"""The only place tensor values are decoded: blends, scales and dtype changes.
+
+One output tensor at a time, so memory is bounded by the largest tensor, not
+the model. torch is imported here and only here on the build path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dus.plan.layout import TensorSpec
+from dus.read.safetensors import TensorInfo
+
+_TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+                "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def torch_dtype(code: str):
+    import torch
+
+    return getattr(torch, _TORCH_NAMES[code])
+
+
+def read_tensor(info: TensorInfo):
+    """Decode one tensor from its byte range (little-endian, as safetensors stores it)."""
+    import torch
+
+    buffer = bytearray(info.nbytes)
+    with open(info.path, "rb") as f:
+        f.seek(info.start)
+        if f.readinto(buffer) != info.nbytes:
+            raise OSError(f"{info.path}: file ended inside a tensor")
+    if not buffer:
+        return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+    return torch.frombuffer(buffer, dtype=torch_dtype(info.dtype)).reshape(info.shape)
+
+
+def tensor_bytes(spec: TensorSpec) -> bytes:
+    """The output bytes of a tensor that is not a plain byte copy."""
+    import torch
+
+    if not spec.parts:  # zeroed: all-zero bytes are 0 in every dtype
+        return bytes(spec.nbytes)
+    out_dtype = torch_dtype(spec.dtype)
+    if len(spec.parts) == 1 and spec.parts[0][1] == 1.0 and spec.factor == 1.0:
+        result = read_tensor(spec.parts[0][0]).to(out_dtype)  # a pure dtype change
+    else:
+        wide = torch.float64 if any(info.dtype == "F64" for info, _ in spec.parts) else torch.float32
+        result = None
+        for info, weight in spec.parts:
+            term = read_tensor(info).to(wide) * weight
+            result = term if result is None else result + term
+        result = (result * spec.factor).to(out_dtype)
+    return result.contiguous().view(torch.uint8).numpy().tobytes()

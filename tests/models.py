@@ -1,0 +1,85 @@
+"""Tiny random models of many architectures, made from transformers' config classes."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import transformers
+
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+ARCHITECTURES = {
+    "llama": lambda: transformers.LlamaConfig(**COMMON),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=8),
+    "mixtral": lambda: transformers.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=6, max_window_layers=2),
+    "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=8),
+    "gemma2": lambda: transformers.Gemma2Config(**COMMON, head_dim=8, sliding_window=6),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=6, sliding_window_pattern=2),
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                                   num_attention_heads=4, max_position_embeddings=128),
+    "olmo2": lambda: transformers.Olmo2Config(**COMMON),
+    "starcoder2": lambda: transformers.Starcoder2Config(**COMMON, sliding_window=8),
+    "cohere2": lambda: transformers.Cohere2Config(**COMMON, sliding_window=6),
+    "phi": lambda: transformers.PhiConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                          num_attention_heads=4, max_position_embeddings=128),
+    "granite": lambda: transformers.GraniteConfig(**COMMON),
+}
+
+
+def make_model(arch: str, seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    config = ARCHITECTURES[arch]()
+    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype)
+    # Default inits leave biases and norms at constants; perturb every tensor so a
+    # misplaced copy cannot go unnoticed.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def save_model(arch: str, directory, seed: int = 0, dtype=torch.float32, max_shard_size=None):
+    model = make_model(arch, seed, dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(directory, **kwargs)
+    return model
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    n = _layer_count(model.config)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    return lists[0]
+
+
+def _layer_count(config) -> int:
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, key):
+            return getattr(config, key)
+    raise KeyError("layer count")
+
+
+def reference_model(model, source_layers: list[int]):
+    """An independent in-memory up-scaled model: layer modules deep-copied into plan
+    order, layer_idx renumbered so each layer owns its KV-cache slot."""
+    ref = copy.deepcopy(model)
+    layers = decoder_layers(model)
+    new = torch.nn.ModuleList(copy.deepcopy(layers[i]) for i in source_layers)
+    for index, layer in enumerate(new):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = index
+    parent = next(m for m in ref.modules() if any(child is decoder_layers(ref) for child in m.children()))
+    name = next(n for n, child in parent.named_children() if child is decoder_layers(ref))
+    setattr(parent, name, new)
+    config = ref.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, key):
+            setattr(config, key, len(source_layers))
+    if getattr(config, "layer_types", None):
+        config.layer_types = [model.config.layer_types[i] for i in source_layers]
+    return ref.eval()
