@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.exceptions import Abort
 
 from dus.errors import DusError
 
@@ -45,25 +46,29 @@ def main(argv: list[str] | None = None) -> None:
     debug = _debug(argv)
     argv = [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, prog_name="dus", standalone_mode=False)
+        code = app(args=argv, prog_name="dus", standalone_mode=False)
     except DusError as e:
         if debug:
             raise
         _fail(str(e), e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        _fail("interrupted", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except click.ClickException as e:
+    except UsageError as e:
+        if isinstance(e, NoArgsIsHelpError) and e.ctx is not None:
+            print(e.ctx.get_help())
+            sys.exit(0)
         if debug:
             raise
         _fail(e.format_message(), e.exit_code)
+    except (KeyboardInterrupt, Abort):
+        _fail("interrupted", 130)
     except Exception as e:  # an unexpected failure is still one line unless debugging
         if debug:
             raise
         _fail(f"{e.__class__.__name__}: {e} (rerun with --debug for the traceback)", 1)
+    # Without standalone mode typer returns the exit code of an Exit (130 for Ctrl-C).
+    if code == 130:
+        _fail("interrupted", 130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _fail(message: str, code: int) -> None:

@@ -49,11 +49,10 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     _check_formulas(config, source_layers)
     out[key] = len(source_layers)
     _sync_max_window_layers(out)
+    dtype = dtype or out.get("dtype") or out.get("torch_dtype")
     if dtype:
-        out.pop("torch_dtype", None)
-        out["dtype"] = dtype
-    elif "torch_dtype" in out and "dtype" not in out:
-        out["dtype"] = out.pop("torch_dtype")
+        # transformers 5 reads `dtype`; 4.x and most other tools read `torch_dtype`.
+        out["dtype"] = out["torch_dtype"] = dtype
     return apply_overrides(out, overrides or {})
 
 

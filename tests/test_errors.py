@@ -1,0 +1,180 @@
+"""Bad input: one `error:` line, exit 2 (input) or 1 (run time), no traceback, no output left."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+from models import save_model
+
+
+def _header(path):
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _rewrite(path, header, data):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def _first_tensor(header):
+    return next(k for k in header if k != "__metadata__")
+
+
+def truncated(src):
+    path = src / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def corrupt_header(src):
+    path = src / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:8] + b"{not json" + raw[17:])
+
+
+def header_past_end(src):
+    path = src / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", len(raw) * 2) + raw[8:])
+
+
+def overlapping_offsets(src):
+    path = src / "model.safetensors"
+    header, data = _header(path)
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    a, b = header[names[0]], header[names[1]]
+    b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + b["data_offsets"][1] - b["data_offsets"][0]]
+    _rewrite(path, header, data)
+
+
+def offsets_past_file(src):
+    path = src / "model.safetensors"
+    header, data = _header(path)
+    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    begin, end = header[last]["data_offsets"]
+    header[last]["data_offsets"] = [begin + 64, end + 64]
+    _rewrite(path, header, data)
+
+
+def unknown_dtype(src):
+    path = src / "model.safetensors"
+    header, data = _header(path)
+    header[_first_tensor(header)]["dtype"] = "F13"
+    _rewrite(path, header, data)
+
+
+def weight_map_escapes(src):
+    (src / "model.safetensors").rename(src.parent / "evil.safetensors")
+    header, _ = _header(src.parent / "evil.safetensors")
+    index = {"metadata": {}, "weight_map": {k: "../evil.safetensors" for k in header if k != "__metadata__"}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def no_config(src):
+    (src / "config.json").unlink()
+
+
+def pickle_only(src):
+    (src / "model.safetensors").unlink()
+    (src / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+
+
+CORRUPTIONS = {
+    "truncated": (truncated, "ends at byte"),
+    "corrupt_header": (corrupt_header, "corrupt safetensors header"),
+    "header_past_end": (header_past_end, "runs past the end"),
+    "overlapping_offsets": (overlapping_offsets, "overlaps"),
+    "offsets_past_file": (offsets_past_file, "gap"),
+    "unknown_dtype": (unknown_dtype, "unknown dtype"),
+    "weight_map_escapes": (weight_map_escapes, "outside the model directory"),
+    "no_config": (no_config, "no config.json"),
+    "pickle_only": (pickle_only, "refusing to unpickle"),
+}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine")
+    save_model("llama", root / "src")
+    return root / "src"
+
+
+def _assert_one_line_error(code, err, expected_code, fragment):
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_corrupt_source(name, pristine, tmp_path, run_dus):
+    src = tmp_path / "src"
+    shutil.copytree(pristine, src)
+    corrupt, fragment = CORRUPTIONS[name]
+    corrupt(src)
+    code, out, err = run_dus("build", src, tmp_path / "out")
+    _assert_one_line_error(code, err, 2, fragment)
+    assert sorted(os.listdir(tmp_path)) == sorted(p for p in os.listdir(tmp_path) if p in ("src", "evil.safetensors"))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--overlap", "4"], "leaves nothing"),
+    (["--overlap", "-1"], ">= 0"),
+    (["--layers", "0:9"], "valid layers are 0..3"),
+    (["--layers", "x"], "cannot parse"),
+    (["--dtype", "int4", "--overlap", "1"], "unknown dtype"),
+    (["--recipe", "magic", "--overlap", "1"], "unknown recipe"),
+    (["--shard-size", "lots", "--overlap", "1"], "cannot parse size"),
+    (["--preset", "nope", "--overlap", "1"], "unknown preset"),
+    (["--no-such-option"], "No such option"),
+])
+def test_bad_plan_options(args, fragment, pristine, tmp_path, run_dus):
+    code, out, err = run_dus("build", pristine, tmp_path / "out", *args)
+    _assert_one_line_error(code, err, 2, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_and_existing_output(pristine, tmp_path, run_dus):
+    code, _, err = run_dus("build", tmp_path / "nowhere", tmp_path / "out")
+    _assert_one_line_error(code, err, 2, "no such model directory")
+    (tmp_path / "out").mkdir()
+    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1")
+    _assert_one_line_error(code, err, 2, "already exists")
+    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1", "--force")
+    assert code == 0, err
+    assert (tmp_path / "out/model.safetensors").is_file()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_runtime_failure_leaves_nothing(pristine, tmp_path, monkeypatch, run_dus):
+    """A failure half-way through writing removes the staging directory."""
+    import dus.write.shards as shards
+
+    calls = {"n": 0}
+    real = shards.copy_range
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(shards, "copy_range", failing)
+    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1")
+    assert code == 130 and err.strip() == "error: interrupted"
+    assert os.listdir(tmp_path) == []
+
+
+def test_subprocess_error_has_no_traceback_and_debug_shows_it(tmp_path):
+    cmd = [sys.executable, "-m", "dus", "plan", str(tmp_path / "missing")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such model directory or file"
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert "Traceback" in debug.stderr and debug.returncode != 0
