@@ -106,7 +106,7 @@ def _human(nbytes: int) -> str:
 @app.command("build")
 def build_command(
     source: Optional[str] = typer.Argument(None, help="Model directory or Hub repo id (or `source:` in --config)."),
-    output: Path = typer.Argument(..., help="Output directory (must not exist unless --force)."),
+    output: Optional[Path] = typer.Argument(None, help="Output directory (must not exist unless --force)."),
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
@@ -117,7 +117,12 @@ def build_command(
     """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards."""
     import dus.api
     from dus.cli.progress import byte_progress
+    from dus.errors import InputError
 
+    if output is None:  # `dus build --config recipe.yaml OUTPUT`: the recipe names the source
+        if source is None or config is None:
+            raise InputError("usage: dus build SOURCE OUTPUT [options], or dus build --config RECIPE.yaml OUTPUT")
+        source, output = None, Path(source)
     resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
                                   str(config) if config else None)
     with byte_progress("building") as progress:

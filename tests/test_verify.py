@@ -1,0 +1,107 @@
+"""dus verify: passes on a build, fails naming the first mismatch."""
+
+import json
+
+import pytest
+from models import save_model
+
+import dus.api
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    save_model("qwen2", root / "src")
+    dus.api.build(str(root / "src"), root / "out", overlap=1, shard_size="60KB")
+    return root
+
+
+def _copy(built, tmp_path):
+    import shutil
+
+    shutil.copytree(built / "out", tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_verify_passes(built, run_dus):
+    code, out, err = run_dus("verify", built / "out")
+    assert code == 0, err
+    assert "shard sha256 match" in out and "bytes of all tensors match" in out and "config.json as planned" in out
+
+
+@pytest.mark.parametrize("shard_index", [0, 1, -1])
+def test_flipped_byte_in_any_shard(built, tmp_path, shard_index, run_dus):
+    out = _copy(built, tmp_path)
+    shard = sorted(out.glob("*.safetensors"))[shard_index]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    code, _, err = run_dus("verify", out)
+    assert code == 1
+    assert err.startswith("error: verification failed: " + shard.name) and "sha256" in err
+
+
+def test_flipped_byte_with_rewritten_hash_is_still_caught(built, tmp_path, run_dus):
+    """Even if someone updates dus_plan.json's hash, the bytes are compared with the source."""
+    import hashlib
+
+    out = _copy(built, tmp_path)
+    shard = sorted(out.glob("*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10
+    shard.write_bytes(bytes(data))
+    record = json.loads((out / "dus_plan.json").read_text())
+    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (out / "dus_plan.json").write_text(json.dumps(record))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and "bytes differ from its planned source" in err
+
+
+def test_missing_tensor(built, tmp_path, run_dus):
+    from safetensors.torch import load_file, save_file
+
+    out = _copy(built, tmp_path)
+    shard = sorted(out.glob("*.safetensors"))[0]
+    tensors = load_file(shard)
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    del index["weight_map"][dropped]
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    record = json.loads((out / "dus_plan.json").read_text())
+    import hashlib
+
+    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (out / "dus_plan.json").write_text(json.dumps(record))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and f"{dropped!r} is missing" in err
+
+
+def test_edited_config(built, tmp_path, run_dus):
+    out = _copy(built, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["layer_types"][3] = "sliding_attention" if config["layer_types"][3] == "full_attention" else "full_attention"
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and "config.json field 'layer_types'" in err
+
+
+def test_source_moved(built, tmp_path, run_dus):
+    import shutil
+
+    out = _copy(built, tmp_path)
+    shutil.copytree(built / "src", tmp_path / "moved")
+    record = json.loads((out / "dus_plan.json").read_text())
+    record["sources"]["base"]["ref"] = str(tmp_path / "gone")
+    (out / "dus_plan.json").write_text(json.dumps(record))
+    code, _, err = run_dus("verify", out)
+    assert code == 2 and "no such model directory" in err
+    code, out_text, err = run_dus("verify", out, "--source", tmp_path / "moved")
+    assert code == 0, err
+
+
+def test_build_verify_flag(built, tmp_path, run_dus):
+    code, out, err = run_dus("build", built / "src", tmp_path / "v", "--layers", "0:4,3", "--verify")
+    assert code == 0, err
+    assert "verified" in out
