@@ -99,12 +99,13 @@ def _source_refs(options: dict) -> dict[str, str]:
     return {"base": str(options["source"])}
 
 
-def build(source: str | None, output: str | Path, *, shard_size: str | int = "5GB", force: bool = False,
+def build(source: str | None, output: str | Path, *, shard_size: str | int | None = None, force: bool = False,
           verify: bool = False, progress: Callable[[int], None] | None = None, **plan_options) -> dict:
     """Build OUTPUT from SOURCE by the plan; return the written dus_plan.json record."""
     from dus.write.build import write_model
 
     resolved = plan(source, need_weights=True, **plan_options)
+    shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
     record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress)
     if verify:
         from dus.verify.check import verify_model

@@ -1,5 +1,7 @@
 """Growth operators beyond copy: expand (identity blocks), blend, scale, multi-source, dtype."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -123,3 +125,15 @@ def test_plot(tmp_path, run_dus):
     code, _, err = run_dus("plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png")
     assert code == 0, err
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_file_shard_size_and_override(tmp_path, run_dus):
+    save_model("llama", tmp_path / "src")
+    recipe = _recipe(tmp_path, {"source": str(tmp_path / "src"), "overlap": 1, "shard_size": "50KB"})
+    code, _, err = run_dus("build", "--config", recipe, tmp_path / "a")
+    assert code == 0, err
+    assert len(list((tmp_path / "a").glob("*.safetensors"))) > 1
+    code, _, err = run_dus("build", "--config", recipe, tmp_path / "b", "--shard-size", "1GB", "--overlap", "2")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "b").glob("*.safetensors")] == ["model.safetensors"]
+    assert json.loads((tmp_path / "b/config.json").read_text())["num_hidden_layers"] == 4
