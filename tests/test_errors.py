@@ -178,3 +178,26 @@ def test_subprocess_error_has_no_traceback_and_debug_shows_it(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such model directory or file"
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert "Traceback" in debug.stderr and debug.returncode != 0
+
+
+def test_sigterm_mid_build_leaves_nothing(tmp_path):
+    """A build killed with SIGTERM removes its staging directory and leaves no OUTPUT."""
+    import signal
+    import time
+
+    from dus.write.synthetic import write_synthetic
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
+              "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}
+    write_synthetic(tmp_path / "src", config, "float32", shard_bytes=50 * 10**6)
+    # A shard size of one tensor makes many small steps, so the signal lands mid-write.
+    proc = subprocess.Popen([sys.executable, "-m", "dus", "build", str(tmp_path / "src"), str(tmp_path / "out"),
+                             "--layers", "0:8,0:8,0:8,0:8", "--shard-size", "1MB"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.dus-partial-*/*.safetensors")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "error: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -9,7 +9,9 @@ DUS_DEBUG=1 shows the traceback instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -41,8 +43,14 @@ def _debug(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("DUS_DEBUG", "") not in ("", "0")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: no half-written output
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     debug = _debug(argv)
     argv = [a for a in argv if a != "--debug"]
     try:
