@@ -1,0 +1,107 @@
+"""`analyze`: load a model, measure it on a text, recommend an overlap, write the results."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dus.analyze.data import token_windows
+from dus.analyze.measure import decoder_layers, measure
+from dus.analyze.plot import plot_distance, plot_influence
+from dus.analyze.recommend import apply_budget, check_budget, dus_sizes, explain, recommend_overlap
+from dus.errors import InputError
+
+INDEXING = ("hidden_states[0] = embeddings = input of layer 0; hidden_states[i] = output of layer i-1 = input of "
+            "layer i; hidden_states[n] = output of layer n-1 before the final norm")
+
+
+def analyze(model_dir: str | Path, text: str, *, max_tokens: int = 8192, seq_len: int = 256, batch_size: int = 8,
+            device: str = "auto", dtype: str = "auto", target_params: int | None = None,
+            target_layers: int | None = None, slack_layers: int = 0, output: str | Path | None = None) -> dict:
+    """Measure per-layer influence and layer distances of `model_dir` on `text`; return (and write) the analysis."""
+    import torch
+
+    start = time.time()
+    budget = dict(target_params=target_params, target_layers=target_layers, slack_layers=slack_layers)
+    check_budget(**budget)
+    model_dir = _model_dir(model_dir)
+    tokenizer = _load(lambda: _auto("AutoTokenizer").from_pretrained(model_dir), "tokenizer", model_dir)
+    windows = token_windows(tokenizer, text, max_tokens, seq_len)
+    device = _device(device)
+    torch_dtype = _dtype(dtype, device)
+    model = _load(lambda: _auto("AutoModelForCausalLM").from_pretrained(model_dir, dtype=torch_dtype),
+                  "model", model_dir).to(device).eval()
+    layer_params = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)]
+    other_params = sum(p.numel() for p in model.parameters()) - sum(layer_params)
+    apply_budget(dus_sizes(layer_params, other_params), **budget)  # a bad budget fails before the slow part
+    result = {"model": str(model_dir), "num_layers": len(layer_params), "device": str(device),
+              "dtype": str(torch_dtype).removeprefix("torch."), "hidden_state_indexing": INDEXING}
+    result.update(measure(model, windows, batch_size, device))
+    result["layer_params"] = layer_params
+    result["other_params"] = other_params
+    result["recommendation"] = recommend_overlap(result["distance"], layer_params, other_params, **budget)
+    result["seconds"] = round(time.time() - start, 2)
+    if output is not None:
+        write(result, Path(output))
+    return result
+
+
+def write(result: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(result["model"]).name
+    paths = {"json": out / "analysis.json", "influence": out / "influence.png", "distance": out / "distance.png"}
+    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+    plot_influence(result["influence"], paths["influence"], f"{name}: per-layer influence (Block Influence)")
+    plot_distance(result["distance"], paths["distance"], result["recommendation"], f"{name}: distance between hidden states")
+    return paths
+
+
+def summary(result: dict) -> str:
+    return (f"{result['model']}: {result['num_layers']} layers, {result['tokens']} tokens in "
+            f"{result['sequences']} sequences of {result['seq_len']} on {result['device']} "
+            f"({result['seconds']:.1f}s)\n\n" + explain(result["recommendation"]))
+
+
+def _model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def _auto(name: str):
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def _load(load, what: str, path: Path):
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"cannot load the {what} from {path}: {' '.join(str(e).split())[:300]}") from e
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InputError(f"bad --device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def _dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise InputError(f"--dtype must be auto, float32, bfloat16 or float16, got {name!r}")
+    return getattr(torch, name)

@@ -1,0 +1,1 @@
+"""Evaluation after training: perplexity, the contamination test, lm-evaluation-harness (H6)."""

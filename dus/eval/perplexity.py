@@ -1,0 +1,39 @@
+"""Perplexity of a causal LM on a text, and the fixed real text we measure on.
+
+The text is cut into equal non-overlapping token windows (no padding); the
+loss of every predicted token counts once. `reference_text()` is Python's own
+pydoc_data.topics (real English prose on every Python install), topics in
+sorted order, so base and up-scaled models see identical tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dus.analyze.data import token_windows
+
+
+def reference_text(max_chars: int | None = None) -> str:
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k].strip() for k in sorted(topics))
+    return text[:max_chars] if max_chars else text
+
+
+def perplexity(model, tokenizer, text: str, max_tokens: int | None = None, window: int = 512,
+               batch_size: int = 4) -> dict:
+    """{"perplexity", "nll" (mean nats per predicted token), "tokens" (predicted)}."""
+    import torch
+
+    limit = max_tokens or len(text)  # a token is at least one character
+    windows = token_windows(tokenizer, text, limit, window).to(model.device)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in windows.split(batch_size):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                    reduction="sum")
+            total += nll.item()
+            count += batch[:, 1:].numel()
+    return {"perplexity": math.exp(total / count), "nll": total / count, "tokens": count}
