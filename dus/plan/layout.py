@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.plan.model import Plan
-from dus.read.safetensors import DTYPE_SIZES, TensorInfo
+from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo
 from dus.read.architecture import split_layer_name
 from dus.read.source import Source
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
-DTYPE_NAMES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+OUTPUT_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,9 @@ def _converted(dtype: str, out_dtype: str | None) -> str:
 def _dtype_code(dtype: str) -> str | None:
     if dtype in (None, "auto"):
         return None
-    if dtype not in DTYPE_NAMES:
+    if dtype not in OUTPUT_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
-    return DTYPE_NAMES[dtype]
+    return DTYPE_CODES[dtype]
 
 
 def _check_layer(sources: dict[str, Source], name: str, layer: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
-from dus.read.safetensors import DTYPE_SIZES, TensorInfo, read_header
+from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -27,7 +27,6 @@ SIDE_FILES = (
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-TORCH_TO_SAFETENSORS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
 @dataclass
@@ -169,7 +168,7 @@ def meta_tensors(config: dict) -> dict[str, TensorInfo]:
             model = transformers.AutoModelForCausalLM.from_config(hf_config)
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"transformers cannot build a model from this config: {e}") from e
-    dtype = TORCH_TO_SAFETENSORS.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
+    dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
     tensors = {}
     for name, param in model.named_parameters():
         nbytes = param.numel() * DTYPE_SIZES[dtype]

@@ -6,19 +6,16 @@ the model. torch is imported here and only here on the build path.
 
 from __future__ import annotations
 
-import os
 
 from dus.plan.layout import TensorSpec
-from dus.read.safetensors import TensorInfo
+from dus.read.safetensors import TORCH_NAMES, TensorInfo
 
-_TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-                "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
 
 
 def torch_dtype(code: str):
     import torch
 
-    return getattr(torch, _TORCH_NAMES[code])
+    return getattr(torch, TORCH_NAMES[code])
 
 
 def read_tensor(info: TensorInfo):

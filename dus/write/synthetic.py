@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dus.plan.layout import DTYPE_NAMES, TensorSpec
+from dus.plan.layout import TensorSpec
+from dus.read.safetensors import DTYPE_CODES
 from dus.read.source import meta_tensors
 from dus.write.shards import shard_names, split_shards, write_shard
 
@@ -19,7 +20,7 @@ def write_synthetic(directory: str | Path, config: dict, dtype: str = "bfloat16"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {**config, "dtype": dtype, "torch_dtype": dtype}
-    code = DTYPE_NAMES[dtype]
+    code = DTYPE_CODES[dtype]
     specs = [TensorSpec(name, code, info.shape, ()) for name, info in meta_tensors(config).items()]
     shards = split_shards(specs, shard_bytes)
     names = shard_names(len(shards))
