@@ -6,10 +6,8 @@ the model. torch is imported here and only here on the build path.
 
 from __future__ import annotations
 
-
 from dus.plan.layout import TensorSpec
 from dus.read.safetensors import TORCH_NAMES, TensorInfo
-
 
 
 def torch_dtype(code: str):
