@@ -8,12 +8,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dus import __version__
 from dus.errors import InputError
 from dus.plan.config import output_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-import dus.api
 
 pytestmark = pytest.mark.real_model
 

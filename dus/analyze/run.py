@@ -20,7 +20,6 @@ def analyze(model_dir: str | Path, text: str, *, max_tokens: int = 8192, seq_len
             device: str = "auto", dtype: str = "auto", target_params: int | None = None,
             target_layers: int | None = None, slack_layers: int = 0, output: str | Path | None = None) -> dict:
     """Measure per-layer influence and layer distances of `model_dir` on `text`; return (and write) the analysis."""
-    import torch
 
     start = time.time()
     budget = dict(target_params=target_params, target_layers=target_layers, slack_layers=slack_layers)

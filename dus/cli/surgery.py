@@ -62,7 +62,7 @@ def plan_command(
 def format_plan(resolved) -> str:
     info = resolved.to_json()
     lines = [f"source:      {info['source']}  ({info['source_num_layers']} layers, {info['source_num_parameters']:,} parameters)",
-             f"recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
+             "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
              f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
              f"{_human(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
              "layer map (output <- source):"]
