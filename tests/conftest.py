@@ -3,10 +3,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a 2-core machine: one thread is far faster than two threads
+# fighting other processes for the cores (measured ~20x per training step).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

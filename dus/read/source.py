@@ -29,6 +29,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_repo_id(ref: str) -> bool:
+    """'org/name' that is not an existing local path: a Hugging Face Hub repo id."""
+    return bool(_REPO_ID.match(ref)) and not Path(ref).expanduser().exists()
+
+
 @dataclass
 class Source:
     ref: str
@@ -80,7 +85,7 @@ def open_source(ref: str, *, need_weights: bool = True) -> Source:
         return Source(ref, config, meta_tensors(config), has_weights=False)
     if path.is_dir():
         return open_directory(path, ref, need_weights=need_weights)
-    if _REPO_ID.match(ref) and not ref.startswith((".", "/")):
+    if is_repo_id(ref):
         from dus.read.hub import open_hub_source
 
         return open_hub_source(ref, need_weights=need_weights)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from dus.plan.model import Plan
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from dus.read.source import is_repo_id
 
 
 def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
-    bases = [ref for ref in plan.sources.values() if _REPO_ID.match(ref)]
+    bases = [ref for ref in plan.sources.values() if is_repo_id(ref)]
     front = ["---", "library_name: transformers", "tags:", "- dus", "- depth-up-scaling",
              f"- {plan.recipe.get('name', 'custom')}"]
     if bases:

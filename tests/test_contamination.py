@@ -1,0 +1,70 @@
+"""The contamination test: a model trained on a benchmark scores high on "result < 0.1, %", a clean one low."""
+
+import copy
+import json
+
+import pytest
+from instruct_fixtures import facts, make_model, make_tokenizer, overfit, save, write_jsonl
+
+from dus.errors import InputError
+from dus.eval.contamination import Settings, contamination, example_text, pick, score_file
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A benchmark; a base model that knows the toy language but not the benchmark (the reference,
+    and the clean target, as when testing a base model); the base trained further on the benchmark."""
+    d = tmp_path_factory.mktemp("contamination")
+    tok = make_tokenizer()
+    bench = facts(12, seed=5)
+    write_jsonl(d / "bench.jsonl", bench)
+    base = overfit(make_model(tok, seed=3), tok, [example_text(r) for r in facts(48, seed=99)], steps=150)
+    dirty = overfit(copy.deepcopy(base), tok, [example_text(r) for r in bench], steps=60)
+    return d, tok, {"clean": base, "dirty": dirty, "ref": base}
+
+
+SMALL = Settings(examples=12, neighbours=8, seed=0, batch_size=8)
+
+
+def test_memorised_benchmark_is_flagged(toy):
+    d, tok, m = toy
+    dirty = score_file(str(d / "bench.jsonl"), m["dirty"], tok, m["ref"], tok, SMALL)
+    clean = score_file(str(d / "bench.jsonl"), m["clean"], tok, m["ref"], tok, SMALL)
+    # Memorised text is likelier than every neighbour: score 0, below 0.1 for all examples.
+    assert dirty.share_below >= 0.9
+    assert clean.share_below <= 0.3
+    assert all(0 <= s["score"] <= 1 for s in dirty.scores + clean.scores)
+    assert dirty.examples == 12 and len({s["index"] for s in dirty.scores}) == 12
+
+
+def test_deterministic_with_seed(toy):
+    d, tok, m = toy
+    s = Settings(examples=4, neighbours=4, seed=7, batch_size=3)
+    runs = [score_file(str(d / "bench.jsonl"), m["clean"], tok, m["ref"], tok, s).scores for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_cli_writes_scores(toy, tmp_path, run_dus):
+    d, tok, m = toy
+    target, ref = save(m["dirty"], tok, tmp_path / "target"), save(m["ref"], tok, tmp_path / "ref")
+    code, out, err = run_dus("contamination", target, "--ref", ref, "--data", d / "bench.jsonl", "--examples", "4",
+                             "--neighbours", "4", "--output", tmp_path / "c.json", "--device", "cpu")
+    assert code == 0, err
+    assert "result < 0.1, %" in out
+    record = json.loads((tmp_path / "c.json").read_text())
+    result = record["results"][0]
+    assert result["examples"] == 4 and len(result["scores"]) == 4
+    assert result["result < 0.1, %"] == sum(s["score"] < 0.1 for s in result["scores"]) / 4
+
+
+def test_record_fields():
+    assert example_text({"text": "t"}) == "t"
+    assert example_text({"question": "q", "answer": "a"}) == "q a"
+    assert example_text({"question": "q", "choices": ["x", "y"], "answer": 1}) == "q y"
+    assert example_text({"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}) == "q y"
+    assert example_text({"question": "q", "mc1_targets": {"choices": ["x", "y"], "labels": [0, 1]}}) == "q y"
+    with pytest.raises(InputError):
+        example_text({"prompt": "p"})
+    assert [i for i, _ in pick(["a", "b", "c"], 2, 0)] == [i for i, _ in pick(["a", "b", "c"], 2, 0)]
+    with pytest.raises(InputError):
+        contamination("x", "y", [])
