@@ -14,10 +14,11 @@ def load(model_dir):
 
 
 def chat_reply(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 40) -> str:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    """Greedy, through the same prompt rendering as `dus chat`."""
+    from dus.instruct.chat import generate
+
+    reply = generate(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens, stream=False)
+    return reply.text.strip()
 
 
 def compare(base_dir, upscaled_dir, prompt: str = PROMPT, max_tokens: int = 4096, window: int = 512) -> dict:
