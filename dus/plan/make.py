@@ -14,6 +14,7 @@ from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
 from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
+from dus.yamlfile import read_mapping
 
 RECIPES = ("dus", "stack", "interleave", "idus", "expand", "layers")
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
@@ -21,17 +22,7 @@ RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "gr
 
 
 def load_recipe_file(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a recipe file must be a mapping of keys to values")
+    data = read_mapping(path)
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
         raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")

@@ -1,0 +1,60 @@
+"""Freezing by provenance: train all layers, only the new ones, or a chosen set.
+
+`original` reads `dus_plan.json`, which `dus build` writes next to the model,
+and trains only the layers the plan marks `new` (LLaMA-Pro block expansion):
+embeddings, final norm and LM head stay frozen too. `layers:SPEC` trains the
+listed output layers and likewise freezes everything else. Frozen parameters
+get requires_grad=False and so no gradients and no optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from dus.errors import InputError
+from dus.plan.model import Plan
+from dus.plan.recipes import parse_layer_spec
+
+PLAN_FILE = "dus_plan.json"
+
+
+def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
+    """Indices of the output layers to train, or None to train everything."""
+    if freeze == "none":
+        return None
+    if freeze == "original":
+        return _new_layers(Path(model_dir), n)
+    if freeze.startswith("layers:"):
+        try:
+            return sorted(set(parse_layer_spec(freeze[len("layers:"):], n)))
+        except InputError as e:
+            raise InputError(f"--freeze {freeze}: {e}") from None
+    raise InputError(f"--freeze must be none, original or layers:SPEC, not {freeze!r}")
+
+
+def _new_layers(model_dir: Path, n: int) -> list[int]:
+    path = model_dir / PLAN_FILE
+    if not path.is_file():
+        raise InputError(f"--freeze original needs {PLAN_FILE} in {model_dir} (written by `dus build`)")
+    try:
+        data = json.loads(path.read_text())
+        plan = Plan.from_json(data.get("plan", data))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    if len(plan.layers) != n:
+        raise InputError(f"{path} describes {len(plan.layers)} layers but the model has {n}")
+    new = [i for i, layer in enumerate(plan.layers) if layer.new]
+    if not new:
+        raise InputError(f"--freeze original: {path} marks no layer as new, so nothing would train")
+    return new
+
+
+def apply_freeze(model: nn.Module, layers: nn.ModuleList, train: list[int] | None) -> None:
+    if train is None:
+        return
+    model.requires_grad_(False)
+    for i in train:
+        layers[i].requires_grad_(True)

@@ -1,0 +1,366 @@
+"""The trainer: the same loop for one CPU process and for many FSDP2 ranks under torchrun.
+
+Per step: `grad_accum` micro-batches of packed blocks, mean causal-LM loss,
+global grad-norm clipping, AdamW, warmup + cosine schedule. Around it: eval at
+step 0 / every `eval_every` / the end, DCP checkpoints every `save_every` and
+at the end, metrics every `log_every`, and the export of a plain Hugging Face
+model directory into OUTPUT once the schedule is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForCausalLM
+
+from dus.errors import InputError
+from dus.train.checkpoint import Checkpointer, rng_state, set_rng_state
+from dus.train.config import PretrainConfig
+from dus.train.data import block_hash, build_data
+from dus.train.freeze import PLAN_FILE, apply_freeze, trainable_layers
+from dus.train.metrics import (
+    MetricsLog,
+    flops_per_token,
+    peak_flops,
+    quiet_libraries,
+    truncate_jsonl,
+)
+from dus.train.model import (
+    build_model,
+    decoder_layers,
+    load_hf_config,
+    load_tokenizer,
+    max_positions,
+    num_layers,
+    param_counts,
+    prepare_model,
+)
+from dus.train.parallel import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    close_distributed,
+    init_distributed,
+    sharding_summary,
+)
+
+
+def pretrain(cfg: PretrainConfig | dict) -> dict:
+    """Continued pretraining of `cfg.model` on `cfg.data`; returns the run summary (also in OUTPUT/run.json)."""
+    cfg = PretrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg.validate()
+    d = init_distributed()
+    try:
+        return Trainer(cfg, d).run()
+    finally:
+        close_distributed()
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def cosine_schedule(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """Weight decay on matrices only; frozen parameters are left out, so they get no state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=True if device.type == "cuda" else None)
+
+
+def forward_loss(model, batch: torch.Tensor, d: Dist, dtype: torch.dtype) -> torch.Tensor:
+    """Mean next-token loss of a batch of packed blocks. One process keeps fp32 weights and autocasts;
+    FSDP2 casts through its MixedPrecisionPolicy instead."""
+    batch = batch.to(d.device, non_blocking=True)
+    cast = d.world == 1 and dtype != torch.float32
+    with torch.autocast(d.device.type, dtype=dtype) if cast else contextlib.nullcontext():
+        return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+
+def train_step(model, optimizer, scheduler, batches: list[torch.Tensor], d: Dist, dtype: torch.dtype,
+               grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step over gradient-accumulated micro-batches: (mean loss, grad norm, lr used)."""
+    total = torch.zeros((), device=d.device)
+    for batch in batches:
+        loss = forward_loss(model, batch, d, dtype)
+        (loss / len(batches)).backward()
+        total += loss.detach()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / len(batches), norm, lr
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, d: Dist):
+        self.cfg, self.d, self.out = cfg, d, Path(cfg.output)
+        quiet_libraries(d.is_main)
+        self.hf_config = load_hf_config(cfg.model)
+        self._check_seq_len()
+        self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
+        self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
+        resume_from = self._checkpoint_to_resume()
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.data = build_data(cfg, self.tokenizer, d)
+        self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
+        self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
+
+        _seed_everything(cfg.seed + d.rank)
+        self.dtype = compute_dtype(cfg.dtype, d.device)
+        model, source = build_model(cfg.model, d)
+        self.model = prepare_model(model, source, d, self.dtype, cfg.grad_checkpointing, cfg.compile)
+        del model, source
+        apply_freeze(self.model, decoder_layers(self.model), self.train_layers)
+        self.optimizer = build_optimizer(self.model, cfg, d.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_schedule(cfg.warmup_steps, self.max_steps, cfg.min_lr_ratio))
+        self.step = self.tokens = 0
+        if resume_from:
+            self._resume(resume_from)
+
+        self.counts = param_counts(self.model)
+        self.flops_per_token = flops_per_token(self.hf_config, self.counts["non_embedding"], cfg.seq_len)
+        self.peak = peak_flops(d.device)
+        self.log = MetricsLog(self.out, d.is_main, cfg.tensorboard, self.max_steps, self.step if resume_from else None)
+        self.samples = self._open_samples_log(resume_from)
+        self.info = self._run_info(resume_from)
+        self._write_info()
+        self.timed_s = self.timed_tokens = 0.0
+        self._lap_at = (time.perf_counter(), 0)
+
+    # --- setup -------------------------------------------------------------------------------
+    def _check_seq_len(self) -> None:
+        limit = max_positions(self.hf_config)
+        if limit and self.cfg.seq_len > limit:
+            raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        latest = broadcast_object(self.ckpt.latest(), self.d)  # rank 0 decides, so all ranks agree
+        if latest and not self.cfg.resume:
+            raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+        if self.cfg.resume and not latest and self.d.is_main:
+            print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
+        if self.d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        return latest
+
+    def _layout(self) -> dict:
+        """What the data position depends on; a resume must match it."""
+        c = self.cfg
+        return {"world": self.d.world, "batch_size": c.batch_size, "seq_len": c.seq_len,
+                "grad_accum": c.grad_accum, "streaming": c.streaming, "seed": c.seed}
+
+    def _resume(self, path: Path) -> None:
+        saved = self.ckpt.load_shared(path)["layout"]
+        if saved != self._layout():
+            diff = ", ".join(f"{k} {saved.get(k)} (now {v})" for k, v in self._layout().items() if saved.get(k) != v)
+            raise InputError(f"{path} was written with {diff}: resume with the same layout")
+        shared, mine = self.ckpt.load(path, self.model, self.optimizer)
+        self.scheduler.load_state_dict(shared["scheduler"])
+        self.step, self.tokens = shared["step"], shared["tokens"]
+        self.data.train.load_state_dict(mine["data"])
+        set_rng_state(mine["rng"])
+
+    def _open_samples_log(self, resumed: Path | None):
+        if not self.cfg.log_samples:
+            return None
+        path = self.out / f"samples-rank{self.d.rank}.jsonl"
+        barrier(self.d)  # the output directory exists
+        truncate_jsonl(path, self.step if resumed else None)
+        return path.open("a")
+
+    def _run_info(self, resumed: Path | None) -> dict:
+        return {"config": asdict(self.cfg), "world_size": self.d.world, "device": str(self.d.device),
+                "compute_dtype": str(self.dtype).removeprefix("torch."), "max_steps": self.max_steps,
+                "tokens_per_step": self.tokens_per_step, "params": self.counts,
+                "trained_layers": "all" if self.train_layers is None else self.train_layers,
+                "sharding": sharding_summary(self.model), "resumed_from": str(resumed) if resumed else None}
+
+    def _write_info(self) -> None:
+        if self.d.is_main:
+            (self.out / "run.json").write_text(json.dumps(self.info, indent=2) + "\n")
+
+    # --- the loop ----------------------------------------------------------------------------
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        batches = [self.data.train.next_batch() for _ in range(self.cfg.grad_accum)]
+        if self.samples:
+            hashes = [block_hash(block) for batch in batches for block in batch]
+            self.samples.write(json.dumps({"step": self.step + 1, "hashes": hashes}) + "\n")
+        return train_step(self.model, self.optimizer, self.scheduler, batches, self.d, self.dtype, self.cfg.grad_clip)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.d.device)
+        for batch in self.data.eval:
+            n = batch.shape[0] * (batch.shape[1] - 1)  # predicted tokens
+            loss = forward_loss(self.model, batch, self.d, self.dtype)
+            total += torch.stack([loss.double() * n, total.new_tensor(n)])
+        all_reduce_sum(total, self.d)
+        self.model.train()
+        loss = (total[0] / total[1]).item()
+        return {"step": self.step, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+    def _lap(self, count: bool = True) -> None:
+        """Time spent training since the last lap; eval, checkpoints and the first (warm-up) step are not counted."""
+        if self.d.device.type == "cuda":
+            torch.cuda.synchronize()
+        now, (then, tokens) = time.perf_counter(), self._lap_at
+        if count:
+            self.timed_s += now - then
+            self.timed_tokens += self.tokens - tokens
+        self._lap_at = (now, self.tokens)
+
+    def _throughput(self, seconds: float, tokens: float) -> dict:
+        tps = tokens / seconds if seconds > 0 and tokens > 0 else None
+        mfu = tps / self.d.world * self.flops_per_token / self.peak if tps and self.peak else None
+        return {"tokens_per_s": tps, "mfu": mfu}
+
+    def _train_record(self, loss: torch.Tensor, norm: torch.Tensor, lr: float, since: tuple[float, float]) -> dict:
+        loss = all_reduce_sum(loss.detach().clone(), self.d) / self.d.world
+        self._lap()
+        record = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": norm.item(), "tokens": self.tokens,
+                  **self._throughput(self.timed_s - since[0], self.timed_tokens - since[1])}
+        if self.d.device.type == "cuda":
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.d.device) / 2**30
+        return record
+
+    def _between_steps(self, fn) -> object:
+        self._lap()
+        result = fn()
+        self._lap(count=False)
+        return result
+
+    def run(self) -> dict:
+        cfg, start = self.cfg, self.step
+        last = min(self.max_steps, cfg.stop_after) if cfg.stop_after > start else self.max_steps
+        self.log.print(self._banner(start, last))
+        evals = []
+        if self.data.eval and start == 0:  # the starting point: how much did the surgery cost?
+            evals.append(self.evaluate())
+            self.log.log(evals[-1])
+        self.model.train()
+        self._lap(count=False)
+        since, record = (0.0, 0.0), {}
+        while self.step < last:
+            loss, norm, lr = self.train_step()
+            self.step += 1
+            self.tokens += self.tokens_per_step
+            self.log.advance()
+            if self.step == start + 1:
+                self._lap(count=False)  # warm-up: compilation, allocator, caches
+            if self.step % cfg.log_every == 0 or self.step == last:
+                record = self._train_record(loss, norm, lr, since)
+                since = (self.timed_s, self.timed_tokens)
+                self.log.log(record)
+            if self.data.eval and (self.step % cfg.eval_every == 0 or self.step == self.max_steps):
+                evals.append(self._between_steps(self.evaluate))
+                self.log.log(evals[-1])
+            if self.step % cfg.save_every == 0 or self.step == last:
+                path = self._between_steps(self._save)
+                self.log.print(f"saved checkpoint {path}")
+        return self._finish(record, evals)
+
+    def _banner(self, start: int, last: int) -> str:
+        c, n = self.counts, len(self.train_layers) if self.train_layers is not None else "all"
+        return (f"pretraining {self.cfg.model}: {_human(c['total'])} params, {_human(c['trainable'])} trainable "
+                f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
+                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
+
+    def _save(self) -> Path:
+        shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),
+                  "layout": self._layout()}
+        mine = {"data": self.data.train.state_dict(), "rng": rng_state()}
+        if self.samples:
+            self.samples.flush()
+        return self.ckpt.save(self.step, self.model, self.optimizer, shared, mine)
+
+    def _finish(self, record: dict, evals: list[dict]) -> dict:
+        done = self.step >= self.max_steps
+        summary = {"step": self.step, "max_steps": self.max_steps, "tokens": self.tokens, "finished": done,
+                   **self._throughput(self.timed_s, self.timed_tokens), "loss": record.get("loss"),
+                   "eval_loss": evals[-1]["eval_loss"] if evals else None,
+                   "eval_ppl": evals[-1]["eval_ppl"] if evals else None}
+        summary["tokens_per_s_per_device"] = summary["tokens_per_s"] / self.d.world if summary["tokens_per_s"] else None
+        if self.samples:
+            self.samples.close()
+        if done:
+            self._export()
+        self.info["result"] = summary
+        self._write_info()
+        self.log.print(_summary_line(summary, self.out))
+        self.log.close()
+        return summary
+
+    def _export(self) -> None:
+        """Gather full weights to rank 0 and write a Hugging Face directory into OUTPUT."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.d.is_main:
+            export_hf(full, self.cfg.model, self.out, self.tokenizer)
+        barrier(self.d)
+
+
+def export_hf(state: dict, model_dir: str, out: Path, tokenizer) -> None:
+    """Weights in the input model's dtype, its config and tokenizer, and its dus_plan.json."""
+    config = load_hf_config(model_dir)
+    dtype = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    model.tie_weights()  # tied embeddings are saved once, as from_pretrained expects
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if (Path(model_dir) / PLAN_FILE).is_file():
+        shutil.copy(Path(model_dir) / PLAN_FILE, out / PLAN_FILE)
+
+
+def _summary_line(s: dict, out: Path) -> str:
+    speed = "n/a tokens/s"
+    if s["tokens_per_s"]:
+        speed = f"{s['tokens_per_s']:,.0f} tokens/s ({s['tokens_per_s_per_device']:,.0f} per device)"
+    mfu = f", MFU {s['mfu']:.1%}" if s["mfu"] else ""
+    where = f"model saved to {out}" if s["finished"] else f"stopped at step {s['step']}: continue with --resume"
+    return f"done: {s['step']} steps, {s['tokens']:,} tokens; {speed}{mfu}; {where}"
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,168 @@
+"""`dus pretrain` on CPU: learning, exact resume, freezing by provenance, bad input. Tiny offline models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from pretrain_helpers import corpus, perplexity, read_jsonl, tiny_model, weights  # noqa: F401 (fixtures)
+
+from dus.train import load_config, pretrain
+
+
+@pytest.fixture
+def run(tiny_model, corpus, tmp_path_factory):  # noqa: F811
+    cache = tmp_path_factory.getbasetemp() / "datasets-cache"
+
+    def run(output, **options) -> dict:
+        config = {"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(output),
+                  "seq_len": 64, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1,
+                  "cache_dir": str(cache), **options}
+        return pretrain(config)
+    return run
+
+
+def train_losses(output) -> list[float]:
+    return [r["loss"] for r in read_jsonl(output / "metrics.jsonl") if "loss" in r]
+
+
+def test_single_process_learns_and_exports(run, tiny_model, corpus, tmp_path, run_dus):  # noqa: F811
+    out = tmp_path / "run"
+    summary = run(out, max_steps=30, eval_data=[str(corpus["eval"])], eval_every=15, log_every=5)
+    records = read_jsonl(out / "metrics.jsonl")
+    losses = train_losses(out)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.3
+    train = [r for r in records if "loss" in r]
+    assert all({"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in train)
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 15, 30] and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert summary["finished"] and summary["tokens"] == 30 * 4 * 64
+    assert perplexity(out, corpus["eval"]) < 0.8 * perplexity(tiny_model, corpus["eval"])
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 1 and info["sharding"]["dtensor_params"] == 0 and info["result"]["finished"]
+
+    assert run_dus("report", out)[0] == 0
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
+def test_resume_is_exact(run, tmp_path, streaming):
+    steps = 12 if streaming else 20
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    first = run(interrupted, max_steps=steps, stop_after=steps // 2, save_every=4, streaming=streaming)
+    assert not first["finished"] and not (interrupted / "model.safetensors").exists()
+    run(interrupted, max_steps=steps, save_every=4, streaming=streaming, resume=True)
+    run(straight, max_steps=steps, streaming=streaming)
+    assert train_losses(interrupted) == train_losses(straight)  # bit-identical trajectory
+    resumed, reference = weights(interrupted), weights(straight)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    kept = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    assert kept == [f"step_{steps - 4:08d}", f"step_{steps:08d}"]  # --keep-checkpoints 2
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def _layer(name: str) -> int | None:
+    return int(name.split(".")[2]) if name.startswith("model.layers.") else None
+
+
+def test_freeze_layers_spec(run, tiny_model, tmp_path):  # noqa: F811
+    out = tmp_path / "frozen"
+    run(out, max_steps=3, freeze="layers:1:3", eval_fraction=0.1)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [0, 3]
+    changed = _changed(weights(tiny_model), weights(out))
+    assert changed and {_layer(k) for k in changed} == {1, 2}
+    info = json.loads((out / "run.json").read_text())
+    assert info["trained_layers"] == [1, 2] and info["params"]["trainable"] < info["params"]["total"] / 2
+    # frozen parameters carry no optimizer state
+    from torch.distributed.checkpoint import FileSystemReader
+    saved = FileSystemReader(str(out / "checkpoints" / "step_00000003")).read_metadata().state_dict_metadata
+    optim_layers = {_layer(k.split(".", 2)[2]) for k in saved if k.startswith("optim.state.")}
+    assert optim_layers == {1, 2}
+
+
+def test_freeze_original_trains_only_new_layers(run, tiny_model, tmp_path):  # noqa: F811
+    model = tmp_path / "grown"
+    shutil.copytree(tiny_model, model)
+    layers = [{"index": i, "source_layer": min(i, 2), "source": "base", "op": "copy", "new": i in (1, 3)}
+              for i in range(4)]
+    (model / "dus_plan.json").write_text(json.dumps({"plan": {"sources": {"base": "x"}, "layers": layers}}))
+    out = tmp_path / "out"
+    summary = run(out, model=str(model), max_tokens=3 * 4 * 64, freeze="original")
+    assert summary["step"] == 3
+    changed = _changed(weights(tiny_model), weights(out))
+    assert changed and {_layer(k) for k in changed} == {1, 3}  # embeddings, norm, head frozen too
+    assert json.loads((out / "dus_plan.json").read_text())["plan"]["layers"] == layers
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "cpt.yaml"
+    path.write_text("model: m\ndata: corpus\noutput: o\nseq-len: 32\nlr: 3e-5\nmax_tokens: 1e6\ncompile: true\n")
+    cfg = load_config(path, {"seq_len": 128, "lr": None})
+    assert (cfg.seq_len, cfg.lr, cfg.max_tokens, cfg.compile, cfg.data) == (128, 3e-5, 1_000_000, True, ["corpus"])
+    assert cfg.total_steps(world=2, steps_per_epoch=None) == -(-1_000_000 // (128 * 8 * 2))
+
+
+@pytest.fixture
+def with_checkpoint(tmp_path):
+    (tmp_path / "used" / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (tmp_path / "used" / "checkpoints" / "step_00000005" / ".metadata").write_bytes(b"")
+    return tmp_path / "used"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing.jsonl"], "data path not found"),
+    (["--data", "{tmp}/empty.jsonl"], "empty corpus"),
+    (["--data", "{tmp}/short.jsonl"], "empty corpus"),
+    (["--data", "{tmp}/broken.jsonl"], "JSON parse error"),
+    (["--seq-len", "4096"], "max_position_embeddings"),
+    (["--no-such-flag", "1"], "No such option"),
+    (["--freeze", "layers:2:9"], "out of range"),
+    (["--freeze", "original"], "dus_plan.json"),
+    (["--dtype", "float8"], "--dtype"),
+    (["--output", "{used}"], "--resume"),
+    (["--config", "{tmp}/bad.yaml"], "unknown option 'sequence_length'"),
+])
+def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, run_dus, args, message):  # noqa: F811
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "short.jsonl").write_text('{"text": "too short for a block"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"text": "unterminated\n')
+    (tmp_path / "bad.yaml").write_text("sequence_length: 64\n")
+    args = [a.format(tmp=tmp_path, used=with_checkpoint) for a in args]
+    data = [] if "--data" in args else ["--data", str(corpus["train"])]
+    code, _, err = run_dus("pretrain", tiny_model, *data, "--output", tmp_path / "o", "--seq-len", "64",
+                           "--max-steps", "1", "--cache-dir", tmp_path / "cache", *args)
+    err = err.strip()
+    assert code == 2, err
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err and message in err
+
+
+def test_bad_input_from_a_real_process(tiny_model, tmp_path):  # noqa: F811
+    """The whole process, not just main(): nothing but the error line reaches stderr."""
+    import subprocess
+    import sys
+
+    (tmp_path / "short.txt").write_text("too short for a block")
+    done = subprocess.run([sys.executable, "-m", "dus", "pretrain", str(tiny_model), "--data", str(tmp_path / "short.txt"),
+                           "--output", str(tmp_path / "o"), "--seq-len", "64", "--cache-dir", str(tmp_path / "cache")],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"]
+
+
+def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):  # noqa: F811
+    """The real hand-off: `dus build --recipe expand` then `dus pretrain --freeze original`."""
+    import dus.api
+
+    grown = tmp_path / "grown"
+    record = dus.api.build(str(tiny_model), grown, recipe="expand", new_layers=2)
+    new_layers = {l["index"] for l in record["plan"]["layers"] if l["new"]}
+    assert new_layers == {2, 5}
+    out = tmp_path / "out"
+    run(out, model=str(grown), max_tokens=2 * 4 * 64, freeze="original")
+    changed = _changed(weights(grown), weights(out))
+    assert changed and {_layer(k) for k in changed} == new_layers
