@@ -16,7 +16,6 @@ from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
 from dus.yamlfile import read_mapping
 
-RECIPES = ("dus", "stack", "interleave", "idus", "expand", "layers")
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
                "dtype", "config_overrides", "shard_size", "preset"}
 
@@ -50,35 +49,36 @@ def resolve_options(options: dict, recipe_file: str | None = None, preset_name: 
     return merged
 
 
+# Each recipe's parameters and defaults (None: required), and how it makes layers.
+RECIPE_PARAMS = {
+    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
+    "expand": {"new_layers": None}, "layers": {"layers": None},
+}
+
+
 def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
     recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
-    if recipe not in RECIPES:
-        raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
-    if recipe == "dus":
-        layers = recipes.dus(n, int(options.get("overlap", 8)))
-        described = {"name": "dus", "overlap": int(options.get("overlap", 8))}
-    elif recipe == "stack":
-        layers, described = recipes.stack(n, int(options.get("factor", 2))), {"name": "stack", "factor": int(options.get("factor", 2))}
-    elif recipe == "interleave":
-        layers, described = recipes.interleave(n, int(options.get("factor", 2))), {"name": "interleave", "factor": int(options.get("factor", 2))}
-    elif recipe == "idus":
-        layers, described = recipes.idus(n, int(options.get("group", 8))), {"name": "idus", "group": int(options.get("group", 8))}
+    if recipe not in RECIPE_PARAMS:
+        raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
+    params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
+    for key, value in params.items():
+        if value is None:
+            raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
+    described = {"name": recipe, **params}
+    if recipe == "layers":
+        layers = layer_entries(params["layers"], sources)
+        if not isinstance(params["layers"], str):
+            described["layers"] = "explicit"
     elif recipe == "expand":
-        if options.get("new_layers") is None:
-            raise InputError("--recipe expand needs --new-layers K")
-        k = int(options["new_layers"])
         modules = residual_output_modules(base.layer_tensors[0])
-        layers, described = recipes.expand(n, k, modules), {"name": "expand", "new_layers": k, "zeroed": list(modules)}
+        layers = recipes.expand(n, int(params["new_layers"]), modules)
+        described["zeroed"] = list(modules)
     else:
-        spec = options.get("layers")
-        if spec is None:
-            raise InputError("--recipe layers needs --layers SPEC")
-        layers, described = layer_entries(spec, sources), {"name": "layers", "layers": spec if isinstance(spec, str) else "explicit"}
-    dtype = options.get("dtype") or "auto"
+        layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     return Plan(layers, {name: s.ref for name, s in sources.items()}, described,
-                dict(options.get("config_overrides") or {}), dtype)
+                dict(options.get("config_overrides") or {}), options.get("dtype") or "auto")
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
