@@ -16,7 +16,7 @@ from dus import __version__
 from dus.api import PLAN_FILE, ResolvedPlan
 from dus.write.card import model_card
 from dus.write.output import atomic_directory
-from dus.write.shards import shard_names, split_shards, write_shard
+from dus.write.shards import split_shards, write_shards
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -24,16 +24,12 @@ INDEX_FILE = "model.safetensors.index.json"
 def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: bool = False,
                 progress: Callable[[int], None] | None = None) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
-    names = shard_names(len(shards))
     with atomic_directory(output, force) as staging:
-        digests = {}
-        for name, specs in zip(names, shards):
-            digests[name] = {"sha256": write_shard(str(staging / name), specs, progress or (lambda n: None)),
-                             "bytes": (staging / name).stat().st_size}
+        digests = write_shards(str(staging), shards, progress or (lambda n: None))
         if len(shards) > 1:
             _write_json(staging / INDEX_FILE, {
                 "metadata": {"total_size": resolved.output_bytes},
-                "weight_map": {s.name: name for name, specs in zip(names, shards) for s in specs},
+                "weight_map": {s.name: name for name, specs in zip(digests, shards) for s in specs},
             })
         _write_json(staging / "config.json", resolved.config)
         for path in resolved.base.side_files():

@@ -43,8 +43,27 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def write_shard(path: str, specs: list[TensorSpec], progress: Callable[[int], None] = lambda n: None) -> str:
-    """Write one shard; return its sha256 (hex)."""
+def write_shards(directory: str, shards: list[list[TensorSpec]],
+                 progress: Callable[[int], None] = lambda n: None) -> dict[str, dict]:
+    """Write every shard; return {file name: {"sha256", "bytes"}}.
+
+    A shard's hash may still be catching up when the next shard starts: waiting
+    for all of them only at the end keeps the hashing off the critical path.
+    """
+    pending = []
+    try:
+        for name, specs in zip(shard_names(len(shards)), shards):
+            path = os.path.join(directory, name)
+            pending.append((name, path, write_shard(path, specs, progress)))
+    except BaseException:
+        for _, _, hasher in pending:
+            hasher.cancel()
+        raise
+    return {name: {"sha256": hasher.finish(), "bytes": os.path.getsize(path)} for name, path, hasher in pending}
+
+
+def write_shard(path: str, specs: list[TensorSpec], progress: Callable[[int], None] = lambda n: None) -> "_ShardHasher":
+    """Write one shard; return the hasher that will give its sha256 (`.finish()`)."""
     header = encode_header({s.name: (s.dtype, s.shape, s.nbytes) for s in specs}, METADATA)
     sources: dict[str, int] = {}
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -69,7 +88,7 @@ def write_shard(path: str, specs: list[TensorSpec], progress: Callable[[int], No
         os.close(out)
         for fd in sources.values():
             os.close(fd)
-    return hasher.finish()
+    return hasher
 
 
 def copy_range(src: int, dst: int, offset: int, count: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from dus.plan.layout import TensorSpec
 from dus.read.safetensors import DTYPE_CODES
 from dus.read.source import meta_tensors
-from dus.write.shards import shard_names, split_shards, write_shard
+from dus.write.shards import split_shards, write_shards
 
 
 def write_synthetic(directory: str | Path, config: dict, dtype: str = "bfloat16", shard_bytes: int = 5 * 10**9) -> int:
@@ -23,9 +23,7 @@ def write_synthetic(directory: str | Path, config: dict, dtype: str = "bfloat16"
     code = DTYPE_CODES[dtype]
     specs = [TensorSpec(name, code, info.shape, ()) for name, info in meta_tensors(config).items()]
     shards = split_shards(specs, shard_bytes)
-    names = shard_names(len(shards))
-    for name, part in zip(names, shards):
-        write_shard(str(directory / name), part)
+    names = list(write_shards(str(directory), shards))
     if len(shards) > 1:
         weight_map = {s.name: name for name, part in zip(names, shards) for s in part}
         total = sum(s.nbytes for s in specs)
