@@ -47,28 +47,30 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
                  progress: Callable[[int], None] = lambda n: None) -> dict[str, dict]:
     """Write every shard; return {file name: {"sha256", "bytes"}}.
 
-    A shard's hash may still be catching up when the next shard starts: waiting
-    for all of them only at the end keeps the hashing off the critical path.
+    One hashing thread follows the writer across all shards, so a shard's hash
+    may still be catching up while the next shard is written: hashing stays
+    off the critical path and its memory is one chunk, however many shards.
     """
-    pending = []
+    hasher = _Hasher()
+    paths = [os.path.join(directory, name) for name in shard_names(len(shards))]
     try:
-        for name, specs in zip(shard_names(len(shards)), shards):
-            path = os.path.join(directory, name)
-            pending.append((name, path, write_shard(path, specs, progress)))
+        for path, specs in zip(paths, shards):
+            write_shard(path, specs, hasher, progress)
     except BaseException:
-        for _, _, hasher in pending:
-            hasher.cancel()
+        hasher.cancel()
         raise
-    return {name: {"sha256": hasher.finish(), "bytes": os.path.getsize(path)} for name, path, hasher in pending}
+    digests = hasher.finish()
+    return {os.path.basename(p): {"sha256": digests[p], "bytes": os.path.getsize(p)} for p in paths}
 
 
-def write_shard(path: str, specs: list[TensorSpec], progress: Callable[[int], None] = lambda n: None) -> "_ShardHasher":
-    """Write one shard; return the hasher that will give its sha256 (`.finish()`)."""
+def write_shard(path: str, specs: list[TensorSpec], hasher: "_Hasher",
+                progress: Callable[[int], None] = lambda n: None) -> None:
+    """Write one shard, telling `hasher` about every byte range as it lands."""
     header = encode_header({s.name: (s.dtype, s.shape, s.nbytes) for s in specs}, METADATA)
     sources: dict[str, int] = {}
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    hasher = _ShardHasher(path)
     try:
+        hasher.start(path)
         _write_all(out, header)
         hasher.add(len(header))
         for spec in specs:
@@ -81,14 +83,10 @@ def write_shard(path: str, specs: list[TensorSpec], progress: Callable[[int], No
                 _write_all(out, tensor_bytes(spec))
             hasher.add(spec.nbytes)
             progress(spec.nbytes)
-    except BaseException:
-        hasher.cancel()
-        raise
     finally:
         os.close(out)
         for fd in sources.values():
             os.close(fd)
-    return hasher
 
 
 def copy_range(src: int, dst: int, offset: int, count: int) -> None:
@@ -126,47 +124,62 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-class _ShardHasher:
-    """sha256 of a file being appended to, computed by a reader thread.
+class _Hasher:
+    """sha256 of files being appended to, computed by one reader thread.
 
-    `add(n)` announces that n more bytes are on disk; the thread hashes them
-    with its own descriptor (from the page cache) while the writer goes on.
+    `start(path)` begins a file, `add(n)` announces that n more of its bytes are
+    on disk; the thread hashes them with its own descriptor (from the page
+    cache) while the writer goes on.
     """
 
-    def __init__(self, path: str):
-        self._fd = os.open(path, os.O_RDONLY)
-        self._hash = hashlib.sha256()
+    def __init__(self):
         self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._digests: dict[str, str] = {}
         self._error: BaseException | None = None
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def start(self, path: str) -> None:
+        self._todo.put(path)
 
     def add(self, nbytes: int) -> None:
         self._todo.put(nbytes)
 
     def _run(self) -> None:
-        position = 0
+        fd, path, digest, position = None, None, None, 0
         try:
-            while (nbytes := self._todo.get()) is not None:
-                end = position + nbytes
+            while (item := self._todo.get()) is not None and not self._cancelled:
+                if isinstance(item, str):
+                    if fd is not None:
+                        os.close(fd)
+                        self._digests[path] = digest.hexdigest()
+                    fd, path, digest, position = os.open(item, os.O_RDONLY), item, hashlib.sha256(), 0
+                    continue
+                end = position + item
                 while position < end:
-                    chunk = os.pread(self._fd, min(HASH_CHUNK, end - position), position)
+                    chunk = os.pread(fd, min(HASH_CHUNK, end - position), position)
                     if not chunk:
-                        raise BuildError("output shard is shorter than written")
-                    self._hash.update(chunk)
+                        raise BuildError(f"{os.path.basename(path)} is shorter than written")
+                    digest.update(chunk)
                     position += len(chunk)
+            if fd is not None and not self._cancelled:
+                self._digests[path] = digest.hexdigest()
         except BaseException as e:  # reported by finish()
             self._error = e
+        finally:
+            if fd is not None:
+                os.close(fd)
 
-    def finish(self) -> str:
+    def finish(self) -> dict[str, str]:
+        """Wait for the hashes: {path: sha256 hex}."""
         self._todo.put(None)
         self._thread.join()
-        os.close(self._fd)
         if self._error:
             raise self._error
-        return self._hash.hexdigest()
+        return self._digests
 
     def cancel(self) -> None:
+        self._cancelled = True
         self._todo.put(None)
         self._thread.join()
-        os.close(self._fd)
