@@ -93,6 +93,7 @@ def run(cmd: list[str], output: Path, src: Path) -> tuple[float, int, int]:
     """Wall seconds, peak RSS bytes and bytes written of one whole process (warm cache); output removed after."""
     shutil.rmtree(output, ignore_errors=True)
     warm(src)
+    os.sync()  # start with no dirty pages left by the previous run's writes
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

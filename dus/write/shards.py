@@ -2,8 +2,8 @@
 
 A byte-copy tensor goes from source file to output file inside the kernel
 (`os.copy_file_range`, falling back to `sendfile` and then to a bounded
-buffer). A second thread hashes each shard as it is written, so the sha256
-recorded for `dus verify` costs almost no extra wall time on two cores.
+buffer). A second thread hashes each shard's planned bytes meanwhile, so the
+sha256 recorded for `dus verify` costs little extra wall time on two cores.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
                  progress: Callable[[int], None] = lambda n: None) -> dict[str, dict]:
     """Write every shard; return {file name: {"sha256", "bytes"}}.
 
-    One hashing thread follows the writer across all shards, so a shard's hash
-    may still be catching up while the next shard is written: hashing stays
-    off the critical path and its memory is one chunk, however many shards.
+    The hash of a shard is computed from the bytes it is planned to hold (its
+    header, the source byte ranges, computed tensors), in a thread that runs
+    ahead of or behind the writer as the disk allows: hashing stays off the
+    critical path, and `dus verify` compares the file on disk against it.
     """
     hasher = _Hasher()
     paths = [os.path.join(directory, name) for name in shard_names(len(shards))]
@@ -60,28 +61,30 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
         hasher.cancel()
         raise
     digests = hasher.finish()
-    return {os.path.basename(p): {"sha256": digests[p], "bytes": os.path.getsize(p)} for p in paths}
+    return {os.path.basename(p): {"sha256": d, "bytes": os.path.getsize(p)} for p, d in zip(paths, digests)}
 
 
 def write_shard(path: str, specs: list[TensorSpec], hasher: "_Hasher",
                 progress: Callable[[int], None] = lambda n: None) -> None:
-    """Write one shard, telling `hasher` about every byte range as it lands."""
+    """Write one shard, handing `hasher` every byte range it holds, in order."""
     header = encode_header({s.name: (s.dtype, s.shape, s.nbytes) for s in specs}, METADATA)
     sources: dict[str, int] = {}
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        hasher.start(path)
+        hasher.start()
+        hasher.add_bytes(header)
         _write_all(out, header)
-        hasher.add(len(header))
         for spec in specs:
             if spec.is_byte_copy:
                 info = spec.parts[0][0]
                 if info.path not in sources:
                     sources[info.path] = os.open(info.path, os.O_RDONLY)
+                hasher.add_range(info.path, info.start, info.nbytes)
                 copy_range(sources[info.path], out, info.start, info.nbytes)
             else:
-                _write_all(out, tensor_bytes(spec))
-            hasher.add(spec.nbytes)
+                data = tensor_bytes(spec)
+                hasher.add_bytes(data)
+                _write_all(out, data)
             progress(spec.nbytes)
     finally:
         os.close(out)
@@ -125,61 +128,70 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _Hasher:
-    """sha256 of files being appended to, computed by one reader thread.
+    """sha256 of each shard's planned bytes, computed in order by one thread.
 
-    `start(path)` begins a file, `add(n)` announces that n more of its bytes are
-    on disk; the thread hashes them with its own descriptor (from the page
-    cache) while the writer goes on.
+    `start()` begins a shard; `add_range` names source bytes (read from the page
+    cache with the thread's own descriptors), `add_bytes` hands over computed
+    ones. At most a few computed tensors wait in memory: `add_bytes` blocks
+    when the thread falls that far behind.
     """
 
-    def __init__(self):
+    def __init__(self, max_pending_bytes_items: int = 2):
         self._todo: queue.SimpleQueue = queue.SimpleQueue()
-        self._digests: dict[str, str] = {}
+        self._room = threading.Semaphore(max_pending_bytes_items)
+        self._digests: list = []
         self._error: BaseException | None = None
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def start(self, path: str) -> None:
-        self._todo.put(path)
+    def start(self) -> None:
+        self._todo.put(("start",))
 
-    def add(self, nbytes: int) -> None:
-        self._todo.put(nbytes)
+    def add_range(self, path: str, start: int, nbytes: int) -> None:
+        self._todo.put(("range", path, start, nbytes))
+
+    def add_bytes(self, data: bytes) -> None:
+        while not self._room.acquire(timeout=0.1):
+            if self._error:  # the thread has stopped: finish() will report why
+                return
+        self._todo.put(("bytes", data))
 
     def _run(self) -> None:
-        fd, path, digest, position = None, None, None, 0
+        files: dict[str, int] = {}
         try:
             while (item := self._todo.get()) is not None and not self._cancelled:
-                if isinstance(item, str):
-                    if fd is not None:
-                        os.close(fd)
-                        self._digests[path] = digest.hexdigest()
-                    fd, path, digest, position = os.open(item, os.O_RDONLY), item, hashlib.sha256(), 0
-                    continue
-                end = position + item
-                while position < end:
-                    chunk = os.pread(fd, min(HASH_CHUNK, end - position), position)
-                    if not chunk:
-                        raise BuildError(f"{os.path.basename(path)} is shorter than written")
-                    digest.update(chunk)
-                    position += len(chunk)
-            if fd is not None and not self._cancelled:
-                self._digests[path] = digest.hexdigest()
+                if item[0] == "start":
+                    self._digests.append(hashlib.sha256())
+                elif item[0] == "bytes":
+                    self._digests[-1].update(item[1])
+                    self._room.release()
+                else:
+                    _, path, position, nbytes = item
+                    fd = files.get(path) or files.setdefault(path, os.open(path, os.O_RDONLY))
+                    end = position + nbytes
+                    while position < end:
+                        chunk = os.pread(fd, min(HASH_CHUNK, end - position), position)
+                        if not chunk:
+                            raise BuildError(f"{os.path.basename(path)} ended inside a tensor its header promised")
+                        self._digests[-1].update(chunk)
+                        position += len(chunk)
         except BaseException as e:  # reported by finish()
             self._error = e
         finally:
-            if fd is not None:
+            for fd in files.values():
                 os.close(fd)
 
-    def finish(self) -> dict[str, str]:
-        """Wait for the hashes: {path: sha256 hex}."""
+    def finish(self) -> list[str]:
+        """Wait for the hashes: one sha256 hex per started shard, in order."""
         self._todo.put(None)
         self._thread.join()
         if self._error:
             raise self._error
-        return self._digests
+        return [digest.hexdigest() for digest in self._digests]
 
     def cancel(self) -> None:
         self._cancelled = True
         self._todo.put(None)
+        self._room.release()
         self._thread.join()
