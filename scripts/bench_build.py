@@ -157,12 +157,13 @@ def report(args, config, source_bytes, results) -> None:
           + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     print(f"\nsource {source_bytes / 1e9:.2f} GB ({config['num_hidden_layers']} layers), median of {args.repeats} "
           "alternating runs, warm page cache\n")
-    print("| tool | wall (s) | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results:
         wall, rss, written = med(name, 0), med(name, 1), med(name, 2)
-        print(f"| {name} | {wall:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} | {wall / med('floor', 0):.2f}× "
-              f"| {wall / med('dus', 0):.2f}× |")
+        low, high = min(r[0] for r in results[name]), max(r[0] for r in results[name])
+        print(f"| {name} | {wall:.2f} | {low:.2f}–{high:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} "
+              f"| {wall / med('floor', 0):.2f}× | {wall / med('dus', 0):.2f}× |")
 
 
 def _version(md, package):

@@ -98,7 +98,7 @@ def copy_range(src: int, dst: int, offset: int, count: int) -> None:
         try:
             moved = os.copy_file_range(src, dst, min(count, 1 << 30), offset)
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EIO):
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
             return _copy_fallback(src, dst, offset, count)
         if moved == 0:
