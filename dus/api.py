@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.config import output_config
+from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
@@ -55,15 +55,11 @@ class ResolvedPlan:
             "dtype": self.plan.dtype,
             "layers": self.plan.to_json()["layers"],
             "num_parameters": self.num_parameters,
-            "source_num_parameters": num_parameters(_source_specs(self.base)),
+            "source_num_parameters": sum(info.numel for info in self.base.tensors.values()),
             "output_bytes": self.output_bytes,
             "num_tensors": len(self.tensors),
             "config": self.config,
         }
-
-
-def _source_specs(source: Source) -> list[TensorSpec]:
-    return [TensorSpec(n, i.dtype, i.shape, ((i, 1.0),)) for n, i in source.tensors.items()]
 
 
 def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,
@@ -79,10 +75,7 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
     tensors = layout(the_plan, opened)
-    base = opened[the_plan.base]
-    out_dtype = None if the_plan.dtype == "auto" else the_plan.dtype
-    config_out = output_config(base.config, [l.source_layer for l in the_plan.layers], out_dtype,
-                               the_plan.config_overrides)
+    config_out = planned_config(the_plan, opened[the_plan.base].config)
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
 
 

