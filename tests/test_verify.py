@@ -105,3 +105,28 @@ def test_build_verify_flag(built, tmp_path, run_dus):
     code, out, err = run_dus("build", built / "src", tmp_path / "v", "--layers", "0:4,3", "--verify")
     assert code == 0, err
     assert "verified" in out
+
+
+def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):
+    """Blended and scaled tensors are recomputed from the source and compared too."""
+    import hashlib
+
+    import yaml
+
+    from dus.read.safetensors import read_header
+
+    save_model("llama", tmp_path / "src")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"source": str(tmp_path / "src"), "layers": [
+        {"range": [0, 4]}, {"layer": 3, "scale": {"modules": ["mlp.down_proj"], "factor": 0.5}}]}))
+    dus.api.build(None, tmp_path / "out", config=str(recipe))
+    shard = tmp_path / "out" / "model.safetensors"
+    target = read_header(str(shard))[0]["model.layers.4.mlp.down_proj.weight"]
+    data = bytearray(shard.read_bytes())
+    data[target.start + 1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    record = json.loads((tmp_path / "out" / "dus_plan.json").read_text())
+    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (tmp_path / "out" / "dus_plan.json").write_text(json.dumps(record))
+    code, _, err = run_dus("verify", tmp_path / "out")
+    assert code == 1 and "'model.layers.4.mlp.down_proj.weight' bytes differ" in err

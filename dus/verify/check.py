@@ -1,15 +1,15 @@
 """`dus verify`: prove an output directory is exactly what its dus_plan.json says.
 
 The plan is resolved again against its sources, so every expectation is
-derived, not copied from the output: shard hashes, tensor names, dtypes and
-shapes, every tensor's bytes (compared in bounded chunks against the planned
-source bytes, or against the recomputed blend/scale), the config, and that
-transformers builds a model whose parameters match the written tensors.
+derived, not copied from the output: tensor names, dtypes and shapes; in one
+read of each shard, its sha256 and every tensor's bytes (compared in bounded
+chunks against the planned source bytes, or against the recomputed
+blend/scale); the config; and that transformers builds a model whose
+parameters match the written tensors.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,8 +22,8 @@ from dus.plan.model import Plan
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
-
-CHUNK = 8 * 1024 * 1024
+from dus.write.shards import HASH_CHUNK as CHUNK
+from dus.write.shards import ShardHasher
 
 
 class VerifyError(DusError):
@@ -47,8 +47,11 @@ def verify_model(output: Path, source: str | None = None) -> VerifyReport:
 
     record = read_plan_record(output)
     report = VerifyReport(output)
-    report.checks.append(_check_shard_hashes(output, record))
-    tensors = local_tensors(output) or {}
+    shards = _recorded_shards(output, record)
+    try:
+        tensors = local_tensors(output) or {}
+    except InputError as e:  # a damaged header is a failed verification, not a bad argument
+        raise VerifyError(str(e)) from None
     plan = Plan.from_json(record["plan"])
     refs = {name: s["ref"] for name, s in record["sources"].items()}
     if source:
@@ -56,26 +59,19 @@ def verify_model(output: Path, source: str | None = None) -> VerifyReport:
     sources = {name: open_source(ref) for name, ref in refs.items()}
     expected = layout(plan, sources)
     report.checks.append(_check_names_shapes(expected, tensors))
-    report.checks.append(_check_bytes(expected, tensors))
+    report.checks.extend(_check_shards(output, shards, expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
     report.checks.append(_check_transformers(config, tensors))
     return report
 
 
-def _check_shard_hashes(output: Path, record: dict) -> str:
+def _recorded_shards(output: Path, record: dict) -> dict[str, dict]:
     shards = record.get("output", {}).get("shards", {})
     present = sorted(p.name for p in output.glob("*.safetensors"))
     if sorted(shards) != present:
         raise VerifyError(f"shards on disk {present} differ from the plan's {sorted(shards)}")
-    for name, expected in shards.items():
-        digest = hashlib.sha256()
-        with open(output / name, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != expected["sha256"]:
-            raise VerifyError(f"{name}: sha256 {digest.hexdigest()[:16]}… differs from the recorded {expected['sha256'][:16]}…")
-    return f"{len(shards)} shard sha256 match"
+    return shards
 
 
 def _check_names_shapes(expected: list[TensorSpec], tensors: dict[str, TensorInfo]) -> str:
@@ -93,40 +89,60 @@ def _check_names_shapes(expected: list[TensorSpec], tensors: dict[str, TensorInf
     return f"{len(expected)} tensor names, dtypes and shapes match"
 
 
-def _check_bytes(expected: list[TensorSpec], tensors: dict[str, TensorInfo]) -> str:
-    copies = 0
+def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSpec],
+                  tensors: dict[str, TensorInfo]) -> list[str]:
+    """Read each shard once, front to back: a second thread hashes every byte read while
+    each tensor is compared with its planned source bytes (or the recomputed blend/scale).
+    A shard whose hash differs is reported before a tensor that differs inside it."""
+    in_shard: dict[str, list[TensorSpec]] = {name: [] for name in shards}
     for spec in expected:
-        got = tensors[spec.name]
-        if spec.is_byte_copy:
-            copies += 1
-            same = _same_bytes(spec.parts[0][0], got)
-        else:
-            same = _read(got.path, got.start, got.nbytes) == tensor_bytes(spec)
-        if not same:
+        in_shard[os.path.basename(tensors[spec.name].path)].append(spec)
+    hasher, differs = ShardHasher(), {}
+    try:
+        for name in shards:
+            hasher.start()
+            with open(output / name, "rb") as f:
+                for spec in sorted(in_shard[name], key=lambda s: tensors[s.name].start):
+                    got = tensors[spec.name]
+                    hasher.add_bytes(f.read(got.start - f.tell()))  # the header
+                    if not _same_bytes(spec, f, got.nbytes, hasher):
+                        differs.setdefault(name, spec)
+                while chunk := f.read(CHUNK):
+                    hasher.add_bytes(chunk)
+    except BaseException:
+        hasher.cancel()
+        raise
+    for (name, recorded), digest in zip(shards.items(), hasher.finish()):
+        if digest != recorded["sha256"]:
+            raise VerifyError(f"{name}: sha256 {digest[:16]}… differs from the recorded {recorded['sha256'][:16]}…")
+        if name in differs:
+            spec = differs[name]
             planned = spec.parts[0][0].path if spec.parts else "zeros"
             raise VerifyError(f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})")
-    return f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"
+    copies = sum(spec.is_byte_copy for spec in expected)
+    return [f"{len(shards)} shard sha256 match",
+            f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
 
 
-def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
-    if a.nbytes != b.nbytes:
-        return False
-    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-        fa.seek(a.start)
-        fb.seek(b.start)
-        left = a.nbytes
+def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool:
+    """Compare the next `nbytes` of `out` with the planned bytes, handing them all to `hasher`."""
+    if not spec.is_byte_copy:
+        got = out.read(nbytes)
+        hasher.add_bytes(got)
+        return got == tensor_bytes(spec)
+    source = spec.parts[0][0]
+    same = source.nbytes == nbytes
+    with open(source.path, "rb") as f:
+        f.seek(source.start)
+        left = nbytes
         while left:
-            size = min(CHUNK, left)
-            if fa.read(size) != fb.read(size):
+            got = out.read(min(CHUNK, left))
+            if not got:  # the shard shrank under us
                 return False
-            left -= size
-    return True
-
-
-def _read(path: str, start: int, nbytes: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(nbytes)
+            hasher.add_bytes(got)
+            same = same and f.read(len(got)) == got
+            left -= len(got)
+    return same
 
 
 def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
