@@ -62,6 +62,22 @@ def test_resume_is_exact(run, tmp_path, streaming):
     assert kept == [f"step_{steps - 4:08d}", f"step_{steps:08d}"]  # --keep-checkpoints 2
 
 
+def test_save_every_zero_saves_only_to_resume(run, tmp_path):
+    done = run(tmp_path / "done", max_steps=4, save_every=0, device="cpu")
+    assert done["finished"] and (tmp_path / "done" / "model.safetensors").is_file()
+    assert not list((tmp_path / "done" / "checkpoints").glob("step_*"))
+    paused = run(tmp_path / "paused", max_steps=4, stop_after=2, save_every=0)
+    assert not paused["finished"]
+    assert [p.name for p in (tmp_path / "paused" / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def test_device_cuda_without_cuda_is_refused(tiny_model, corpus, tmp_path, run_dus, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_dus("pretrain", tiny_model, "--data", corpus["train"], "--output", tmp_path / "o",
+                           "--max-steps", "1", "--device", "cuda")
+    assert code == 2 and err.strip() == "error: --device cuda, but PyTorch sees no CUDA device"
+
+
 def _changed(before: dict, after: dict) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
 
@@ -124,6 +140,7 @@ def with_checkpoint(tmp_path):
     (["--freeze", "layers:2:9"], "out of range"),
     (["--freeze", "original"], "dus_plan.json"),
     (["--dtype", "float8"], "--dtype"),
+    (["--device", "tpu"], "--device must be one of auto, cuda, cpu"),
     (["--output", "{used}"], "--resume"),
     (["--config", "{tmp}/bad.yaml"], "unknown option 'sequence_length'"),
 ])

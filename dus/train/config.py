@@ -17,6 +17,7 @@ from dus.errors import InputError
 from dus.yamlfile import read_mapping
 
 DTYPES = ("auto", "bfloat16", "float32")
+DEVICES = ("auto", "cuda", "cpu")
 
 
 def _opt(default, help: str, **kw):
@@ -56,13 +57,14 @@ class PretrainConfig:
     beta2: float = _opt(0.95, "AdamW beta2")
     grad_clip: float = _opt(1.0, "clip the global gradient norm (0: no clipping)")
     # precision and speed
+    device: str = _opt("auto", "auto (CUDA when present), cuda, or cpu")
     dtype: str = _opt("auto", "compute dtype: bfloat16, float32, or auto (bfloat16 on GPU, float32 on CPU)")
     grad_checkpointing: bool = _opt(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = _opt(False, "torch.compile each decoder layer")
     freeze: str = _opt("none", "none | original (train only layers dus_plan.json marks new) | layers:SPEC (e.g. layers:0:4,7)")
     # bookkeeping
     seed: int = _opt(0, "seed for data order and any randomness in the model")
-    save_every: int = _opt(1000, "checkpoint every N steps (also at the end)")
+    save_every: int = _opt(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
     keep_checkpoints: int = _opt(2, "keep this many newest checkpoints (0: all)")
     resume: bool = _opt(False, "continue from the newest checkpoint in OUTPUT/checkpoints")
     log_every: int = _opt(10, "print and record metrics every N steps")
@@ -91,15 +93,18 @@ class PretrainConfig:
                 raise InputError(f"no {name} given (pass it on the command line or as `{name}:` in --config)")
         if not self.data:
             raise InputError("no training data given: pass --data PATH")
-        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every", "eval_every",
+        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_every",
                      "eval_batches", "num_proc"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_steps", "max_tokens", "stop_after", "warmup_steps", "keep_checkpoints", "shuffle_buffer"):
+        for name in ("max_steps", "max_tokens", "stop_after", "warmup_steps", "save_every", "keep_checkpoints",
+                     "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise InputError("--lr must be positive and --min-lr-ratio within 0..1")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if not 0 <= self.eval_fraction < 1:

@@ -3,7 +3,7 @@
 Per step: `grad_accum` micro-batches of packed blocks, mean causal-LM loss,
 global grad-norm clipping, AdamW, warmup + cosine schedule. Around it: eval at
 step 0 / every `eval_every` / the end, DCP checkpoints every `save_every` and
-at the end, metrics every `log_every`, and the export of a plain Hugging Face
+at the end (with `save_every` 0 only when `stop_after` leaves early), metrics every `log_every`, and the export of a plain Hugging Face
 model directory into OUTPUT once the schedule is done.
 """
 
@@ -63,7 +63,7 @@ from dus.train.parallel import (
 def pretrain(cfg: PretrainConfig | dict) -> dict:
     """Continued pretraining of `cfg.model` on `cfg.data`; returns the run summary (also in OUTPUT/run.json)."""
     cfg = PretrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg.validate()
-    d = init_distributed()
+    d = init_distributed(cfg.device)
     try:
         return Trainer(cfg, d).run()
     finally:
@@ -286,7 +286,7 @@ class Trainer:
             if self.data.eval and (self.step % cfg.eval_every == 0 or self.step == self.max_steps):
                 evals.append(self._between_steps(self.evaluate))
                 self.log.log(evals[-1])
-            if self.step % cfg.save_every == 0 or self.step == last:
+            if self._save_due(last):
                 path = self._between_steps(self._save)
                 self.log.print(f"saved checkpoint {path}")
         return self._finish(record, evals)
@@ -296,6 +296,12 @@ class Trainer:
         return (f"pretraining {self.cfg.model}: {_human(c['total'])} params, {_human(c['trainable'])} trainable "
                 f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
                 f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
+
+    def _save_due(self, last: int) -> bool:
+        every = self.cfg.save_every
+        if self.step == last:  # a run that stops early must leave a checkpoint to resume from
+            return bool(every) or last < self.max_steps
+        return bool(every) and self.step % every == 0
 
     def _save(self) -> Path:
         shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),

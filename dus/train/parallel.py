@@ -35,9 +35,12 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
+def init_distributed(device: str = "auto") -> Dist:
+    """`device`: auto (CUDA when present), cuda or cpu; under torchrun each rank takes GPU LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--device cuda, but PyTorch sees no CUDA device")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
