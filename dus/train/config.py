@@ -12,7 +12,6 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-
 from dus.errors import InputError
 from dus.yamlfile import read_mapping
 
