@@ -6,9 +6,11 @@ from its config class: everything is made on the spot, nothing is downloaded.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -69,7 +71,9 @@ def save(model, tokenizer, directory) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _root() -> Path:
-    return Path(tempfile.mkdtemp(prefix="dus-instruct-tests-"))
+    root = tempfile.mkdtemp(prefix="dus-instruct-tests-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # shared across test files, gone with the process
+    return Path(root)
 
 
 @functools.lru_cache(maxsize=None)
