@@ -129,3 +129,14 @@ def test_perplexity_option(tmp_path, run_dus):
     assert code == 0, err
     assert out.startswith("perplexity ")
     assert json.loads((tmp_path / "o" / "perplexity.json").read_text())["tokens"] > 0
+
+
+def test_reference_text_selects_topics():
+    from pydoc_data.topics import topics
+
+    from dus.eval.perplexity import reference_text
+
+    keys = sorted(topics)
+    assert reference_text(topics=[keys[3], keys[1]]) == topics[keys[1]].strip() + "\n\n" + topics[keys[3]].strip()
+    assert reference_text().startswith(reference_text(topics=keys[:2]))
+    assert reference_text(max_chars=100, topics=keys[5:]) == reference_text(topics=keys[5:])[:100]

@@ -9,14 +9,17 @@ sorted order, so base and up-scaled models see identical tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from dus.analyze.data import token_windows
 
 
-def reference_text(max_chars: int | None = None) -> str:
-    from pydoc_data.topics import topics
+def reference_text(max_chars: int | None = None, topics: Iterable[str] | None = None) -> str:
+    """All pydoc topics, or only the keys in `topics`, in sorted key order, joined by blank lines."""
+    from pydoc_data.topics import topics as all_topics
 
-    text = "\n\n".join(topics[k].strip() for k in sorted(topics))
+    keys = sorted(all_topics if topics is None else topics)
+    text = "\n\n".join(all_topics[k].strip() for k in keys)
     return text[:max_chars] if max_chars else text
 
 

@@ -12,7 +12,7 @@ held-out text.
 Text: Python's pydoc_data.topics. A topic whose key has crc32(key) % 5 == 0
 is held out, the rest is training data (one JSONL document per topic); so the
 two parts share no topic. Held-out perplexity: `dus.eval.perplexity` on the
-held-out topics joined as in `reference_text()` (sorted keys, blank line
+held-out topics joined by `reference_text(topics=...)` (sorted keys, blank line
 between), the first --eval-tokens tokens in --eval-window windows.
 
 Models are built in float32 (bit-identical to the bf16 source weights) so that
@@ -46,7 +46,7 @@ import transformers
 
 import dus
 from dus.api import build
-from dus.eval.perplexity import perplexity
+from dus.eval.perplexity import perplexity, reference_text
 from dus.fetch import fetch_smollm2
 from dus.train import PretrainConfig, pretrain
 
@@ -360,7 +360,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="growth-study-", dir=args.work_dir))  # removed at the end
     source = fetch_smollm2()
     train_topics, held = split_topics()
-    texts = {"train": train_topics, "held": held, "held_out": "\n\n".join(held.values()),
+    texts = {"train": train_topics, "held": held, "held_out": reference_text(topics=held),
              "train_file": write_train_jsonl(train_topics, work / "train.jsonl")}
     results = load_results(paths["json"], setup(args, texts, source))
     started = time.time() - results.get("wall_s", 0.0)
