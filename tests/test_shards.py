@@ -1,0 +1,82 @@
+"""ShardHasher: per-shard sha256 from source ranges and handed-over bytes, with one or many workers."""
+
+import hashlib
+import json
+import os
+import threading
+
+import pytest
+from models import save_model
+
+import dus.api
+import dus.write.shards as shards
+from dus.errors import BuildError
+from dus.write.shards import ShardHasher
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "src.bin"
+    path.write_bytes(os.urandom(3_000_000))
+    return str(path)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_digests_match_the_planned_bytes(source, workers):
+    data = open(source, "rb").read()
+    plans = [[(0, 10)], [b"head", (5, 2_500_000), b"tail"], [], [(2_999_990, 10), b"x" * 70_000, (0, 1)],
+             [(1000, 1_200_000)]]
+    hasher = ShardHasher(workers)
+    for plan in plans:
+        hasher.start()
+        for part in plan:
+            hasher.add_bytes(part) if isinstance(part, bytes) else hasher.add_range(source, part[0], part[1])
+    expected = [hashlib.sha256(b"".join(p if isinstance(p, bytes) else data[p[0]:p[0] + p[1]] for p in plan)).hexdigest()
+                for plan in plans]
+    assert hasher.finish() == expected
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_short_source_fails_and_does_not_block_the_writer(source, workers):
+    hasher = ShardHasher(workers, max_pending_bytes_items=1)
+    hasher.start()
+    hasher.add_range(source, 2_999_000, 5_000)  # past the end of the file
+    done = threading.Event()
+
+    def writer():
+        for _ in range(50):  # more than fit: would block forever if the stopped workers were awaited
+            hasher.add_bytes(b"y" * 1000)
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    assert done.wait(10)
+    with pytest.raises(BuildError, match="ended inside a tensor"):
+        hasher.finish()
+
+
+def test_cancel_stops_every_worker(source):
+    hasher = ShardHasher(3)
+    for _ in range(6):
+        hasher.start()
+        hasher.add_range(source, 0, 3_000_000)
+    hasher.cancel()
+    assert not any(t.is_alive() for t in hasher._threads)
+
+
+def test_a_build_hashed_by_several_workers_verifies(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "hash_workers", lambda n: min(n, 3))
+    save_model("llama", tmp_path / "src")
+    record = dus.api.build(str(tmp_path / "src"), tmp_path / "out", overlap=1, shard_size="40KB")
+    files = record["output"]["shards"]
+    assert len(files) > 3
+    for name, entry in files.items():
+        assert entry["sha256"] == hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "out" / "dus_plan.json").read_text())["output"]["shards"] == files
+    assert len(dus.api.verify(tmp_path / "out").checks) == 5
+
+
+def test_hash_workers_leave_a_core_for_the_copy(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [shards.hash_workers(n) for n in (1, 3, 20)] == [1, 3, 7]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert shards.hash_workers(20) == 1
