@@ -3,8 +3,9 @@
 Per step: `grad_accum` micro-batches of packed blocks, mean causal-LM loss,
 global grad-norm clipping, AdamW, warmup + cosine schedule. Around it: eval at
 step 0 / every `eval_every` / the end, DCP checkpoints every `save_every` and
-at the end (with `save_every` 0 only when `stop_after` leaves early), metrics every `log_every`, and the export of a plain Hugging Face
-model directory into OUTPUT once the schedule is done.
+at the end (with `save_every` 0 only when `stop_after` leaves early), metrics
+every `log_every`, and the export of a plain Hugging Face model directory into
+OUTPUT once the schedule is done.
 """
 
 from __future__ import annotations
