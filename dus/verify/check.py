@@ -1,11 +1,11 @@
 """`dus verify`: prove an output directory is exactly what its dus_plan.json says.
 
 The plan is resolved again against its sources, so every expectation is
-derived, not copied from the output: tensor names, dtypes and shapes; in one
-read of each shard, its sha256 and every tensor's bytes (compared in bounded
-chunks against the planned source bytes, or against the recomputed
-blend/scale); the config; and that transformers builds a model whose
-parameters match the written tensors.
+derived, not copied from the output: tensor names, dtypes and shapes; the
+config, and that transformers builds a model whose parameters match the
+written tensors; then, in one read of each shard, its sha256 and every
+tensor's bytes (compared in bounded chunks against the planned source bytes,
+or against the recomputed blend/scale).
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ def verify_model(output: Path, source: str | None = None) -> VerifyReport:
         refs[plan.base] = source
     sources = {name: open_source(ref) for name, ref in refs.items()}
     expected = layout(plan, sources)
+    # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
-    report.checks.extend(_check_shards(output, shards, expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
     report.checks.append(_check_transformers(config, tensors))
+    report.checks.extend(_check_shards(output, shards, expected, tensors))
     return report
 
 
