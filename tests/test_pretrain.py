@@ -66,6 +66,7 @@ def test_save_every_zero_saves_only_to_resume(run, tmp_path):
     done = run(tmp_path / "done", max_steps=4, save_every=0, device="cpu")
     assert done["finished"] and (tmp_path / "done" / "model.safetensors").is_file()
     assert not list((tmp_path / "done" / "checkpoints").glob("step_*"))
+    assert json.loads((tmp_path / "done" / "run.json").read_text())["device"] == "cpu"
     paused = run(tmp_path / "paused", max_steps=4, stop_after=2, save_every=0)
     assert not paused["finished"]
     assert [p.name for p in (tmp_path / "paused" / "checkpoints").iterdir()] == ["step_00000002"]
