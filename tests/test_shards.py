@@ -76,7 +76,7 @@ def test_a_build_hashed_by_several_workers_verifies(tmp_path, monkeypatch):
 
 
 def test_hash_workers_leave_a_core_for_the_copy(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert [shards.hash_workers(n) for n in (1, 3, 20)] == [1, 3, 7]
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert shards.hash_workers(20) == 1

@@ -130,7 +130,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def hash_workers(shards: int) -> int:
     """Threads to hash `shards` shards: the cores the copy leaves free, at least one."""
-    return max(1, min(shards, (os.cpu_count() or 1) - 1))
+    # The CPUs this process may run on (a container's limit), not the host's count.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(shards, cpus - 1))
 
 
 class ShardHasher:
