@@ -130,3 +130,18 @@ def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):
     (tmp_path / "out" / "dus_plan.json").write_text(json.dumps(record))
     code, _, err = run_dus("verify", tmp_path / "out")
     assert code == 1 and "'model.layers.4.mlp.down_proj.weight' bytes differ" in err
+
+
+def test_index_pointing_at_an_unlisted_file(built, tmp_path, run_dus):
+    """A weight map redirected to a copy in a subdirectory is not the shard that was hashed."""
+    import shutil
+
+    out = _copy(built, tmp_path)
+    shard = sorted(out.glob("*.safetensors"))[0]
+    (out / "sub").mkdir()
+    shutil.copy(shard, out / "sub" / shard.name)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: (f"sub/{v}" if v == shard.name else v) for k, v in index["weight_map"].items()}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and "not in a shard dus_plan.json lists" in err and "Traceback" not in err
