@@ -95,18 +95,19 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
     """Read each shard once, front to back: a second thread hashes every byte read while
     each tensor is compared with its planned source bytes (or the recomputed blend/scale).
     A shard whose hash differs is reported before a tensor that differs inside it."""
-    in_shard: dict[str, list[TensorSpec]] = {str(output / name): [] for name in shards}
+    shard_of = {str(output / name): name for name in shards}
+    in_shard: dict[str, list[TensorSpec]] = {name: [] for name in shards}
     for spec in expected:
         path = tensors[spec.name].path
-        if path not in in_shard:  # the index may point anywhere inside OUTPUT
+        if path not in shard_of:  # the index may point anywhere inside OUTPUT
             raise VerifyError(f"tensor {spec.name!r} is in {path}, not in a shard dus_plan.json lists")
-        in_shard[path].append(spec)
+        in_shard[shard_of[path]].append(spec)
     hasher, differs = ShardHasher(), {}
     try:
         for name in shards:
             hasher.start()
             with open(output / name, "rb") as f:
-                for spec in sorted(in_shard[str(output / name)], key=lambda s: tensors[s.name].start):
+                for spec in sorted(in_shard[name], key=lambda s: tensors[s.name].start):
                     got = tensors[spec.name]
                     hasher.add_bytes(f.read(got.start - f.tell()))  # the header
                     if not _same_bytes(spec, f, got.nbytes, hasher):
