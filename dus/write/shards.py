@@ -182,6 +182,7 @@ class ShardHasher:
 
     def _work(self) -> None:
         files: dict[str, int] = {}
+        buffer = bytearray(HASH_CHUNK)  # reused: a fresh 1 MiB bytes per read costs ~5% of hash speed
         try:
             while (job := self._shards.get()) is not None and not self._stopped():
                 index, items = job
@@ -193,7 +194,7 @@ class ShardHasher:
                     else:
                         _, path, position, nbytes = item
                         fd = files.get(path) or files.setdefault(path, os.open(path, os.O_RDONLY))
-                        _hash_range(digest, fd, path, position, nbytes)
+                        _hash_range(digest, fd, path, position, nbytes, buffer)
                 self._digests[index] = digest.hexdigest()
         except BaseException as e:  # reported by finish()
             self._error = self._error or e
@@ -223,11 +224,12 @@ class ShardHasher:
         self._stop_workers()
 
 
-def _hash_range(digest, fd: int, path: str, position: int, nbytes: int) -> None:
+def _hash_range(digest, fd: int, path: str, position: int, nbytes: int, buffer: bytearray) -> None:
+    view = memoryview(buffer)
     end = position + nbytes
     while position < end:
-        chunk = os.pread(fd, min(HASH_CHUNK, end - position), position)
-        if not chunk:
+        got = os.preadv(fd, [view[:end - position]], position)
+        if not got:
             raise BuildError(f"{os.path.basename(path)} ended inside a tensor its header promised")
-        digest.update(chunk)
-        position += len(chunk)
+        digest.update(view[:got])
+        position += got
