@@ -79,8 +79,10 @@ def test_a_build_hashed_by_several_workers_verifies(tmp_path, monkeypatch):
     assert len(dus.api.verify(tmp_path / "out").checks) == 5
 
 
-def test_hash_workers_leave_a_core_for_the_copy(monkeypatch):
+def test_hash_workers_are_one_per_usable_cpu_and_shard(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert [shards.hash_workers(n) for n in (1, 3, 20)] == [1, 3, 7]
+    assert [shards.hash_workers(n) for n in (0, 1, 3, 20)] == [1, 1, 3, 8]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert shards.hash_workers(20) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert shards.hash_workers(20) == 1

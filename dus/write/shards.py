@@ -3,8 +3,8 @@
 A byte-copy tensor goes from source file to output file inside the kernel
 (`os.copy_file_range`, falling back to `sendfile` and then to a bounded
 buffer). Other threads hash each shard's planned bytes meanwhile (one shard
-per thread, as many threads as the copy leaves cores), so the sha256 recorded
-for `dus verify` costs little extra wall time.
+per thread, one thread per usable CPU), so the sha256 recorded for
+`dus verify` costs little extra wall time.
 """
 
 from __future__ import annotations
@@ -129,10 +129,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def hash_workers(shards: int) -> int:
-    """Threads to hash `shards` shards: the cores the copy leaves free, at least one."""
+    """Threads to hash `shards` shards: one per usable CPU, at most one per shard.
+
+    Not one fewer to leave the copy a core: hashing, not the copy, is the
+    longest pole, and a second thread hashing the last shard while the first
+    still hashes the one before cut a 2-vCPU build from 1.19x to 1.12x the
+    byte-copy floor (docs/benchmarks.md).
+    """
     # The CPUs this process may run on (a container's limit), not the host's count.
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(shards, cpus - 1))
+    return max(1, min(shards, cpus))
 
 
 class ShardHasher:
