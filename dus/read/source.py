@@ -1,8 +1,10 @@
 """Resolve a SOURCE (model directory, bare config.json, or Hub repo id) into
 its config and a validated map of where every tensor's bytes live.
 
-Only headers are read. Weight-map entries must name safetensors files inside
-the model directory; pickle checkpoints are refused, never loaded.
+Only headers are read. Every file read from a model directory must resolve
+inside it (or, for a Hugging Face cache snapshot, inside the repo's cache
+folder, whose blobs/ the snapshot's symlinks point into); pickle checkpoints
+are refused, never loaded.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Source:
     def side_files(self) -> list[Path]:
         if self.directory is None:
             return []
-        return [self.directory / f for f in SIDE_FILES if (self.directory / f).is_file()]
+        return [path for f in SIDE_FILES if (path := model_file(self.directory, f)).is_file()]
 
 
 def open_source(ref: str, *, need_weights: bool = True) -> Source:
@@ -93,13 +95,34 @@ def open_source(ref: str, *, need_weights: bool = True) -> Source:
 
 
 def open_directory(path: Path, ref: str, *, need_weights: bool = True, revision: str | None = None) -> Source:
-    config = read_config(path / "config.json")
+    config = read_config(model_file(path, "config.json"))
     tensors = local_tensors(path)
     if tensors is None:
         if need_weights:
             raise InputError(f"{ref}: no {SINGLE_FILE} or {INDEX_FILE} in the model directory")
-        return Source(ref, config, meta_tensors(config), directory=path, revision=revision, has_weights=False)
-    return Source(ref, config, tensors, directory=path, revision=revision)
+        source = Source(ref, config, meta_tensors(config), directory=path, revision=revision, has_weights=False)
+    else:
+        source = Source(ref, config, tensors, directory=path, revision=revision)
+    source.side_files()  # a side file linked outside is refused now, before any output is written
+    return source
+
+
+def model_file(directory: Path, name: str) -> Path:
+    """`directory/name`, refused when a symlink takes it outside `allowed_root(directory)`."""
+    path = directory / name
+    if path.exists() and not (target := path.resolve()).is_relative_to(allowed_root(directory)):
+        raise InputError(f"{path}: resolves to {target}, outside the model directory; refusing to read it")
+    return path
+
+
+def allowed_root(directory: Path) -> Path:
+    """Where a model directory's files may resolve: the directory itself, or for a Hugging
+    Face cache snapshot (models--org--name/snapshots/<rev>/, whose files link to
+    ../../blobs/<hash>) the repo's cache folder models--org--name/, as huggingface_hub lays it out."""
+    directory = directory.resolve()
+    if directory.parent.name == "snapshots" and directory.parent.parent.name.startswith("models--"):
+        return directory.parent.parent
+    return directory
 
 
 def read_config(path: Path) -> dict:
@@ -117,10 +140,10 @@ def read_config(path: Path) -> dict:
 
 def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
     """All tensors of a local checkpoint, or None when it has no safetensors weights."""
-    if (directory / INDEX_FILE).is_file():
+    if model_file(directory, INDEX_FILE).is_file():
         return _sharded_tensors(directory)
-    if (directory / SINGLE_FILE).is_file():
-        tensors, _ = read_header(str(directory / SINGLE_FILE))
+    if (single := model_file(directory, SINGLE_FILE)).is_file():
+        tensors, _ = read_header(str(single))
         return tensors
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -152,10 +175,9 @@ def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
 
 def _inside(directory: Path, filename: str) -> Path:
     """A weight-map file name, refused unless it is a safetensors file in `directory`."""
-    candidate = directory / filename
-    if (os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors")
-            or not candidate.resolve().is_relative_to(directory.resolve())):
+    if os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors"):
         raise InputError(f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a safetensors file")
+    candidate = model_file(directory, filename)
     if not candidate.is_file():
         raise InputError(f"{INDEX_FILE}: shard {filename!r} is missing")
     return candidate
