@@ -91,13 +91,19 @@ def _source_refs(options: dict) -> dict[str, str]:
 
 
 def build(source: str | None, output: str | Path, *, shard_size: str | int | None = None, force: bool = False,
-          verify: bool = False, progress: Callable[[int], None] | None = None, **plan_options) -> dict:
-    """Build OUTPUT from SOURCE by the plan; return the written dus_plan.json record."""
+          verify: bool = False, progress: Callable[[int], None] | None = None, file_sha256: bool = False,
+          **plan_options) -> dict:
+    """Build OUTPUT from SOURCE by the plan; return the written dus_plan.json record.
+
+    Each shard's BLAKE3 is recorded for `dus verify`; `file_sha256` records its SHA-256
+    instead (the Hub's file hash; slower to compute than the copy on some CPUs)."""
     from dus.write.build import write_model
+    from dus.write.digest import build_digest
 
     resolved = plan(source, need_weights=True, **plan_options)
     shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
-    record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress)
+    record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress,
+                         digest=build_digest(file_sha256))
     if verify:
         from dus.verify.check import verify_model
 

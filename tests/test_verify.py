@@ -1,11 +1,13 @@
 """dus verify: passes on a build, fails naming the first mismatch."""
 
+import hashlib
 import json
 
 import pytest
 from models import save_model
 
 import dus.api
+from dus.write.digest import DIGESTS
 
 
 @pytest.fixture(scope="module")
@@ -16,43 +18,101 @@ def built(tmp_path_factory):
     return root
 
 
-def _copy(built, tmp_path):
+@pytest.fixture(scope="module")
+def built_both(built):
+    """The same build twice: BLAKE3 (the default) in out/, SHA-256 (--file-sha256) in out-sha256/."""
+    dus.api.build(str(built / "src"), built / "out-sha256", overlap=1, shard_size="60KB", file_sha256=True)
+    return built
+
+
+def _copy(built, tmp_path, name="out"):
     import shutil
 
-    shutil.copytree(built / "out", tmp_path / "out")
+    shutil.copytree(built / name, tmp_path / "out")
     return tmp_path / "out"
+
+
+def _rehash(out, shard) -> None:
+    """Record the shard's digest as it is now on disk, in the kind dus_plan.json holds."""
+    record = json.loads((out / "dus_plan.json").read_text())
+    entry = record["output"]["shards"][shard.name]
+    for kind in set(entry) & set(DIGESTS):
+        entry[kind] = DIGESTS[kind](shard.read_bytes()).hexdigest()
+    (out / "dus_plan.json").write_text(json.dumps(record))
 
 
 def test_verify_passes(built, run_dus):
     code, out, err = run_dus("verify", built / "out")
     assert code == 0, err
-    assert "shard sha256 match" in out and "bytes of all tensors match" in out and "config.json as planned" in out
+    assert "shard blake3 match" in out and "bytes of all tensors match" in out and "config.json as planned" in out
 
 
+@pytest.mark.parametrize("kind", ["blake3", "sha256"])
 @pytest.mark.parametrize("shard_index", [0, 1, -1])
-def test_flipped_byte_in_any_shard(built, tmp_path, shard_index, run_dus):
-    out = _copy(built, tmp_path)
+def test_flipped_byte_in_any_shard(built_both, tmp_path, shard_index, kind, run_dus):
+    out = _copy(built_both, tmp_path, "out" if kind == "blake3" else "out-sha256")
     shard = sorted(out.glob("*.safetensors"))[shard_index]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     code, _, err = run_dus("verify", out)
     assert code == 1
-    assert err.startswith("error: verification failed: " + shard.name) and "sha256" in err
+    assert err.startswith(f"error: verification failed: {shard.name}: {kind} ")
+
+
+@pytest.mark.parametrize("kind", ["blake3", "sha256"])
+@pytest.mark.parametrize("where", ["header", "last-byte"])
+def test_flipped_byte_outside_a_compared_tensor(built_both, tmp_path, where, kind, run_dus):
+    """Bytes no other check reads are hashed too: the header's metadata ("pt" -> "qt")."""
+    out = _copy(built_both, tmp_path, "out" if kind == "blake3" else "out-sha256")
+    shard = sorted(out.glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[data.index(b'"pt"') + 1 if where == "header" else -1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and err.startswith(f"error: verification failed: {shard.name}: {kind} ")
+
+
+def test_a_file_sha256_build_verifies(built_both, run_dus):
+    code, text, err = run_dus("verify", built_both / "out-sha256")
+    assert code == 0 and "shard sha256 match" in text, err
+
+
+def test_an_old_sha256_only_record_verifies(built, tmp_path, run_dus):
+    """dus_plan.json written before BLAKE3: {"sha256", "bytes"} per shard."""
+    out = _copy(built, tmp_path)
+    record = json.loads((out / "dus_plan.json").read_text())
+    record["output"]["shards"] = {name: {"sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
+                                         "bytes": entry["bytes"]}
+                                  for name, entry in record["output"]["shards"].items()}
+    (out / "dus_plan.json").write_text(json.dumps(record, indent=2))
+    code, text, err = run_dus("verify", out)
+    assert code == 0 and "shard sha256 match" in text, err
+    shard = sorted(out.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-1] + b"?")
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and f"{shard.name}: sha256 " in err
+
+
+@pytest.mark.parametrize("entry", [{"bytes": 1}, {"blake3": "00", "sha256": "00", "bytes": 1}], ids=["none", "both"])
+def test_a_record_without_one_digest_kind_fails(built, tmp_path, entry, run_dus):
+    out = _copy(built, tmp_path)
+    record = json.loads((out / "dus_plan.json").read_text())
+    name = sorted(record["output"]["shards"])[0]
+    record["output"]["shards"][name] = entry
+    (out / "dus_plan.json").write_text(json.dumps(record))
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and "must record one digest kind (blake3 or sha256)" in err and "Traceback" not in err
 
 
 def test_flipped_byte_with_rewritten_hash_is_still_caught(built, tmp_path, run_dus):
     """Even if someone updates dus_plan.json's hash, the bytes are compared with the source."""
-    import hashlib
-
     out = _copy(built, tmp_path)
     shard = sorted(out.glob("*.safetensors"))[1]
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0x10
     shard.write_bytes(bytes(data))
-    record = json.loads((out / "dus_plan.json").read_text())
-    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
-    (out / "dus_plan.json").write_text(json.dumps(record))
+    _rehash(out, shard)
     code, _, err = run_dus("verify", out)
     assert code == 1 and "bytes differ from its planned source" in err
 
@@ -69,11 +129,7 @@ def test_missing_tensor(built, tmp_path, run_dus):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     del index["weight_map"][dropped]
     (out / "model.safetensors.index.json").write_text(json.dumps(index))
-    record = json.loads((out / "dus_plan.json").read_text())
-    import hashlib
-
-    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    (out / "dus_plan.json").write_text(json.dumps(record))
+    _rehash(out, shard)
     code, _, err = run_dus("verify", out)
     assert code == 1 and f"{dropped!r} is missing" in err
 
@@ -109,8 +165,6 @@ def test_build_verify_flag(built, tmp_path, run_dus):
 
 def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):
     """Blended and scaled tensors are recomputed from the source and compared too."""
-    import hashlib
-
     import yaml
 
     from dus.read.safetensors import read_header
@@ -125,9 +179,7 @@ def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):
     data = bytearray(shard.read_bytes())
     data[target.start + 1] ^= 0x01
     shard.write_bytes(bytes(data))
-    record = json.loads((tmp_path / "out" / "dus_plan.json").read_text())
-    record["output"]["shards"][shard.name]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
-    (tmp_path / "out" / "dus_plan.json").write_text(json.dumps(record))
+    _rehash(tmp_path / "out", shard)
     code, _, err = run_dus("verify", tmp_path / "out")
     assert code == 1 and "'model.layers.4.mlp.down_proj.weight' bytes differ" in err
 

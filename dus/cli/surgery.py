@@ -112,6 +112,7 @@ def build_command(
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
+    file_sha256: bool = typer.Option(False, "--file-sha256", help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; slower on CPUs whose SHA-256 is slower than a page-cache copy."),
 ):
     """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards."""
     import dus.api
@@ -125,7 +126,8 @@ def build_command(
     resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
                                   str(config) if config else None)
     with byte_progress("building") as progress:
-        record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress, **resolved_opts)
+        record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress,
+                               file_sha256=file_sha256, **resolved_opts)
     out = record["output"]
     print(f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "
           f"{len(out['shards'])} shard(s), {out['total_size']:,} tensor bytes")

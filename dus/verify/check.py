@@ -3,7 +3,8 @@
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
 config, and that transformers builds a model whose parameters match the
-written tensors; then, in one read of each shard, its sha256 and every
+written tensors; then, in one read of each shard, its digest (the BLAKE3 or
+SHA-256 the record holds: dus/write/digest.py) and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
 """
@@ -22,6 +23,7 @@ from dus.plan.model import Plan
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
+from dus.write.digest import DIGESTS, recorded_digest
 from dus.write.shards import HASH_CHUNK as CHUNK
 from dus.write.shards import ShardHasher
 
@@ -95,6 +97,9 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
     """Read each shard once, front to back: a second thread hashes every byte read while
     each tensor is compared with its planned source bytes (or the recomputed blend/scale).
     A shard whose hash differs is reported before a tensor that differs inside it."""
+    kind = recorded_digest(shards)
+    if kind is None:
+        raise VerifyError(f"dus_plan.json must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
     shard_of = {str(output / name): name for name in shards}
     in_shard: dict[str, list[TensorSpec]] = {name: [] for name in shards}
     for spec in expected:
@@ -102,7 +107,7 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
         if path not in shard_of:  # the index may point anywhere inside OUTPUT
             raise VerifyError(f"tensor {spec.name!r} is in {path}, not in a shard dus_plan.json lists")
         in_shard[shard_of[path]].append(spec)
-    hasher, differs = ShardHasher(), {}
+    hasher, differs = ShardHasher(digest=DIGESTS[kind]), {}
     try:
         for name in shards:
             hasher.start()
@@ -118,14 +123,14 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
         hasher.cancel()
         raise
     for (name, recorded), digest in zip(shards.items(), hasher.finish()):
-        if digest != recorded["sha256"]:
-            raise VerifyError(f"{name}: sha256 {digest[:16]}… differs from the recorded {recorded['sha256'][:16]}…")
+        if digest != recorded[kind]:
+            raise VerifyError(f"{name}: {kind} {digest[:16]}… differs from the recorded {recorded[kind][:16]}…")
         if name in differs:
             spec = differs[name]
             planned = spec.parts[0][0].path if spec.parts else "zeros"
             raise VerifyError(f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})")
     copies = sum(spec.is_byte_copy for spec in expected)
-    return [f"{len(shards)} shard sha256 match",
+    return [f"{len(shards)} shard {kind} match",
             f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
 
 

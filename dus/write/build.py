@@ -15,6 +15,7 @@ from typing import Callable
 from dus import __version__
 from dus.api import PLAN_FILE, ResolvedPlan
 from dus.write.card import model_card
+from dus.write.digest import DEFAULT
 from dus.write.output import atomic_directory
 from dus.write.shards import split_shards, write_shards
 
@@ -22,10 +23,10 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: bool = False,
-                progress: Callable[[int], None] | None = None) -> dict:
+                progress: Callable[[int], None] | None = None, digest: str = DEFAULT) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
     with atomic_directory(output, force) as staging:
-        digests = write_shards(str(staging), shards, progress or (lambda n: None))
+        digests = write_shards(str(staging), shards, progress or (lambda n: None), digest)
         if len(shards) > 1:
             _write_json(staging / INDEX_FILE, {
                 "metadata": {"total_size": resolved.output_bytes},

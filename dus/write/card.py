@@ -21,7 +21,7 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
         f"# Depth up-scaled from {plan.sources[plan.base]}", "",
         f"Built with [dus](https://pypi.org/project/dus/) recipe `{plan.recipe.get('name')}`"
         + (f" ({recipe})" if recipe else "") + f": {source_layers} → {len(plan.layers)} decoder layers, "
-        f"{num_parameters:,} parameters. `dus_plan.json` records the exact plan and the sha256 of every shard; "
+        f"{num_parameters:,} parameters. `dus_plan.json` records the exact plan and a digest of every shard; "
         "`dus verify` checks them.", "",
         "Like SOLAR-10.7B right after depth up-scaling, this model is expected to need continued pretraining.", "",
         "| output layer | source | source layer | op |", "|---:|---|---:|---|",
