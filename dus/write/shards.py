@@ -132,10 +132,11 @@ def _write_all(fd: int, data: bytes) -> None:
 def hash_workers(shards: int) -> int:
     """Threads to hash `shards` shards: one per usable CPU, at most one per shard.
 
-    Not one fewer to leave the copy a core: hashing, not the copy, is the
-    longest pole, and a second thread hashing the last shard while the first
-    still hashes the one before cut a 2-vCPU build from 1.19x to 1.12x the
-    byte-copy floor (docs/benchmarks.md).
+    Not one fewer to leave the copy a core: with SHA-256 hashing, not the copy,
+    is the longest pole, and a second thread hashing the last shard while the
+    first still hashes the one before cut a 2-vCPU build from 1.19x to 1.12x the
+    byte-copy floor (docs/benchmarks.md). BLAKE3 keeps up with the copy on one
+    thread, so the others mostly wait, costing nothing.
     """
     # The CPUs this process may run on (a container's limit), not the host's count.
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
