@@ -153,7 +153,7 @@ class ShardHasher:
     threads, in order: with one worker hashing trails the writer shard by shard,
     with more, shards are hashed at once where cores allow (one SHA-256 runs at
     ~1.1-1.5 GB/s, slower than a page-cache copy on a fast machine; BLAKE3, one
-    thread each, ~3 GB/s: the other core is the copy's). At most
+    thread each, ~2.5 GB/s: the other core is the copy's). At most
     `max_pending_bytes_items` handed-over byte strings wait in memory:
     `add_bytes` blocks when the workers fall that far behind.
     """
