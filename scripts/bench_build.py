@@ -112,10 +112,10 @@ MACHINE = textwrap.dedent("""
         return size / took
 
     try:
-        print(json.dumps({f"{what.__name__} {name}": statistics.median(what(new) for _ in range(3)) / 1e9
-                          for what, name, new in [(hot, "sha256", hashlib.sha256), (hot, "blake3", blake3.blake3),
-                                                  (cached, "sha256", hashlib.sha256),
-                                                  (cached, "blake3", blake3.blake3), (copy, "", None)]}))
+        runs = {"sha256": (hot, hashlib.sha256), "blake3": (hot, blake3.blake3), "copy": (copy, None),
+                "sha256 cached": (cached, hashlib.sha256), "blake3 cached": (cached, blake3.blake3)}
+        print(json.dumps({name: statistics.median(what(new) for _ in range(3)) / 1e9
+                          for name, (what, new) in runs.items()}))
     finally:
         os.unlink(path)
 """)
@@ -138,10 +138,10 @@ def measure_machine(work: Path, size: int = 512 * 2**20) -> str:
                          check=True, capture_output=True, text=True).stdout
     speed = json.loads(out)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu_model()}, {cpus} usable CPUs: SHA-256 {speed['hot sha256']:.2f} GB/s "
-            f"({speed['cached sha256']:.2f} reading the page cache), BLAKE3 {speed['hot blake3']:.2f} GB/s "
-            f"({speed['cached blake3']:.2f}), one thread each; copy_file_range {speed['copy ']:.2f} GB/s "
-            f"({'tmpfs' if where == Path('/dev/shm') else where} to itself); median of 3")
+    return (f"{cpu_model()}, {cpus} usable CPUs: SHA-256 {speed['sha256']:.2f} GB/s "
+            f"({speed['sha256 cached']:.2f} reading the page cache), BLAKE3 {speed['blake3']:.2f} GB/s "
+            f"({speed['blake3 cached']:.2f}), one thread each; copy_file_range {speed['copy']:.2f} GB/s "
+            f"(file to file within {'tmpfs' if where == Path('/dev/shm') else where}); median of 3")
 
 
 def checkpoint_bytes(config: dict, layers: int) -> int:
