@@ -59,6 +59,7 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
+from dus.write.output import atomic_model_files
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:
@@ -345,10 +346,11 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer) -> None:
         model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     model.tie_weights()  # tied embeddings are saved once, as from_pretrained expects
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if (Path(model_dir) / PLAN_FILE).is_file():
-        shutil.copy(Path(model_dir) / PLAN_FILE, out / PLAN_FILE)
+    with atomic_model_files(out) as staging:  # a kill mid-export leaves no half a model
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if (Path(model_dir) / PLAN_FILE).is_file():
+            shutil.copy(Path(model_dir) / PLAN_FILE, staging / PLAN_FILE)
 
 
 def _summary_line(s: dict, out: Path) -> str:

@@ -16,7 +16,7 @@ from dus import __version__
 from dus.api import PLAN_FILE, ResolvedPlan
 from dus.write.card import model_card
 from dus.write.digest import DEFAULT
-from dus.write.output import atomic_directory
+from dus.write.output import atomic_directory, require_space
 from dus.write.shards import split_shards, write_shards
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -26,6 +26,8 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
                 progress: Callable[[int], None] | None = None, digest: str = DEFAULT) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
     with atomic_directory(output, force) as staging:
+        side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
+        require_space(staging.parent, resolved.output_bytes + side_bytes)  # not counting headers and JSON: refuse only what clearly cannot fit
         digests = write_shards(str(staging), shards, progress or (lambda n: None), digest)
         if len(shards) > 1:
             _write_json(staging / INDEX_FILE, {

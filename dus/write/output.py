@@ -1,39 +1,270 @@
-"""An output directory that appears whole or not at all.
+"""An output directory that appears whole or not at all, written by one build at a time.
 
-Everything is written into a hidden sibling directory that is renamed onto
-OUTPUT at the end; any failure or interrupt removes it.
+Everything is written into a hidden sibling, `.NAME.dus-partial-PID`, that
+takes OUTPUT's place only when complete. Replacing an existing OUTPUT
+(--force) is one atomic exchange of the two directories (Linux renameat2
+RENAME_EXCHANGE); where the file system lacks it, OUTPUT is renamed to
+`.NAME.dus-old-PID` first, and if the build dies before the second rename the
+next build into that directory puts it back. A lock on `.NAME.dus-lock`
+keeps two builds off one OUTPUT, and the build that holds it removes what
+dead builds left in the directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
-from dus.errors import InputError
+from dus.errors import BuildError, InputError
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+AT_FDCWD = -100
+NO_SPACE = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+WEIGHTS_ENTRIES = ("model.safetensors", "model.safetensors.index.json")  # what makes a directory load as a model
+_LEFTOVER = re.compile(r"\.(.+)\.dus-(?:(partial|old)-([0-9]{1,9})|lock)")
+
+
+def on_step(step: str) -> None:
+    """Called at each step of publishing; tests replace it to stop or kill a build at that instant."""
 
 
 @contextlib.contextmanager
 def atomic_directory(output: Path, force: bool = False):
+    """Yield a staging directory that becomes OUTPUT when the block ends without error."""
     output = Path(output)
-    if output.exists() and not force:
-        raise InputError(f"{output} already exists (use --force to replace it)")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output} exists and is not a directory")
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.dus-partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    with output_lock(output.parent, output.name):
+        checked = _identity(output)
+        if checked and not force:
+            raise InputError(f"{output} already exists (use --force to replace it)")
+        if checked and not output.is_dir():
+            raise InputError(f"{output} exists and is not a directory")
+        with _staging(output.parent, output.name) as staging:
+            yield staging
+            on_step("publishing")
+            if _identity(output) != checked:  # the lock keeps out dus, not other programs
+                change = "appeared" if checked is None else "changed"
+                raise BuildError(f"{output} {change} during the build; not replacing what this build did not check")
+            _publish(staging, output)
+
+
+@contextlib.contextmanager
+def atomic_model_files(directory: Path):
+    """Yield a staging directory whose files join DIRECTORY, a directory that holds other things too
+    (a training run's checkpoints and logs), as one model.
+
+    The weights entry (`model.safetensors` or its index) is removed first and
+    renamed in last, so a directory that has one has every file of its model.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with output_lock(directory, "model"), _staging(directory, "model") as staging:
+        yield staging
+        on_step("publishing")
+        for name in WEIGHTS_ENTRIES:
+            (directory / name).unlink(missing_ok=True)
+        for name in sorted(os.listdir(staging), key=lambda n: n in WEIGHTS_ENTRIES):
+            os.replace(staging / name, directory / name)
+            on_step(f"moved {name}")
+
+
+@contextlib.contextmanager
+def output_lock(parent: Path, name: str):
+    """Hold `.NAME.dus-lock` in PARENT, or fail at once naming the process that holds it."""
+    with _held(parent, name) as mine:
+        if not mine:
+            raise BuildError(f"{parent / name} is being written by another dus process{_holder(parent, name)}; "
+                             "wait for it to finish or choose another output")
+        _sweep(parent, name)
+        yield
+
+
+@contextlib.contextmanager
+def _held(parent: Path, name: str):
+    """flock on the lock file, yielding whether we got it.
+
+    The file is removed when released, so a finished build leaves nothing. That
+    is safe because a locker checks, once it holds the lock, that the file it
+    locked is still the one at the path: one that locked a file its holder
+    then removed tries again with a new file instead of sharing the lock.
+    """
+    path = parent / f".{name}.dus-lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise InputError(f"cannot write in {parent} (permission denied)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        if _identity(path) == _identity(fd):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second build prints
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _holder(parent: Path, name: str) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        pid = (parent / f".{name}.dus-lock").read_text().strip()
+        if pid.isdigit():
+            return f" (pid {pid})"
+    return ""
+
+
+def _sweep(parent: Path, held: str) -> None:
+    """Remove what dead builds left in PARENT (staging directories, lock files), and put back an
+    OUTPUT a killed --force hid.
+
+    A leftover is stale when its PID is not alive and no build holds its
+    output's lock (every build holds it for as long as its leftovers could be
+    in use). A dead PID reused by another process keeps a leftover until a
+    later run: that errs on the side of keeping, never of removing.
+    """
+    for entry in sorted(os.listdir(parent)):
+        match = _LEFTOVER.fullmatch(entry)
+        if not match or (match[2] and _alive(int(match[3]))):
+            continue
+        name, kind = match[1], match[2]
+        with contextlib.nullcontext(True) if name == held else _held(parent, name) as mine:
+            if mine and kind:  # a lock file alone goes when released
+                _recover(parent / entry, parent / name, kind)
+
+
+def _recover(leftover: Path, output: Path, kind: str) -> None:
+    if kind == "old" and not os.path.lexists(output):
+        os.rename(leftover, output)
+        _say(f"restored {output.name} from {leftover.name}, left by a run killed while replacing it")
+        return
+    _remove(leftover)
+    if not os.path.lexists(leftover):
+        _say(f"removed stale {leftover.name} left by a dead run")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # we made nothing yet; containers give each run the same PID
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _staging(parent: Path, name: str):
+    staging = parent / f".{name}.dus-partial-{os.getpid()}"
     staging.mkdir()
     try:
         yield staging
-        if output.exists():
-            retired = output.parent / f".{output.name}.dus-old-{os.getpid()}"
-            output.rename(retired)
-            staging.rename(output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise out_of_space(e, parent, e.filename and os.path.basename(e.filename)) from e
         raise
+    finally:
+        _remove(staging)  # after a failure the partial output; after an exchange the old one
+
+
+def _publish(staging: Path, output: Path) -> None:
+    if not os.path.lexists(output):
+        try:
+            if not _rename2(staging, output, RENAME_NOREPLACE):
+                os.rename(staging, output)
+        except FileExistsError:
+            raise BuildError(f"{output} appeared during the build; not replacing what this build did not check") from None
+        return
+    if _rename2(staging, output, RENAME_EXCHANGE):
+        on_step("exchanged")  # OUTPUT is the new model; the old one, now at the staging name, is removed
+        return
+    old = output.parent / f".{output.name}.dus-old-{os.getpid()}"
+    os.rename(output, old)
+    try:
+        on_step("old-hidden")  # the one instant without OUTPUT: a kill here leaves `old` for the next run
+        os.rename(staging, output)
+    except BaseException:
+        os.rename(old, output)
+        raise
+    _remove(old)
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2 with FLAGS; False where the system or file system lacks it."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of a path (not followed if a symlink) or an open descriptor; None if absent."""
+    try:
+        st = os.fstat(path) if isinstance(path, int) else os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove(path: Path) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _say(message: str) -> None:
+    print(f"dus: {message}", file=sys.stderr)
+
+
+def free_bytes(directory) -> int:
+    """Bytes this user may still write in DIRECTORY's file system (tests replace this)."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def require_space(directory, needed: int) -> None:
+    """Refuse before writing when NEEDED bytes clearly cannot fit."""
+    free = free_bytes(directory)
+    if free < needed:
+        raise BuildError(f"not enough space in {directory}: the model needs {needed:,} bytes, "
+                         f"{free:,} free")
+
+
+def out_of_space(e: OSError, directory, file: str | None = None, needed: int | None = None) -> BuildError:
+    """One line for a write that failed for space: what was written where, what it needed, what is free."""
+    where = f"{file} in {directory}" if file else f"in {directory}"
+    needs = f"needs {needed:,} bytes more, " if needed is not None else ""
+    hint = "; try a smaller --shard-size" if e.errno == errno.EFBIG else ""
+    return BuildError(f"{NO_SPACE[e.errno]} writing {where}: {needs}{free_bytes(directory):,} bytes free{hint}")

@@ -21,6 +21,7 @@ from dus.plan.layout import TensorSpec
 from dus.read.safetensors import encode_header
 from dus.write.compute import tensor_bytes
 from dus.write.digest import DEFAULT, DIGESTS
+from dus.write.output import NO_SPACE, out_of_space
 
 CHUNK = 64 * 1024 * 1024
 HASH_CHUNK = 1024 * 1024  # stays in L2 between read and hash: ~15% faster than 8 MiB here
@@ -56,11 +57,15 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
     """
     hasher = ShardHasher(hash_workers(len(shards)), digest=DIGESTS[digest])
     paths = [os.path.join(directory, name) for name in shard_names(len(shards))]
+    done = 0  # shards written
     try:
         for path, specs in zip(paths, shards):
             write_shard(path, specs, hasher, progress)
-    except BaseException:
+            done += 1
+    except BaseException as e:
         hasher.cancel()
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise _out_of_space(e, directory, paths[done], shards[done:]) from e
         raise
     digests = hasher.finish()
     return {os.path.basename(p): {digest: d, "bytes": os.path.getsize(p)} for p, d in zip(paths, digests)}
@@ -69,7 +74,7 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
 def write_shard(path: str, specs: list[TensorSpec], hasher: "ShardHasher",
                 progress: Callable[[int], None] = lambda n: None) -> None:
     """Write one shard, handing `hasher` every byte range it holds, in order."""
-    header = encode_header({s.name: (s.dtype, s.shape, s.nbytes) for s in specs}, METADATA)
+    header = _header(specs)
     sources: dict[str, int] = {}
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -92,6 +97,21 @@ def write_shard(path: str, specs: list[TensorSpec], hasher: "ShardHasher",
         os.close(out)
         for fd in sources.values():
             os.close(fd)
+
+
+def _header(specs: list[TensorSpec]) -> bytes:
+    return encode_header({s.name: (s.dtype, s.shape, s.nbytes) for s in specs}, METADATA)
+
+
+def _out_of_space(e: OSError, directory: str, path: str, left: list[list[TensorSpec]]) -> BuildError:
+    """Name the shard that did not fit and what the rest of the shards need.
+
+    The directory named is the one the user chose: the staging directory
+    written into is hidden, and removed on the way out.
+    """
+    planned = sum(len(_header(specs)) + sum(s.nbytes for s in specs) for specs in left)
+    written = os.path.getsize(path) if os.path.exists(path) else 0
+    return out_of_space(e, os.path.dirname(os.path.abspath(directory)), os.path.basename(path), planned - written)
 
 
 def copy_range(src: int, dst: int, offset: int, count: int) -> None:

@@ -1,0 +1,315 @@
+"""OUTPUT is whole or absent through kills, races and full disks; one build per OUTPUT; dead builds' leftovers go.
+
+Kills are real: a `python -m dus`-like subprocess sends itself SIGKILL at a
+named publishing step (`dus.write.output.on_step`), the worst instants.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from models import save_model
+from pretrain_helpers import tiny_model  # noqa: F401 (fixture)
+
+import dus.write.output as output
+
+OLD, NEW = ["--overlap", "1"], ["--overlap", "2"]  # 6 and 4 output layers: tells the two models apart
+
+# Runs `dus ARGS...`, stopping at STEP: "kill" sends itself SIGKILL, "hold" creates WAIT/ready and waits
+# for WAIT/go. With "rename", the file system is taken to lack renameat2, so --force uses two renames.
+HARNESS = """
+import os, signal, sys, time
+import dus.write.output as output
+step, action, rename, wait = sys.argv[1:5]
+if rename == "rename":
+    output._renameat2 = None
+def stop(name):
+    if name != step:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    open(os.path.join(wait, "ready"), "w").close()
+    while not os.path.exists(os.path.join(wait, "go")):
+        time.sleep(0.01)
+output.on_step = stop
+from dus.cli import main
+main(sys.argv[5:])
+"""
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    save_model("llama", root / "src")
+    return root / "src"
+
+
+@pytest.fixture
+def parent(tmp_path):
+    """The directory builds write into: it holds nothing but what the test makes there."""
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"
+
+
+def start(step, action, *args, rename=False, wait=None) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", HARNESS, step, action, "rename" if rename else "exchange", str(wait or "."),
+           *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def layers(model: Path) -> int:
+    return json.loads((model / "dus_plan.json").read_text())["output"]["num_layers"]
+
+
+def hidden(directory: Path) -> list[str]:
+    return sorted(p for p in os.listdir(directory) if p.startswith("."))
+
+
+def one_error_line(code, err, expected_code) -> str:
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def exchange_supported(directory: Path) -> bool:
+    (directory / "a").mkdir()
+    (directory / "b").mkdir()
+    try:
+        return output._rename2(directory / "a", directory / "b", output.RENAME_EXCHANGE)
+    finally:
+        os.rmdir(directory / "a")
+        os.rmdir(directory / "b")
+
+
+@pytest.mark.parametrize("mode, step, survivor", [
+    ("exchange", "publishing", "old"),
+    ("exchange", "exchanged", "new"),  # swapped: the old model waits at the staging name to be removed
+    ("rename", "publishing", "old"),
+    ("rename", "old-hidden", "old"),  # between the two renames: OUTPUT is missing until the next run
+])
+def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, src, parent, run_dus):
+    out = parent / "out"
+    if mode == "exchange" and not exchange_supported(parent):
+        pytest.skip("this file system has no RENAME_EXCHANGE")
+    assert run_dus("build", src, out, *OLD)[0] == 0
+    proc = start(step, "kill", "build", src, out, *NEW, "--force", rename=mode == "rename")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -9
+    if step == "old-hidden":
+        assert not out.exists() and hidden(parent) == [".out.dus-lock", f".out.dus-old-{proc.pid}",
+                                                   f".out.dus-partial-{proc.pid}"]
+    else:
+        assert run_dus("verify", out)[0] == 0  # whole before any recovery
+    code, _, err = run_dus("build", src, parent / "next", *OLD)  # the next build into the parent recovers
+    assert code == 0, err
+    if step == "old-hidden":
+        assert f"dus: restored out from .out.dus-old-{proc.pid}, left by a run killed while replacing it" in err
+    assert f"dus: removed stale .out.dus-partial-{proc.pid} left by a dead run" in err
+    assert run_dus("verify", out)[0] == 0
+    assert layers(out) == (6 if survivor == "old" else 4)
+    assert hidden(parent) == []
+
+
+@pytest.mark.parametrize("mode", ["exchange", "rename"])
+def test_force_replaces_and_leaves_nothing_else(mode, src, parent, run_dus, monkeypatch):
+    if mode == "rename":
+        monkeypatch.setattr(output, "_renameat2", None)
+    steps = []
+    monkeypatch.setattr(output, "on_step", steps.append)
+    out = parent / "out"
+    assert run_dus("build", src, out, *OLD)[0] == 0
+    code, _, err = run_dus("build", src, out, *NEW, "--force")
+    assert code == 0, err
+    assert layers(out) == 4 and run_dus("verify", out)[0] == 0
+    assert steps[-1] == ("old-hidden" if mode == "rename" or not exchange_supported(parent) else "exchanged")
+    assert os.listdir(parent) == ["out"]
+
+
+def test_concurrent_build_fails_at_once_and_the_first_wins(src, parent, tmp_path, run_dus):
+    out = parent / "out"
+    first = start("publishing", "hold", "build", src, out, *OLD, wait=tmp_path)
+    deadline = time.time() + 120
+    while not (tmp_path / "ready").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "ready").exists(), first.communicate()
+    try:
+        for force in ([], ["--force"]):
+            code, _, err = run_dus("build", src, out, *NEW, *force)
+            assert one_error_line(code, err, 1) == (f"error: {out} is being written by another dus process (pid {first.pid}); "
+                            "wait for it to finish or choose another output")
+    finally:
+        (tmp_path / "go").touch()
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert layers(out) == 6 and run_dus("verify", out)[0] == 0
+    assert os.listdir(parent) == ["out"]  # the lock file goes with the build that held it
+
+
+def test_output_that_appears_during_a_build_is_not_replaced(src, parent, run_dus, monkeypatch):
+    out = parent / "out"
+
+    def someone_else(step):
+        if step == "publishing":
+            (out / "theirs").mkdir(parents=True)
+
+    monkeypatch.setattr(output, "on_step", someone_else)
+    code, _, err = run_dus("build", src, out, *OLD)
+    line = one_error_line(code, err, 1)
+    assert line == f"error: {out} appeared during the build; not replacing what this build did not check"
+    assert os.listdir(out) == ["theirs"] and os.listdir(parent) == ["out"]
+
+
+def test_force_replaces_only_the_output_it_checked(src, parent, run_dus, monkeypatch):
+    out = parent / "out"
+    assert run_dus("build", src, out, *OLD)[0] == 0
+
+    def someone_else(step):
+        if step == "publishing":
+            out.rename(parent / "moved")
+            (out / "theirs").mkdir(parents=True)
+
+    monkeypatch.setattr(output, "on_step", someone_else)
+    code, _, err = run_dus("build", src, out, *NEW, "--force")
+    assert one_error_line(code, err, 1) == (f"error: {out} changed during the build; "
+                                            "not replacing what this build did not check")
+    assert os.listdir(out) == ["theirs"] and sorted(os.listdir(parent)) == ["moved", "out"]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its PID names no process
+    return child.pid
+
+
+def test_dead_builds_leftovers_are_removed_by_the_next_build(src, parent, run_dus):
+    dead, live = dead_pid(), os.getpid()
+    made = {
+        f".out.dus-partial-{dead}": "removed",
+        f".gone.dus-old-{dead}": "removed",  # `gone` exists: the swap finished, the old one was not yet removed
+        f".kept.dus-old-{dead}": "restored",  # `kept` is missing: the swap was cut between its renames
+        f".live.dus-partial-{live}": "kept",  # a live PID
+        f".held.dus-partial-{dead}": "kept",  # a dead PID, but `held`'s lock is held: a build is running
+        f".out.dus-partial-{dead}x": "kept",  # not our pattern
+        f"out.dus-partial-{dead}": "kept",
+    }
+    for name in made:
+        (parent / name).mkdir()
+        (parent / name / "model.safetensors").write_bytes(b"x")
+    (parent / "gone").mkdir()
+    (parent / ".orphan.dus-lock").touch()  # a killed build's lock file: nobody holds it, it goes silently
+    lock = os.open(parent / ".held.dus-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dus", "build", str(src), str(parent / "out"), *OLD],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(lock)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stderr.splitlines()) == sorted([
+        f"dus: removed stale .gone.dus-old-{dead} left by a dead run",
+        f"dus: removed stale .out.dus-partial-{dead} left by a dead run",
+        f"dus: restored kept from .kept.dus-old-{dead}, left by a run killed while replacing it",
+    ])
+    expected = {name for name, fate in made.items() if fate == "kept"} | {"out", "gone", "kept", ".held.dus-lock"}
+    assert set(os.listdir(parent)) == expected
+    assert (parent / "kept" / "model.safetensors").read_bytes() == b"x"
+
+
+def test_the_lock_is_exclusive_and_goes_when_released(tmp_path):
+    with output.output_lock(tmp_path, "out"):
+        assert (tmp_path / ".out.dus-lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(output.BuildError, match=rf"\(pid {os.getpid()}\)"):
+            with output.output_lock(tmp_path, "out"):
+                pass
+    assert os.listdir(tmp_path) == []
+
+
+EXPORT = """
+import os, signal, sys
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+import dus.write.output as output
+from dus.train.loop import export_hf
+model_dir, out, step = sys.argv[1:4]
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+if step == "tokenizer":
+    type(tokenizer).save_pretrained = kill
+output.on_step = lambda name: kill() if name == step else None
+export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), model_dir, Path(out), tokenizer)
+"""
+
+
+def export(model_dir, out):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dus.train.loop import export_hf
+
+    export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), str(model_dir), out,
+              AutoTokenizer.from_pretrained(model_dir))
+
+
+@pytest.mark.parametrize("step", ["tokenizer", "moved config.json"])
+def test_export_killed_midway_leaves_no_model(step, tiny_model, tmp_path, capsys):  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")  # a run directory holds more than the model
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out), step],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.communicate(timeout=300) and proc.returncode == -9, proc.stderr
+    assert not any((out / name).exists() for name in output.WEIGHTS_ENTRIES)  # nothing loads as a model
+    export(tiny_model, out)
+    assert f"dus: removed stale .model.dus-partial-{proc.pid} left by a dead run" in capsys.readouterr().err
+    assert hidden(out) == [] and {"metrics.jsonl", "tokenizer.json", "config.json"} <= set(os.listdir(out))
+    assert AutoModelForCausalLM.from_pretrained(out) and AutoTokenizer.from_pretrained(out)
+
+
+@pytest.mark.parametrize("call, code", [("copy_file_range", errno.ENOSPC), ("write", errno.EDQUOT),
+                                        ("copy_file_range", errno.EFBIG)])
+def test_disk_full_names_the_file_and_leaves_nothing(call, code, src, parent, run_dus, monkeypatch):
+    """The write of the second shard fails as a full disk would make it."""
+    real = getattr(os, call)
+
+    def full(*args):
+        target = args[1] if call == "copy_file_range" else args[0]
+        if "model-00002-of-" in os.readlink(f"/proc/self/fd/{target}"):
+            raise OSError(code, os.strerror(code))
+        return real(*args)
+
+    monkeypatch.setattr(output, "free_bytes", lambda directory: 4096)  # what the message reports as free
+    monkeypatch.setattr(os, call, full)
+    monkeypatch.setattr("dus.write.build.require_space", lambda directory, needed: None)
+    result = run_dus("build", src, parent / "out", *OLD, "--shard-size", "40KB")
+    monkeypatch.undo()
+    line = one_error_line(result[0], result[2], 1)
+    reason = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}[code]
+    match = re.fullmatch(rf"error: {reason} writing model-00002-of-0000\d\.safetensors in {re.escape(str(parent))}: "
+                         r"needs ([\d,]+) bytes more, 4,096 bytes free(; try a smaller --shard-size)?", line)
+    assert match, line
+    assert 40_000 < int(match[1].replace(",", "")) and bool(match[2]) == (code == errno.EFBIG)
+    assert os.listdir(parent) == []
+
+
+def test_a_model_that_cannot_fit_is_refused_before_writing(src, parent, run_dus, monkeypatch):
+    asked = []
+    monkeypatch.setattr(output, "free_bytes", lambda directory: asked.append(Path(directory)) or 1000)
+    code, out, err = run_dus("build", src, parent / "out", *OLD)
+    planned = json.loads(run_dus("plan", src, *OLD, "--json")[1])["output_bytes"]
+    line = one_error_line(code, err, 1)
+    assert re.fullmatch(rf"error: not enough space in {re.escape(str(parent))}: the model needs ([\d,]+) bytes, "
+                        r"1,000 free", line)
+    assert int(re.search(r"needs ([\d,]+)", line)[1].replace(",", "")) >= planned
+    assert asked == [parent] and os.listdir(parent) == []
