@@ -238,43 +238,64 @@ EXPORT = """
 import os, signal, sys
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
-import dus.write.output as output
 from dus.train.loop import export_hf
-model_dir, out, step = sys.argv[1:4]
+model_dir, out = sys.argv[1:3]
 def kill(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
-if step == "tokenizer":
-    type(tokenizer).save_pretrained = kill
-output.on_step = lambda name: kill() if name == step else None
+type(tokenizer).save_pretrained = kill  # the weights are written, the tokenizer not yet
 export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), model_dir, Path(out), tokenizer)
 """
 
 
-def export(model_dir, out):
+@pytest.mark.slow  # a subprocess that imports torch and transformers
+def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):  # noqa: F811
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dus.train.loop import export_hf
 
-    export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), str(model_dir), out,
-              AutoTokenizer.from_pretrained(model_dir))
-
-
-@pytest.mark.parametrize("step", ["tokenizer", "moved config.json"])
-def test_export_killed_midway_leaves_no_model(step, tiny_model, tmp_path, capsys):  # noqa: F811
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")  # a run directory holds more than the model
-    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out), step],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out)], stderr=subprocess.PIPE, text=True)
     assert proc.communicate(timeout=300) and proc.returncode == -9, proc.stderr
     assert not any((out / name).exists() for name in output.WEIGHTS_ENTRIES)  # nothing loads as a model
-    export(tiny_model, out)
+    export_hf(AutoModelForCausalLM.from_pretrained(tiny_model).state_dict(), str(tiny_model), out,
+              AutoTokenizer.from_pretrained(tiny_model))
     assert f"dus: removed stale .model.dus-partial-{proc.pid} left by a dead run" in capsys.readouterr().err
     assert hidden(out) == [] and {"metrics.jsonl", "tokenizer.json", "config.json"} <= set(os.listdir(out))
     assert AutoModelForCausalLM.from_pretrained(out) and AutoTokenizer.from_pretrained(out)
+
+
+# Publishes config.json, tokenizer.json and model.safetensors holding the text NEW, killed after STEP.
+MOVE = """
+import os, signal, sys
+from pathlib import Path
+import dus.write.output as output
+out, step = Path(sys.argv[1]), sys.argv[2]
+output.on_step = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == step else None
+with output.atomic_model_files(out) as staging:
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (staging / name).write_text("new")
+"""
+
+
+@pytest.mark.parametrize("step", ["publishing", "moved config.json", "moved tokenizer.json"])
+def test_model_files_killed_while_moving_in_leave_no_mixed_model(step, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl"):
+        (out / name).write_text("old")  # an earlier export, and the run's own files
+    proc = subprocess.Popen([sys.executable, "-c", MOVE, str(out), step], stderr=subprocess.PIPE, text=True)
+    assert proc.communicate(timeout=120) and proc.returncode == -9, proc.stderr
+    weights = out / "model.safetensors"
+    assert weights.read_text() == "old" if step == "publishing" else not weights.exists()
+    with output.atomic_model_files(out) as staging:
+        for name in ("config.json", "tokenizer.json", "model.safetensors"):
+            (staging / name).write_text("new")
+    assert f"dus: removed stale .model.dus-partial-{proc.pid} left by a dead run" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "config.json": "new", "tokenizer.json": "new", "model.safetensors": "new", "metrics.jsonl": "old"}
 
 
 @pytest.mark.parametrize("call, code", [("copy_file_range", errno.ENOSPC), ("write", errno.EDQUOT),

@@ -50,8 +50,7 @@ def atomic_directory(output: Path, force: bool = False):
             yield staging
             on_step("publishing")
             if _identity(output) != checked:  # the lock keeps out dus, not other programs
-                change = "appeared" if checked is None else "changed"
-                raise BuildError(f"{output} {change} during the build; not replacing what this build did not check")
+                raise _unchecked(output, "appeared" if checked is None else "changed")
             _publish(staging, output)
 
 
@@ -107,6 +106,10 @@ def _held(parent: Path, name: str):
             os.close(fd)
             yield False
             return
+        except OSError as e:  # a file system without locks (some network mounts): build unlocked, as before
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            break
         if _identity(path) == _identity(fd):
             break
         os.close(fd)
@@ -188,7 +191,7 @@ def _publish(staging: Path, output: Path) -> None:
             if not _rename2(staging, output, RENAME_NOREPLACE):
                 os.rename(staging, output)
         except FileExistsError:
-            raise BuildError(f"{output} appeared during the build; not replacing what this build did not check") from None
+            raise _unchecked(output, "appeared") from None
         return
     if _rename2(staging, output, RENAME_EXCHANGE):
         on_step("exchanged")  # OUTPUT is the new model; the old one, now at the staging name, is removed
@@ -202,6 +205,10 @@ def _publish(staging: Path, output: Path) -> None:
         os.rename(old, output)
         raise
     _remove(old)
+
+
+def _unchecked(output: Path, change: str) -> BuildError:
+    return BuildError(f"{output} {change} during the build; not replacing what this build did not check")
 
 
 def _load_renameat2():
