@@ -334,3 +334,25 @@ def test_a_model_that_cannot_fit_is_refused_before_writing(src, parent, run_dus,
                         r"1,000 free", line)
     assert int(re.search(r"needs ([\d,]+)", line)[1].replace(",", "")) >= planned
     assert asked == [parent] and os.listdir(parent) == []
+
+
+def test_disk_full_after_the_shards_names_the_directory(src, parent, run_dus, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(output, "free_bytes", lambda directory: 0)
+    monkeypatch.setattr("dus.write.build.require_space", lambda directory, needed: None)
+    monkeypatch.setattr("dus.write.build.shutil.copyfile", full)  # generation_config.json, a side file
+    code, _, err = run_dus("build", src, parent / "out", *OLD)
+    assert one_error_line(code, err, 1) == f"error: no space left writing in {parent}: 0 bytes free"
+    assert os.listdir(parent) == []
+
+
+def test_a_file_system_without_locks_builds_unlocked(src, parent, run_dus, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    code, _, err = run_dus("build", src, parent / "out", *OLD)
+    assert code == 0, err
+    assert os.listdir(parent) == ["out"] and run_dus("verify", parent / "out")[0] == 0
