@@ -78,7 +78,7 @@ def atomic_model_files(directory: Path):
 def output_lock(parent: Path, name: str):
     """Hold `.NAME.dus-lock` in PARENT, or fail at once naming the process that holds it."""
     with _held(parent, name) as mine:
-        if not mine:
+        if not mine:  # exit 1, not 2: the request is valid, the moment is not; it succeeds once the other ends
             raise BuildError(f"{parent / name} is being written by another dus process{_holder(parent, name)}; "
                              "wait for it to finish or choose another output")
         _sweep(parent, name)
