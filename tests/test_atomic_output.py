@@ -141,12 +141,13 @@ def test_concurrent_build_fails_at_once_and_the_first_wins(src, parent, tmp_path
     deadline = time.time() + 120
     while not (tmp_path / "ready").exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    assert (tmp_path / "ready").exists(), first.communicate()
+    assert (tmp_path / "ready").exists(), first.communicate(timeout=60)
     try:
         for force in ([], ["--force"]):
             code, _, err = run_dus("build", src, out, *NEW, *force)
-            assert one_error_line(code, err, 1) == (f"error: {out} is being written by another dus process (pid {first.pid}); "
-                            "wait for it to finish or choose another output")
+            expected = (f"error: {out} is being written by another dus process (pid {first.pid}); "
+                        "wait for it to finish or choose another output")
+            assert one_error_line(code, err, 1) == expected
     finally:
         (tmp_path / "go").touch()
         _, err = first.communicate(timeout=120)
@@ -257,7 +258,8 @@ def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):  # 
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")  # a run directory holds more than the model
-    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out)], stderr=subprocess.PIPE,
+                            text=True)
     assert proc.communicate(timeout=300) and proc.returncode == -9, proc.stderr
     assert not any((out / name).exists() for name in output.WEIGHTS_ENTRIES)  # nothing loads as a model
     export_hf(AutoModelForCausalLM.from_pretrained(tiny_model).state_dict(), str(tiny_model), out,

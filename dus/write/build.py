@@ -26,8 +26,9 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
                 progress: Callable[[int], None] | None = None, digest: str = DEFAULT) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
     with atomic_directory(output, force) as staging:
+        # Headers and JSON are not counted: refuse only what clearly cannot fit.
         side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
-        require_space(staging.parent, resolved.output_bytes + side_bytes)  # not counting headers and JSON: refuse only what clearly cannot fit
+        require_space(staging.parent, resolved.output_bytes + side_bytes)
         digests = write_shards(str(staging), shards, progress or (lambda n: None), digest)
         if len(shards) > 1:
             _write_json(staging / INDEX_FILE, {
