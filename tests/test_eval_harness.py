@@ -225,10 +225,10 @@ def test_hub_probe_and_cache(offline_index, tmp_path, monkeypatch):
 
     def refused(address, timeout):
         probes.append((address, timeout))
-        raise socket.gaierror("Name or service not known")
+        raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "create_connection", refused)
-    assert offline.hub_offline() == "cannot reach huggingface.co (gaierror)"
+    assert offline.hub_offline() == "cannot reach huggingface.co: Name or service not known"
     assert probes == [(("huggingface.co", 443), offline.PROBE_SECONDS)]
     manager = harness.task_manager(["gsm8k"], None)
     with pytest.raises(BuildError, match="cannot reach huggingface.co"):

@@ -112,7 +112,11 @@ def check_shots(benchmarks: list[Benchmark], manager) -> None:
     for b in benchmarks:
         if not b.shots or not all(is_local(p) for p in dataset_paths(b.task, manager.task_index)):
             continue
-        for name, task in manager.load([b.task])["tasks"].items():
+        try:
+            loaded = manager.load([b.task])["tasks"]
+        except (OSError, ValueError) as e:  # a missing or unreadable data file, a bad YAML
+            raise InputError(f"{b.task}: cannot load the local task: {e}") from e
+        for name, task in loaded.items():
             split = task.fewshot_cfg.split
             need = b.shots + (split == task.config.test_split)
             pool = task.fewshot_docs()

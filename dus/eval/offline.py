@@ -37,7 +37,7 @@ def hub_offline() -> str | None:
     try:
         socket.create_connection((url.hostname, port), timeout=PROBE_SECONDS).close()
     except OSError as e:
-        return f"cannot reach {url.hostname} ({e.__class__.__name__})"
+        return f"cannot reach {url.hostname}: {e.strerror or e.__class__.__name__}"
     return None
 
 
