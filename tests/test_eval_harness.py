@@ -215,6 +215,7 @@ def test_hub_probe_and_cache(offline_index, tmp_path, monkeypatch):
     """Without the variables one failed connection says offline; a cached dataset is then used offline."""
     import socket
 
+    import datasets.config
     import huggingface_hub.constants
 
     from dus.eval import offline
@@ -228,6 +229,7 @@ def test_hub_probe_and_cache(offline_index, tmp_path, monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
     assert offline.hub_offline() == "cannot reach huggingface.co: Name or service not known"
     assert probes == [(("huggingface.co", 443), offline.PROBE_SECONDS)]
     manager = harness.task_manager(["gsm8k"], None)
@@ -236,6 +238,8 @@ def test_hub_probe_and_cache(offline_index, tmp_path, monkeypatch):
 
     (tmp_path / "hub" / "datasets--openai--gsm8k").mkdir(parents=True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # go_offline() sets them; undone after the test
+        monkeypatch.setattr(datasets.config, name, getattr(datasets.config, name))
     offline.check_hub(tiny_model_dir(), ["gsm8k"], manager.task_index)  # cached: runs from the cache
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True
 

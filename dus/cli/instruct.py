@@ -184,7 +184,7 @@ def eval_command(
     include_path: Optional[Path] = typer.Option(None, "--include-path", help="Directory of local lm-eval task YAMLs."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Shots for tasks outside H6 [default: the task's]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric for tasks outside H6, e.g. acc or exact_match,strict-match [default: first of acc_norm, acc, exact_match, ...]."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task (smoke tests only)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task: a smoke test, recorded and marked not comparable in the results."),
     batch_size: str = typer.Option("auto", "--batch-size", help="lm-eval batch size, or auto."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="--perplexity: use at most this many tokens."),
     window: int = typer.Option(512, "--window", help="--perplexity: tokens per scoring window."),

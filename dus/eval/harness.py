@@ -157,9 +157,8 @@ def evaluate(report: Report, benchmarks: list[Benchmark], plan: Plan, device: st
 
     device = resolve_device(device)
     lm = HFLM(pretrained=report.model, device=device, dtype=resolve_dtype(dtype, device), batch_size=batch_size)
-    scores = {s.task: s for s in report.scores}
+    scores, seed = {s.task: s for s in report.scores}, report.seed
     for b in plan.todo:
-        seed = report.seed
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[b.task], num_fewshot=b.shots, task_manager=plan.manager, limit=report.limit,
             log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,

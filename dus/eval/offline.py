@@ -111,4 +111,4 @@ def go_offline() -> None:
     for name in OFFLINE_VARIABLES:
         os.environ[name] = "1"
     constants.HF_HUB_OFFLINE = True
-    datasets.config.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
