@@ -63,3 +63,16 @@ def test_pretrain_can_skip_the_final_checkpoint(tiny_model, corpus, tmp_path, ru
                            "--stop-after", "2")
     assert code == 0, err  # leaving early still leaves a checkpoint to resume from
     assert [p.name for p in (tmp_path / "paused" / "checkpoints").glob("step_*")] == ["step_00000002"]
+
+
+def test_lm_eval_git_probe_is_silent_outside_a_repository(tmp_path, monkeypatch, capfd):
+    import lm_eval.evaluator
+
+    from dus.quiet import quiet_lm_eval
+
+    monkeypatch.chdir(tmp_path)  # not a git repository: lm-eval's own probe prints `fatal: ...` to fd 2
+    monkeypatch.setattr(lm_eval.evaluator, "get_git_commit_hash", lm_eval.evaluator.get_git_commit_hash)
+    quiet(False)
+    quiet_lm_eval()
+    assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert capfd.readouterr().err == ""
