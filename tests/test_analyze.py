@@ -10,7 +10,7 @@ import torch
 
 from dus.analyze import analyze, recommend_overlap
 from dus.analyze.data import token_windows
-from dus.analyze.recommend import dus_layers
+from dus.analyze.recommend import dus_layers, explain
 from dus.cli import main
 from dus.errors import InputError
 
@@ -131,6 +131,19 @@ def test_seam_indexing_on_a_hand_made_matrix():
     assert recommend_overlap(d, [10] * n, 5, target_layers=14)["overlap"] == 1  # no slack: the budget decides
     with pytest.raises(InputError, match="smaller than the smallest DUS"):
         recommend_overlap(d, [10] * n, 5, target_params=104)
+
+
+def test_printed_table_fills_the_allowed_column():
+    """Every candidate row says yes or no, as analysis.json's `allowed` does; the recommended row is marked too."""
+    n = 8
+    d = [[0.0] * (n + 1) for _ in range(n + 1)]
+    for m, v in {1: 0.5, 2: 0.4, 3: 0.1}.items():
+        d[n - m][m] = d[m][n - m] = v
+    rec = recommend_overlap(d, [10] * n, 5, target_layers=12)  # 12 layers: only m=2 fits at the top
+    rows = explain(rec).split("allowed\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [r.split()[5] for r in rows] == ["yes" if c["allowed"] else "no" for c in rec["candidates"]]
+    assert [r.split()[5] for r in rows] == ["no", "yes", "no"]
+    assert rows[1].endswith("<- recommended") and not rows[0].endswith("recommended")
 
 
 def test_plots_are_pngs(result):

@@ -7,7 +7,7 @@ import pytest
 from instruct_fixtures import facts, make_model, make_tokenizer, overfit, save, write_jsonl
 
 from dus.errors import InputError
-from dus.eval.contamination import Settings, contamination, example_text, pick, score_file
+from dus.eval.contamination import FileResult, Settings, contamination, example_text, pick, score_file, table
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,13 @@ def test_cli_writes_scores(toy, tmp_path, run_dus):
     result = record["results"][0]
     assert result["examples"] == 4 and len(result["scores"]) == 4
     assert result["result < 0.1, %"] == sum(s["score"] < 0.1 for s in result["scores"]) / 4
+
+
+def test_table_states_the_unit():
+    """The card's header over a fraction: each printed value says it is one, and as a percentage."""
+    lines = table([FileResult("arc.jsonl", 100, 0.03)]).splitlines()
+    assert lines[0] == "| data | examples | result < 0.1, % |"
+    assert lines[2] == "| arc.jsonl | 100 | 0.03 (fraction of examples; 3%) |"
 
 
 def test_record_fields():

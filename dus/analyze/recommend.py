@@ -86,9 +86,11 @@ def explain(rec: dict) -> str:
         f"{'m':>4} {'layers':>7} {'params':>15} {'seam':>9} {'distance':>9}  allowed",
     ]
     for r in rec["candidates"]:
-        mark = "<- recommended" if r["overlap"] == rec["overlap"] else ("yes" if r["allowed"] else "")
+        allowed = "yes" if r["allowed"] else "no"
+        mark = "  <- recommended" if r["overlap"] == rec["overlap"] else ""
         seam = f"{r['seam'][0]}->{r['seam'][1]}"
-        lines.append(f"{r['overlap']:>4} {r['layers']:>7} {r['params']:>15,} {seam:>9} {r['seam_distance']:>9.4f}  {mark}")
+        lines.append(f"{r['overlap']:>4} {r['layers']:>7} {r['params']:>15,} {seam:>9} {r['seam_distance']:>9.4f}  "
+                     f"{allowed:<7}{mark}".rstrip())
     lines += ["", f"recommended overlap m={rec['overlap']}: {rec['layers']} layers, {rec['params']:,} params, "
                   f"seam distance {rec['seam_distance']:.4f}"]
     return "\n".join(lines)

@@ -28,6 +28,20 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from dus import __version__
+
+        print(f"dus {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    pass
+
+
 # Command modules register on `app` when imported; the order is the help order.
 from dus.cli import surgery  # noqa: E402,F401
 

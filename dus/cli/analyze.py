@@ -26,14 +26,14 @@ def analyze_command(
     slack_layers: int = typer.Option(0, "--slack-layers", help="Also consider DUS models up to this many layers below the budget."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show library progress bars and warnings."),
 ) -> None:
     """Measure how much each layer changes the hidden state and how far apart layers are; recommend the overlap m."""
-    from transformers.utils import logging as hf_logging
-
     from dus.analyze import analyze, summary
     from dus.analyze.run import write
+    from dus.quiet import quiet
 
-    hf_logging.disable_progress_bar()  # stderr stays clean: progress bars would bury an `error:` line
+    quiet(verbose)  # stderr stays clean: progress bars would bury an `error:` line
 
     body = _read_text(text)
     result = analyze(model, body, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size, device=device,

@@ -12,6 +12,7 @@ import typer
 
 from dus.cli import app
 from dus.errors import InputError
+from dus.quiet import quiet
 
 _DATA = "Data"
 _TRAIN = "Training"
@@ -39,6 +40,7 @@ SAVE_STEPS = typer.Option(0, "--save-steps", help="Checkpoint every N steps [0: 
 CKPT = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing", rich_help_panel=_TRAIN)
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps.")
 RUN_DTYPE = typer.Option("auto", "--dtype", help="auto | bfloat16 | float16 | float32 [auto: bf16 on a GPU that has it].")
+VERBOSE = typer.Option(False, "--verbose", help="Show library progress bars and warnings.")
 
 
 def _options(model, data, output, lr, epochs, max_steps, batch_size, grad_accum, seq_len, seed, dtype, chat_template,
@@ -72,7 +74,7 @@ def sft_command(
     decontaminate: Optional[List[Path]] = DECONT, ngram: int = NGRAM,
     lr: Optional[float] = LR, epochs: float = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH,
     grad_accum: int = ACCUM, seq_len: int = SEQ, seed: int = SEED, dtype: str = DTYPE, warmup: float = WARMUP,
-    logging_steps: int = LOG_STEPS, save_steps: int = SAVE_STEPS, grad_ckpt: bool = CKPT,
+    logging_steps: int = LOG_STEPS, save_steps: int = SAVE_STEPS, grad_ckpt: bool = CKPT, verbose: bool = VERBOSE,
 ):
     """Supervised fine-tuning (TRL SFTTrainer): loss on the assistant reply / completion only.
 
@@ -81,6 +83,7 @@ def sft_command(
     """
     from dus.instruct.sft import sft
 
+    quiet(verbose)
     opts = _options(model, data, output, 2e-5 if lr is None else lr, epochs, max_steps, batch_size, grad_accum,
                     seq_len, seed, dtype, chat_template, exclude_tasks, task_field, decontaminate, ngram, warmup,
                     logging_steps, save_steps, grad_ckpt)
@@ -97,7 +100,7 @@ def dpo_command(
     decontaminate: Optional[List[Path]] = DECONT, ngram: int = NGRAM,
     lr: Optional[float] = LR, epochs: float = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH,
     grad_accum: int = ACCUM, seq_len: int = SEQ, seed: int = SEED, dtype: str = DTYPE, warmup: float = WARMUP,
-    logging_steps: int = LOG_STEPS, save_steps: int = SAVE_STEPS, grad_ckpt: bool = CKPT,
+    logging_steps: int = LOG_STEPS, save_steps: int = SAVE_STEPS, grad_ckpt: bool = CKPT, verbose: bool = VERBOSE,
 ):
     """Direct preference optimisation (TRL DPOTrainer) from an SFT model.
 
@@ -106,6 +109,7 @@ def dpo_command(
     """
     from dus.instruct.dpo import dpo
 
+    quiet(verbose)
     opts = _options(model, data, output, 5e-7 if lr is None else lr, epochs, max_steps, batch_size, grad_accum,
                     seq_len, seed, dtype, chat_template, exclude_tasks, task_field, decontaminate, ngram, warmup,
                     logging_steps, save_steps, grad_ckpt)
@@ -121,12 +125,13 @@ def chat_command(
     chat_template: Optional[str] = TEMPLATE,
     max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy; above 0: sample at this temperature (no top-k/top-p)."),
-    seed: int = SEED, device: str = DEVICE, dtype: str = RUN_DTYPE,
+    seed: int = SEED, device: str = DEVICE, dtype: str = RUN_DTYPE, verbose: bool = VERBOSE,
 ):
     """Single-turn chat: one prompt through the chat template, the reply streamed until EOS."""
     from dus.instruct.chat import build_messages, generate, read_messages
     from dus.instruct.load import load_model, load_tokenizer
 
+    quiet(verbose)
     if prompt is None and messages is None:
         prompt = sys.stdin.read().strip()
         if not prompt:
@@ -149,6 +154,7 @@ def contamination_command(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Score at most this many tokens per text."),
     seed: int = SEED, device: str = DEVICE, dtype: str = RUN_DTYPE,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write per-example scores to this JSON file."),
+    verbose: bool = VERBOSE,
 ):
     """Benchmark contamination test (swj0419/detect-pretrain-code-contamination), as on the SOLAR card.
 
@@ -157,6 +163,7 @@ def contamination_command(
     """
     from dus.eval.contamination import Settings, contamination, table
 
+    quiet(verbose)
     s = Settings(examples=examples, neighbours=neighbours, prefix_ratio=prefix_ratio, seed=seed,
                  batch_size=batch_size, max_length=max_length)
     results = contamination(target, ref, [str(p) for p in data], s, device=device, dtype=dtype)
@@ -177,33 +184,39 @@ def eval_command(
     include_path: Optional[Path] = typer.Option(None, "--include-path", help="Directory of local lm-eval task YAMLs."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Shots for tasks outside H6 [default: the task's]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric for tasks outside H6, e.g. acc or exact_match,strict-match [default: first of acc_norm, acc, exact_match, ...]."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task (smoke tests only)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task: a smoke test, recorded and marked not comparable in the results."),
     batch_size: str = typer.Option("auto", "--batch-size", help="lm-eval batch size, or auto."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="--perplexity: use at most this many tokens."),
     window: int = typer.Option(512, "--window", help="--perplexity: tokens per scoring window."),
     seed: int = SEED, device: str = DEVICE, dtype: str = RUN_DTYPE,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for results.json and results.md."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for results.json and results.md (rewritten after each task; a rerun skips finished tasks)."),
+    verbose: bool = VERBOSE,
 ):
     """Evaluate: lm-evaluation-harness tasks (h6 = Open LLM Leaderboard v1 set) and/or perplexity."""
+    from dus.eval import harness
+    from dus.eval.results import Report, markdown, model_fingerprint, write
+
+    quiet(verbose)
     if not tasks and perplexity_file is None:
         raise InputError("give --tasks and/or --perplexity")
+    main = _main_process()
+    out = str(output) if output and main else None  # every rank reads finished scores, rank 0 writes
+    report = Report(model, limit=limit, seed=seed, fingerprint=model_fingerprint(model))
+    benchmarks = harness.parse_tasks(tasks, num_fewshot, metric) if tasks else []
+    plan = harness.prepare(report, benchmarks, str(include_path) if include_path else None,
+                           str(output) if output else None) if benchmarks else None  # fails before any model loads
     if perplexity_file is not None:
-        _perplexity(model, perplexity_file, max_tokens, window, device, dtype, output)
-    if tasks:
-        from dus.eval import harness
-
-        benchmarks = harness.parse_tasks(tasks, num_fewshot, metric)
+        report.perplexity = _perplexity(model, perplexity_file, max_tokens, window, device, dtype, out)
+    if plan is not None:
         size = int(batch_size) if batch_size.isdigit() else batch_size
-        report = harness.evaluate(model, benchmarks, str(include_path) if include_path else None, device, dtype,
-                                  size, limit, seed)
-        if not report.scores:  # not the main process under accelerate launch
-            return
-        print(harness.markdown(report))
-        if output:
-            harness.write(report, str(output))
+        harness.evaluate(report, benchmarks, plan, device, dtype, size, out)
+    if main:
+        print(markdown(report))
+    if out:
+        write(report, out)
 
 
-def _perplexity(model: str, path: Path, max_tokens, window, device, dtype, output) -> None:
+def _perplexity(model: str, path: Path, max_tokens, window, device, dtype, out: str | None) -> dict:
     from dus.eval.perplexity import perplexity
     from dus.instruct.load import load_model, load_tokenizer
 
@@ -211,7 +224,8 @@ def _perplexity(model: str, path: Path, max_tokens, window, device, dtype, outpu
         raise InputError(f"{path}: no such file")
     lm, _ = load_model(model, device, dtype)
     result = perplexity(lm, load_tokenizer(model), path.read_text(encoding="utf-8"), max_tokens=max_tokens, window=window)
-    print(f"perplexity {result['perplexity']:.4f} (nll {result['nll']:.4f}, {result['tokens']} tokens) on {path}")
-    if output:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "perplexity.json").write_text(json.dumps({"model": model, "data": str(path), **result}, indent=2) + "\n")
+    result = {"data": str(path), **result, "window": window, "max_tokens": max_tokens}
+    if out:  # the file earlier versions wrote; results.json holds the same under "perplexity"
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "perplexity.json").write_text(json.dumps({"model": model, **result}, indent=2) + "\n")
+    return result

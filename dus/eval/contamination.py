@@ -11,9 +11,10 @@ A re-implementation of swj0419/detect-pretrain-code-contamination (the
   score = share of neighbours whose target NLL is below L
 
 Memorised text has a lower NLL than any neighbour, so its score is near 0.
-The statistic is "result < 0.1, %": the share of examples scoring below 0.1
-(printed as a fraction, as the card's table does). The repository reads a
-share above 0.9 as "highly likely trained on"; a clean model sits far lower.
+The statistic is "result < 0.1, %": the share of examples scoring below 0.1,
+a fraction as in the card's table (each printed value states it). The
+repository reads a share above 0.9 as "highly likely trained on"; a clean
+model sits far lower.
 
 Accepted JSONL fields, first match wins: `text`; `input` (the repository's
 processed form); `question` with `answer` (a string, or an index into
@@ -147,6 +148,8 @@ def contamination(target_path: str, ref_path: str, data: list[str], s: Settings 
 
 
 def table(results: list[FileResult], threshold: float = THRESHOLD) -> str:
+    """The card's header; each value says it is a fraction (0.03 is 3% of the examples)."""
     rows = [f"| data | examples | result < {threshold:g}, % |", "|---|---:|---:|"]
-    rows += [f"| {r.data} | {r.examples} | {r.share_below:.2f} |" for r in results]
+    rows += [f"| {r.data} | {r.examples} | {r.share_below:.2f} (fraction of examples; {100 * r.share_below:.0f}%) |"
+             for r in results]
     return "\n".join(rows)

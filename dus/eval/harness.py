@@ -1,6 +1,9 @@
 """`dus eval --tasks`: lm-evaluation-harness runs, read the leaderboard way.
 
-One `simple_evaluate` call per distinct shot count, all on one loaded model.
+Before any model is loaded: finished scores in --output are reused, every
+task is checked to exist, to have its data at hand (offline.py), and, when
+local, to hold H6's fixed shot count. Then one `simple_evaluate` call per
+task, all on one loaded model, with the results rewritten after each task.
 A task that is a group (mmlu) is scored as the plain mean of its leaf tasks:
 lm-eval's own group score weights by size, the leaderboard's did not.
 lm-eval is an optional extra (`pip install 'dus[eval]'`); task data comes from
@@ -9,36 +12,24 @@ the Hub or, offline, from local task YAMLs under `--include-path`.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import InputError
 from dus.eval.h6 import BY_NAME, H6, Benchmark
+from dus.eval.offline import check_hub, dataset_paths, is_local
+from dus.eval.results import Report, Score, finished, reusable, write
+from dus.quiet import quiet_lm_eval
 
 AUTO_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2")
 
 
 @dataclass
-class Score:
-    task: str
-    shots: int | None
-    metric: str
-    value: float
-    subtasks: dict[str, float] = field(default_factory=dict)  # leaf scores of a group
-
-
-@dataclass
-class Report:
-    model: str
-    scores: list[Score]
-
-    @property
-    def average(self) -> float:
-        return sum(s.value for s in self.scores) / len(self.scores) if self.scores else float("nan")
-
-    def is_h6(self) -> bool:
-        return sorted(s.task for s in self.scores) == sorted(b.task for b in H6)
+class Plan:
+    """What is left to evaluate after reusing finished scores, and the task index to load it from."""
+    todo: list[Benchmark]
+    manager: object
 
 
 def lm_eval_modules():
@@ -48,6 +39,7 @@ def lm_eval_modules():
         from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise InputError("dus eval --tasks needs lm-evaluation-harness: pip install 'dus[eval]'") from e
+    quiet_lm_eval()
     return lm_eval, HFLM, TaskManager
 
 
@@ -101,7 +93,7 @@ def pick_metric(result: dict, bench: Benchmark) -> str:
     raise InputError(f"{bench.task}: no metric among {', '.join(AUTO_METRICS)}; pass --metric")
 
 
-def read_score(bench: Benchmark, out: dict) -> Score:
+def read_score(bench: Benchmark, out: dict, limit: int | None = None) -> Score:
     """The benchmark's score from one simple_evaluate output; groups as an unweighted mean of leaves."""
     results, groups = out["results"], out.get("group_subtasks", {})
     names = leaves(bench.task, groups)
@@ -111,49 +103,71 @@ def read_score(bench: Benchmark, out: dict) -> Score:
         raise InputError(f"{bench.task}: metric {key!r} missing for {', '.join(missing)}")
     values = {n: float(results[n][key]) for n in names}
     shots = out.get("n-shot", {}).get(names[0], bench.shots)
-    return Score(bench.task, shots, key, sum(values.values()) / len(values), values if bench.task in groups else {})
+    return Score(bench.task, shots, key, sum(values.values()) / len(values), values if bench.task in groups else {},
+                 limit)
 
 
-def evaluate(model: str, benchmarks: list[Benchmark], include_path: str | None = None, device: str = "auto",
-             dtype: str = "auto", batch_size: int | str = "auto", limit: int | None = None, seed: int = 0) -> Report:
-    lm_eval, HFLM, _ = lm_eval_modules()
-    from dus.instruct.load import check_model, resolve_device, resolve_dtype
-
-    check_model(model)
-    manager = task_manager([b.task for b in benchmarks], include_path)
-    device = resolve_device(device)
-    lm = HFLM(pretrained=model, device=device, dtype=resolve_dtype(dtype, device), batch_size=batch_size)
-    by_shots: dict[int | None, list[Benchmark]] = {}
+def check_shots(benchmarks: list[Benchmark], manager) -> None:
+    """A local task's few-shot split must hold the shots H6 fixes (one more when it is the test split)."""
     for b in benchmarks:
-        by_shots.setdefault(b.shots, []).append(b)
-    scores: dict[str, Score] = {}
-    for shots, group in by_shots.items():
+        if not b.shots or not all(is_local(p) for p in dataset_paths(b.task, manager.task_index)):
+            continue
+        try:
+            loaded = manager.load([b.task])["tasks"]
+        except (OSError, ValueError) as e:  # a missing or unreadable data file, a bad YAML
+            raise InputError(f"{b.task}: cannot load the local task: {e}") from e
+        for name, task in loaded.items():
+            split = task.fewshot_cfg.split
+            need = b.shots + (split == task.config.test_split)
+            pool = task.fewshot_docs()
+            have = 0 if pool is None else len(pool)
+            if have < need:
+                raise InputError(
+                    f"{name}: {b.shots}-shot evaluation needs {need} few-shot examples but its few-shot split "
+                    f"{split or '(default)'} has {have}; add examples to it (the shots are fixed for {b.task})")
+
+
+def prepare(report: Report, benchmarks: list[Benchmark], include_path: str | None = None,
+            output: str | None = None) -> Plan:
+    """Reuse finished scores, then check the rest can run (tasks known, data reachable, shots available)."""
+    from dus.instruct.load import check_model
+
+    check_model(report.model)
+    done = finished(output, report) if output else {}
+    todo = [b for b in benchmarks if not reusable(done.get(b.task), b)]
+    report.scores = [done[b.task] for b in benchmarks if b not in todo]
+    if report.scores:
+        print(f"reusing {len(report.scores)} finished task(s) from {Path(output) / 'results.json'}: "
+              f"{', '.join(s.task for s in report.scores)}", file=sys.stderr)
+    if not todo:
+        return Plan([], None)
+    manager = task_manager([b.task for b in todo], include_path)
+    check_hub(report.model, [b.task for b in todo], manager.task_index)
+    check_shots(todo, manager)
+    return Plan(todo, manager)
+
+
+def evaluate(report: Report, benchmarks: list[Benchmark], plan: Plan, device: str = "auto", dtype: str = "auto",
+             batch_size: int | str = "auto", output: str | None = None) -> Report:
+    """One simple_evaluate call per task on one loaded model; OUTPUT's files are rewritten after each."""
+    if not plan.todo:
+        return report
+    lm_eval, HFLM, _ = lm_eval_modules()
+    from dus.instruct.load import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    lm = HFLM(pretrained=report.model, device=device, dtype=resolve_dtype(dtype, device), batch_size=batch_size)
+    scores, seed = {s.task: s for s in report.scores}, report.seed
+    for b in plan.todo:
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[b.task for b in group], num_fewshot=shots, task_manager=manager, limit=limit,
+            model=lm, tasks=[b.task], num_fewshot=b.shots, task_manager=plan.manager, limit=report.limit,
             log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed,
         )
         if out is None:  # a non-zero rank under accelerate launch
             continue
-        for b in group:
-            scores[b.task] = read_score(b, out)
-    return Report(model, [scores[b.task] for b in benchmarks if b.task in scores])
-
-
-def markdown(report: Report) -> str:
-    rows = ["| task | shots | metric | score |", "|---|---:|---|---:|"]
-    for s in report.scores:
-        shots = "" if s.shots is None else s.shots
-        rows.append(f"| {s.task} | {shots} | {s.metric} | {100 * s.value:.2f} |")
-    label = "H6 average" if report.is_h6() else "average"
-    rows.append(f"| **{label}** | | | **{100 * report.average:.2f}** |")
-    return "\n".join(rows)
-
-
-def write(report: Report, out_dir: str) -> None:
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    data = {"model": report.model, "average": report.average, "h6": report.is_h6(),
-            "scores": [asdict(s) for s in report.scores]}
-    (path / "results.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    (path / "results.md").write_text(markdown(report) + "\n", encoding="utf-8")
+        scores[b.task] = read_score(b, out, report.limit)
+        report.scores = [scores[x.task] for x in benchmarks if x.task in scores]
+        if output:
+            write(report, output)
+    return report

@@ -64,6 +64,8 @@ class PretrainConfig:
     # bookkeeping
     seed: int = _opt(0, "seed for data order and any randomness in the model")
     save_every: int = _opt(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
+    final_checkpoint: bool = _opt(True, "checkpoint after the last step too (model and optimizer, to continue later); "
+                                        "--no-final-checkpoint leaves only the exported model")
     keep_checkpoints: int = _opt(2, "keep this many newest checkpoints (0: all)")
     resume: bool = _opt(False, "continue from the newest checkpoint in OUTPUT/checkpoints")
     log_every: int = _opt(10, "print and record metrics every N steps")

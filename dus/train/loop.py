@@ -302,7 +302,7 @@ class Trainer:
     def _save_due(self, last: int) -> bool:
         every = self.cfg.save_every
         if self.step == last:  # a run that stops early must leave a checkpoint to resume from
-            return bool(every) or last < self.max_steps
+            return bool(every) and self.cfg.final_checkpoint or last < self.max_steps
         return bool(every) and self.step % every == 0
 
     def _save(self) -> Path:
