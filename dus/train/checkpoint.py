@@ -211,15 +211,15 @@ def _is_sha256(value: object) -> bool:
 
 def verify_files(path: Path, files: dict[str, dict]) -> None:
     """Every recorded file present, of its recorded size and sha256."""
-    sizes = {}
     for name, entry in files.items():
         file = path / name
         if not file.is_file():
             raise InputError(f"{file}: missing, but {RECORD} lists it: the checkpoint is incomplete or modified")
-        sizes[name] = file.stat().st_size
-        if sizes[name] != entry["bytes"]:
-            raise InputError(f"{file}: {sizes[name]:,} bytes, but {RECORD} records {entry['bytes']:,}: "
-                             "the checkpoint is truncated or modified")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            how = "truncated or modified" if size < entry["bytes"] else "modified"
+            raise InputError(f"{file}: {size:,} bytes, but {RECORD} records {entry['bytes']:,}: "
+                             f"the checkpoint is {how}")
     names = sorted(files)
     for name, digest in zip(names, _sha256s([path / n for n in names])):
         if digest != files[name]["sha256"]:
