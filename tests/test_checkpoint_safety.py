@@ -10,6 +10,8 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +119,10 @@ def _truncate(checkpoint: Path) -> str:
     return "truncated"
 
 
-def _flip_bit(checkpoint: Path) -> str:
-    data = bytearray((checkpoint / SHARD).read_bytes())
+def _flip_bit(checkpoint: Path, name: str = SHARD) -> str:
+    data = bytearray((checkpoint / name).read_bytes())
     data[len(data) // 2] ^= 0x10  # inside a tensor's bytes: today this resumes with a wrong weight
-    (checkpoint / SHARD).write_bytes(bytes(data))
+    (checkpoint / name).write_bytes(bytes(data))
     return "sha256 differs"
 
 
@@ -193,3 +195,25 @@ def test_rng_state_round_trips_through_json():
     set_rng_state(state)
     got = (random.random(), np.random.standard_normal(), torch.rand(3))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+@pytest.mark.slow
+def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):  # noqa: F811
+    """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
+    out = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]), "--output", str(out),
+           "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
+           "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd + ["--stop-after", "2"], check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "step_00000002"
+    assert set(json.loads((checkpoint / RECORD).read_text())["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    _flip_bit(checkpoint, "__1_0.distcp")  # rank 1's shard
+    before = snapshot(out)
+    done = subprocess.run(cmd + ["--resume"], check=False, capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]  # one line from each rank
+    assert all(f"{checkpoint / '__1_0.distcp'}: sha256 differs" in line for line in errors)
+    assert snapshot(out) == before
