@@ -5,6 +5,7 @@ checkpoint is one `error:` line (exit 2) with nothing trained, and only recorded
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from pretrain_helpers import corpus, read_jsonl, tiny_model  # noqa: F401 (fixtures)
 
 from dus.train import pretrain
-from dus.train.checkpoint import RECORD, Checkpointer, rng_state, set_rng_state
+from dus.errors import InputError
+from dus.train.checkpoint import RECORD, Checkpointer, MetadataUnpickler, rng_state, set_rng_state, write_record
 from dus.train.parallel import Dist
 
 SHARD = "__0_0.distcp"
@@ -111,6 +114,28 @@ def test_bare_payload_as_metadata_never_runs(resume, tmp_path):
     code, err = resume()
     assert not marker.exists()
     assert_refused(resume, before, code, err, "refusing to unpickle posix.system")
+
+
+@pytest.mark.parametrize("obj", [eval, os.system, torch.load, shutil.rmtree, torch.Tensor, RunsCode],
+                         ids=lambda o: o.__name__)
+def test_metadata_unpickler_admits_only_metadata_classes(obj, tmp_path):
+    with pytest.raises(InputError, match=f"refusing to unpickle .*{obj.__name__}"):
+        MetadataUnpickler(io.BytesIO(pickle.dumps(obj)), tmp_path / ".metadata").load()
+    safe = [torch.bfloat16, torch.Size([2, 3]), torch.strided, Path("/x")]
+    assert MetadataUnpickler(io.BytesIO(pickle.dumps(safe)), tmp_path / ".metadata").load() == safe
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_saved_items_load_weights_only(tmp_path):
+    """An item of the checkpoint that pickles a call (as our trainer state once did) is refused, not run."""
+    marker, checkpoint = tmp_path / "marker", tmp_path / "checkpoints" / "step_00000001"
+    dcp.save({"trainer": RunsCode(marker)}, checkpoint_id=checkpoint, no_dist=True)
+    write_record(checkpoint, 1)
+    ckpt = Checkpointer(checkpoint.parent, Dist(), keep=2)
+    ckpt.check(checkpoint)
+    with pytest.raises(InputError, match="cannot be loaded into this run .*Weights only load failed"):
+        ckpt.load_shared(checkpoint)
+    assert not marker.exists()
 
 
 def _truncate(checkpoint: Path) -> str:
@@ -205,14 +230,15 @@ def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path)
            "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]), "--output", str(out),
            "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
            "--cache-dir", str(tmp_path / "cache")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd + ["--stop-after", "2"], check=False, capture_output=True, text=True, timeout=300, env=env)
+    run = {"check": False, "capture_output": True, "text": True, "timeout": 300,
+           "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
+    first = subprocess.run(cmd + ["--stop-after", "2"], **run)
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoint = out / "checkpoints" / "step_00000002"
     assert set(json.loads((checkpoint / RECORD).read_text())["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
     _flip_bit(checkpoint, "__1_0.distcp")  # rank 1's shard
     before = snapshot(out)
-    done = subprocess.run(cmd + ["--resume"], check=False, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(cmd + ["--resume"], **run)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]  # one line from each rank
     assert all(f"{checkpoint / '__1_0.distcp'}: sha256 differs" in line for line in errors)

@@ -145,7 +145,7 @@ def _sha256s(paths: list[Path]) -> list[str]:
 
 
 def write_record(path: Path, step: int) -> None:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != RECORD and not p.name.startswith(f".{RECORD}"))
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != RECORD)
     record = {"format": RECORD_FORMAT, "step": step,
               "files": {p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, _sha256s(files))}}
     _write_atomically(path / RECORD, json.dumps(record, indent=1) + "\n")
@@ -237,8 +237,8 @@ class MetadataUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module: str, name: str):
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy imports
+            return vars(torch)[name]
         if (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
         raise InputError(f"{self.path}: refusing to unpickle {module}.{name}: only torch.distributed.checkpoint "
@@ -254,7 +254,7 @@ def load_metadata(path: Path, files: dict[str, dict]) -> Metadata:
     try:
         with open(file, "rb") as f:
             metadata = MetadataUnpickler(f, file).load()
-    except (pickle.UnpicklingError, EOFError, RecursionError, MemoryError, *MALFORMED) as e:
+    except (pickle.UnpicklingError, EOFError, ImportError, RecursionError, MemoryError, *MALFORMED) as e:
         raise InputError(f"{file}: not valid checkpoint metadata ({_first_line(e)})") from None
     problem = _metadata_problem(metadata, files)
     if problem:
