@@ -133,7 +133,7 @@ def test_saved_items_load_weights_only(tmp_path):
     write_record(checkpoint, 1)
     ckpt = Checkpointer(checkpoint.parent, Dist(), keep=2)
     ckpt.check(checkpoint)
-    with pytest.raises(InputError, match="cannot be loaded into this run .*Weights only load failed"):
+    with pytest.raises(InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"):
         ckpt.load_shared(checkpoint)
     assert not marker.exists()
 

@@ -54,7 +54,7 @@ SAFE_GLOBALS = {
     (_DCP, "BytesStorageMetadata"), (_DCP, "TensorProperties"), (_DCP, "_MEM_FORMAT_ENCODING"),
     (_DCP, "MetadataIndex"), (_DCP, "StorageMeta"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib._local", "PosixPath"),
+    ("pathlib", "PosixPath"), ("pathlib._local", "PosixPath"),  # StorageMeta.checkpoint_id
 }
 
 # What a record or state that passed its digests but still does not fit raises while being applied.
@@ -75,12 +75,17 @@ def malformed_state(path: Path):
     try:
         yield
     except MALFORMED as e:
-        raise InputError(f"{path}: the saved trainer state does not fit this run ({_first_line(e)})") from e
+        raise InputError(f"{path}: the saved trainer state does not fit this run ({_first_line(_cause(e))})") from e
+
+
+def _cause(e: BaseException) -> BaseException:
+    """DCP wraps each rank's exception, with its traceback, in one CheckpointException."""
+    if isinstance(e, CheckpointException) and e.failures:
+        return next(iter(e.failures.values()))[0]  # (exception, traceback) of the first failing rank
+    return e
 
 
 def _first_line(e: BaseException) -> str:
-    if isinstance(e, CheckpointException) and e.failures:
-        e = next(iter(e.failures.values()))[0]  # (exception, traceback) of the first failing rank
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
@@ -123,7 +128,7 @@ def _to_json(state: dict) -> str:
 def _from_json(value: object, path: Path, key: str) -> dict:
     try:
         state = json.loads(value, parse_constant=_no_constant) if isinstance(value, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         state = None
     if not isinstance(state, dict):
         raise InputError(f"{path}: its '{key}' state is not a JSON object")
@@ -172,12 +177,14 @@ def read_record(path: Path) -> dict[str, dict]:
     with open(file, "rb") as f:
         text = f.read(MAX_RECORD_BYTES + 1)
     try:
+        if len(text) > MAX_RECORD_BYTES:
+            raise ValueError(f"larger than {MAX_RECORD_BYTES:,} bytes")
         record = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
         raise InputError(f"{file}: not a valid checkpoint record ({e})") from None
     problem = _record_problem(record, path.name)
-    if len(text) > MAX_RECORD_BYTES or problem:
-        raise InputError(f"{file}: not a valid checkpoint record ({problem or 'too large'})")
+    if problem:
+        raise InputError(f"{file}: not a valid checkpoint record ({problem})")
     return record["files"]
 
 
@@ -254,7 +261,7 @@ def load_metadata(path: Path, files: dict[str, dict]) -> Metadata:
     try:
         with open(file, "rb") as f:
             metadata = MetadataUnpickler(f, file).load()
-    except (pickle.UnpicklingError, EOFError, ImportError, RecursionError, MemoryError, *MALFORMED) as e:
+    except (pickle.UnpicklingError, EOFError, OSError, ImportError, RecursionError, MemoryError, *MALFORMED) as e:
         raise InputError(f"{file}: not valid checkpoint metadata ({_first_line(e)})") from None
     problem = _metadata_problem(metadata, files)
     if problem:
@@ -296,7 +303,12 @@ class WeightsOnlyPlanner(DefaultLoadPlanner):
     with torch.load(weights_only=True): plain data and tensors only, never a pickled call."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        obj = torch.load(value, weights_only=True)
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: keep only its reason
+            why = next((ln.strip() for ln in str(e).splitlines() if "unsupported global" in ln.lower()), "")
+            raise InputError(f"refusing to unpickle item {read_item.dest_index.fqn!r}: only tensors and plain "
+                             f"data are allowed{f' ({why})' if why else ''}") from None
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
@@ -365,7 +377,10 @@ class Checkpointer:
             with _single_process_ok():
                 dcp.load(state, storage_reader=reader, planner=WeightsOnlyPlanner())
         except (CheckpointException, *MALFORMED) as e:
-            raise InputError(f"{path}: cannot be loaded into this run ({_first_line(e)})") from None
+            cause = _cause(e)
+            if isinstance(cause, InputError):
+                raise InputError(f"{path}: {cause}") from None
+            raise InputError(f"{path}: cannot be loaded into this run ({_first_line(cause)})") from None
 
     def load_shared(self, path: Path) -> dict:
         """Just the trainer state, to check the run layout before loading shards."""
