@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from pretrain_helpers import corpus, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+from pretrain_helpers import corpus, make_model, read_jsonl, tiny_model  # noqa: F401 (fixtures)
 
 from dus.train import pretrain
 from dus.errors import InputError
@@ -60,8 +60,8 @@ def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):  # noqa: F811
     out = tmp_path / "run"
     shutil.copytree(paused, out)
 
-    def resume() -> tuple[int, str]:
-        code, _, err = run_dus("pretrain", tiny_model, "--data", corpus["train"], "--output", out, "--seq-len", "64",
+    def resume(model: Path = tiny_model) -> tuple[int, str]:
+        code, _, err = run_dus("pretrain", model, "--data", corpus["train"], "--output", out, "--seq-len", "64",
                                "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "1",
                                "--max-steps", "6", "--save-every", "2", "--cache-dir", cache, "--resume")
         return code, err.strip()
@@ -194,6 +194,14 @@ def test_no_recorded_checkpoint_is_refused(resume):
     before = snapshot(resume.out)
     code, err = resume()
     assert_refused(resume, before, code, err, "step_00000004", f"has no {RECORD}")
+
+
+def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
+    """DCP alone loads a deeper model's checkpoint into a shallower one without a word."""
+    shallower = make_model(tmp_path / "two-layers", layers=2)
+    before = snapshot(resume.out)
+    code, err = resume(shallower)
+    assert_refused(resume, before, code, err, "step_00000004 holds another model", "model.model.layers.2.")
 
 
 def test_record_lists_every_file_and_state_loads_weights_only(paused):

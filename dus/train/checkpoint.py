@@ -33,6 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
@@ -315,6 +316,18 @@ class WeightsOnlyPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+def _check_fit(path: Path, metadata: Metadata, state: dict) -> None:
+    """DCP loads the entries the run asks for and ignores the rest, so a checkpoint of a deeper model (or
+    other frozen layers) would half-load without a word: the entries must be the same."""
+    def entries(keys) -> set[str]:
+        return {k for k in keys if not k.startswith("rank")}  # each rank loads only its own "rankN"
+    ours, saved = entries(flatten_state_dict(state)[0]), entries(metadata.state_dict_metadata)
+    if ours != saved:
+        example = min(saved - ours) if saved - ours else min(ours - saved)
+        raise InputError(f"{path} holds another model or other trained layers ({len(saved ^ ours)} entries differ, "
+                         f"e.g. {example!r}): resume with the model and --freeze that wrote it")
+
+
 # --- the checkpointer ----------------------------------------------------------------------------
 class Checkpointer:
     def __init__(self, root: Path, d: Dist, keep: int):
@@ -392,6 +405,7 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         key = f"rank{self.d.rank}"
         state = {"model": model_sd, "optim": optim_sd, "trainer": "", key: ""}
+        _check_fit(path, self._checked[path], state)
         self._load(path, state)
         with malformed_state(path):
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
