@@ -3,10 +3,10 @@
 OUTPUT/checkpoints/step_00000100/ holds each rank's shards of the model and
 optimizer (DCP's `__R_I.distcp` files and its `.metadata`), the shared trainer
 state (step, tokens, scheduler) and, under a key per rank, that rank's data
-position and RNG states; both states are JSON strings, not pickles. Once every
-rank has saved, rank 0 writes `dus_checkpoint.json` (the step, every file's
-size and sha256) by an atomic rename: it marks the checkpoint complete, and a
-directory without it is an interrupted save and is ignored.
+position and RNG states; both are JSON strings, so they load as plain data.
+Once every rank has saved, rank 0 writes `dus_checkpoint.json` (the step, every
+file's size and sha256) by an atomic rename: it marks the checkpoint complete,
+and a directory without it is an interrupted save and is ignored.
 
 Resuming checks every file against that record before any byte is loaded.
 Pickle is still torch's own format for `.metadata` and inside its `torch.save`
@@ -382,10 +382,13 @@ class Checkpointer:
             raise InputError(verdict)
         self._checked[path] = load_metadata(path, verdict)
 
-    def _load(self, path: Path, state: dict) -> None:
+    def _metadata(self, path: Path) -> Metadata:
         if path not in self._checked:
             raise AssertionError(f"{path} is loaded before it is checked")
-        reader = RecordedReader(path, self._checked[path])
+        return self._checked[path]
+
+    def _load(self, path: Path, state: dict) -> None:
+        reader = RecordedReader(path, self._metadata(path))
         try:
             with _single_process_ok():
                 dcp.load(state, storage_reader=reader, planner=WeightsOnlyPlanner())
@@ -405,7 +408,7 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         key = f"rank{self.d.rank}"
         state = {"model": model_sd, "optim": optim_sd, "trainer": "", key: ""}
-        _check_fit(path, self._checked[path], state)
+        _check_fit(path, self._metadata(path), state)
         self._load(path, state)
         with malformed_state(path):
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
