@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from dus.errors import InputError
-from dus.train.checkpoint import Checkpointer, rng_state, set_rng_state
+from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
 from dus.train.freeze import PLAN_FILE, apply_freeze, trainable_layers
@@ -167,11 +167,17 @@ class Trainer:
             raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
 
     def _checkpoint_to_resume(self) -> Path | None:
-        latest = broadcast_object(self.ckpt.latest(), self.d)  # rank 0 decides, so all ranks agree
-        if latest and not self.cfg.resume:
+        # rank 0 decides, so all ranks agree
+        latest, unrecorded = broadcast_object((self.ckpt.latest(), self.ckpt.unrecorded()), self.d)
+        if (latest or unrecorded) and not self.cfg.resume:
             raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+        if self.cfg.resume and not latest and unrecorded:
+            raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
+                             "pickled its state): it cannot be resumed safely; move it away or choose a new --output")
         if self.cfg.resume and not latest and self.d.is_main:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
+        if latest:
+            self.ckpt.check(latest)  # every file against its record, before anything is built or loaded
         if self.d.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         return latest
@@ -183,15 +189,19 @@ class Trainer:
                 "grad_accum": c.grad_accum, "streaming": c.streaming, "seed": c.seed}
 
     def _resume(self, path: Path) -> None:
-        saved = self.ckpt.load_shared(path)["layout"]
+        saved = self.ckpt.load_shared(path).get("layout")
         if saved != self._layout():
+            saved = saved if isinstance(saved, dict) else {}
             diff = ", ".join(f"{k} {saved.get(k)} (now {v})" for k, v in self._layout().items() if saved.get(k) != v)
             raise InputError(f"{path} was written with {diff}: resume with the same layout")
         shared, mine = self.ckpt.load(path, self.model, self.optimizer)
-        self.scheduler.load_state_dict(shared["scheduler"])
-        self.step, self.tokens = shared["step"], shared["tokens"]
-        self.data.train.load_state_dict(mine["data"])
-        set_rng_state(mine["rng"])
+        with malformed_state(path):
+            if set(shared["scheduler"]) != set(self.scheduler.state_dict()):
+                raise KeyError("the scheduler state's keys differ")
+            self.scheduler.load_state_dict(shared["scheduler"])
+            self.step, self.tokens = int(shared["step"]), int(shared["tokens"])
+            self.data.train.load_state_dict(mine["data"])
+            set_rng_state(mine["rng"])
 
     def _open_samples_log(self, resumed: Path | None):
         if not self.cfg.log_samples:

@@ -1,0 +1,253 @@
+"""`dus pretrain --resume` treats checkpoints as untrusted: a pickled call in DCP's `.metadata` is never run,
+every file is checked against the sha256 record written at save time before any of it is loaded, a bad
+checkpoint is one `error:` line (exit 2) with nothing trained, and only recorded checkpoints are resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from pretrain_helpers import corpus, make_model, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+
+from dus.train import pretrain
+from dus.errors import InputError
+from dus.train.checkpoint import RECORD, Checkpointer, MetadataUnpickler, rng_state, set_rng_state, write_record
+from dus.train.parallel import Dist
+
+SHARD = "__0_0.distcp"
+
+
+class RunsCode:
+    """Unpickling this runs a shell command that creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("datasets-cache")
+
+
+@pytest.fixture(scope="module")
+def paused(tiny_model, corpus, cache, tmp_path_factory) -> Path:  # noqa: F811
+    """A run of 6 steps stopped after 4, with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("paused") / "run"
+    pretrain({"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(out), "seq_len": 64,
+              "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "max_steps": 6, "save_every": 2,
+              "stop_after": 4, "cache_dir": str(cache)})
+    return out
+
+
+@pytest.fixture
+def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):  # noqa: F811
+    """A copy of the paused run, and a function that resumes it through the CLI: (exit code, stderr)."""
+    out = tmp_path / "run"
+    shutil.copytree(paused, out)
+
+    def resume(model: Path = tiny_model) -> tuple[int, str]:
+        code, _, err = run_dus("pretrain", model, "--data", corpus["train"], "--output", out, "--seq-len", "64",
+                               "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "1",
+                               "--max-steps", "6", "--save-every", "2", "--cache-dir", cache, "--resume")
+        return code, err.strip()
+    resume.out = out
+    return resume
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def rerecord(checkpoint: Path, name: str) -> None:
+    """What an attacker who can write the checkpoint can do: make the record match the changed file."""
+    record = json.loads((checkpoint / RECORD).read_text())
+    data = (checkpoint / name).read_bytes()
+    record["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / RECORD).write_text(json.dumps(record))
+
+
+def assert_refused(resume, before: dict, code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert all(n in err for n in needles), err
+    assert snapshot(resume.out) == before  # nothing trained, logged or saved
+
+
+@pytest.mark.parametrize("rewrite_record", [False, True], ids=["digest-differs", "digest-rewritten"])
+def test_pickled_call_in_metadata_never_runs(resume, tmp_path, rewrite_record):
+    checkpoint = resume.out / "checkpoints" / "step_00000004"
+    marker = tmp_path / "marker"
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # our own file, trusted here
+    metadata.storage_meta.modules = [RunsCode(marker)]  # deep inside a valid Metadata
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    if rewrite_record:
+        rerecord(checkpoint, ".metadata")
+    before = snapshot(resume.out)
+    code, err = resume()
+    assert not marker.exists()
+    why = "refusing to unpickle posix.system" if rewrite_record else "the checkpoint is modified"
+    assert_refused(resume, before, code, err, str(checkpoint / ".metadata"), why)
+
+
+def test_bare_payload_as_metadata_never_runs(resume, tmp_path):
+    checkpoint = resume.out / "checkpoints" / "step_00000004"
+    marker = tmp_path / "marker"
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    rerecord(checkpoint, ".metadata")
+    before = snapshot(resume.out)
+    code, err = resume()
+    assert not marker.exists()
+    assert_refused(resume, before, code, err, "refusing to unpickle posix.system")
+
+
+@pytest.mark.parametrize("obj", [eval, os.system, torch.load, shutil.rmtree, torch.Tensor, RunsCode],
+                         ids=lambda o: o.__name__)
+def test_metadata_unpickler_admits_only_metadata_classes(obj, tmp_path):
+    with pytest.raises(InputError, match=f"refusing to unpickle .*{obj.__name__}"):
+        MetadataUnpickler(io.BytesIO(pickle.dumps(obj)), tmp_path / ".metadata").load()
+    safe = [torch.bfloat16, torch.Size([2, 3]), torch.strided, Path("/x")]
+    assert MetadataUnpickler(io.BytesIO(pickle.dumps(safe)), tmp_path / ".metadata").load() == safe
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_saved_items_load_weights_only(tmp_path):
+    """An item of the checkpoint that pickles a call (as our trainer state once did) is refused, not run."""
+    marker, checkpoint = tmp_path / "marker", tmp_path / "checkpoints" / "step_00000001"
+    dcp.save({"trainer": RunsCode(marker)}, checkpoint_id=checkpoint, no_dist=True)
+    write_record(checkpoint, 1)
+    ckpt = Checkpointer(checkpoint.parent, Dist(), keep=2)
+    ckpt.check(checkpoint)
+    with pytest.raises(InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"):
+        ckpt.load_shared(checkpoint)
+    assert not marker.exists()
+
+
+def _truncate(checkpoint: Path) -> str:
+    shard = checkpoint / SHARD
+    shard.write_bytes(shard.read_bytes()[:-100])
+    return "truncated"
+
+
+def _flip_bit(checkpoint: Path, name: str = SHARD) -> str:
+    data = bytearray((checkpoint / name).read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside a tensor's bytes: today this resumes with a wrong weight
+    (checkpoint / name).write_bytes(bytes(data))
+    return "sha256 differs"
+
+
+def _missing_shard(checkpoint: Path) -> str:
+    (checkpoint / SHARD).unlink()
+    return "missing"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_bit, _missing_shard], ids=["truncated", "bit-flip", "missing"])
+def test_damaged_shard_is_one_line_and_nothing_runs(resume, damage):
+    checkpoint = resume.out / "checkpoints" / "step_00000004"
+    why = damage(checkpoint)
+    before = snapshot(resume.out)
+    code, err = resume()
+    assert_refused(resume, before, code, err, str(checkpoint / SHARD), why)
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"format": "dus-checkpoint/1", "step": 4, "step": 4}',
+                                    '{"format": "dus-checkpoint/1", "step": 4, "files": {"../x": {}}}'],
+                         ids=["not-json", "duplicate-key", "escaping-name"])
+def test_damaged_record_is_refused(resume, record):
+    checkpoint = resume.out / "checkpoints" / "step_00000004"
+    (checkpoint / RECORD).write_text(record)
+    before = snapshot(resume.out)
+    code, err = resume()
+    assert_refused(resume, before, code, err, str(checkpoint / RECORD), "not a valid checkpoint record")
+
+
+def test_checkpoint_without_record_is_skipped(resume):
+    """A save killed after DCP finished but before its record: resume from the checkpoint before it."""
+    (resume.out / "checkpoints" / "step_00000004" / RECORD).unlink()
+    code, err = resume()
+    assert code == 0, err
+    info = json.loads((resume.out / "run.json").read_text())
+    assert info["resumed_from"].endswith("step_00000002") and info["result"]["finished"]
+    assert [r["step"] for r in read_jsonl(resume.out / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert (resume.out / "checkpoints" / "step_00000004" / RECORD).is_file()  # saved again, whole
+
+
+def test_no_recorded_checkpoint_is_refused(resume):
+    """Checkpoints by a dus before records (they pickled the trainer state) are not loaded."""
+    for record in (resume.out / "checkpoints").glob(f"*/{RECORD}"):
+        record.unlink()
+    before = snapshot(resume.out)
+    code, err = resume()
+    assert_refused(resume, before, code, err, "step_00000004", f"has no {RECORD}")
+
+
+def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
+    """DCP alone loads a deeper model's checkpoint into a shallower one without a word."""
+    shallower = make_model(tmp_path / "two-layers", layers=2)
+    before = snapshot(resume.out)
+    code, err = resume(shallower)
+    assert_refused(resume, before, code, err, "step_00000004 holds another model", "model.model.layers.2.")
+
+
+def test_record_lists_every_file_and_state_loads_weights_only(paused):
+    """The record lists every file with its sha256; the trainer state is JSON, read back with weights_only."""
+    checkpoint = paused / "checkpoints" / "step_00000004"
+    record = json.loads((checkpoint / RECORD).read_text())
+    assert record["step"] == 4 and set(record["files"]) == {".metadata", SHARD}
+    for name, entry in record["files"].items():
+        data = (checkpoint / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
+    assert ckpt.latest() == checkpoint
+    ckpt.check(checkpoint)
+    shared = ckpt.load_shared(checkpoint)
+    assert shared["step"] == 4 and shared["layout"]["seq_len"] == 64
+
+
+def test_rng_state_round_trips_through_json():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are part of the state
+    state = json.loads(json.dumps(rng_state()))
+    expected = (random.random(), np.random.standard_normal(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(state)
+    got = (random.random(), np.random.standard_normal(), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+@pytest.mark.slow
+def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):  # noqa: F811
+    """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
+    out = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]), "--output", str(out),
+           "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
+           "--cache-dir", str(tmp_path / "cache")]
+    run = {"check": False, "capture_output": True, "text": True, "timeout": 300,
+           "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
+    first = subprocess.run(cmd + ["--stop-after", "2"], **run)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "step_00000002"
+    assert set(json.loads((checkpoint / RECORD).read_text())["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    _flip_bit(checkpoint, "__1_0.distcp")  # rank 1's shard
+    before = snapshot(out)
+    done = subprocess.run(cmd + ["--resume"], **run)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]  # one line from each rank
+    assert all(f"{checkpoint / '__1_0.distcp'}: sha256 differs" in line for line in errors)
+    assert snapshot(out) == before
