@@ -30,13 +30,12 @@ class _Invalid:
         self.problem = problem
 
 
-def loads(data: bytes | str, where: str):
-    """Parse `data` (UTF-8 bytes or text) or raise InputError(f"{where}: ...")."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{where}: not UTF-8 text (bad byte at offset {e.start})") from None
+def loads(raw: bytes, where: str):
+    """Parse a file's bytes, or raise InputError(f"{where}: ...") naming the field at fault."""
+    try:
+        data = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (bad byte at offset {e.start})") from None
     if _depth(data) > MAX_DEPTH:
         raise InputError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
     refused = []
@@ -50,12 +49,9 @@ def loads(data: bytes | str, where: str):
         return value if math.isfinite(value) else refuse(f"is {_short(text)}, out of the range of a 64-bit float")
 
     def integer(text: str):
-        # serde_json keeps integers that fit 64 bits; -0 and the rest become floats.
-        if len(text) <= 20 and text != "-0":
-            value = int(text)
-            if -2**63 <= value < 2**64:
-                return value
-        return real(text)
+        # serde_json reads -0 as a float (so no shape or offset) and refuses what no float holds.
+        value = real(text)
+        return value if text == "-0" or isinstance(value, _Invalid) else int(text)
 
     def unique(pairs):
         seen = set()
