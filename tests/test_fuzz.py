@@ -27,7 +27,7 @@ from dus.errors import InputError
 from dus.read.safetensors import DTYPE_BITS, read_header
 from dus.read.source import read_config
 
-HEADER_CASES, CONFIG_CASES, PLAN_CASES = 3000, 1000, 300
+HEADER_CASES, CONFIG_CASES, PLAN_CASES = 3000, 1000, 300  # plan cases per file mutated
 SECONDS_PER_CASE = 10  # a hang guard on a slow shared machine, not a speed requirement
 
 
@@ -109,7 +109,7 @@ def mutate_tree(rng, tree, keys):
 
 def mutate_bytes(rng, blob: bytes, start: int) -> bytes:
     """One byte-level edit, mostly at or after `start` (the JSON text)."""
-    blob = bytearray(blob)
+    blob, start = bytearray(blob), min(start, len(blob))
     at = rng.randrange(start, len(blob) + 1) if rng.random() < 0.9 else rng.randrange(len(blob) + 1)
     edit = rng.randrange(5)
     if edit == 0 and at < len(blob):
@@ -163,7 +163,8 @@ def mutate_tensor(rng, header):
     elif edit == 2 and isinstance(fields.get("data_offsets"), list) and fields["data_offsets"]:
         offsets = list(fields["data_offsets"])
         i = rng.randrange(len(offsets))
-        offsets[i] = rng.choice((offsets[i] + rng.choice((-8, -4, -1, 1, 4, 8)), 0, 40, 2**64 - 1, 2**64))
+        moved = offsets[i] + rng.choice((-8, -4, -1, 1, 4, 8)) if type(offsets[i]) is int else 4
+        offsets[i] = rng.choice((moved, 0, 40, 2**64 - 1, 2**64))
         fields["data_offsets"] = offsets
     elif edit == 3 and all(k in fields for k in ("dtype", "shape", "data_offsets")):
         # The list form serde also accepts; now and then one item too many.
@@ -258,10 +259,19 @@ def check_header(blob: bytes, f):
     return error is None
 
 
-def test_fuzz_safetensors_headers(tmp_path):
+def fuzz_headers(seeds: range, tmp_path):
     with open(tmp_path / "model.safetensors", "wb") as f:
-        accepted = sum(check_header(header_case(seed), f) for seed in range(HEADER_CASES))
-    assert 0.05 * HEADER_CASES < accepted < 0.6 * HEADER_CASES  # both verdicts are exercised
+        accepted = sum(check_header(header_case(seed), f) for seed in seeds)
+    assert 0.05 * len(seeds) < accepted < 0.6 * len(seeds)  # both verdicts are exercised
+
+
+def test_fuzz_safetensors_headers(tmp_path):
+    fuzz_headers(range(HEADER_CASES), tmp_path)
+
+
+@pytest.mark.slow
+def test_fuzz_safetensors_headers_more(tmp_path):
+    fuzz_headers(range(10**6, 10**6 + 20 * HEADER_CASES), tmp_path)
 
 
 # config.json: serde_json is the reference, reached through the library by placing
@@ -292,7 +302,7 @@ def reference_config(blob: bytes):
     return value
 
 
-def config_case(seed: int, base: str) -> bytes:
+def config_case(seed: int, base: bytes) -> bytes:
     rng = random.Random(seed)
     tree = json.loads(base, object_pairs_hook=Obj)
     for _ in range(rng.choice((0, 1, 1, 2))):
@@ -328,7 +338,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_fuzz_config_json(tiny_model, tmp_path):
-    base = (tiny_model / "config.json").read_text()
+    base = (tiny_model / "config.json").read_bytes()
     with open(tmp_path / "config.json", "wb") as f:
         accepted = sum(check_config(config_case(seed, base), f) for seed in range(CONFIG_CASES))
     assert 0.05 * CONFIG_CASES < accepted < 0.8 * CONFIG_CASES
@@ -345,15 +355,19 @@ def model_case(seed: int, raw: bytes) -> bytes:
     return mutate_bytes(rng, blob, 8) if rng.random() < 0.3 else blob
 
 
-def test_fuzz_plan(tiny_model, tmp_path):
-    """The plan (what `dus plan` runs) on mutated models: success on files the library accepts, else an InputError."""
+@pytest.mark.parametrize("target", ["model.safetensors", "config.json"])
+def test_fuzz_plan(target, tiny_model, tmp_path):
+    """The plan (what `dus plan` runs) on mutated models: success where the library
+    (serde_json) reads the file too, else an InputError."""
+    mutate, reference = {"model.safetensors": (model_case, library_tensors),
+                         "config.json": (config_case, reference_config)}[target]
     src = tmp_path / "src"
     shutil.copytree(tiny_model, src)
-    raw = (tiny_model / "model.safetensors").read_bytes()
+    original = (tiny_model / target).read_bytes()
     accepted = 0
-    with open(src / "model.safetensors", "wb") as f:
+    with open(src / target, "wb") as f:
         for seed in range(PLAN_CASES):
-            blob = model_case(seed, raw)
+            blob = mutate(seed, original)
             overwrite(f, blob)
             with time_limit(SECONDS_PER_CASE):
                 try:
@@ -361,6 +375,6 @@ def test_fuzz_plan(tiny_model, tmp_path):
                 except InputError as e:
                     assert_clean(str(e), "")
                     continue
-            assert library_tensors(blob) is not None
+            assert reference(blob) is not None
             accepted += 1
     assert 0.05 * PLAN_CASES < accepted < 0.8 * PLAN_CASES
