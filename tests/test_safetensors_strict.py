@@ -191,3 +191,11 @@ def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
     shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
     code, out, err = run_dus("plan", src, "--overlap", "1")
     assert code == 2 and "has the key '__metadata__' twice" in err and err.count("\n") == 1, err
+
+
+def test_error_lines_stay_short(tmp_path):
+    name, shape = "n" * 1_000_000, [7] * 100_000
+    path = _file(tmp_path, json.dumps({name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}}))
+    with pytest.raises(InputError) as e:
+        read_header(str(path))
+    assert "(1000002 characters)" in str(e.value) and len(str(e.value)) < 400

@@ -3,7 +3,8 @@
 A file is: 8-byte little-endian header length N, N bytes of JSON, then the
 tensor data. Each JSON entry gives dtype, shape and [begin, end) offsets into
 the data. We never trust those numbers: every check the safetensors library
-makes is made here, before a single tensor byte is read.
+makes is made here, before a single tensor byte is read, and one more: no JSON
+key may repeat (the library keeps the last one; another reader may not).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.read import strict_json
+from dus.read.strict_json import brief
 
 # Bits per element of every dtype the safetensors library (0.8) knows; F4 and F6 pack below a byte.
 DTYPE_BITS = {
@@ -92,13 +94,13 @@ def _tensor_info(key: str, entry, path: str, data_start: int) -> TensorInfo:
     name = os.path.basename(path)
     dtype, shape, offsets = _entry_fields(key, entry, name)
     if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
-        raise InputError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+        raise InputError(f"{name}: tensor {brief(key)} has an invalid shape {brief(shape)}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets) or offsets[0] > offsets[1]:
-        raise InputError(f"{name}: tensor {key!r} has invalid data_offsets {offsets!r}")
+        raise InputError(f"{name}: tensor {brief(key)} has invalid data_offsets {brief(offsets)}")
     info = TensorInfo(path, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
     need = _nbytes(key, dtype, shape, name)
     if info.nbytes != need:
-        raise InputError(f"{name}: tensor {key!r} has {info.nbytes} bytes but shape {shape} of {dtype} needs {need}")
+        raise InputError(f"{name}: tensor {brief(key)} has {info.nbytes} bytes but shape {brief(shape)} of {dtype} needs {need}")
     return info
 
 
@@ -113,11 +115,11 @@ def _entry_fields(key: str, entry, name: str) -> tuple:
     elif isinstance(entry, dict) and all(k in entry for k in FIELDS):
         dtype, shape, offsets = (entry[k] for k in FIELDS)
     else:
-        raise InputError(f"{name}: tensor {key!r} needs an entry with dtype, shape and data_offsets")
+        raise InputError(f"{name}: tensor {brief(key)} needs an entry with dtype, shape and data_offsets")
     if isinstance(dtype, dict) and len(dtype) == 1 and None in dtype.values():
         (dtype,) = dtype
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise InputError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}")
+        raise InputError(f"{name}: tensor {brief(key)} has unknown dtype {brief(dtype)}")
     return dtype, shape, offsets
 
 
@@ -131,9 +133,9 @@ def _nbytes(key: str, dtype: str, shape: list[int], name: str) -> int:
     for d in [*shape, DTYPE_BITS[dtype]]:  # in the library's order: a 0 after an overflow is too late
         bits *= d
         if bits > U64_MAX:
-            raise InputError(f"{name}: tensor {key!r} has shape {shape} of {dtype}, whose size overflows 64 bits")
+            raise InputError(f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, whose size overflows 64 bits")
     if bits % 8:
-        raise InputError(f"{name}: tensor {key!r} has shape {shape} of {dtype}, which does not fill whole bytes")
+        raise InputError(f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, which does not fill whole bytes")
     return bits // 8
 
 
@@ -143,7 +145,7 @@ def _check_layout(tensors: dict[str, TensorInfo], name: str, data_start: int, fi
     for key, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
         if info.start != position:
             problem = "overlaps another tensor" if info.start < position else "leaves a gap before it"
-            raise InputError(f"{name}: tensor {key!r} {problem} (offset {info.start - data_start})")
+            raise InputError(f"{name}: tensor {brief(key)} {problem} (offset {info.start - data_start})")
         position = info.end
     if position != file_size:
         raise InputError(f"{name}: data region ends at byte {position} but the file has {file_size} bytes (truncated or padded)")

@@ -46,7 +46,7 @@ def loads(raw: bytes, where: str):
 
     def real(text: str):
         value = float(text)
-        return value if math.isfinite(value) else refuse(f"is {_short(text)}, out of the range of a 64-bit float")
+        return value if math.isfinite(value) else refuse(f"is {_cut(text)}, out of the range of a 64-bit float")
 
     def integer(text: str):
         # serde_json reads -0 as a float (so no shape or offset) and refuses what no float holds.
@@ -57,7 +57,7 @@ def loads(raw: bytes, where: str):
         seen = set()
         for key, _ in pairs:
             if key in seen:
-                return refuse(f"has the key {key!r} twice")
+                return refuse(f"has the key {brief(key)} twice")
             seen.add(key)
         return dict(pairs)
 
@@ -91,7 +91,7 @@ def _check_values(value, where: str) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if not _is_unicode(key):
-                    raise InputError(f"{where}: key {key!r} in {_field(path)} holds a lone UTF-16 surrogate, not valid Unicode")
+                    raise InputError(f"{where}: key {brief(key)} in {_field(path)} holds a lone UTF-16 surrogate, not valid Unicode")
                 stack.append((item, (*path, key)))
         elif isinstance(value, list):
             stack.extend((item, (*path, i)) for i, item in enumerate(value))
@@ -114,9 +114,14 @@ def _field(path: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + (part if part.isidentifier() else repr(part))
+            out += ("." if out else "") + (part if part.isidentifier() else brief(part))
     return f"field {out}"
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+def brief(value) -> str:
+    """repr of a value from an untrusted file, cut short enough for one error line."""
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
