@@ -16,8 +16,8 @@ from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
-from dus.read import strict_json
 from dus.read.source import Source, open_source
+from dus.read import strict_json
 
 PLAN_FILE = "dus_plan.json"
 
