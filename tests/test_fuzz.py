@@ -25,7 +25,7 @@ from safetensors import deserialize
 import dus.api
 from dus.errors import InputError
 from dus.read.safetensors import DTYPE_BITS, read_header
-from dus.read.source import read_config
+from dus.read import strict_json
 
 HEADER_CASES, CONFIG_CASES, PLAN_CASES = 3000, 1000, 300  # plan cases per file mutated
 SECONDS_PER_CASE = 10  # a hang guard on a slow shared machine, not a speed requirement
@@ -278,6 +278,7 @@ def test_fuzz_safetensors_headers_more(tmp_path):
 # the JSON value in a header field it parses and ignores.
 CONFIG_KEYS = ["vocab_size", "hidden_size", "model_type", "rope_scaling", "x", Raw('"\\udc00"')]
 SLOT = '{"t":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":%s}}'
+REFUSED = object()
 
 
 class Repeated(ValueError):
@@ -290,16 +291,14 @@ def _no_repeats(pairs):
     return dict(pairs)
 
 
-def reference_config(blob: bytes):
-    """The config as serde_json would read it, less repeated keys; None where it is not one."""
+def serde_json_value(blob: bytes):
+    """`blob` as serde_json reads it, with repeated keys refused too; REFUSED where it is no JSON."""
     try:  # the stdlib parses exactly one value here, so the slot cannot be broken out of
         value = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_repeats)
     except (ValueError, RecursionError):
-        return None
+        return REFUSED
     raw = (SLOT % blob.decode("utf-8")).encode("utf-8")
-    if not isinstance(value, dict) or library_tensors(struct.pack("<Q", len(raw)) + raw) is None:
-        return None
-    return value
+    return REFUSED if library_tensors(struct.pack("<Q", len(raw)) + raw) is None else value
 
 
 def config_case(seed: int, base: bytes) -> bytes:
@@ -313,20 +312,19 @@ def config_case(seed: int, base: bytes) -> bytes:
     return blob
 
 
-def check_config(blob: bytes, f):
-    overwrite(f, blob)
-    path = Path(f.name)
+def check_json(blob: bytes):
+    """The loader read_config uses (read_config then validates the fields)."""
     with time_limit(SECONDS_PER_CASE):
         try:
-            config, error = read_config(path), None
+            value, error = strict_json.loads(blob, "config.json"), None
         except InputError as e:
-            config, error = None, str(e)
-    reference = reference_config(blob)
+            value, error = None, str(e)
+    reference = serde_json_value(blob)
     if error is None:
-        assert config == reference and reference is not None
+        assert reference is not REFUSED and value == reference
     else:
-        assert_clean(error, f"{path}: ")
-        assert reference is None, f"serde_json reads what dus refused: {error}"
+        assert_clean(error, "config.json: ")
+        assert reference is REFUSED, f"serde_json reads what dus refused: {error}"
     return error is None
 
 
@@ -337,10 +335,9 @@ def tiny_model(tmp_path_factory):
     return directory
 
 
-def test_fuzz_config_json(tiny_model, tmp_path):
+def test_fuzz_config_json(tiny_model):
     base = (tiny_model / "config.json").read_bytes()
-    with open(tmp_path / "config.json", "wb") as f:
-        accepted = sum(check_config(config_case(seed, base), f) for seed in range(CONFIG_CASES))
+    accepted = sum(check_json(config_case(seed, base)) for seed in range(CONFIG_CASES))
     assert 0.05 * CONFIG_CASES < accepted < 0.8 * CONFIG_CASES
 
 
@@ -359,8 +356,8 @@ def model_case(seed: int, raw: bytes) -> bytes:
 def test_fuzz_plan(target, tiny_model, tmp_path):
     """The plan (what `dus plan` runs) on mutated models: success where the library
     (serde_json) reads the file too, else an InputError."""
-    mutate, reference = {"model.safetensors": (model_case, library_tensors),
-                         "config.json": (config_case, reference_config)}[target]
+    mutate, readable = {"model.safetensors": (model_case, lambda blob: library_tensors(blob) is not None),
+                        "config.json": (config_case, lambda blob: isinstance(serde_json_value(blob), dict))}[target]
     src = tmp_path / "src"
     shutil.copytree(tiny_model, src)
     original = (tiny_model / target).read_bytes()
@@ -375,6 +372,6 @@ def test_fuzz_plan(target, tiny_model, tmp_path):
                 except InputError as e:
                     assert_clean(str(e), "")
                     continue
-            assert reference(blob) is not None
+            assert readable(blob)
             accepted += 1
     assert 0.05 * PLAN_CASES < accepted < 0.8 * PLAN_CASES
