@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
 from dus.read.source import Source, open_source
+from dus.read import strict_json
 
 PLAN_FILE = "dus_plan.json"
 
@@ -144,7 +144,4 @@ def read_plan_record(model_dir: str | Path) -> dict:
     path = Path(model_dir) / PLAN_FILE
     if not path.is_file():
         raise InputError(f"{model_dir}: no {PLAN_FILE} (not built by dus build)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from e
+    return strict_json.loads(path.read_bytes(), str(path))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.plan.model import Plan
-from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo
+from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.architecture import split_layer_name
 from dus.read.source import Source
 
@@ -29,10 +29,10 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        size = DTYPE_SIZES[self.dtype]
+        bits = DTYPE_BITS[self.dtype]  # bits, not bytes: F4 and F6 pack below a byte
         for d in self.shape:
-            size *= d
-        return size
+            bits *= d
+        return bits // 8
 
     @property
     def is_byte_copy(self) -> bool:
@@ -118,4 +118,4 @@ def output_bytes(specs: list[TensorSpec]) -> int:
 
 
 def num_parameters(specs: list[TensorSpec]) -> int:
-    return sum(s.nbytes // DTYPE_SIZES[s.dtype] for s in specs)
+    return sum(s.nbytes * 8 // DTYPE_BITS[s.dtype] for s in specs)

@@ -9,7 +9,6 @@ are refused, never loaded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from dus.errors import InputError
+from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
@@ -129,10 +129,7 @@ def read_config(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path.parent}: no config.json in the model directory" if path.name == "config.json"
                          else f"{path}: no such file")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from e
+    config = strict_json.loads(path.read_bytes(), str(path))  # untrusted: no NaN, repeated keys, ...
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")
     return config
@@ -155,9 +152,9 @@ def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
 def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
     index_path = directory / INDEX_FILE
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
+        weight_map = strict_json.loads(index_path.read_bytes(), str(index_path))["weight_map"]
         assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-    except (KeyError, AssertionError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+    except (KeyError, AssertionError, TypeError):
         raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)") from None
     tensors: dict[str, TensorInfo] = {}
     for filename in sorted(set(weight_map.values())):

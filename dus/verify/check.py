@@ -11,7 +11,6 @@ or against the recomputed blend/scale).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from dus.errors import DusError, InputError
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout
 from dus.plan.model import Plan
+from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
@@ -159,7 +159,10 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
     path = output / "config.json"
     if not path.is_file():
         raise VerifyError("config.json is missing")
-    config = json.loads(path.read_text())
+    try:
+        config = strict_json.loads(path.read_bytes(), "config.json")
+    except InputError as e:
+        raise VerifyError(str(e)) from None
     want = planned_config(plan, base_config)
     for key in sorted(set(want) | set(config)):
         if want.get(key, "<absent>") != config.get(key, "<absent>"):
