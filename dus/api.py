@@ -72,11 +72,27 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
-    opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
+    opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
+    if _is_gguf(refs[the_plan.base]):
+        from dus.plan.gguf import resolve_gguf
+
+        return resolve_gguf(the_plan, opened, options)
     tensors = layout(the_plan, opened)
     config_out = planned_config(the_plan, opened[the_plan.base].config)
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
+
+
+def _is_gguf(ref) -> bool:
+    return str(ref).endswith(".gguf")
+
+
+def _open(ref: str, need_weights: bool) -> Source:
+    if _is_gguf(ref):
+        from dus.read.gguf import open_gguf_source
+
+        return open_gguf_source(ref)
+    return open_source(ref, need_weights=need_weights)
 
 
 def _source_refs(options: dict) -> dict[str, str]:
@@ -96,6 +112,8 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     from dus.write.build import write_model
 
     resolved = plan(source, need_weights=True, **plan_options)
+    if _is_gguf(resolved.base.ref) or _is_gguf(output):
+        return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
     shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
     record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress)
     if verify:
@@ -105,7 +123,28 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     return record
 
 
+def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, verify: bool, progress) -> dict:
+    """GGUF in, GGUF out: split only when a shard size is given (as gguf-split does)."""
+    from dus.write.gguf import write_gguf
+
+    if not (_is_gguf(resolved.base.ref) and _is_gguf(output)):
+        raise InputError("a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
+                         "de-quantization)" if _is_gguf(resolved.base.ref) else
+                         "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)")
+    shard_size = shard_size or resolved.options.get("shard_size")
+    record = write_gguf(resolved, output, parse_size(shard_size) if shard_size else None, force, progress)
+    if verify:
+        from dus.verify.gguf import verify_gguf
+
+        verify_gguf(output)
+    return record
+
+
 def verify(output: str | Path, source: str | None = None):
+    if _is_gguf(output):
+        from dus.verify.gguf import verify_gguf
+
+        return verify_gguf(Path(output), source)
     from dus.verify.check import verify_model
 
     return verify_model(Path(output), source)
