@@ -8,7 +8,9 @@ where the `llama_cpp` package is installed (see docs/gguf.md).
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import struct
 
@@ -58,14 +60,30 @@ def write_tiny(path, arch="llama", n=4, metadata=None, quantized=True):
     return path
 
 
+@functools.lru_cache(maxsize=2)  # the source is read by several tests; gguf-py parses 49k tokens slowly
+def _reader(path, mtime):
+    return gguf.GGUFReader(str(path))
+
+
+def reader(path):
+    return _reader(str(path), os.path.getmtime(path))
+
+
 def tensor_bytes(path) -> dict[str, bytes]:
-    reader = gguf.GGUFReader(str(path))
-    return {t.name: bytes(t.data.tobytes()) for t in reader.tensors}
+    return {t.name: bytes(t.data.tobytes()) for t in reader(path).tensors}
 
 
 def fields(path) -> dict:
-    reader = gguf.GGUFReader(str(path))
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    """Metadata as gguf-py reads it; a tokenizer array as its length and first and last items."""
+    out = {}
+    for key, f in reader(path).fields.items():
+        if key.startswith("GGUF."):
+            continue
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and len(f.data) > 100:
+            out[key] = (len(f.data), [f.parts[i].tobytes() for i in (f.data[0], f.data[-1])])
+        else:
+            out[key] = f.contents()
+    return out
 
 
 def expected_bytes(source: dict[str, bytes], layers: list[int]) -> dict[str, bytes]:
@@ -85,10 +103,10 @@ def test_reader_agrees_with_the_gguf_package(smollm2_gguf):
     from dus.read.gguf import open_gguf_source
 
     source = open_gguf_source(str(smollm2_gguf))
-    reader = gguf.GGUFReader(str(smollm2_gguf))
+    tensors = reader(smollm2_gguf).tensors
     assert source.num_layers == SMOLLM2_LAYERS and source.layer_prefix == "blk."
-    assert len(source.tensors) == len(reader.tensors) == 272
-    for t in reader.tensors:
+    assert len(source.tensors) == len(tensors) == 272
+    for t in tensors:
         info = source.tensors[t.name]
         assert (info.dtype, info.start, info.nbytes) == (t.tensor_type.name, t.data_offset, t.n_bytes), t.name
         assert info.shape == tuple(int(d) for d in reversed(t.shape))
@@ -166,9 +184,7 @@ def test_split_output_and_split_source(smollm2_gguf, tmp_path, run_dus):
 def test_verify_catches_tampering(smollm2_gguf, tmp_path, run_dus):
     out = tmp_path / "grown.gguf"
     dus.api.build(str(smollm2_gguf), out, overlap=8)
-    reader = gguf.GGUFReader(str(out))
-    target = next(t for t in reader.tensors if t.name == "blk.30.ffn_up.weight")
-    del reader
+    target = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == "blk.30.ffn_up.weight")
     data = bytearray(out.read_bytes())
     data[target.data_offset + 7] ^= 1
     out.write_bytes(bytes(data))
@@ -260,8 +276,7 @@ def test_unquantized_build_and_verify(tmp_path, run_dus):
 
 def _tensor_field_offsets(path, name):
     """Byte positions of a tensor info's ggml type and data offset."""
-    reader = gguf.GGUFReader(str(path))
-    t = next(t for t in reader.tensors if t.name == name)
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == name)
     type_at = t.field.offset + 8 + len(name) + 4 + 8 * len(t.shape)
     return type_at, type_at + 4
 
