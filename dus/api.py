@@ -72,6 +72,10 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
+    if any(_is_gguf(ref) for ref in refs.values()):
+        from dus.plan.gguf import check_gguf_options
+
+        check_gguf_options(options, refs)
     opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
     if _is_gguf(refs[the_plan.base]):

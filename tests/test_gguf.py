@@ -254,14 +254,21 @@ def test_index_derived_layers_are_refused_when_the_plan_breaks_them(tmp_path, ru
 
 def test_only_byte_copies_and_gguf_outputs(tmp_path, run_dus):
     src = write_tiny(tmp_path / "a.gguf")
-    for args, words in [(("--recipe", "expand", "--new-layers", "1"), "error"),
+    for args, words in [(("--recipe", "expand", "--new-layers", "1"), "de-quantization"),
                         (("--overlap", "1", "--dtype", "bfloat16"), "--dtype"),
                         (("--layers", "0:4,0:2,1"), "OUTPUT ending in .gguf")]:
         out = tmp_path / ("out" if args[0] == "--layers" else "out.gguf")
         code, _, err = run_dus("build", src, out, *args)
         assert code == 2 and words in err and err.count("\n") == 1, (args, err)
-    code, _, err = run_dus("build", tmp_path, tmp_path / "x.gguf")
-    assert code == 2
+    from models import save_model
+
+    save_model("llama", tmp_path / "hf")
+    code, _, err = run_dus("build", tmp_path / "hf", tmp_path / "x.gguf", "--overlap", "1")
+    assert code == 2 and "convert_hf_to_gguf" in err
+    recipe = tmp_path / "blend.yaml"
+    recipe.write_text(f"source: {src}\nlayers:\n  - range: [0, 2]\n  - blend: [1, 2]\n  - range: [2, 4]\n")
+    code, _, err = run_dus("plan", "--config", recipe)
+    assert code == 2 and "output layer 2 is a blend" in err
 
 
 def test_unquantized_build_and_verify(tmp_path, run_dus):

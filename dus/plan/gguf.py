@@ -13,7 +13,6 @@ into `dus.plan`, from which `dus verify` re-derives the whole file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +70,19 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, reco
     return resolved
 
 
-def _check_copy_only(plan: Plan, sources: dict) -> None:
-    if len(sources) > 1:
+def check_gguf_options(options: dict, refs: dict[str, str]) -> None:
+    """What a GGUF build cannot do, refused before any file is opened."""
+    if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
-    if plan.dtype not in (None, "auto"):
+    if options.get("dtype") not in (None, "auto"):
         raise InputError("--dtype does not apply to a GGUF build: every tensor keeps its ggml type")
+    if options.get("recipe") == "expand":
+        raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
+                         "(not supported): a GGUF build copies layers byte for byte")
+
+
+def _check_copy_only(plan: Plan, sources: dict) -> None:
+    check_gguf_options({"dtype": plan.dtype}, sources)
     for index, layer in enumerate(plan.layers):
         if layer.op != "copy":
             raise InputError(f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
@@ -187,6 +194,3 @@ def _lineage(source: GGUFSource) -> dict[str, Value]:
             out[f"general.base_model.0.{field_name}"] = value
     return out
 
-
-def source_name(resolved: GGUFPlan) -> str:
-    return os.path.basename(resolved.base.files[0].path)
