@@ -294,6 +294,11 @@ def _tensor_field_offsets(path, name):
     return type_at, type_at + 4
 
 
+def _array_type_at(path, key="llama.feed_forward_length"):
+    """Byte position of a metadata value's type (its array item type and length follow)."""
+    return gguf.GGUFReader(str(path)).fields[key].offset + 8 + len(key)
+
+
 def _patched(data: bytes, at: int, fmt: str, value) -> bytes:
     raw = struct.pack(fmt, value)
     return data[:at] + raw + data[at + len(raw):]
@@ -307,6 +312,8 @@ BAD = {
     "big-endian": (lambda d, p: _patched(d, 4, ">I", 3), "big-endian"),
     "lying kv count": (lambda d, p: _patched(d, 16, "<Q", 2**40), "more than the file can hold"),
     "lying key length": (lambda d, p: _patched(d, 24, "<Q", 2**50), "runs past the end"),
+    "lying array length": (lambda d, p: _patched(d, _array_type_at(p) + 8, "<Q", 2**40), "runs past the end"),
+    "unknown value type": (lambda d, p: _patched(d, _array_type_at(p), "<I", 13), "unknown value type 13"),
     "offset past the end": (lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 2**32),
                             "runs past the end"),
     "misaligned data": (lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 4),
@@ -320,7 +327,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_gguf_is_refused_in_one_line(case, tmp_path, run_dus):
-    good = write_tiny(tmp_path / "good.gguf")
+    good = write_tiny(tmp_path / "good.gguf", metadata={"llama.feed_forward_length": ([1, 2, 3, 4], ARRAY, U32)})
     corrupt, fragment = BAD[case]
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(corrupt(good.read_bytes(), good))
