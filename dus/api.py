@@ -17,6 +17,7 @@ from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
+from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
 PLAN_FILE = "dus_plan.json"
@@ -72,13 +73,13 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
-    if any(_is_gguf(ref) for ref in refs.values()):
+    if any(is_gguf(ref) for ref in refs.values()):
         from dus.plan.gguf import check_gguf_options
 
         check_gguf_options(options, refs)
     opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
-    if _is_gguf(refs[the_plan.base]):
+    if is_gguf(refs[the_plan.base]):
         from dus.plan.gguf import resolve_gguf
 
         return resolve_gguf(the_plan, opened, options)
@@ -87,12 +88,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
 
 
-def _is_gguf(ref) -> bool:
-    return str(ref).endswith(".gguf")
-
-
 def _open(ref: str, need_weights: bool) -> Source:
-    if _is_gguf(ref):
+    if is_gguf(ref):
         from dus.read.gguf import open_gguf_source
 
         return open_gguf_source(ref)
@@ -116,7 +113,7 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     from dus.write.build import write_model
 
     resolved = plan(source, need_weights=True, **plan_options)
-    if _is_gguf(resolved.base.ref) or _is_gguf(output):
+    if is_gguf(resolved.base.ref) or is_gguf(output):
         return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
     shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
     record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress)
@@ -131,9 +128,9 @@ def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, v
     """GGUF in, GGUF out: split only when a shard size is given (as gguf-split does)."""
     from dus.write.gguf import write_gguf
 
-    if not (_is_gguf(resolved.base.ref) and _is_gguf(output)):
+    if not (is_gguf(resolved.base.ref) and is_gguf(output)):
         raise InputError("a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
-                         "de-quantization)" if _is_gguf(resolved.base.ref) else
+                         "de-quantization)" if is_gguf(resolved.base.ref) else
                          "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)")
     shard_size = shard_size or resolved.options.get("shard_size")
     record = write_gguf(resolved, output, parse_size(shard_size) if shard_size else None, force, progress)
@@ -145,7 +142,7 @@ def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, v
 
 
 def verify(output: str | Path, source: str | None = None):
-    if _is_gguf(output):
+    if is_gguf(output):
         from dus.verify.gguf import verify_gguf
 
         return verify_gguf(Path(output), source)
