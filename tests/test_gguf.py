@@ -256,6 +256,7 @@ def test_only_byte_copies_and_gguf_outputs(tmp_path, run_dus):
     src = write_tiny(tmp_path / "a.gguf")
     for args, words in [(("--recipe", "expand", "--new-layers", "1"), "de-quantization"),
                         (("--overlap", "1", "--dtype", "bfloat16"), "--dtype"),
+                        (("--preset", "solar"), "dtype float16"),
                         (("--layers", "0:4,0:2,1"), "OUTPUT ending in .gguf")]:
         out = tmp_path / ("out" if args[0] == "--layers" else "out.gguf")
         code, _, err = run_dus("build", src, out, *args)

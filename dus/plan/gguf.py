@@ -75,7 +75,11 @@ def check_gguf_options(options: dict, refs: dict[str, str]) -> None:
     if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
     if options.get("dtype") not in (None, "auto"):
-        raise InputError("--dtype does not apply to a GGUF build: every tensor keeps its ggml type")
+        raise InputError(f"dtype {options['dtype']} (from --dtype, a preset or a recipe) does not apply to a GGUF "
+                         "build: every tensor keeps its ggml type")
+    if options.get("config_overrides"):
+        raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
+                         "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
     if options.get("recipe") == "expand":
         raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
                          "(not supported): a GGUF build copies layers byte for byte")
