@@ -199,7 +199,7 @@ def _parse(cur: _Cursor, path: str, size: int) -> GGUFFile:
     n_tensors = cur.unpack("Q", "tensor count")
     n_kv = cur.unpack("Q", "metadata count")
     # Smallest possible entries: a KV is 8 (key length) + 4 (type) + 1 bytes, a tensor info 8 + 4 + 8 + 4 + 8.
-    if n_kv * 13 > cur.left() or n_tensors * 32 > cur.left():
+    if n_kv * 13 + n_tensors * 32 > cur.left():
         cur.fail(f"header claims {n_kv} metadata entries and {n_tensors} tensors, more than the file can hold")
     metadata: dict[str, Value] = {}
     for _ in range(n_kv):
