@@ -191,3 +191,17 @@ def test_cosine_schedule_matches_the_old_warmup_and_ends_at_min_lr():
             assert lr == pytest.approx(want, abs=1e-12), (warmup, total, step)
         assert lrs[-1] == pytest.approx(0.1) and min(lrs) > 0
 
+
+
+def test_one_copy_of_each_runtime_job():
+    """Only dus/runtime.py loads checkpoints and parses --dtype/--device (dus/fetch.py reads a GGUF file)."""
+    import re
+    from pathlib import Path
+
+    import dus
+
+    root = Path(dus.__file__).parent
+    jobs = re.compile(r"(AutoModelForCausalLM|AutoTokenizer)\.from_pretrained\(|def (decoder_layers|resolve_device|"
+                      r"resolve_dtype|dtype_name|device_name|_device|_dtype|compute_dtype)\(")
+    found = {str(p.relative_to(root)) for p in root.rglob("*.py") if jobs.search(p.read_text())}
+    assert found <= {"runtime.py", "fetch.py"}, found
