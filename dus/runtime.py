@@ -108,21 +108,25 @@ def load_tokenizer(ref: str | Path):
 def load_model(ref: str | Path, device: str = "auto", dtype: str = "auto", *, attention: str | None = None):
     """A causal LM from safetensors weights only, in eval mode on `device`: (model, device used).
     `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept."""
-    from transformers import AutoModelForCausalLM
-
     ref = check_weights(ref)
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device), "use_safetensors": True}
     try:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(ref, **kwargs, **({"attn_implementation": attention} if attention else {}))
-        except (ValueError, ImportError):
-            if not attention:
-                raise
-            model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)  # no such attention: the default one
+        model = _from_pretrained(ref, kwargs, attention)
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"cannot load the model from {ref}: {_one_line(e)}") from None
     return model.to(device).eval(), device
+
+
+def _from_pretrained(ref: str, kwargs: dict, attention: str | None):
+    from transformers import AutoModelForCausalLM
+
+    if attention:
+        try:
+            return AutoModelForCausalLM.from_pretrained(ref, **kwargs, attn_implementation=attention)
+        except (ValueError, ImportError):  # the architecture has no such attention: keep its default
+            pass
+    return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
 
 
 def decoder_layers(model):
