@@ -76,8 +76,12 @@ def test_device_choice(monkeypatch):
         runtime.resolve_device("cuda:2")
 
 
-def test_pretrain_and_build_parse_through_the_runtime():
+def test_pretrain_and_build_parse_through_the_runtime(tmp_path):
+    from dus.api import plan
     from dus.plan.layout import _dtype_code
+
+    save_model("llama", tmp_path / "src")
+    assert plan(str(tmp_path / "src"), overlap=1, dtype="bf16").plan.dtype == "bfloat16"  # config.json's name
     from dus.train.config import PretrainConfig
 
     cfg = PretrainConfig(model="m", data=["d"], output="o", dtype="bf16", device="cuda:0").validate()
