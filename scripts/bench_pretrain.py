@@ -21,13 +21,14 @@ import json
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import LlamaConfig
 
 from dus.plan.recipes import dus
 from dus.train.config import PretrainConfig
-from dus.train.loop import build_optimizer, compute_dtype, cosine_schedule, train_step
+from dus.runtime import DTYPES, resolve_dtype
+from dus.train.loop import build_optimizer, cosine_schedule, train_step
 from dus.train.metrics import flops_per_token, peak_flops
-from dus.train.model import param_counts, prepare_model
+from dus.train.model import model_from_config, param_counts, prepare_model
 from dus.train.parallel import close_distributed, init_distributed
 
 SIZES = {  # base model shape; the benchmark trains its DUS-grown version
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="per device; default 4 (tiny: 2)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps; default 20 (tiny: 3)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=[k for k, v in DTYPES.items() if v != "float16"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
     args = ap.parse_args()
@@ -64,19 +65,19 @@ def main() -> None:
     d = init_distributed()
     try:
         config = upscaled_config(args.size, args.overlap or SIZES[args.size]["num_hidden_layers"] // 4)
-        dtype = compute_dtype(args.dtype, d.device)
+        dtype = resolve_dtype(args.dtype, str(d.device))
         torch.manual_seed(0)
         if d.world == 1:
             with d.device:
-                model, source = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"), None
+                model, source = model_from_config(config), None
         else:  # as in dus pretrain: rank 0 holds the weights, every rank builds on meta and gets its shard
             with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-            source = AutoModelForCausalLM.from_config(config) if d.is_main else None
+                model = model_from_config(config)
+            source = model_from_config(config) if d.is_main else None
         model = prepare_model(model, source, d, dtype, args.grad_checkpointing, args.compile)
         del source
         optimizer = build_optimizer(model, PretrainConfig(lr=3e-4), d.device)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(10, 1000, 0.1))
+        scheduler = cosine_schedule(optimizer, 10, 1000, 0.1)
         counts = param_counts(model)
         batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(d.rank))
 

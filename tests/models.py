@@ -7,6 +7,8 @@ import copy
 import torch
 import transformers
 
+from dus.runtime import decoder_layers
+
 VOCAB = 96
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 COMMON = dict(**TOKENS, vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -49,19 +51,6 @@ def save_model(arch: str, directory, seed: int = 0, dtype=torch.float32, max_sha
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
     return model
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    n = _layer_count(model.config)
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    return lists[0]
-
-
-def _layer_count(config) -> int:
-    for key in ("num_hidden_layers", "n_layer"):
-        if hasattr(config, key):
-            return getattr(config, key)
-    raise KeyError("layer count")
 
 
 def reference_model(model, source_layers: list[int]):

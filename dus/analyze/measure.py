@@ -22,16 +22,7 @@ import torch.nn.functional as F
 
 from dus.analyze.data import batches
 from dus.errors import InputError
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The ModuleList of the model's n decoder layers."""
-    n = model.config.num_hidden_layers
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    found.sort(key=lambda item: item[0].rsplit(".", 1)[-1] not in ("layers", "h", "blocks", "layer"))  # usual names first
-    if not found:
-        raise InputError(f"cannot find the {n} decoder layers of {type(model).__name__}")
-    return found[0][1]
+from dus.runtime import decoder_layers
 
 
 @torch.no_grad()

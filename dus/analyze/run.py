@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from dus.analyze.data import token_windows
-from dus.analyze.measure import decoder_layers, measure
+from dus.analyze.measure import measure
 from dus.analyze.plot import plot_distance, plot_influence
 from dus.analyze.recommend import apply_budget, check_budget, dus_sizes, explain, recommend_overlap
-from dus.errors import InputError
+from dus.runtime import check_weights, decoder_layers, load_model, load_tokenizer
 
 INDEXING = ("hidden_states[0] = embeddings = input of layer 0; hidden_states[i] = output of layer i-1 = input of "
             "layer i; hidden_states[n] = output of layer n-1 before the final norm")
@@ -24,18 +24,14 @@ def analyze(model_dir: str | Path, text: str, *, max_tokens: int = 8192, seq_len
     start = time.time()
     budget = dict(target_params=target_params, target_layers=target_layers, slack_layers=slack_layers)
     check_budget(**budget)
-    model_dir = _model_dir(model_dir)
-    tokenizer = _load(lambda: _auto("AutoTokenizer").from_pretrained(model_dir), "tokenizer", model_dir)
-    windows = token_windows(tokenizer, text, max_tokens, seq_len)
-    device = _device(device)
-    torch_dtype = _dtype(dtype, device)
-    model = _load(lambda: _auto("AutoModelForCausalLM").from_pretrained(model_dir, dtype=torch_dtype),
-                  "model", model_dir).to(device).eval()
+    model_dir = check_weights(model_dir)
+    windows = token_windows(load_tokenizer(model_dir), text, max_tokens, seq_len)
+    model, device = load_model(model_dir, device, dtype)
     layer_params = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)]
     other_params = sum(p.numel() for p in model.parameters()) - sum(layer_params)
     apply_budget(dus_sizes(layer_params, other_params), **budget)  # a bad budget fails before the slow part
     result = {"model": str(model_dir), "num_layers": len(layer_params), "device": str(device),
-              "dtype": str(torch_dtype).removeprefix("torch."), "hidden_state_indexing": INDEXING}
+              "dtype": str(model.dtype).removeprefix("torch."), "hidden_state_indexing": INDEXING}
     result.update(measure(model, windows, batch_size, device))
     result["layer_params"] = layer_params
     result["other_params"] = other_params
@@ -60,47 +56,3 @@ def summary(result: dict) -> str:
     return (f"{result['model']}: {result['num_layers']} layers, {result['tokens']} tokens in "
             f"{result['sequences']} sequences of {result['seq_len']} on {result['device']} "
             f"({result['seconds']:.1f}s)\n\n" + explain(result["recommendation"]))
-
-
-def _model_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
-    return path
-
-
-def _auto(name: str):
-    import transformers
-
-    return getattr(transformers, name)
-
-
-def _load(load, what: str, path: Path):
-    try:
-        return load()
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"cannot load the {what} from {path}: {' '.join(str(e).split())[:300]}") from e
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise InputError(f"bad --device {name!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available here")
-    return device
-
-
-def _dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"--dtype must be auto, float32, bfloat16 or float16, got {name!r}")
-    return getattr(torch, name)

@@ -129,7 +129,8 @@ def chat_command(
 ):
     """Single-turn chat: one prompt through the chat template, the reply streamed until EOS."""
     from dus.instruct.chat import build_messages, generate, read_messages
-    from dus.instruct.load import load_model, load_tokenizer
+    from dus.instruct.load import load_tokenizer
+    from dus.runtime import load_model
 
     quiet(verbose)
     if prompt is None and messages is None:
@@ -218,7 +219,8 @@ def eval_command(
 
 def _perplexity(model: str, path: Path, max_tokens, window, device, dtype, out: str | None) -> dict:
     from dus.eval.perplexity import perplexity
-    from dus.instruct.load import load_model, load_tokenizer
+    from dus.instruct.load import load_tokenizer
+    from dus.runtime import load_model
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")

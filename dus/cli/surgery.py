@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import filesize
 
 from dus.cli import app
 
@@ -63,7 +64,7 @@ def format_plan(resolved) -> str:
     lines = [f"source:      {info['source']}  ({info['source_num_layers']} layers, {info['source_num_parameters']:,} parameters)",
              "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
              f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
-             f"{_human(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
+             f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
              "layer map (output <- source):"]
     for out_range, src_text in _runs(resolved.plan.layers):
         lines.append(f"  {out_range:>9}  <-  {src_text}")
@@ -93,13 +94,6 @@ def _runs(layers):
             edits = "; ".join(f"{e.op} {','.join(e.modules)}" + (f" x{e.factor:g}" if e.op == "scale" else "") for e in layer.edits)
             text = f"{layer.source} {layer.source_layer} ({edits})"
         yield out, text + (" [new]" if layer.new else "")
-
-
-def _human(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
-        nbytes /= 1000
 
 
 @app.command("build")

@@ -6,11 +6,10 @@ PROMPT = "What is the capital of France? Answer in one sentence."
 
 
 def load(model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """float32 on the CPU, so both models' numbers compare on any machine."""
+    from dus.runtime import load_model, load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return load_model(model_dir, "cpu", "float32")[0], load_tokenizer(model_dir)
 
 
 def chat_reply(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 40) -> str:

@@ -136,7 +136,8 @@ def score_file(path: str, target, target_tok, ref, ref_tok, s: Settings) -> File
 
 def contamination(target_path: str, ref_path: str, data: list[str], s: Settings | None = None,
                   device: str = "auto", dtype: str = "auto") -> list[FileResult]:
-    from dus.instruct.load import load_model, load_tokenizer
+    from dus.instruct.load import load_tokenizer
+    from dus.runtime import load_model
 
     s = s or Settings()
     if not data:

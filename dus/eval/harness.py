@@ -130,9 +130,9 @@ def check_shots(benchmarks: list[Benchmark], manager) -> None:
 def prepare(report: Report, benchmarks: list[Benchmark], include_path: str | None = None,
             output: str | None = None) -> Plan:
     """Reuse finished scores, then check the rest can run (tasks known, data reachable, shots available)."""
-    from dus.instruct.load import check_model
+    from dus.runtime import check_weights
 
-    check_model(report.model)
+    check_weights(report.model)  # HFLM loads it: a pickle-only directory is refused first
     done = finished(output, report) if output else {}
     todo = [b for b in benchmarks if not reusable(done.get(b.task), b)]
     report.scores = [done[b.task] for b in benchmarks if b not in todo]
@@ -153,7 +153,7 @@ def evaluate(report: Report, benchmarks: list[Benchmark], plan: Plan, device: st
     if not plan.todo:
         return report
     lm_eval, HFLM, _ = lm_eval_modules()
-    from dus.instruct.load import resolve_device, resolve_dtype
+    from dus.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(device)
     lm = HFLM(pretrained=report.model, device=device, dtype=resolve_dtype(dtype, device), batch_size=batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dus.instruct.options import TrainOptions, config_kwargs, finish, prepare
+from dus.runtime import check_weights
 
 
 def dpo_trainer(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid"):
@@ -14,7 +15,8 @@ def dpo_trainer(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid
     # The policy is given as a path and no ref_model: TRL then loads the frozen
     # reference from the same directory (the SFT checkpoint on disk), which is
     # also what keeps it right under torchrun/accelerate.
-    return DPOTrainer(model=opts.model, args=config, train_dataset=dataset, processing_class=tokenizer), report
+    # TRL loads the weights itself; a pickle-only directory is refused first.
+    return DPOTrainer(model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer), report
 
 
 def dpo(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid") -> dict:

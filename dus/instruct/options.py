@@ -36,7 +36,7 @@ def config_kwargs(opts: TrainOptions) -> dict:
     """Keyword arguments common to SFTConfig and DPOConfig."""
     import torch
 
-    from dus.instruct.load import resolve_device, resolve_dtype
+    from dus.runtime import resolve_device, resolve_dtype
 
     device = resolve_device("auto")
     dtype = resolve_dtype(opts.dtype, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dus.instruct.options import TrainOptions, config_kwargs, finish, prepare
+from dus.runtime import check_weights
 
 
 def sft_trainer(opts: TrainOptions, packing: bool = False):
@@ -13,7 +14,8 @@ def sft_trainer(opts: TrainOptions, packing: bool = False):
     # completion_only_loss=None: TRL masks the prompt of prompt/completion rows
     # (every chat, once rendered) and trains on all of plain `text` rows.
     config = SFTConfig(**config_kwargs(opts), packing=packing, completion_only_loss=None)
-    return SFTTrainer(model=opts.model, args=config, train_dataset=dataset, processing_class=tokenizer), report
+    # TRL loads the weights itself; a pickle-only directory is refused first.
+    return SFTTrainer(model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer), report
 
 
 def sft(opts: TrainOptions, packing: bool = False) -> dict:

@@ -14,9 +14,9 @@ from dus.plan.model import Plan
 from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.architecture import split_layer_name
 from dus.read.source import Source
+from dus.runtime import dtype_name
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
-OUTPUT_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,10 @@ def _converted(dtype: str, out_dtype: str | None) -> str:
     return out_dtype if out_dtype and dtype in FLOAT_DTYPES else dtype
 
 
-def _dtype_code(dtype: str) -> str | None:
-    if dtype in (None, "auto"):
-        return None
-    if dtype not in OUTPUT_DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
-    return DTYPE_CODES[dtype]
+def _dtype_code(dtype: str | None) -> str | None:
+    """The safetensors code of the output's --dtype; None for "auto" (each tensor keeps its source's)."""
+    name = dtype_name(dtype)
+    return None if name == "auto" else DTYPE_CODES[name]
 
 
 def _check_layer(sources: dict[str, Source], name: str, layer: int) -> None:

@@ -14,6 +14,7 @@ from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
 from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
+from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping
 
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
@@ -78,7 +79,7 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     return Plan(layers, {name: s.ref for name, s in sources.items()}, described,
-                dict(options.get("config_overrides") or {}), options.get("dtype") or "auto")
+                dict(options.get("config_overrides") or {}), dtype_name(options.get("dtype")))
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:

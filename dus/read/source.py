@@ -10,7 +10,6 @@ are refused, never loaded.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,12 +27,20 @@ SIDE_FILES = (
     "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_repo_id(ref: str) -> bool:
-    """'org/name' that is not an existing local path: a Hugging Face Hub repo id."""
-    return bool(_REPO_ID.match(ref)) and not Path(ref).expanduser().exists()
+    """'owner/name' by the Hub's rules (huggingface_hub's validate_repo_id) and not an existing local
+    path. The owner is required here: a bare word is taken for a missing directory, not looked up."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if ref.count("/") != 1 or Path(ref).expanduser().exists():
+        return False
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
 
 
 @dataclass

@@ -13,10 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from dus.errors import InputError
+from dus.runtime import device_name, dtype_name
 from dus.yamlfile import read_mapping
-
-DTYPES = ("auto", "bfloat16", "float32")
-DEVICES = ("auto", "cuda", "cpu")
 
 
 def _opt(default, help: str, **kw):
@@ -104,10 +102,9 @@ class PretrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise InputError("--lr must be positive and --min-lr-ratio within 0..1")
-        if self.device not in DEVICES:
-            raise InputError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        self.device, self.dtype = device_name(self.device), dtype_name(self.dtype)
+        if self.dtype == "float16":
+            raise InputError("--dtype float16 cannot train without loss scaling: use bfloat16 or float32")
         if not 0 <= self.eval_fraction < 1:
             raise InputError("--eval-fraction must be in [0, 1)")
         if self.eval_fraction and self.eval_data:

@@ -13,22 +13,25 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
 )
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    get_cosine_with_min_lr_schedule_with_warmup_lr_rate,
+    set_seed,
+)
 
 from dus.errors import InputError
+from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
@@ -42,11 +45,9 @@ from dus.train.metrics import (
 )
 from dus.train.model import (
     build_model,
-    decoder_layers,
     load_hf_config,
     load_tokenizer,
     max_positions,
-    num_layers,
     param_counts,
     prepare_model,
 )
@@ -72,19 +73,11 @@ def pretrain(cfg: PretrainConfig | dict) -> dict:
         close_distributed()
 
 
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
-
-
-def cosine_schedule(warmup: int, total: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float):
+    """Linear warmup from lr/warmup to lr over `warmup` steps (no step at lr 0), then cosine decay
+    reaching lr * min_ratio at the last of `total` steps."""
+    return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+        optimizer, warmup, total, min_lr_rate=min_ratio, warmup_lr_rate=1 / warmup if warmup else None)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -137,15 +130,14 @@ class Trainer:
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
 
-        _seed_everything(cfg.seed + d.rank)
-        self.dtype = compute_dtype(cfg.dtype, d.device)
+        set_seed((cfg.seed + d.rank) % 2**32)  # numpy takes seeds below 2**32
+        self.dtype = resolve_dtype(cfg.dtype, str(d.device))
         model, source = build_model(cfg.model, d)
         self.model = prepare_model(model, source, d, self.dtype, cfg.grad_checkpointing, cfg.compile)
         del model, source
         apply_freeze(self.model, decoder_layers(self.model), self.train_layers)
         self.optimizer = build_optimizer(self.model, cfg, d.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_schedule(cfg.warmup_steps, self.max_steps, cfg.min_lr_ratio))
+        self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, self.max_steps, cfg.min_lr_ratio)
         self.step = self.tokens = 0
         if resume_from:
             self._resume(resume_from)
@@ -305,7 +297,7 @@ class Trainer:
 
     def _banner(self, start: int, last: int) -> str:
         c, n = self.counts, len(self.train_layers) if self.train_layers is not None else "all"
-        return (f"pretraining {self.cfg.model}: {_human(c['total'])} params, {_human(c['trainable'])} trainable "
+        return (f"pretraining {self.cfg.model}: {_count(c['total'])} params, {_count(c['trainable'])} trainable "
                 f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
                 f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
 
@@ -372,14 +364,9 @@ def _summary_line(s: dict, out: Path) -> str:
     return f"done: {s['step']} steps, {s['tokens']:,} tokens; {speed}{mfu}; {where}"
 
 
-def _human(n: float) -> str:
+def _count(n: float) -> str:
+    """135.0M, 1.2B parameters. Not rich.filesize: that writes byte units (kB, GB), wrong for a count."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(int(n))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from dus import runtime
 from dus.errors import InputError
+from dus.runtime import decoder_layers
 from dus.train.parallel import Dist, load_full_state, shard_model
 
 
@@ -29,10 +26,7 @@ def load_hf_config(model_dir: str):
 
 
 def load_tokenizer(model_dir: str):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load the tokenizer from {model_dir}: {' '.join(str(e).split())}") from None
+    tokenizer = runtime.load_tokenizer(model_dir)
     if tokenizer.eos_token_id is None:
         raise InputError(f"the tokenizer in {model_dir} has no EOS token to separate documents")
     tokenizer.model_max_length = 1 << 62  # we tokenize whole documents, then pack them
@@ -47,20 +41,8 @@ def max_positions(config) -> int | None:
     return None
 
 
-def num_layers(config) -> int:
-    return int(config.get_text_config().num_hidden_layers)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of decoder blocks, whatever the architecture calls it (layers, h, blocks)."""
-    n = num_layers(model.config)
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise InputError(f"cannot find the {n} decoder layers of {type(model).__name__}")
-
-
-def _from_config(config) -> PreTrainedModel:
+def model_from_config(config) -> PreTrainedModel:
+    """Random fp32 weights (or none, on the meta device), SDPA attention where the architecture has it."""
     try:
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     except (ValueError, ImportError):  # architectures without SDPA keep their default attention
@@ -68,10 +50,8 @@ def _from_config(config) -> PreTrainedModel:
 
 
 def _from_pretrained(model_dir: str) -> PreTrainedModel:
-    try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
-    except (ValueError, ImportError):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    """fp32 master weights on the CPU (prepare_model moves or shards them), safetensors only."""
+    return runtime.load_model(model_dir, "cpu", "float32", attention="sdpa")[0]
 
 
 def build_model(model_dir: str, d: Dist) -> tuple[PreTrainedModel, PreTrainedModel | None]:
@@ -80,7 +60,7 @@ def build_model(model_dir: str, d: Dist) -> tuple[PreTrainedModel, PreTrainedMod
     if d.world == 1:
         return _from_pretrained(model_dir), None
     with torch.device("meta"):
-        model = _from_config(load_hf_config(model_dir))
+        model = model_from_config(load_hf_config(model_dir))
     return model, _from_pretrained(model_dir) if d.is_main else None
 
 

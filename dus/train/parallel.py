@@ -22,6 +22,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from dus.errors import BuildError, InputError
+from dus.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,16 @@ class Dist:
 
 
 def init_distributed(device: str = "auto") -> Dist:
-    """`device`: auto (CUDA when present), cuda or cpu; under torchrun each rank takes GPU LOCAL_RANK."""
+    """`device`: a --device value (dus.runtime); under torchrun each rank takes GPU LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda, but PyTorch sees no CUDA device")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    name = resolve_device(device)
+    cuda = name.startswith("cuda")
+    if world > 1 and not cuda and name != "cpu":
+        raise InputError(f"--device {name}: torchrun runs on CUDA or CPU processes")
+    if cuda and (world > 1 or name == "cuda"):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device(name)
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

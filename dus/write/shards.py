@@ -29,6 +29,8 @@ METADATA = {"format": "pt"}
 
 
 def split_shards(specs: list[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
+    # Not huggingface_hub's split_state_dict_into_shards_factory: it gives a tensor over max_bytes a shard
+    # of its own ahead of the shard being filled, so the layers after it land in a later file (reordered).
     shards: list[list[TensorSpec]] = [[]]
     size = 0
     for spec in specs:

@@ -48,6 +48,7 @@ import dus
 from dus.api import build
 from dus.eval.perplexity import perplexity, reference_text
 from dus.fetch import fetch_smollm2
+from dus.runtime import load_model, load_tokenizer, resolve_device
 from dus.train import PretrainConfig, pretrain
 
 HOLD_OUT_MOD = 5  # held out: crc32(key) % HOLD_OUT_MOD == 0
@@ -91,23 +92,15 @@ def write_train_jsonl(train: dict[str, str], path: Path) -> Path:
 
 def count_tokens(texts, model_dir: Path) -> int:
     """Tokens of the documents as dus pretrain packs them: each followed by EOS."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     return sum(len(tokenizer(t, verbose=False).input_ids) + 1 for t in texts)
 
 
 # --- measuring ----------------------------------------------------------------------------------
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as dus pretrain chooses
-
-
 def held_out_perplexity(model_dir: Path, text: str, args) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, _ = load_model(model_dir, "auto", "float32")
+    tokenizer = load_tokenizer(model_dir)
     result = perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, window=args.eval_window)
     del model
     return result
@@ -182,7 +175,7 @@ def setup(args, texts: dict, source: Path) -> dict:
             "held_out_topics": list(texts["held"]), "train_topics": len(texts["train"]),
             "held_out_chars": len(texts["held_out"]), "train_chars": sum(map(len, texts["train"].values())),
             "train_corpus_tokens": count_tokens(texts["train"].values(), source),
-            "compute_device": str(device())}
+            "compute_device": resolve_device("auto")}  # as dus pretrain chooses
 
 
 def load_results(path: Path, current: dict) -> dict:
