@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from dus.errors import InputError
 from dus.train.parallel import Dist, barrier, broadcast_object
+from dus.write.digest import DIGESTS
 from dus.write.shards import ShardHasher, hash_workers
 
 RECORD = "dus_checkpoint.json"
@@ -143,7 +144,7 @@ def _no_constant(name: str):
 # --- the record: every file's size and sha256 ----------------------------------------------------
 def _sha256s(paths: list[Path]) -> list[str]:
     """Files hashed side by side, one thread per usable CPU (the build's hasher)."""
-    hasher = ShardHasher(hash_workers(len(paths)))
+    hasher = ShardHasher(hash_workers(len(paths)), digest=DIGESTS["sha256"])
     for p in paths:
         hasher.start()
         hasher.add_range(str(p), 0, p.stat().st_size)
