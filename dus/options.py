@@ -118,3 +118,20 @@ def seed_option():
 
 def verbose_option():
     return option(False, "Show library progress bars and warnings.")
+
+
+def markdown_table(cls) -> str:
+    """The docs' table of a command's options: key (as in --config and on the command line), default, meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in fields(cls):
+        meaning = f.metadata["help"]
+        if f.metadata.get("positional"):
+            meaning += f"; the argument {f.metadata['metavar'] or f.name.upper()}"
+        rows.append(f"| `{flag(f.name)}` | {_shown(default_of(f))} | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+def _shown(default) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()  # as YAML writes it
+    return "" if default in (None, "", []) else str(default)

@@ -27,9 +27,13 @@ _CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation
                                                       "flags given here override it."))
 
 
+COMMANDS: dict[str, type] = {}  # command name -> its options dataclass, for docs and pipelines
+
+
 def options_command(app: typer.Typer, name: str, options: type):
     """Register `dus NAME` on `app`; the decorated function gets the filled `options` instance."""
     def register(run):
+        COMMANDS[name] = options
         params = sorted(parameters(options), key=lambda p: p.kind)  # the argument first
         positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
         params.insert(positional, _CONFIG)

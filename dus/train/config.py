@@ -35,7 +35,7 @@ class PretrainConfig:
     cache_dir: str = option("", "datasets cache for tokenized corpora (default: the Hugging Face cache)")
     num_proc: int = option(1, "processes for tokenizing a non-streaming corpus")
     # shape of the run
-    seq_len: int = option(2048, "tokens per packed training block")
+    seq_len: int = option(2048, "tokens per packed training block (at most the model's max_position_embeddings)")
     batch_size: int = option(8, "blocks per device per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     max_steps: int = option(0, "optimizer steps (0: from --max-tokens, else one epoch)")
@@ -54,7 +54,8 @@ class PretrainConfig:
     dtype: str = option("auto", "compute dtype: bfloat16, float32, or auto (bfloat16 on GPU, float32 on CPU)")
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
-    freeze: str = option("none", "none | original (train only layers dus_plan.json marks new) | layers:SPEC (e.g. layers:0:4,7)")
+    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new), or layers:SPEC "
+                                  "(e.g. layers:0:4,7)")
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
