@@ -14,7 +14,6 @@ import sys
 import threading
 
 import typer
-from typer.exceptions import Abort
 
 from dus.errors import DusError
 
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(str(e), e.exit_code)
-    except (KeyboardInterrupt, Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Exception as e:  # an unexpected failure is still one line unless debugging
         if debug:
