@@ -41,9 +41,9 @@ def hints(cls) -> dict:
 
 def base_type(hint) -> tuple[object, bool]:
     """(the type, whether None is allowed): `int | None` -> (int, True)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is not list and len(args) == 1 and len(typing.get_args(hint)) == 2:
-        return args[0], True
+    args = typing.get_args(hint)
+    if len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
     return hint, False
 
 
@@ -66,16 +66,16 @@ def from_mapping(cls, values: dict, source: str = "options"):
         kwargs[name] = coerce(name, types[name], value, source)
     for f in fields(cls):
         if f.metadata.get("required") and not kwargs.get(f.name):
-            where = "the command's argument" if f.metadata.get("positional") else f"--{flag(f.name)}"
+            where = (f.metadata["metavar"] or f.name.upper()) if f.metadata["positional"] else f"--{flag(f.name)}"
             raise InputError(f"missing {where}: give it on the command line or as `{f.name}:` in --config")
     return cls(**kwargs)
 
 
 def load(cls, config: str | Path | None, flags: dict):
-    """The --config file's keys, then every flag given (not None, not an empty list)."""
+    """The --config file's keys, then every flag given (typer passes None for a flag not given)."""
     values = dict(read_mapping(config)) if config else {}
     values = {names(cls).get(str(k), str(k)): v for k, v in values.items()}
-    values.update({k: v for k, v in flags.items() if v is not None and v != []})
+    values.update({k: v for k, v in flags.items() if v is not None})
     return from_mapping(cls, values, str(config) if config else "options")
 
 

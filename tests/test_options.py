@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_config_file_then_flags(tmp_path):
     config = tmp_path / "sft.yaml"
     config.write_text("model: base\ndata: [a.jsonl, b.jsonl]\noutput: out\nmax_length: 512\nlr: 3e-5\n"
                       "gradient-checkpointing: true\npacking: true\n")
-    opts = load(SFTOptions, config, {"lr": 1e-4, "gradient_checkpointing": False, "data": None, "decontaminate": []})
+    opts = load(SFTOptions, config, {"lr": 1e-4, "gradient_checkpointing": False, "data": None})
     assert (opts.model, opts.data, opts.seq_len, opts.lr) == ("base", ["a.jsonl", "b.jsonl"], 512, 1e-4)
     assert opts.gradient_checkpointing is False and opts.packing is True
     assert load(DPOOptions, None, {"model": "m", "data": ["d"], "output": "o"}).lr == 5e-7  # each command its default
@@ -87,8 +88,22 @@ def test_cli_reads_config_and_flags_win(tmp_path, run_dus, monkeypatch):
     assert (opts.model, opts.text, opts.seq_len, opts.max_tokens, opts.device) == ("m", "t.txt", 64, 100, "cpu")
 
 
+def test_cli_list_options_from_config_unless_given(tmp_path, run_dus, monkeypatch):
+    import dus.eval.run
+
+    seen = []
+    monkeypatch.setattr(dus.eval.run, "check_contamination", lambda opts: seen.append(opts) or ([], SimpleNamespace(threshold=0.1)))
+    monkeypatch.setattr("dus.eval.contamination.table", lambda results, threshold: "table")
+    config = tmp_path / "c.yaml"
+    config.write_text("target: t\nref: r\ndata: [a.jsonl, b.jsonl]\nexamples: 7\n")
+    assert run_dus("contamination", "--config", config)[0] == 0
+    assert run_dus("contamination", "--config", config, "--data", "c.jsonl", "--no-verbose")[0] == 0
+    assert [(o.target, o.ref, o.data, o.examples) for o in seen] == [("t", "r", ["a.jsonl", "b.jsonl"], 7),
+                                                                      ("t", "r", ["c.jsonl"], 7)]
+
+
 @pytest.mark.parametrize("args, message", [
-    (["sft", "--data", "d.jsonl", "-o", "out"], "missing the command's argument"),
+    (["sft", "--data", "d.jsonl", "-o", "out"], "missing MODEL: give it on the command line or as `model:` in --config"),
     (["contamination", "t", "--data", "d.jsonl"], "missing --ref"),
     (["eval", "m", "--limit", "x"], "Invalid value for '--limit'"),
     (["dpo", "m", "--data", "d", "-o", "o", "--no-such-flag"], "No such option"),
