@@ -51,6 +51,22 @@ def test_docs_tables_match_the_dataclasses(tmp_path):
     assert edited != page and script.updated(edited) == page
 
 
+def test_analyze_synopsis_defaults_match():
+    """docs/analyze.md opens with the command line and its defaults, written by hand: [--seq-len 256]."""
+    import re
+
+    synopsis = (ROOT / "docs" / "analyze.md").read_text(encoding="utf-8").split("```")[1]
+    shown = dict(re.findall(r"\[--([a-z-]+) ([^\]\s|]+)\]", synopsis))
+    defaults = {flag(f.name): str(f.default) for f in fields(COMMANDS["analyze"])}
+    assert len(shown) == 7 and {k: defaults[k] for k in shown} == shown
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("pretrain-*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load(COMMANDS["pretrain"], path, {"model": "m", "data": ["d"], "output": "o"})
+    assert config.model == "m" and config.seq_len > 0
+
+
 def test_config_file_then_flags(tmp_path):
     config = tmp_path / "sft.yaml"
     config.write_text("model: base\ndata: [a.jsonl, b.jsonl]\noutput: out\nmax_length: 512\nlr: 3e-5\n"

@@ -1,4 +1,4 @@
-"""What SFT and DPO share: the knobs, the TRL config they map to, data preparation."""
+"""The options of `dus sft`, `dus dpo` and `dus chat`; what SFT and DPO share: the TRL config, data preparation."""
 
 from __future__ import annotations
 
