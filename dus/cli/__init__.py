@@ -14,8 +14,6 @@ import sys
 import threading
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.exceptions import Abort
 
 from dus.errors import DusError
 
@@ -43,14 +41,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 # Command modules register on `app` when imported; the order is the help order.
-from dus.cli import surgery  # noqa: E402,F401
-
-for _optional in ("train", "analyze", "instruct"):
-    try:
-        __import__(f"dus.cli.{_optional}")
-    except ModuleNotFoundError as _e:  # a module not written yet, not a missing dependency
-        if _e.name != f"dus.cli.{_optional}":
-            raise
+from dus.cli import surgery, train, analyze, instruct  # noqa: E402,F401
 
 
 def _debug(argv: list[str]) -> bool:
@@ -66,31 +57,31 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     debug = _debug(argv)
-    argv = [a for a in argv if a != "--debug"]
+    argv = [a for a in argv if a != "--debug"] or ["--help"]
     try:
         code = app(args=argv, prog_name="dus", standalone_mode=False)
     except DusError as e:
         if debug:
             raise
         _fail(str(e), e.exit_code)
-    except UsageError as e:
-        if isinstance(e, NoArgsIsHelpError) and e.ctx is not None:
-            print(e.ctx.get_help())
-            sys.exit(0)
-        if debug:
-            raise
-        _fail(e.format_message(), e.exit_code)
-    except (KeyboardInterrupt, Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Exception as e:  # an unexpected failure is still one line unless debugging
         if debug:
             raise
+        if _usage_error(e):
+            _fail(e.format_message(), e.exit_code)
         _fail(f"{e.__class__.__name__}: {e} (rerun with --debug for the traceback)", 1)
     # Without standalone mode typer returns the exit code of an Exit (130 for Ctrl-C).
     if code == 130:
         _fail("interrupted", 130)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _usage_error(e: Exception) -> bool:
+    """A click error (bad flag, missing argument): typer keeps its click private, so it is known by its interface."""
+    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
 
 
 def _fail(message: str, code: int) -> None:
