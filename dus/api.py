@@ -17,6 +17,7 @@ from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
+from dus.read.config_check import check_output, check_source
 from dus.read.source import Source, open_source
 
 PLAN_FILE = "dus_plan.json"
@@ -73,9 +74,12 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
     opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
+    for source in opened.values():
+        check_source(source)
     the_plan = make_plan(opened, options)
     tensors = layout(the_plan, opened)
     config_out = planned_config(the_plan, opened[the_plan.base].config)
+    check_output(config_out, len(the_plan.layers), [t.name for t in tensors])
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
+from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -112,7 +113,7 @@ def read_config(path: Path) -> dict:
         raise InputError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")
-    return config
+    return check_config(config, str(path))
 
 
 def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
