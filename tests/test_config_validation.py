@@ -51,6 +51,8 @@ BAD_CONFIGS = {
     "hidden_size_string": ({"hidden_size": "32"}, "hidden_size is '32' (str); expected a positive integer"),
     "vocab_size_negative": ({"vocab_size": -5}, "vocab_size is -5 (int); expected a positive integer"),
     "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads is 0 (int)"),
+    "size_overflows": ({"vocab_size": 10**30}, "vocab_size is 1000000000000000000000000000000 (int); expected a positive"),
+    "unknown_dtype": ({"torch_dtype": "float13"}, "torch_dtype is 'float13' (str); expected a torch dtype name"),
     "layer_count_bool": ({"num_hidden_layers": True}, "num_hidden_layers is True (bool); expected a positive integer"),
     "layer_count_string": ({"num_hidden_layers": "4"}, "num_hidden_layers is '4' (str)"),
     "unknown_model_type": ({"model_type": "nosuchmodel"}, "model_type is 'nosuchmodel', which transformers"),

@@ -25,6 +25,8 @@ SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_he
 PERIODS = ("attn_layer_period", "expert_layer_period", "decoder_sparse_step", "moe_layer_freq", "sliding_window_pattern")
 OFFSETS = {"attn_layer_offset": "attn_layer_period", "expert_layer_offset": "expert_layer_period"}
 COUNTS = ("first_k_dense_replace", "max_window_layers")
+DTYPE_KEYS = ("dtype", "torch_dtype")
+MAX_SIZE = 2**31 - 1  # far above any real size; a larger one overflows tensor shapes
 
 
 def check_config(config: dict, where: str) -> dict:
@@ -34,14 +36,16 @@ def check_config(config: dict, where: str) -> dict:
     model_type = config.get("model_type")
     aliases = _config_class(model_type, where).attribute_map
     for name in SIZE_KEYS:
-        for field in {name, aliases.get(name, name)}:
+        for field in dict.fromkeys((name, aliases.get(name, name))):
             _check_size(config.get(field), where, field)
     for name, value in config.items():
         if name in PER_LAYER_KEYS or name in INDEX_LIST_KEYS:
             _check_layer_field(name, value, key, n, where)
-        elif isinstance(value, list) and _names_indices(name, value, n):
+        elif isinstance(value, list) and name not in COUNTS and _names_indices(name, value, n):
             _check_indices(name, value, key, n, where)
     _check_formulas(config, where)
+    for name in DTYPE_KEYS:
+        _check_dtype(config.get(name), where, name)
     _check_with_transformers(config, where)
     return config
 
@@ -53,7 +57,8 @@ def check_output_layers(count: int) -> None:
 
 
 def _shown(value) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
 
 
 def _check_finite(value, where: str, path: str) -> None:
@@ -102,8 +107,16 @@ def _check_size(value, where: str, field: str) -> None:
     """None (the class default), a positive int, or a list of them (a per-layer size)."""
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if item is not None and not (_is_int(item) and item > 0):
-            raise InputError(f"{where}: {field} is {_shown(value)}; expected a positive integer")
+        if item is not None and not (_is_int(item) and 0 < item <= MAX_SIZE):
+            raise InputError(f"{where}: {field} is {_shown(value)}; expected a positive integer "
+                             f"(at most {MAX_SIZE:,})")
+
+
+def _check_dtype(value, where: str, field: str) -> None:
+    import torch
+
+    if value not in (None, "auto") and not (isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype)):
+        raise InputError(f"{where}: {field} is {_shown(value)}; expected a torch dtype name such as bfloat16")
 
 
 def _check_layer_field(name: str, value, key: str, n: int, where: str) -> None:
@@ -164,9 +177,9 @@ def _check_formulas(config: dict, where: str) -> None:
             raise InputError(f"{where}: {name} is {_shown(value)}; expected a positive integer")
     for name, period_name in OFFSETS.items():
         value, period = config.get(name), config.get(period_name)
-        if value is not None and not (_is_int(value) and 0 <= value < (period or 1)):
-            raise InputError(f"{where}: {name} is {_shown(value)}; expected an integer in 0..{(period or 1) - 1} "
-                             f"({period_name} is {period})")
+        if value is not None and not (_is_int(value) and 0 <= value < (period or value + 1)):
+            within = f"in 0..{period - 1} ({period_name} is {period})" if period else "that is not negative"
+            raise InputError(f"{where}: {name} is {_shown(value)}; expected an integer {within}")
     for name in COUNTS:
         value = config.get(name)
         if value is not None and not (_is_int(value) and value >= 0):
@@ -234,8 +247,8 @@ def _meta_model(config: dict, where: str):
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(hf_config)
     except Exception as e:  # checked configs reach here; any refusal left is one line
-        detail = " ".join(str(e).split()) or e.__class__.__name__
-        raise InputError(f"{where}: transformers cannot build a causal LM from this config: {detail}") from None
+        detail = " ".join(f"{e.__class__.__name__}: {e}".split())
+        raise InputError(f"{where}: transformers cannot build a causal LM from this config ({detail})") from None
 
 
 def _loaded_names(model, names) -> set[str] | None:
