@@ -196,3 +196,22 @@ def test_valid_configs_pass_and_keep_building(pristine, tmp_path, run_dus):
     assert code == 0, err
     config = json.loads((tmp_path / "out/config.json").read_text())
     assert config["mlp_only_layers"] == [0, 5] and config["no_rope_layers"] == [1, 0, 1, 0, 1, 1]
+
+
+def test_split_weights_are_covered_by_their_fused_tensor():
+    """A checkpoint's fused query_key_value loads into q, k and v (a transformers 5 split):
+    the names transformers itself saves cover the model, and without it all three are missing."""
+    import torch
+    import transformers
+    from transformers.core_model_loading import revert_weight_conversion
+
+    if "sarvam_moe" not in transformers.CONFIG_MAPPING:
+        pytest.skip("this transformers has no sarvam_moe")
+    config = json.loads(transformers.CONFIG_MAPPING["sarvam_moe"](num_hidden_layers=2).to_json_string())
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    saved = set(revert_weight_conversion(model, model.state_dict()))
+    assert "model.layers.0.attention.query_key_value.weight" in saved
+    config_check.check_covers(config, saved, "src")
+    with pytest.raises(InputError, match=r"no tensor for 'model.layers.0.self_attn.q_proj.weight' \(and 2 more\)"):
+        config_check.check_covers(config, saved - {"model.layers.0.attention.query_key_value.weight"}, "src")

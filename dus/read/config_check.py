@@ -261,11 +261,16 @@ def _loaded_names(model, names) -> set[str] | None:
     mapping = get_model_conversion_mapping(model)
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = set()
     for name in names:
-        target, _ = rename_source_key(name, renamings, converters, model.base_model_prefix, params)
+        target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, params)
         if target not in params and name in params:  # as from_pretrained: only the prefix may change
-            target, _ = rename_source_key(name, [], [], model.base_model_prefix, params)
+            target, pattern = rename_source_key(name, [], [], model.base_model_prefix, params)
         loaded.add(target)
+        if pattern is not None:  # a split (qkv -> q, k, v) is named by its first target; add the others
+            first, *others = by_pattern[pattern].target_patterns
+            head, _, tail = target.rpartition(first)
+            loaded.update(f"{head}{other}{tail}" for other in others if head or tail)
     return loaded
