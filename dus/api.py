@@ -18,6 +18,7 @@ from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
 from dus.read.config_check import check_output, check_source
+from dus.read.transformers_check import check_plan
 from dus.read.source import Source, open_source
 
 PLAN_FILE = "dus_plan.json"
@@ -79,7 +80,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     the_plan = make_plan(opened, options)
     tensors = layout(the_plan, opened)
     config_out = planned_config(the_plan, opened[the_plan.base].config)
-    check_output(config_out, len(the_plan.layers), [t.name for t in tensors])
+    check_output(config_out, len(the_plan.layers))
+    check_plan(opened, config_out, [t.name for t in tensors])
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import dus.api
 from dus.errors import InputError
 from dus.plan.config import LAYER_FORMULAS
-from dus.read import config_check
+from dus.read import config_check, transformers_check
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ BAD_CONFIGS = {
     "vocab_size_negative": ({"vocab_size": -5}, "vocab_size is -5 (int); expected a positive integer"),
     "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads is 0 (int)"),
     "size_overflows": ({"vocab_size": 10**30}, "vocab_size is 1000000000000000000000000000000 (int); expected a positive"),
-    "unknown_dtype": ({"torch_dtype": "float13"}, "torch_dtype is 'float13' (str); expected a torch dtype name"),
+    "unknown_dtype": ({"torch_dtype": "float13"}, "torch_dtype is 'float13'; expected a torch dtype name"),
     "layer_count_bool": ({"num_hidden_layers": True}, "num_hidden_layers is True (bool); expected a positive integer"),
     "layer_count_string": ({"num_hidden_layers": "4"}, "num_hidden_layers is '4' (str)"),
     "unknown_model_type": ({"model_type": "nosuchmodel"}, "model_type is 'nosuchmodel', which transformers"),
@@ -177,10 +177,10 @@ def test_tied_and_fused_weights_are_covered(arch, tmp_path):
     resolved = dus.api.plan(str(tmp_path / "src"), overlap=1)
     assert len(resolved.plan.layers) == 6
     names = {s.name for s in resolved.tensors}
-    config_check.check_covers(resolved.config, names, "out")
+    transformers_check.check_one(resolved.config, "out", names, "out")
     head = next(n for n in names if "wte" in n or "embed_tokens" in n)
     with pytest.raises(InputError, match="has no tensor for"):
-        config_check.check_covers(resolved.config, names - {head}, "out")
+        transformers_check.check_one(resolved.config, "out", names - {head}, "out")
 
 
 def test_every_layer_formula_field_is_checked():
@@ -212,6 +212,22 @@ def test_split_weights_are_covered_by_their_fused_tensor():
         model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
     saved = set(revert_weight_conversion(model, model.state_dict()))
     assert "model.layers.0.attention.query_key_value.weight" in saved
-    config_check.check_covers(config, saved, "src")
+    transformers_check.check_one(config, "src", saved, "src")
     with pytest.raises(InputError, match=r"no tensor for 'model.layers.0.self_attn.q_proj.weight' \(and 2 more\)"):
-        config_check.check_covers(config, saved - {"model.layers.0.attention.query_key_value.weight"}, "src")
+        transformers_check.check_one(config, "src", saved - {"model.layers.0.attention.query_key_value.weight"}, "src")
+
+
+def test_checks_run_in_a_child_where_torch_is_not_loaded(pristine):
+    """The build process never imports torch (tests/test_memory.py): there the transformers
+    checks run in a child process, whose refusal is the same one-line InputError."""
+    config = json.loads((pristine / "config.json").read_text())
+    checks = [{"config": config, "where": "a.json"},
+              {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
+    with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
+        transformers_check._in_child(checks)
+
+
+def test_yaml_values_json_cannot_hold_are_refused(pristine, tmp_path, run_dus):
+    recipe = _recipe(tmp_path, f"source: {pristine}\noverlap: 1\nconfig_overrides:\n  release: 2024-01-01\n")
+    _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"),
+                    "release is datetime.date(2024, 1, 1) (date); expected a JSON value", tmp_path)

@@ -172,7 +172,7 @@ def meta_tensors(config: dict) -> dict[str, TensorInfo]:
         hf_config = transformers.AutoConfig.for_model(**config)
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # e.g. huggingface_hub's StrictDataclassError: not a ValueError
         raise InputError(f"transformers cannot build a model from this config: {e}") from e
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
     tensors = {}
