@@ -68,6 +68,22 @@ def check_output_layers(count: int) -> None:
         raise InputError(f"the plan has {count:,} layers; dus builds at most {MAX_LAYERS:,}")
 
 
+def check_source(source) -> None:
+    """The checkpoint's names number the layers its config counts."""
+    n, count = source.num_layers, len(source.tensors)
+    if n > count:  # bounds the per-layer maps that finding the stack builds
+        raise InputError(f"{source.ref}: {source.layer_key} is {n} in config.json, but the checkpoint has only "
+                         f"{count} tensors")
+    source.layer_prefix  # noqa: B018 -- refuses names that do not number exactly n layers
+
+
+def check_output(config: dict, num_layers: int, where: str = OUTPUT) -> None:
+    """The config a plan writes: the source config remapped and overridden."""
+    key, n = _layer_count(check_config(config, where), where)
+    if n != num_layers:
+        raise InputError(f"{where}: {key} is {n}, but the plan has {num_layers} layers")
+
+
 def _shown(value) -> str:
     text = repr(value)
     return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
@@ -105,12 +121,6 @@ def _layer_count(config: dict, where: str) -> tuple[str, int]:
             raise InputError(f"{where}: {key} is {n:,}; dus handles at most {MAX_LAYERS:,} layers")
         return key, n
     raise InputError(f"{where}: no layer count (looked for {', '.join(LAYER_COUNT_KEYS)})")
-
-
-
-
-
-
 
 
 def _check_layer_field(name: str, value, key: str, n: int, where: str) -> None:
@@ -178,19 +188,3 @@ def _check_formulas(config: dict, where: str) -> None:
         value = config.get(name)
         if value is not None and not (_is_int(value) and value >= 0):
             raise InputError(f"{where}: {name} is {_shown(value)}; expected a non-negative integer")
-
-
-def check_source(source) -> None:
-    """The checkpoint's names number the layers its config counts."""
-    n, count = source.num_layers, len(source.tensors)
-    if n > count:  # bounds the per-layer maps that finding the stack builds
-        raise InputError(f"{source.ref}: {source.layer_key} is {n} in config.json, but the checkpoint has only "
-                         f"{count} tensors")
-    source.layer_prefix  # noqa: B018 -- refuses names that do not number exactly n layers
-
-
-def check_output(config: dict, num_layers: int, where: str = OUTPUT) -> None:
-    """The config a plan writes: the source config remapped and overridden."""
-    key, n = _layer_count(check_config(config, where), where)
-    if n != num_layers:
-        raise InputError(f"{where}: {key} is {n}, but the plan has {num_layers} layers")
