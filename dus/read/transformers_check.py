@@ -6,8 +6,8 @@ model it builds from a config, on the meta device, must find every weight it
 needs among the tensor names: after the renames, fusions and splits its loader
 applies, with tied weights counted once (extra tensors are fine).
 
-The copy path never imports torch. When transformers is not loaded already,
-the checks run in a child process (`python -m dus.read.transformers_check`):
+The copy path never imports torch. When torch is not loaded already, the
+checks run in a child process (`python -m dus.read.transformers_check`):
 the import costs a few seconds once, and the build's memory stays flat.
 """
 
@@ -30,7 +30,7 @@ def check_plan(sources: dict, config: dict, names: list[str]) -> None:
                "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
               for s in sources.values()]
     checks.append({"config": config, "where": OUTPUT, "names": names, "names_where": f"{OUTPUT}: the planned tensors"})
-    if "transformers" in sys.modules:
+    if "torch" in sys.modules:  # already paid for: no reason to keep it off this process
         for check in checks:
             check_one(**check)
     else:
