@@ -16,7 +16,9 @@ from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
+from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
+from dus.read.transformers_check import check_plan
 from dus.read.source import Source, open_source
 from dus.read import strict_json
 
@@ -78,6 +80,9 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
 
         check_gguf_options(options, refs)
     opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
+    for ref, source in zip(refs.values(), opened.values()):
+        if not is_gguf(ref):  # a GGUF's reader checks its own metadata
+            check_source(source)
     the_plan = make_plan(opened, options)
     if is_gguf(refs[the_plan.base]):
         from dus.plan.gguf import resolve_gguf
@@ -85,6 +90,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         return resolve_gguf(the_plan, opened, options)
     tensors = layout(the_plan, opened)
     config_out = planned_config(the_plan, opened[the_plan.base].config)
+    check_output(config_out, len(the_plan.layers))
+    check_plan(opened, config_out, [t.name for t in tensors])
     return ResolvedPlan(the_plan, opened, tensors, config_out, options)
 
 

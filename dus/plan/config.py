@@ -24,6 +24,7 @@ INDEX_LIST_KEYS = {
     "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
     "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",
 }
+INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_layer_ids")  # other lists of ints so named are indices too
 # Formulas that say which layers are special: name -> (keys needed, predicate(i, config)).
 LAYER_FORMULAS = {
     "attn_layer_period/attn_layer_offset": (
@@ -74,7 +75,7 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
 
 
 def _is_index_list(name: str, value: list, n: int) -> bool:
-    return (name.endswith(("_layers", "_idxs", "_indices", "_layer_ids")) and len(value) != n
+    return (name.endswith(INDEX_LIST_SUFFIXES) and len(value) != n
             and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in value))
 
 

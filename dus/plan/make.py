@@ -13,6 +13,7 @@ from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
 from dus.read.architecture import residual_output_modules
+from dus.read.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping
@@ -67,6 +68,8 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     for key, value in params.items():
         if value is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
+    if "factor" in params:  # the one multiplier of n: bound it before the list is made
+        check_output_layers(n * int(params["factor"]))
     described = {"name": recipe, **params}
     if recipe == "layers":
         layers = layer_entries(params["layers"], sources)
@@ -78,8 +81,12 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
         described["zeroed"] = list(modules)
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
-    return Plan(layers, {name: s.ref for name, s in sources.items()}, described,
-                dict(options.get("config_overrides") or {}), dtype_name(options.get("dtype")))
+    check_output_layers(len(layers))
+    overrides = options.get("config_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
+    return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
+                dtype_name(options.get("dtype")))
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from dus.errors import InputError
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
+from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -139,7 +140,7 @@ def read_config(path: Path) -> dict:
     config = strict_json.loads(path.read_bytes(), str(path))  # untrusted: no NaN, repeated keys, ...
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")
-    return config
+    return check_config(config, str(path))
 
 
 def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
@@ -197,7 +198,7 @@ def meta_tensors(config: dict) -> dict[str, TensorInfo]:
         hf_config = transformers.AutoConfig.for_model(**config)
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # e.g. huggingface_hub's StrictDataclassError: not a ValueError
         raise InputError(f"transformers cannot build a model from this config: {e}") from e
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
     tensors = {}

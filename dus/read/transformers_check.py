@@ -1,0 +1,144 @@
+"""What transformers says of a plan's configs and checkpoints, before anything is written.
+
+Its config class must accept each config (types, and cross-field rules such as
+heads dividing the hidden size or `layer_types` naming known kinds), and the
+model it builds from a config, on the meta device, must find every weight it
+needs among the tensor names: after the renames, fusions and splits its loader
+applies, with tied weights counted once (extra tensors are fine).
+
+The copy path never imports torch. When torch is not loaded already, the
+checks run in a child process (`python -m dus.read.transformers_check`):
+the import costs a few seconds once, and the build's memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from dus.errors import BuildError, InputError
+from dus.read.config_check import DTYPE_KEYS, OUTPUT, SIZE_KEYS, check_sizes
+
+
+def check_plan(sources: dict, config: dict, names: list[str]) -> None:
+    """Every source's config and checkpoint, and the planned config with the planned tensors."""
+    checks = [{"config": s.config, "where": str(s.directory / "config.json") if s.directory else s.ref,
+               "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
+              for s in sources.values()]
+    checks.append({"config": config, "where": OUTPUT, "names": names, "names_where": f"{OUTPUT}: the planned tensors"})
+    if "torch" in sys.modules:  # already paid for: no reason to keep it off this process
+        for check in checks:
+            check_one(**check)
+    else:
+        _in_child(checks)
+
+
+def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:
+    import transformers
+
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    if config["model_type"] not in transformers.CONFIG_MAPPING:
+        raise InputError(f"{where}: model_type is {config['model_type']!r}, which transformers "
+                         f"{transformers.__version__} does not know")
+    aliases = transformers.CONFIG_MAPPING[config["model_type"]].attribute_map  # e.g. n_embd for hidden_size
+    check_sizes(config, [aliases[k] for k in SIZE_KEYS if k in aliases], where)
+    _check_dtypes(config, where)
+    try:
+        hf_config = transformers.AutoConfig.for_model(**config)
+    except Exception as e:  # any refusal by the config class is a bad input, told in one line
+        detail = str(e).strip().splitlines()[-1].strip() or e.__class__.__name__
+        raise InputError(f"{where}: transformers refuses this {config['model_type']} config: {detail}") from None
+    if names is not None:
+        check_covers(hf_config, names, names_where)
+
+
+def _check_dtypes(config: dict, where: str) -> None:
+    import torch
+
+    for key in DTYPE_KEYS:
+        value = config.get(key)
+        if value not in (None, "auto") and not isinstance(getattr(torch, value, None), torch.dtype):
+            raise InputError(f"{where}: {key} is {value!r}; expected a torch dtype name such as bfloat16")
+
+
+def check_covers(hf_config, names, where: str) -> None:
+    """Every weight of the model `hf_config` describes must come from a tensor in `names`."""
+    model = _meta_model(hf_config, where)
+    loaded = _loaded_names(model, names)
+    if loaded is None:  # a transformers without the loading conversions: nothing to compare by name
+        return
+    ignored = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
+    tied: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(param), []).append(name)
+    missing = [group[0] for group in tied.values()
+               if not loaded.intersection(group) and not any(re.search(p, group[0]) for p in ignored)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{where} has no tensor for {missing[0]!r}{more}, which {type(model).__name__} needs")
+
+
+def _meta_model(hf_config, where: str):
+    import torch
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(hf_config)
+    except Exception as e:  # checked configs reach here; any refusal left is one line
+        detail = " ".join(f"{e.__class__.__name__}: {e}".split())
+        raise InputError(f"{where}: transformers cannot build a causal LM from its config ({detail})") from None
+
+
+def _loaded_names(model, names) -> set[str] | None:
+    """The model parameters that checkpoint tensors `names` load into, as from_pretrained maps them."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        return None
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = set()
+    for name in names:
+        target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, params)
+        if target not in params and name in params:  # as from_pretrained: only the prefix may change
+            target, pattern = rename_source_key(name, [], [], model.base_model_prefix, params)
+        loaded.add(target)
+        if pattern is not None:  # a split (qkv -> q, k, v) is named by its first target; add the others
+            first, *others = by_pattern[pattern].target_patterns
+            head, _, tail = target.rpartition(first)
+            loaded.update(f"{head}{other}{tail}" for other in others if head or tail)
+    return loaded
+
+
+def _in_child(checks: list[dict]) -> None:
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, "-m", "dus.read.transformers_check"], input=json.dumps(checks),
+                            capture_output=True, text=True, env=env)
+    if result.returncode == InputError.exit_code and result.stdout.strip():
+        raise InputError(result.stdout.strip())
+    if result.returncode:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise BuildError(f"checking the configs with transformers failed: {last}")
+
+
+def main() -> None:
+    try:
+        for check in json.loads(sys.stdin.read()):
+            check_one(**check)
+    except InputError as e:
+        print(e)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
