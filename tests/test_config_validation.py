@@ -66,8 +66,8 @@ BAD_CONFIGS = {
     "sparse_step_zero": ({"decoder_sparse_step": 0}, "decoder_sparse_step is 0"),
     "moe_freq_zero": ({"moe_layer_freq": 0}, "moe_layer_freq is 0"),
     "first_k_negative": ({"first_k_dense_replace": -1}, "first_k_dense_replace is -1 (int); expected a non-negative"),
-    "nan": ({"rope_theta": float("nan")}, "rope_theta is nan; expected a finite number"),
-    "infinity_nested": ({"rope_parameters": {"rope_type": "default", "rope_theta": float("inf")}}, "rope_parameters.rope_theta is inf"),
+    "nan": ({"rope_theta": float("nan")}, "field rope_theta is NaN: JSON has no such value"),
+    "infinity_nested": ({"rope_parameters": {"rope_type": "default", "rope_theta": float("inf")}}, "rope_parameters.rope_theta is Infinity"),
     "heads_do_not_divide": ({"num_attention_heads": 5, "num_key_value_heads": 5}, "transformers refuses this llama config"),
 }
 

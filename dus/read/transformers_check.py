@@ -50,10 +50,16 @@ def check_one(config: dict, where: str, names: list[str] | None = None, names_wh
     try:
         hf_config = transformers.AutoConfig.for_model(**config)
     except Exception as e:  # any refusal by the config class is a bad input, told in one line
-        detail = str(e).strip().splitlines()[-1].strip() or e.__class__.__name__
-        raise InputError(f"{where}: transformers refuses this {config['model_type']} config: {detail}") from None
+        raise InputError(f"{where}: transformers refuses this {config['model_type']} config: {reason(e)}") from None
     if names is not None:
         check_covers(hf_config, names, names_where)
+
+
+def reason(error: Exception) -> str:
+    """transformers' own words for a refusal, on one line, without exception class names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = re.sub(r"^(?:[\w.]*(?:Error|Exception|Warning):\s*)+", "", lines[-1] if lines else "")
+    return text or "it refuses the config"
 
 
 def _check_dtypes(config: dict, where: str) -> None:
@@ -90,8 +96,7 @@ def _meta_model(hf_config, where: str):
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(hf_config)
     except Exception as e:  # checked configs reach here; any refusal left is one line
-        detail = " ".join(f"{e.__class__.__name__}: {e}".split())
-        raise InputError(f"{where}: transformers cannot build a causal LM from its config ({detail})") from None
+        raise InputError(f"{where}: transformers cannot build a causal LM from its config ({reason(e)})") from None
 
 
 def _loaded_names(model, names) -> set[str] | None:
