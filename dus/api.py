@@ -14,6 +14,7 @@ from typing import Callable
 
 from dus.errors import InputError
 from dus.plan.config import planned_config
+from dus.plan.equivalence import check_plan
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
@@ -31,6 +32,7 @@ class ResolvedPlan:
     tensors: list[TensorSpec]
     config: dict
     options: dict = field(default_factory=dict)
+    index_dependent: list[str] = field(default_factory=list)  # differences accepted with allow_index_dependent
 
     @property
     def base(self) -> Source:
@@ -59,14 +61,20 @@ class ResolvedPlan:
             "output_bytes": self.output_bytes,
             "num_tensors": len(self.tensors),
             "config": self.config,
+            **({"index_dependent": self.index_dependent} if self.index_dependent else {}),
         }
 
 
 def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,
          factor: int | None = None, group: int | None = None, new_layers: int | None = None,
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
-         sources: dict[str, str] | None = None, need_weights: bool = False) -> ResolvedPlan:
-    """Resolve a plan from headers only (no weights are read)."""
+         sources: dict[str, str] | None = None, need_weights: bool = False,
+         allow_index_dependent: bool = False) -> ResolvedPlan:
+    """Resolve a plan from headers only (no weights are read).
+
+    Refuses a plan whose output layers transformers would build differently from
+    their source layers; allow_index_dependent accepts (and records) differences
+    that come only from a layer's index."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
@@ -75,8 +83,10 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     opened = {name: open_source(ref, need_weights=need_weights) for name, ref in refs.items()}
     the_plan = make_plan(opened, options)
     tensors = layout(the_plan, opened)
-    config_out = planned_config(the_plan, opened[the_plan.base].config)
-    return ResolvedPlan(the_plan, opened, tensors, config_out, options)
+    base = opened[the_plan.base]
+    config_out = planned_config(the_plan, base.config)
+    accepted = check_plan(the_plan, base, config_out, allow_index_dependent)
+    return ResolvedPlan(the_plan, opened, tensors, config_out, options, [str(d) for d in accepted])
 
 
 def _source_refs(options: dict) -> dict[str, str]:

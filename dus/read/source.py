@@ -161,8 +161,8 @@ def _inside(directory: Path, filename: str) -> Path:
     return candidate
 
 
-def meta_tensors(config: dict) -> dict[str, TensorInfo]:
-    """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
+def meta_model(config: dict):
+    """The weightless (meta-device) causal LM transformers builds from a config dict."""
     import torch
     import transformers
 
@@ -170,9 +170,14 @@ def meta_tensors(config: dict) -> dict[str, TensorInfo]:
     try:
         hf_config = transformers.AutoConfig.for_model(**config)
         with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    except (ValueError, KeyError, TypeError) as e:
+            return transformers.AutoModelForCausalLM.from_config(hf_config)
+    except Exception as e:  # transformers raises many kinds (ValueError, KeyError, AttributeError, ImportError...)
         raise InputError(f"transformers cannot build a model from this config: {e}") from e
+
+
+def meta_tensors(config: dict) -> dict[str, TensorInfo]:
+    """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
+    model = meta_model(config)
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
     tensors = {}
     for name, param in model.named_parameters():
