@@ -53,7 +53,7 @@ class Difference:
     def reason(self) -> str:
         if self.index_derived:
             return "this architecture computes it from the layer index"
-        return "the output config does not reproduce the source layer (a per-layer setting dus cannot remap)"
+        return "the output config does not give it the source layer's value"
 
     def __str__(self) -> str:
         return f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: {self.what}; {self.reason}"
@@ -91,6 +91,7 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     n = source_config[layer_count_key(source_config)]
     src, out = _stack(src_model, layer_prefix, n, "source"), _stack(out_model, layer_prefix, len(source_layers), "output")
+    _check_outside(src_model, out_model, src, out)
     src_views = [_view(layer) for layer in src]
     out_views = [_view(layer) for layer in out]
     found = []
@@ -120,10 +121,25 @@ def _stack(model, prefix: str, n: int, which: str):
     return lists[0]
 
 
-def _view(layer) -> dict[str, tuple]:
+def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
+    """Outside the stack (embeddings, norms, heads) dus copies tensors as they are: transformers
+    must build the same classes and shapes there, e.g. no per-layer embedding sized by the count."""
+    def outside(model, stack):
+        inside = {id(m) for m in stack.modules()}
+        return _view(model, skip=inside)
+
+    src, out = outside(src_model, src_stack), outside(out_model, out_stack)
+    for what, _ in _compare(out, src, None, -1, -1, settings=False):
+        raise InputError(f"the output model would differ outside its decoder layers: {what}; "
+                         "the source tensor dus copies there would not fit (is it sized by the layer count?)")
+
+
+def _view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
     """path -> (class name, {parameter/buffer: shape}, {setting: value}) for a layer's modules."""
     view = {}
     for path, module in layer.named_modules():
+        if id(module) in skip:
+            continue
         tensors = {name: tuple(t.shape) for name, t in [*module.named_parameters(recurse=False),
                                                        *module.named_buffers(recurse=False)]}
         settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
@@ -141,7 +157,7 @@ def _plain(value) -> bool:
     return isinstance(value, (*_PLAIN, torch.dtype))
 
 
-def _compare(out: dict, src: dict, out_same_index: dict | None, i: int, j: int):
+def _compare(out: dict, src: dict, out_same_index: dict | None, i: int, j: int, settings: bool = True):
     """(description, index_derived) for each difference between output layer i and source layer j."""
     for path in sorted(set(out) | set(src)):
         where = path or "the layer"
@@ -155,6 +171,8 @@ def _compare(out: dict, src: dict, out_same_index: dict | None, i: int, j: int):
         for name in sorted(set(out_tensors) | set(src_tensors)):
             if out_tensors.get(name) != src_tensors.get(name):
                 yield f"{_join(path, name)} shape {out_tensors.get(name)} != {src_tensors.get(name)}", False
+        if not settings:
+            continue
         for name in sorted(set(out_settings) | set(src_settings)):
             a, b = out_settings.get(name, "<absent>"), src_settings.get(name, "<absent>")
             if a == b or _records_index(a, b, i, j):
