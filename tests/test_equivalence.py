@@ -123,3 +123,20 @@ def test_formula_no_value_expresses_is_refused():
     ernie = {"num_hidden_layers": 4, "moe_layer_start_index": 2, "moe_layer_end_index": 3, "moe_layer_interval": 1}
     with pytest.raises(InputError, match="moe_layer_start_index/moe_layer_end_index/moe_layer_interval"):
         output_config(ernie, [2, 0, 3])  # MoE, dense, MoE: not one range
+
+
+@pytest.mark.parametrize("model_type, extra, message", [
+    ("bart", {}, "DUS needs a decoder stack: bart is an encoder-decoder model"),
+    ("bert", {}, "DUS needs a decoder stack: transformers builds this bert config's layers as an encoder"),
+])
+def test_encoders_are_refused(model_type, extra, message):
+    config = transformers.AutoConfig.for_model(model_type, vocab_size=96, hidden_size=32, intermediate_size=48,
+                                               num_attention_heads=4, **extra).to_dict()
+    with pytest.raises(InputError, match=message):
+        check_layers(config, output_config(config, OVERLAP1), OVERLAP1, "bert.encoder.layer.")  # bart: no output config
+
+
+def test_a_bert_used_as_decoder_is_checked_not_refused():
+    config = transformers.AutoConfig.for_model("bert", vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                               num_hidden_layers=4, is_decoder=True).to_dict()
+    assert check_layers(config, output_config(config, OVERLAP1), OVERLAP1, "bert.encoder.layer.") == []

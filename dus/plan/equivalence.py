@@ -91,6 +91,7 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     n = source_config[layer_count_key(source_config)]
     src, out = _stack(src_model, layer_prefix, n, "source"), _stack(out_model, layer_prefix, len(source_layers), "output")
+    _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
     src_views = [_view(layer) for layer in src]
     out_views = [_view(layer) for layer in out]
@@ -119,6 +120,16 @@ def _stack(model, prefix: str, n: int, which: str):
         raise InputError(f"transformers builds {len(lists)} module lists of {n} layers from the "
                          f"{which} config, not one decoder stack: cannot check the plan")
     return lists[0]
+
+
+def _check_decoder(config, stack) -> None:
+    """Growing an encoder's or encoder-decoder's stack is not DUS: refuse both, as transformers builds them."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise InputError(f"DUS needs a decoder stack: {config.model_type} is an encoder-decoder model")
+    causal = {m.is_causal for m in stack.modules() if isinstance(getattr(m, "is_causal", None), bool)}
+    if causal == {False}:
+        raise InputError(f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
+                         "encoder (bidirectional attention; is_decoder is false)")
 
 
 def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
