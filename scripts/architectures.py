@@ -1,0 +1,232 @@
+"""The architecture matrix: every causal LM of the installed transformers through dus.
+
+    python scripts/architectures.py                 # all, writes docs/architectures.md
+    python scripts/architectures.py llama diffllama # some, printed only
+    python scripts/architectures.py --one llama     # one, in this process (JSON line)
+
+Each architecture runs in its own process under a memory cap and a timeout
+(some configs default to huge sizes): a tiny random model (6 layers, every
+tensor perturbed) is built with `dus build --overlap 2` (6 -> 8 layers), loaded
+with AutoModelForCausalLM, and its logits and cached greedy generation are
+compared with an in-memory reference whose layers are deep copies of the
+source's in plan order. The verdict is `exact`, `refused (reason)`, `not
+testable here (why)`, or `WRONG` (loads and runs, but differs: the bug class
+this matrix exists to keep empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs/architectures.md"
+LAYERS, OVERLAP, VOCAB = 6, 2, 96
+MEMORY_CAP = 12 * 2**30  # address space, per architecture
+TIMEOUT_S = 60
+
+# Tiny values for whichever of these fields a config has (its defaults may be 7B-sized).
+TINY = {
+    "vocab_size": VOCAB, "hidden_size": 32, "n_embd": 32, "d_model": 32, "embed_dim": 32, "intermediate_size": 48,
+    "ffn_dim": 48, "n_inner": 48, "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
+    "num_key_value_heads": 2, "n_head_kv": 2, "num_kv_heads": 2, "head_dim": 8, "max_position_embeddings": 128,
+    "n_positions": 128, "n_ctx": 128, "max_seq_len": 128, "num_hidden_layers": LAYERS, "n_layer": LAYERS,
+    "num_layers": LAYERS, "n_layers": LAYERS, "num_blocks": LAYERS, "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16, "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "moe_topk": 2, "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 4,
+    "qk_nope_head_dim": 4, "v_head_dim": 8, "qk_head_dim": 8, "sliding_window": 8, "global_head_dim": 16,
+    "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
+    "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
+    "conv_kernel": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def tiny_config(model_type: str):
+    import transformers
+
+    defaults = transformers.AutoConfig.for_model(model_type).to_dict()
+    overrides = _tiny(defaults)
+    return transformers.AutoConfig.for_model(model_type, **overrides)
+
+
+def _tiny(config: dict) -> dict:
+    out = {}
+    for key, value in config.items():
+        if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+                            and key in ("head_dim", "n_inner", "intermediate_size")):
+            out[key] = TINY[key]
+        elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config
+            out[key] = {**value, **_tiny(value)}
+    return out
+
+
+def check(model_type: str, workdir: Path) -> tuple[str, str]:
+    """(verdict, detail) for one architecture."""
+    import torch
+    import transformers
+
+    import dus.api
+    from dus.errors import DusError
+
+    torch.manual_seed(0)
+    try:
+        config = tiny_config(model_type)
+        model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.save_pretrained(workdir / "src")
+    except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
+        return "not testable here", f"cannot make a tiny model: {_line(e)}"
+    try:
+        record = dus.api.build(str(workdir / "src"), workdir / "out", overlap=OVERLAP)
+    except DusError as e:
+        return "refused", _line(e)
+    plan = [layer["source_layer"] for layer in record["plan"]["layers"]]
+    try:
+        built = transformers.AutoModelForCausalLM.from_pretrained(workdir / "out").float().eval()
+    except Exception as e:  # noqa: BLE001
+        return "WRONG", f"built, but transformers cannot load it: {_line(e)}"
+    try:
+        reference = reference_model(model, plan, built.config, record["sources"]["base"]["layer_prefix"])
+        ids = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = reference(ids).logits
+    except Exception as e:  # noqa: BLE001
+        return "not testable here", f"the in-memory reference cannot run: {_line(e)}"
+    try:
+        with torch.no_grad():
+            got = built(ids).logits
+    except Exception as e:  # noqa: BLE001
+        return "WRONG", f"built and loaded, but it cannot run: {_line(e)}"
+    if not torch.equal(got, want):
+        return "WRONG", f"logits differ by up to {(got - want).abs().max().item():.3g}"
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    try:
+        want_gen = reference.generate(ids, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        return "exact", f"logits exact; the reference cannot generate ({_line(e)})"
+    if not torch.equal(built.generate(ids, **kwargs), want_gen):
+        return "WRONG", "logits exact, cached generation differs"
+    return "exact", ""
+
+
+def reference_model(model, plan: list[int], config, prefix: str):
+    """The model with its decoder layers deep-copied in plan order, each layer's KV-cache
+    index (layer_idx, layer_id) renumbered to its new position, and the built model's config
+    (its per-layer fields drive caches and masks)."""
+    import torch
+
+    ref = copy.deepcopy(model)
+    name = prefix.rstrip(".")
+    stack = dict(ref.named_modules()).get(name)
+    if not isinstance(stack, torch.nn.ModuleList):
+        name, stack = next((k, m) for k, m in ref.named_modules() if isinstance(m, torch.nn.ModuleList)
+                           and len(m) == len(set(plan)) or isinstance(m, torch.nn.ModuleList) and len(m) == LAYERS)
+    layers = torch.nn.ModuleList(copy.deepcopy(stack[j]) for j in plan)
+    for i, layer in enumerate(layers):
+        for module in layer.modules():
+            for attr in ("layer_idx", "layer_id"):
+                if type(getattr(module, attr, None)) is int:
+                    setattr(module, attr, i)
+    ref.set_submodule(name, layers)
+    for key, value in config.to_dict().items():
+        if key in ("architectures", "transformers_version") or isinstance(value, dict):
+            continue
+        try:
+            setattr(ref.config, key, copy.deepcopy(value))
+        except Exception:  # noqa: BLE001 - properties and validated fields keep the source's value
+            pass
+    return ref.eval()
+
+
+def _line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def run_one(model_type: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        verdict, detail = check(model_type, Path(tmp))
+    return {"model_type": model_type, "verdict": verdict, "detail": detail}
+
+
+def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
+    """run_one in a child process with a memory cap and a timeout."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--one", model_type], capture_output=True, text=True,
+                              timeout=timeout, preexec_fn=limit, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model_type": model_type, "verdict": "not testable here", "detail": f"took over {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if "MemoryError" in proc.stderr or proc.returncode < 0:
+        return {"model_type": model_type, "verdict": "not testable here", "detail": f"over the memory cap: {tail[:150]}"}
+    return {"model_type": model_type, "verdict": "crash", "detail": tail[:200]}
+
+
+def write_doc(results: list[dict], path: Path = DOC) -> None:
+    import transformers
+
+    counts = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    lines = [
+        "# Architectures", "",
+        f"Generated by `scripts/architectures.py` on {datetime.date.today()} with transformers "
+        f"{transformers.__version__}: every entry of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, a tiny random model "
+        f"({LAYERS} layers, every tensor perturbed) built with `dus build --overlap {OVERLAP}` "
+        f"({LAYERS} -> {2 * LAYERS - 2 * OVERLAP} layers), loaded with `AutoModelForCausalLM`, logits and cached greedy "
+        "generation compared bit for bit with an in-memory reference whose layers are deep copies in plan order.", "",
+        "- `exact`: logits (and cached generation) equal the reference's.",
+        "- `refused`: dus refuses the plan, with the reason shown (a model that would differ is never written).",
+        "- `not testable here`: no tiny model could be made or run on this machine; the reason is shown.", "",
+        "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
+        "| architecture | result | detail |", "|---|---|---|",
+    ]
+    for r in results:
+        detail = r["detail"].replace("|", "\\|")
+        lines.append(f"| `{r['model_type']}` | {r['verdict']} | {detail} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_types", nargs="*")
+    parser.add_argument("--one", help="check one architecture in this process and print a JSON line")
+    parser.add_argument("--timeout", type=int, default=TIMEOUT_S)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one)))
+        return 0
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    types = args.model_types or list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    results = []
+    for model_type in types:
+        results.append(run_isolated(model_type, args.timeout))
+        print(f"{model_type:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
+    if not args.model_types:
+        write_doc(results)
+    return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
