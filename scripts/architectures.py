@@ -2,10 +2,9 @@
 
     python scripts/architectures.py                 # all, writes docs/architectures.md
     python scripts/architectures.py llama diffllama # some, printed only
-    python scripts/architectures.py --one llama     # one, in this process (JSON line)
 
-Each architecture runs in its own process under a memory cap and a timeout
-(some configs default to huge sizes): a tiny random model (6 layers, every
+Each architecture runs in its own forked process under a memory cap and a
+timeout (some configs default to huge sizes): a tiny random model (6 layers, every
 tensor perturbed) is built with `dus build --overlap 2` (6 -> 8 layers), loaded
 with AutoModelForCausalLM, and its logits and cached greedy generation are
 compared with an in-memory reference whose layers are deep copies of the
@@ -19,19 +18,18 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's dus
 DOC = ROOT / "docs/architectures.md"
 LAYERS, OVERLAP, VOCAB = 6, 2, 96
 MEMORY_CAP = 12 * 2**30  # address space, per architecture
-TIMEOUT_S = 60
+TIMEOUT_S = 120  # a shared 2-core machine: most take 5-15 s
 
 # Tiny values for whichever of these fields a config has (its defaults may be 7B-sized).
 TINY = {
@@ -51,12 +49,11 @@ TINY = {
 }
 
 
-def tiny_config(model_type: str):
+def tiny_config(model_type: str, **extra):
     import transformers
 
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
-    overrides = _tiny(defaults)
-    return transformers.AutoConfig.for_model(model_type, **overrides)
+    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **extra})
 
 
 def _tiny(config: dict) -> dict:
@@ -70,8 +67,8 @@ def _tiny(config: dict) -> dict:
     return out
 
 
-def check(model_type: str, workdir: Path) -> tuple[str, str]:
-    """(verdict, detail) for one architecture."""
+def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
+    """(verdict, detail) for one architecture; `extra` config fields override the tiny ones."""
     import torch
     import transformers
 
@@ -80,7 +77,7 @@ def check(model_type: str, workdir: Path) -> tuple[str, str]:
 
     torch.manual_seed(0)
     try:
-        config = tiny_config(model_type)
+        config = tiny_config(model_type, **extra)
         model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
         with torch.no_grad():
             for p in model.parameters():
@@ -140,8 +137,9 @@ def reference_model(model, plan: list[int], config, prefix: str):
                 if type(getattr(module, attr, None)) is int:
                     setattr(module, attr, i)
     ref.set_submodule(name, layers)
+    source = model.config.to_dict()
     for key, value in config.to_dict().items():
-        if key in ("architectures", "transformers_version") or isinstance(value, dict):
+        if key in ("architectures", "transformers_version", "dtype", "torch_dtype") or value == source.get(key):
             continue
         try:
             setattr(ref.config, key, copy.deepcopy(value))
@@ -162,24 +160,47 @@ def run_one(model_type: str) -> dict:
 
 
 def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
-    """run_one in a child process with a memory cap and a timeout."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    """run_one in a forked child (torch, transformers and dus already imported) under a memory
+    cap and a timeout."""
+    import multiprocessing
 
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    import torch  # noqa: F401 - imported once here, inherited by every fork
+    import transformers  # noqa: F401
+
+    import dus.api  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(model_type, send), daemon=True)
+    child.start()
+    send.close()
+    result = None
+    if receive.poll(timeout):
+        try:
+            result = receive.recv()
+        except EOFError:  # died before answering
+            pass
+    else:
+        child.kill()
+    child.join(5)
+    if result is not None:
+        return result
+    if child.exitcode is None or child.exitcode == -9 and not receive.closed:
+        detail = f"took over {timeout} s"
+    else:
+        detail = f"the process died (exit {child.exitcode}; over the {MEMORY_CAP >> 30} GiB memory cap?)"
+    return {"model_type": model_type, "verdict": "not testable here", "detail": detail}
+
+
+def _child(model_type: str, send) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     try:
-        proc = subprocess.run([sys.executable, __file__, "--one", model_type], capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=limit, env=env)
-    except subprocess.TimeoutExpired:
-        return {"model_type": model_type, "verdict": "not testable here", "detail": f"took over {timeout} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if lines:
-        return json.loads(lines[-1])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    if "MemoryError" in proc.stderr or proc.returncode < 0:
-        return {"model_type": model_type, "verdict": "not testable here", "detail": f"over the memory cap: {tail[:150]}"}
-    return {"model_type": model_type, "verdict": "crash", "detail": tail[:200]}
+        result = run_one(model_type)
+    except MemoryError:
+        result = {"model_type": model_type, "verdict": "not testable here", "detail": "over the memory cap"}
+    except BaseException as e:  # noqa: BLE001 - dus raised something other than its own errors
+        result = {"model_type": model_type, "verdict": "crash", "detail": f"{type(e).__name__}: {_line(e)}"}
+    send.send(result)
 
 
 def write_doc(results: list[dict], path: Path = DOC) -> None:
@@ -208,14 +229,12 @@ def write_doc(results: list[dict], path: Path = DOC) -> None:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_types", nargs="*")
-    parser.add_argument("--one", help="check one architecture in this process and print a JSON line")
     parser.add_argument("--timeout", type=int, default=TIMEOUT_S)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(run_one(args.one)))
-        return 0
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     types = args.model_types or list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
