@@ -119,33 +119,37 @@ def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
 
 
 def reference_model(model, plan: list[int], config, prefix: str):
-    """The model with its decoder layers deep-copied in plan order, each layer's KV-cache
-    index (layer_idx, layer_id) renumbered to its new position, and the built model's config
-    (its per-layer fields drive caches and masks)."""
+    """An independent up-scaled model: transformers builds it from the output config, then its
+    decoder layers are replaced by deep copies of the source's in plan order (carrying whatever
+    each source layer computed at construction), their KV-cache index (layer_idx, layer_id)
+    renumbered, and every other weight is the source's."""
     import torch
+    import transformers
 
-    ref = copy.deepcopy(model)
-    name = prefix.rstrip(".")
-    stack = dict(ref.named_modules()).get(name)
-    if not isinstance(stack, torch.nn.ModuleList):
-        name, stack = next((k, m) for k, m in ref.named_modules() if isinstance(m, torch.nn.ModuleList)
-                           and len(m) == len(set(plan)) or isinstance(m, torch.nn.ModuleList) and len(m) == LAYERS)
-    layers = torch.nn.ModuleList(copy.deepcopy(stack[j]) for j in plan)
+    ref = transformers.AutoModelForCausalLM.from_config(config).float()
+    name = _stack_name(ref, prefix, len(plan))
+    source_stack = model.get_submodule(_stack_name(model, prefix, LAYERS))
+    layers = torch.nn.ModuleList(copy.deepcopy(source_stack[j]) for j in plan)
     for i, layer in enumerate(layers):
         for module in layer.modules():
             for attr in ("layer_idx", "layer_id"):
                 if type(getattr(module, attr, None)) is int:
                     setattr(module, attr, i)
+            if isinstance(getattr(module, "config", None), transformers.PreTrainedConfig):
+                module.config = ref.config
     ref.set_submodule(name, layers)
-    source = model.config.to_dict()
-    for key, value in config.to_dict().items():
-        if key in ("architectures", "transformers_version", "dtype", "torch_dtype") or value == source.get(key):
-            continue
-        try:
-            setattr(ref.config, key, copy.deepcopy(value))
-        except Exception:  # noqa: BLE001 - properties and validated fields keep the source's value
-            pass
+    outside = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    ref.load_state_dict(outside, strict=False)
     return ref.eval()
+
+
+def _stack_name(model, prefix: str, n: int) -> str:
+    import torch
+
+    modules = dict(model.named_modules())
+    if isinstance(modules.get(prefix.rstrip(".")), torch.nn.ModuleList):
+        return prefix.rstrip(".")
+    return next(k for k, m in modules.items() if isinstance(m, torch.nn.ModuleList) and len(m) == n)
 
 
 def _line(error: BaseException) -> str:
