@@ -44,7 +44,7 @@ TINY = {
     "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
     "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
     "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
-    "conv_kernel": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
+    "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
 }
 
@@ -232,12 +232,24 @@ def write_doc(results: list[dict], path: Path = DOC) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def read_doc(path: Path = DOC) -> list[dict]:
+    """The rows of a written matrix, to update some of them."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip()[1:-1].split(" | ")]
+            rows.append({"model_type": cells[0].strip("`"), "verdict": cells[1],
+                         "detail": " | ".join(cells[2:]).replace("\\|", "|")})
+    return rows
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_types", nargs="*")
     parser.add_argument("--timeout", type=int, default=TIMEOUT_S)
+    parser.add_argument("--merge", action="store_true", help="rerun MODEL_TYPES and update their rows in the doc")
     args = parser.parse_args(argv)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -246,7 +258,10 @@ def main(argv=None) -> int:
     for model_type in types:
         results.append(run_isolated(model_type, args.timeout))
         print(f"{model_type:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
-    if not args.model_types:
+    if args.merge:
+        rerun = {r["model_type"]: r for r in results}
+        results = [rerun.get(r["model_type"], r) for r in read_doc()]
+    if args.merge or not args.model_types:
         write_doc(results)
     return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
 

@@ -167,6 +167,8 @@ def meta_model(config: dict):
     import transformers
 
     config = {k: v for k, v in config.items() if k not in ("quantization_config",)}
+    # config.json spells inf and nan as {"__float__": "Infinity"}; from_pretrained decodes them
+    config = getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
     try:
         hf_config = transformers.AutoConfig.for_model(**config)
         with torch.device("meta"):
