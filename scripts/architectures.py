@@ -62,9 +62,17 @@ def _tiny(config: dict) -> dict:
         if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
                             and key in ("head_dim", "n_inner", "intermediate_size")):
             out[key] = TINY[key]
-        elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config
-            out[key] = {**value, **_tiny(value)}
+        elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
+            out[key] = {**_without_per_layer(value), **_tiny(value)}
+    if "attention_types" in config:  # GPT-Neo: [[kinds, repeats]] must cover the layers
+        out["attention_types"] = [[["global", "local"], LAYERS // 2]]
     return out
+
+
+def _without_per_layer(config: dict) -> dict:
+    counts = {v for k, v in config.items() if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)}
+    return {k: v for k, v in config.items()
+            if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)}
 
 
 def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:

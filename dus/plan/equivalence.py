@@ -101,7 +101,7 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
             continue
         same_index = out_views[j] if j < len(out) else None
         found += [Difference(i, j, what, derived)
-                  for what, derived in _compare(out_views[i], src_views[j], same_index, i, j)]
+                  for what, derived in _compare(out_views[i], src_views[j], same_index, (i, j), (len(out), len(src)))]
     found += _config_lists(src_model.config, out_model.config, len(src), source_layers)
     return found
 
@@ -140,7 +140,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
         return _view(model, skip=inside)
 
     src, out = outside(src_model, src_stack), outside(out_model, out_stack)
-    for what, _ in _compare(out, src, None, -1, -1, settings=False):
+    for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
         raise InputError(f"the output model would differ outside its decoder layers: {what}; "
                          "the source tensor dus copies there would not fit (is it sized by the layer count?)")
 
@@ -168,8 +168,10 @@ def _plain(value) -> bool:
     return isinstance(value, (*_PLAIN, torch.dtype))
 
 
-def _compare(out: dict, src: dict, out_same_index: dict | None, i: int, j: int, settings: bool = True):
-    """(description, index_derived) for each difference between output layer i and source layer j."""
+def _compare(out: dict, src: dict, out_same_index: dict | None, index: tuple[int, int], counts: tuple[int, int],
+             settings: bool = True):
+    """(description, index_derived) for each difference between output layer i and source layer j
+    (index = (i, j)) of stacks of counts = (m, n) layers."""
     for path in sorted(set(out) | set(src)):
         where = path or "the layer"
         if path not in out or path not in src:
@@ -186,11 +188,19 @@ def _compare(out: dict, src: dict, out_same_index: dict | None, i: int, j: int, 
             continue
         for name in sorted(set(out_settings) | set(src_settings)):
             a, b = out_settings.get(name, "<absent>"), src_settings.get(name, "<absent>")
-            if a == b or _records_index(a, b, i, j):
+            label = _join(path, name)
+            if _per_layer(a, b, counts):  # a whole-stack list kept in each layer: compare its entries i and j
+                a, b, label = a[index[0]], b[index[1]], f"{label}[{index[0]}]"
+            if a == b or _records_index(a, b, *index):
                 continue
             same = out_same_index is not None and path in out_same_index
-            derived = same and out_same_index[path][2].get(name, "<absent>") == b
-            yield f"{_join(path, name)} {_show(a)} != {_show(b)}", derived
+            derived = same and out_same_index[path][2].get(name, "<absent>") == src_settings.get(name, "<absent>")
+            yield f"{label} {_show(a)} != {_show(b)}", derived
+
+
+def _per_layer(out_value, src_value, counts: tuple[int, int]) -> bool:
+    return (counts[0] != counts[1] and isinstance(out_value, (list, tuple)) and isinstance(src_value, (list, tuple))
+            and (len(out_value), len(src_value)) == counts)
 
 
 def _records_index(out_value, src_value, i: int, j: int) -> bool:
