@@ -38,6 +38,9 @@ def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path,
                           "0.355509; this architecture computes it from the layer index")
     assert err.endswith("(2 more difference(s)); pass --allow-index-dependent to build it anyway")
 
+    code, out, err = run_dus("plan", tmp_path / "src", "--overlap", "1", "--allow-index-dependent", "--json")
+    assert code == 0 and len(json.loads(out)["index_dependent"]) == 3 and err.count("warning: output layer") == 3
+
     code, out, err = run_dus("build", tmp_path / "src", tmp_path / "out", "--overlap", "1", "--allow-index-dependent")
     assert code == 0, err
     assert err.count("warning: output layer") == 3  # layers 3, 4, 5 moved; 0-2 kept their index
@@ -140,3 +143,10 @@ def test_a_bert_used_as_decoder_is_checked_not_refused():
     config = transformers.AutoConfig.for_model("bert", vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                                                num_hidden_layers=4, is_decoder=True).to_dict()
     assert check_layers(config, output_config(config, OVERLAP1), OVERLAP1, "bert.encoder.layer.") == []
+
+
+def test_special_floats_in_config_json_are_decoded_as_transformers_does():
+    from dus.read.source import meta_model
+
+    config = {**_config("llama"), "rms_norm_eps": {"__float__": "Infinity"}}  # Bamba's time_step_limit has one
+    assert meta_model(config).config.rms_norm_eps == float("inf")
