@@ -131,7 +131,7 @@ def _remap_map(value: dict, source_layers: list[int]) -> dict:
     kept = [i for i, src in enumerate(source_layers) if src in by_layer]
     if all(isinstance(k, int) for k in value):
         return {i: copy.deepcopy(by_layer[source_layers[i]]) for i in kept}
-    padded = any(len(k) > 1 and k.startswith("0") for k in value)
+    padded = any(isinstance(k, str) and len(k) > 1 and k.startswith("0") for k in value)
     width = len(str(max(kept))) if padded and kept else 0
     return {str(i).zfill(width): copy.deepcopy(by_layer[source_layers[i]]) for i in kept}
 
