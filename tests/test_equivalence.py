@@ -150,3 +150,9 @@ def test_special_floats_in_config_json_are_decoded_as_transformers_does():
 
     config = {**_config("llama"), "rms_norm_eps": {"__float__": "Infinity"}}  # Bamba's time_step_limit has one
     assert meta_model(config).config.rms_norm_eps == float("inf")
+
+
+def test_an_index_list_naming_every_layer_is_not_a_per_layer_list():
+    config = {**_config("llama"), "moe_layers": [0, 1, 2, 3]}  # Llama 4 with interleave_moe_layer_step 1
+    assert output_config(config, OVERLAP1)["moe_layers"] == [0, 1, 2, 3, 4, 5]
+    assert layer_differences(config, output_config(config, OVERLAP1), OVERLAP1, PREFIX) == []

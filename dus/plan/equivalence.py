@@ -13,11 +13,14 @@ weights) and compare every output layer i with its source layer j:
 - per-layer lists of the built config (length n in the source, m in the
   output), which layers may read by their index at run time.
 
-The one rule for what may differ: a setting whose value is the layer's own
-index (an int equal to i in the output layer and to j in the source layer)
-only records the position, e.g. `layer_idx`, the layer's KV-cache slot, which
-must follow the position. Anything else that differs (`lambda_init` = f(index),
-`layer_number` = index + 1 used as a scale, a layer kind) changes computation.
+The one rule for what may differ: a setting that records the layer's position
+must follow it. That is a setting whose value is the layer's own index (an int
+equal to i in the output layer and to j in the source layer), or one named
+`layer_idx`, transformers' name for the KV-cache slot a module reads and writes
+(LongCat-Flash gives its two attention blocks slots 2i and 2i + 1). Anything
+else that differs (`lambda_init` = f(index), `layer_number` = index + 1 used as
+a scale, a residual scale from the layer count, a layer kind) changes
+computation.
 
 Each difference is classified by building one more comparison, not by name:
 if the output model's layer j equals the source layer j at that attribute, the
@@ -191,7 +194,7 @@ def _compare(out: dict, src: dict, out_same_index: dict | None, index: tuple[int
             label = _join(path, name)
             if _per_layer(a, b, counts):  # a whole-stack list kept in each layer: compare its entries i and j
                 a, b, label = a[index[0]], b[index[1]], f"{label}[{index[0]}]"
-            if a == b or _records_index(a, b, *index):
+            if a == b or name == "layer_idx" or _records_index(a, b, *index):
                 continue
             same = out_same_index is not None and path in out_same_index
             derived = same and out_same_index[path][2].get(name, "<absent>") == src_settings.get(name, "<absent>")
@@ -219,7 +222,8 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int]) -> l
     found = []
     for name, value in src.items():
         other = out.get(name)
-        if isinstance(value, list) and isinstance(other, list) and (len(value), len(other)) == (n, m):
+        every_layer = value == list(range(n)) and other == list(range(m))  # an index list naming all layers
+        if isinstance(value, list) and isinstance(other, list) and (len(value), len(other)) == (n, m) and not every_layer:
             found += [Difference(i, j, f"config {name}[{i}] {_show(other[i])} != {_show(value[j])}", False)
                       for i, j in enumerate(source_layers) if other[i] != value[j]][:1]
     return found
