@@ -2,8 +2,9 @@
 
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
-config, and that transformers builds a model whose parameters match the
-written tensors; then, in one read of each shard, its sha256 and every
+config; that transformers builds every output layer as its source layer
+(or the build recorded, with --allow-index-dependent, where it does not);
+that transformers builds a model whose parameters match the written tensors; then, in one read of each shard, its sha256 and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
 """
