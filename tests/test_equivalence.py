@@ -156,3 +156,9 @@ def test_an_index_list_naming_every_layer_is_not_a_per_layer_list():
     config = {**_config("llama"), "moe_layers": [0, 1, 2, 3]}  # Llama 4 with interleave_moe_layer_step 1
     assert output_config(config, OVERLAP1)["moe_layers"] == [0, 1, 2, 3, 4, 5]
     assert layer_differences(config, output_config(config, OVERLAP1), OVERLAP1, PREFIX) == []
+
+
+def test_a_repeating_pattern_is_written_out_in_full():
+    out = output_config({"num_hidden_layers": 6, "block_types": ["recurrent", "recurrent", "attention"]}, [0, 1, 2, 3, 2, 3, 4, 5])
+    assert out["block_types"] == ["recurrent", "recurrent", "attention", "recurrent", "attention", "recurrent",
+                                  "recurrent", "attention"]

@@ -97,6 +97,10 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
         return [i for i, src in enumerate(source_layers) if src in wanted]
     if len(value) == n and (name in PER_LAYER_KEYS or "layer" in name):
         return [copy.deepcopy(value[src]) for src in source_layers]
+    if name in PER_LAYER_KEYS and 1 < len(value) < n:
+        # a shorter pattern repeats (RecurrentGemma's block_types); written out in full, which
+        # dus.plan.equivalence then checks against the layers transformers builds
+        return [copy.deepcopy(value[src % len(value)]) for src in source_layers]
     if name in PER_LAYER_KEYS and len(value) != n and len(value) > 1:
         raise InputError(f"config field {name!r} has {len(value)} entries for {n} layers")
     return value
