@@ -45,7 +45,16 @@ TINY = {
     "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
     "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
     "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
-    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
+    "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
+}
+# What a few configs need beyond TINY to be valid.
+EXTRA = {
+    "reformer": {"is_decoder": True},
+    "zaya": {"num_experts_per_tok": 1},
+    "mamba2": {"head_dim": 16},
+    "dots3_note": {"num_key_value_heads": 4},
+    "dots3_note_text": {"num_key_value_heads": 4},
 }
 
 
@@ -53,7 +62,7 @@ def tiny_config(model_type: str, **extra):
     import transformers
 
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
-    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **extra})
+    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **EXTRA.get(model_type, {}), **extra})
 
 
 def _tiny(config: dict) -> dict:
