@@ -66,9 +66,10 @@ def check_plan(plan, base, output_config: dict, allow_index_dependent: bool = Fa
     """check_layers for a Plan over its base Source. A recipe's scalar config overrides (e.g.
     SOLAR's model_type: llama over Mistral) apply to both sides: they are the user's choice, not
     a difference the copy introduces."""
-    from dus.plan.config import apply_overrides
+    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides
 
-    scalars = {k: v for k, v in plan.config_overrides.items() if not isinstance(v, (list, dict))}
+    scalars = {k: v for k, v in plan.config_overrides.items()
+               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
     return check_layers(apply_overrides(base.config, scalars), output_config,
                         [layer.source_layer for layer in plan.layers], base.layer_prefix, allow_index_dependent)
 
