@@ -236,9 +236,13 @@ def write_doc(results: list[dict], path: Path = DOC) -> None:
         f"{transformers.__version__}: every entry of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, a tiny random model "
         f"({LAYERS} layers, every tensor perturbed) built with `dus build --overlap {OVERLAP}` "
         f"({LAYERS} -> {2 * LAYERS - 2 * OVERLAP} layers), loaded with `AutoModelForCausalLM`, logits and cached greedy "
-        "generation compared bit for bit with an in-memory reference whose layers are deep copies in plan order.", "",
+        "generation compared bit for bit with an in-memory reference: transformers builds it from the output config, "
+        "then its decoder layers are replaced by deep copies of the source's in plan order (the output config's "
+        "per-layer fields are checked entry by entry against the source's by dus's structural check, "
+        "`dus/plan/equivalence.py`).", "",
         "- `exact`: logits (and cached generation) equal the reference's.",
         "- `refused`: dus refuses the plan, with the reason shown (a model that would differ is never written).",
+        f"- `WRONG`: built and loaded, but not equal to the reference ({counts.get('WRONG', 0)} in this run).",
         "- `not testable here`: no tiny model could be made or run on this machine; the reason is shown.", "",
         "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
         "| architecture | result | detail |", "|---|---|---|",
