@@ -13,6 +13,7 @@ from typing import Callable
 
 from dus.errors import InputError
 from dus.plan.config import planned_config
+from dus.plan.equivalence import equivalence_request
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
@@ -34,6 +35,7 @@ class ResolvedPlan:
     tensors: list[TensorSpec]
     config: dict
     options: dict = field(default_factory=dict)
+    index_dependent: list[str] = field(default_factory=list)  # differences accepted with allow_index_dependent
 
     @property
     def base(self) -> Source:
@@ -62,14 +64,20 @@ class ResolvedPlan:
             "output_bytes": self.output_bytes,
             "num_tensors": len(self.tensors),
             "config": self.config,
+            **({"index_dependent": self.index_dependent} if self.index_dependent else {}),
         }
 
 
 def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,
          factor: int | None = None, group: int | None = None, new_layers: int | None = None,
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
-         sources: dict[str, str] | None = None, need_weights: bool = False) -> ResolvedPlan:
-    """Resolve a plan from headers only (no weights are read)."""
+         sources: dict[str, str] | None = None, need_weights: bool = False,
+         allow_index_dependent: bool = False) -> ResolvedPlan:
+    """Resolve a plan from headers only (no weights are read).
+
+    Refuses a plan whose output layers transformers would build differently from
+    their source layers; allow_index_dependent accepts (and records) differences
+    that come only from a layer's index."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
@@ -89,10 +97,12 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
 
         return resolve_gguf(the_plan, opened, options)
     tensors = layout(the_plan, opened)
-    config_out = planned_config(the_plan, opened[the_plan.base].config)
+    base = opened[the_plan.base]
+    config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers))
-    check_plan(opened, config_out, [t.name for t in tensors])
-    return ResolvedPlan(the_plan, opened, tensors, config_out, options)
+    accepted = check_plan(opened, config_out, [t.name for t in tensors],
+                          layers=equivalence_request(the_plan, base, config_out, allow_index_dependent))
+    return ResolvedPlan(the_plan, opened, tensors, config_out, options, accepted)
 
 
 def _open(ref: str, need_weights: bool) -> Source:

@@ -2,18 +2,23 @@
 
 Per-layer lists (`layer_types`, `no_rope_layers`, per-layer sizes, ...) are
 reindexed by each output layer's source layer; index lists (`mlp_only_layers`,
-`moe_layers`, ...) are rebuilt. Layer patterns given by a formula (period and
-offset, every k-th layer, first k layers) are checked: if the plan breaks the
-pattern the formula cannot describe the new stack, and we refuse rather than
-write a model that silently differs from its plan.
+`moe_layers`, ...) and maps keyed by layer index (`per_layer_config`:
+`{"05": {"head_dim": 512}}`) are rebuilt; a second layer-count field
+(`num_blocks` beside `num_hidden_layers`) follows the first. Layer patterns
+given by a formula (period and offset, every k-th layer, first k layers, a
+start/end/interval range) get new parameters when some value expresses the new
+stack, and are refused otherwise rather than written into a model that
+silently differs from its plan. dus.plan.equivalence then checks the result
+against what transformers builds.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 
 from dus.errors import InputError
-from dus.read.architecture import layer_count_key
+from dus.read.architecture import LAYER_COUNT_KEYS, layer_count_key
 
 PER_LAYER_KEYS = {
     "layer_types", "mlp_layer_types", "no_rope_layers", "attention_types_per_layer", "block_types",
@@ -25,6 +30,10 @@ INDEX_LIST_KEYS = {
     "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",
 }
 INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_layer_ids")  # other lists of ints so named are indices too
+# Maps keyed by layer index ("5", "05" or 5 -> settings of that layer).
+LAYER_MAP_KEYS = {"per_layer_config"}
+# Fields that count the stack's layers besides the layer-count key (xLSTM: num_blocks).
+EXTRA_COUNT_KEYS = (*LAYER_COUNT_KEYS, "num_blocks")
 # Formulas that say which layers are special: name -> (keys needed, predicate(i, config)).
 LAYER_FORMULAS = {
     "attn_layer_period/attn_layer_offset": (
@@ -34,6 +43,21 @@ LAYER_FORMULAS = {
     "decoder_sparse_step": (("decoder_sparse_step",), lambda i, c: (i + 1) % max(c["decoder_sparse_step"], 1) == 0),
     "first_k_dense_replace": (("first_k_dense_replace",), lambda i, c: i >= c["first_k_dense_replace"]),
     "moe_layer_freq": (("moe_layer_freq",), lambda i, c: i % max(c["moe_layer_freq"], 1) == 0),
+    "num_dense_layers": (("num_dense_layers",), lambda i, c: i >= c["num_dense_layers"]),
+    "moe_layer_start_index/moe_layer_end_index/moe_layer_interval": (
+        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
+        lambda i, c: ((i + 1) % max(c["moe_layer_interval"], 1) == 0 and c["moe_layer_start_index"] <= i
+                      and (c["moe_layer_end_index"] < 0 or i <= c["moe_layer_end_index"]))),
+}
+# Formula parameters that may take a new value, with its candidates for an m-layer stack
+# whose special layers are `wanted`.
+FREE_PARAMETERS = {
+    "attn_layer_offset": lambda m, wanted, c: range(max(c["attn_layer_period"], 1)),
+    "expert_layer_offset": lambda m, wanted, c: range(max(c["expert_layer_period"], 1)),
+    "first_k_dense_replace": lambda m, wanted, c: range(m + 1),
+    "num_dense_layers": lambda m, wanted, c: range(m + 1),
+    "moe_layer_start_index": lambda m, wanted, c: sorted({min(wanted, default=m), c["moe_layer_start_index"]}),
+    "moe_layer_end_index": lambda m, wanted, c: sorted({max(wanted, default=-1), m - 1, c["moe_layer_end_index"]}),
 }
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -47,7 +71,12 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     for name, value in config.items():
         if isinstance(value, list):
             out[name] = _remap_list(name, value, n, source_layers)
-    _check_formulas(config, source_layers)
+        elif isinstance(value, dict) and _is_layer_map(name, value, n):
+            out[name] = _remap_map(value, source_layers)
+        elif name in EXTRA_COUNT_KEYS and value == n:
+            out[name] = len(source_layers)
+    _solve_formulas(config, out, source_layers)
+    _check_formulas(config, source_layers, out)
     out[key] = len(source_layers)
     _sync_max_window_layers(out)
     dtype = dtype or out.get("dtype") or out.get("torch_dtype")
@@ -69,6 +98,10 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
         return [i for i, src in enumerate(source_layers) if src in wanted]
     if len(value) == n and (name in PER_LAYER_KEYS or "layer" in name):
         return [copy.deepcopy(value[src]) for src in source_layers]
+    if name in PER_LAYER_KEYS and 1 < len(value) < n:
+        # a shorter pattern repeats (RecurrentGemma's block_types); written out in full, which
+        # dus.plan.equivalence then checks against the layers transformers builds
+        return [copy.deepcopy(value[src % len(value)]) for src in source_layers]
     if name in PER_LAYER_KEYS and len(value) != n and len(value) > 1:
         raise InputError(f"config field {name!r} has {len(value)} entries for {n} layers")
     return value
@@ -79,12 +112,58 @@ def _is_index_list(name: str, value: list, n: int) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in value))
 
 
-def _check_formulas(config: dict, source_layers: list[int]) -> None:
+def _is_layer_map(name: str, value: dict, n: int) -> bool:
+    """{"0": {...}, "05": {...}}: every key a layer index, under a known name or one that says layer."""
+    if name not in LAYER_MAP_KEYS and ("layer" not in name or name.startswith("mtp")):
+        return False
+    return bool(value) and all(_layer_index(k, n) is not None for k in value)
+
+
+def _layer_index(key, n: int) -> int | None:
+    if isinstance(key, int) and not isinstance(key, bool):
+        index = key
+    elif isinstance(key, str) and key.isdigit():
+        index = int(key)
+    else:
+        return None
+    return index if 0 <= index < n else None
+
+
+def _remap_map(value: dict, source_layers: list[int]) -> dict:
+    """Entry i of the new map is the source map's entry for layer source_layers[i], keyed in the
+    source's style: integers, or digit strings zero-padded to a common width when the source's were."""
+    by_layer = {int(k): v for k, v in value.items()}
+    kept = [i for i, src in enumerate(source_layers) if src in by_layer]
+    if all(isinstance(k, int) for k in value):
+        return {i: copy.deepcopy(by_layer[source_layers[i]]) for i in kept}
+    padded = any(isinstance(k, str) and len(k) > 1 and k.startswith("0") for k in value)
+    width = len(str(max(kept))) if padded and kept else 0
+    return {str(i).zfill(width): copy.deepcopy(by_layer[source_layers[i]]) for i in kept}
+
+
+def _solve_formulas(config: dict, out: dict, source_layers: list[int]) -> None:
+    """Give a formula's free parameters (an offset, a first-k, a start/end) values under which
+    output layer i is special exactly when its source layer is; leave them when none does."""
+    m = len(source_layers)
+    for keys, is_special in LAYER_FORMULAS.values():
+        free = [k for k in keys if k in FREE_PARAMETERS]
+        if not free or not all(isinstance(config.get(k), int) for k in keys):
+            continue
+        wanted = [i for i, src in enumerate(source_layers) if is_special(src, config)]
+        for values in itertools.product(*(FREE_PARAMETERS[k](m, wanted, config) for k in free)):
+            trial = {**config, **dict(zip(free, values))}
+            if [i for i in range(m) if is_special(i, trial)] == wanted:
+                out.update(zip(free, values))
+                break
+
+
+def _check_formulas(config: dict, source_layers: list[int], out: dict | None = None) -> None:
+    out = config if out is None else out
     for label, (keys, is_special) in LAYER_FORMULAS.items():
         if not all(isinstance(config.get(k), int) for k in keys):
             continue
         for i, src in enumerate(source_layers):
-            if is_special(i, config) != is_special(src, config):
+            if is_special(i, out) != is_special(src, config):
                 raise InputError(f"config describes its layers by the formula {label}, which cannot express this "
                                  f"plan (output layer {i} would differ from its source layer {src}); refusing to "
                                  "write a model that differs from its plan")

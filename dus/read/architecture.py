@@ -22,6 +22,8 @@ _MLP_OUT = re.compile(r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:
 
 
 def layer_count_key(config: dict) -> str:
+    if config.get("is_encoder_decoder") or "encoder_layers" in config:
+        raise InputError(f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model")
     for key in LAYER_COUNT_KEYS:
         if isinstance(config.get(key), int):
             return key

@@ -190,16 +190,9 @@ def _inside(directory: Path, filename: str) -> Path:
 
 def meta_tensors(config: dict) -> dict[str, TensorInfo]:
     """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
-    import torch
-    import transformers
+    from dus.read.transformers_check import meta_model
 
-    config = {k: v for k, v in config.items() if k not in ("quantization_config",)}
-    try:
-        hf_config = transformers.AutoConfig.for_model(**config)
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    except Exception as e:  # e.g. huggingface_hub's StrictDataclassError: not a ValueError
-        raise InputError(f"transformers cannot build a model from this config: {e}") from e
+    model = meta_model(config)
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")
     tensors = {}
     for name, param in model.named_parameters():

@@ -24,17 +24,26 @@ from dus.errors import BuildError, InputError
 from dus.read.config_check import DTYPE_KEYS, OUTPUT, SIZE_KEYS, check_sizes
 
 
-def check_plan(sources: dict, config: dict, names: list[str]) -> None:
-    """Every source's config and checkpoint, and the planned config with the planned tensors."""
+def check_plan(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> list[str]:
+    """Every source's config and checkpoint, and the planned config with the planned tensors; then,
+    with `layers` (dus.plan.equivalence.equivalence_request), that every output layer is built as its
+    source layer. Returns the index-dependent differences accepted (--allow-index-dependent)."""
     checks = [{"config": s.config, "where": str(s.directory / "config.json") if s.directory else s.ref,
                "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
               for s in sources.values()]
     checks.append({"config": config, "where": OUTPUT, "names": names, "names_where": f"{OUTPUT}: the planned tensors"})
+    request = {"checks": checks, "layers": layers}
     if "torch" in sys.modules:  # already paid for: no reason to keep it off this process
-        for check in checks:
-            check_one(**check)
-    else:
-        _in_child(checks)
+        return run(request)
+    return _in_child(request)
+
+
+def run(request: dict) -> list[str]:
+    from dus.plan.equivalence import check_layers
+
+    for check in request["checks"]:
+        check_one(**check)
+    return [str(d) for d in check_layers(**request["layers"])] if request["layers"] else []
 
 
 def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:
@@ -52,7 +61,7 @@ def check_one(config: dict, where: str, names: list[str] | None = None, names_wh
     except Exception as e:  # any refusal by the config class is a bad input, told in one line
         raise InputError(f"{where}: transformers refuses this {config['model_type']} config: {reason(e)}") from None
     if names is not None:
-        check_covers(hf_config, names, names_where)
+        check_covers(_meta(hf_config, where), names, names_where)
 
 
 def reason(error: Exception) -> str:
@@ -71,9 +80,8 @@ def _check_dtypes(config: dict, where: str) -> None:
             raise InputError(f"{where}: {key} is {value!r}; expected a torch dtype name such as bfloat16")
 
 
-def check_covers(hf_config, names, where: str) -> None:
-    """Every weight of the model `hf_config` describes must come from a tensor in `names`."""
-    model = _meta_model(hf_config, where)
+def check_covers(model, names, where: str) -> None:
+    """Every weight of the (meta) model must come from a tensor in `names`."""
     loaded = _loaded_names(model, names)
     if loaded is None:  # a transformers without the loading conversions: nothing to compare by name
         return
@@ -88,14 +96,28 @@ def check_covers(hf_config, names, where: str) -> None:
         raise InputError(f"{where} has no tensor for {missing[0]!r}{more}, which {type(model).__name__} needs")
 
 
-def _meta_model(hf_config, where: str):
+def meta_model(config: dict, where: str = "config.json"):
+    """The weightless (meta-device) causal LM transformers builds from a config dict."""
+    import transformers
+
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    # config.json spells inf and nan as {"__float__": "Infinity"}; from_pretrained decodes them
+    config = getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
+    try:
+        hf_config = transformers.AutoConfig.for_model(**config)
+    except Exception as e:  # any refusal by the config class is a bad input, told in one line
+        raise InputError(f"{where}: transformers refuses this config: {reason(e)}") from None
+    return _meta(hf_config, where)
+
+
+def _meta(hf_config, where: str):
     import torch
     import transformers
 
     try:
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(hf_config)
-    except Exception as e:  # checked configs reach here; any refusal left is one line
+    except Exception as e:  # transformers raises many kinds (ValueError, KeyError, AttributeError, ImportError...)
         raise InputError(f"{where}: transformers cannot build a causal LM from its config ({reason(e)})") from None
 
 
@@ -124,25 +146,26 @@ def _loaded_names(model, names) -> set[str] | None:
     return loaded
 
 
-def _in_child(checks: list[dict]) -> None:
+def _in_child(request: dict) -> list[str]:
     root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    result = subprocess.run([sys.executable, "-m", "dus.read.transformers_check"], input=json.dumps(checks),
+    result = subprocess.run([sys.executable, "-m", "dus.read.transformers_check"], input=json.dumps(request),
                             capture_output=True, text=True, env=env)
     if result.returncode == InputError.exit_code and result.stdout.strip():
         raise InputError(result.stdout.strip())
     if result.returncode:
         last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
         raise BuildError(f"checking the configs with transformers failed: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     try:
-        for check in json.loads(sys.stdin.read()):
-            check_one(**check)
+        accepted = run(json.loads(sys.stdin.read()))
     except InputError as e:
         print(e)
         sys.exit(e.exit_code)
+    print(json.dumps(accepted))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
-config, and that transformers builds a model whose parameters match the
-written tensors; then, in one read of each shard, its digest (the BLAKE3 or
-SHA-256 the record holds: dus/write/digest.py) and every
+config; that transformers builds every output layer as its source layer
+(or the build recorded, with --allow-index-dependent, where it does not);
+that transformers builds a model whose parameters match the written tensors;
+then, in one read of each shard, its digest (the BLAKE3 or SHA-256 the record
+holds: dus/write/digest.py) and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
 """
@@ -64,6 +66,7 @@ def verify_model(output: Path, source: str | None = None) -> VerifyReport:
     report.checks.append(_check_names_shapes(expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
+    report.checks.extend(_check_layers(record, plan, sources[plan.base], config))
     report.checks.append(_check_transformers(config, tensors))
     report.checks.extend(_check_shards(output, shards, expected, tensors))
     return report
@@ -168,6 +171,21 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
         if want.get(key, "<absent>") != config.get(key, "<absent>"):
             raise VerifyError(f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}")
     return config
+
+
+def _check_layers(record: dict, plan: Plan, base, config: dict) -> list[str]:
+    """Every output layer is built as its source layer, or the build recorded the
+    index-dependent differences it accepted (--allow-index-dependent)."""
+    from dus.plan.equivalence import check_layers, equivalence_request
+
+    try:
+        found = check_layers(**equivalence_request(plan, base, config, bool(record.get("allow_index_dependent"))))
+    except InputError as e:
+        raise VerifyError(str(e)) from None
+    if not found:
+        return []
+    return [f"built with --allow-index-dependent: {len(found)} layer setting(s) differ from their source "
+            f"by the layer index (first: {found[0].what})"]
 
 
 def _check_transformers(config: dict, tensors: dict[str, TensorInfo]) -> str:

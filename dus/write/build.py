@@ -40,13 +40,14 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             shutil.copyfile(path, staging / path.name)
         record = plan_record(resolved, digests)
         _write_json(staging / PLAN_FILE, record)
-        (staging / "README.md").write_text(model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters))
+        (staging / "README.md").write_text(model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters,
+                                                          resolved.index_dependent))
     return record
 
 
 def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
     """What dus_plan.json holds: enough to rebuild and to verify the output."""
-    return {
+    record = {
         "dus_version": __version__,
         "sources": {name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
                            "layer_prefix": s.layer_prefix}
@@ -59,6 +60,9 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
             "shards": digests,
         },
     }
+    if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
+        record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
+    return record
 
 
 def _portable_ref(source) -> str:

@@ -6,7 +6,7 @@ from dus.plan.model import Plan
 from dus.read.source import is_repo_id
 
 
-def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
+def model_card(plan: Plan, source_layers: int, num_parameters: int, index_dependent: list[str] = ()) -> str:
     bases = [ref for ref in plan.sources.values() if is_repo_id(ref)]
     front = ["---", "library_name: transformers", "tags:", "- dus", "- depth-up-scaling",
              f"- {plan.recipe.get('name', 'custom')}"]
@@ -30,4 +30,9 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
         src = " + ".join(f"{r.weight:g}×{r.layer}" for r in layer.inputs) if len(layer.inputs) > 1 else str(layer.source_layer)
         op = layer.op + (" (new)" if layer.new else "")
         lines.append(f"| {i} | {layer.source} | {src} | {op} |")
+    if index_dependent:
+        lines += ["", "## Layers that differ from their source", "",
+                  "Built with `--allow-index-dependent`: this architecture computes part of a layer from its "
+                  "index, so these copies do not compute what their source layers computed:", "",
+                  *[f"- {d}" for d in index_dependent]]
     return "\n".join(lines) + "\n"

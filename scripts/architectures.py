@@ -1,0 +1,291 @@
+"""The architecture matrix: every causal LM of the installed transformers through dus.
+
+    python scripts/architectures.py                 # all, writes docs/architectures.md
+    python scripts/architectures.py llama diffllama # some, printed only
+
+Each architecture runs in its own forked process under a memory cap and a
+timeout (some configs default to huge sizes): a tiny random model (6 layers, every
+tensor perturbed) is built with `dus build --overlap 2` (6 -> 8 layers), loaded
+with AutoModelForCausalLM, and its logits and cached greedy generation are
+compared with an in-memory reference whose layers are deep copies of the
+source's in plan order. The verdict is `exact`, `refused (reason)`, `not
+testable here (why)`, or `WRONG` (loads and runs, but differs: the bug class
+this matrix exists to keep empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's dus
+DOC = ROOT / "docs/architectures.md"
+LAYERS, OVERLAP, VOCAB = 6, 2, 96
+MEMORY_CAP = 12 * 2**30  # address space, per architecture
+TIMEOUT_S = 120  # a shared 2-core machine: most take 5-15 s
+
+# Tiny values for whichever of these fields a config has (its defaults may be 7B-sized).
+TINY = {
+    "vocab_size": VOCAB, "hidden_size": 32, "n_embd": 32, "d_model": 32, "embed_dim": 32, "intermediate_size": 48,
+    "ffn_dim": 48, "n_inner": 48, "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
+    "num_key_value_heads": 2, "n_head_kv": 2, "num_kv_heads": 2, "head_dim": 8, "max_position_embeddings": 128,
+    "n_positions": 128, "n_ctx": 128, "max_seq_len": 128, "num_hidden_layers": LAYERS, "n_layer": LAYERS,
+    "num_layers": LAYERS, "n_layers": LAYERS, "num_blocks": LAYERS, "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16, "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "moe_topk": 2, "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 4,
+    "qk_nope_head_dim": 4, "v_head_dim": 8, "qk_head_dim": 8, "sliding_window": 8, "global_head_dim": 16,
+    "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
+    "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
+    "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
+    "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
+}
+# What a few configs need beyond TINY to be valid.
+EXTRA = {
+    "reformer": {"is_decoder": True},
+    "zaya": {"num_experts_per_tok": 1},
+    "mamba2": {"head_dim": 16},
+    "dots3_note": {"num_key_value_heads": 4},
+    "dots3_note_text": {"num_key_value_heads": 4},
+}
+
+
+def tiny_config(model_type: str, **extra):
+    import transformers
+
+    defaults = transformers.AutoConfig.for_model(model_type).to_dict()
+    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **EXTRA.get(model_type, {}), **extra})
+
+
+def _tiny(config: dict) -> dict:
+    out = {}
+    for key, value in config.items():
+        if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+                            and key in ("head_dim", "n_inner", "intermediate_size")):
+            out[key] = TINY[key]
+        elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
+            out[key] = {**_without_per_layer(value), **_tiny(value)}
+    if "attention_types" in config:  # GPT-Neo: [[kinds, repeats]] must cover the layers
+        out["attention_types"] = [[["global", "local"], LAYERS // 2]]
+    return out
+
+
+def _without_per_layer(config: dict) -> dict:
+    counts = {v for k, v in config.items() if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)}
+    return {k: v for k, v in config.items()
+            if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)}
+
+
+def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
+    """(verdict, detail) for one architecture; `extra` config fields override the tiny ones."""
+    import torch
+    import transformers
+
+    import dus.api
+    from dus.errors import DusError
+
+    torch.manual_seed(0)
+    try:
+        config = tiny_config(model_type, **extra)
+        model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.save_pretrained(workdir / "src")
+    except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
+        return "not testable here", f"cannot make a tiny model: {_line(e)}"
+    try:
+        record = dus.api.build(str(workdir / "src"), workdir / "out", overlap=OVERLAP)
+    except DusError as e:
+        return "refused", _line(e)
+    plan = [layer["source_layer"] for layer in record["plan"]["layers"]]
+    try:
+        built = transformers.AutoModelForCausalLM.from_pretrained(workdir / "out").float().eval()
+    except Exception as e:  # noqa: BLE001
+        return "WRONG", f"built, but transformers cannot load it: {_line(e)}"
+    try:
+        reference = reference_model(model, plan, built.config, record["sources"]["base"]["layer_prefix"])
+        ids = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = reference(ids).logits
+    except Exception as e:  # noqa: BLE001
+        return "not testable here", f"the in-memory reference cannot run: {_line(e)}"
+    try:
+        with torch.no_grad():
+            got = built(ids).logits
+    except Exception as e:  # noqa: BLE001
+        return "WRONG", f"built and loaded, but it cannot run: {_line(e)}"
+    if not torch.equal(got, want):
+        return "WRONG", f"logits differ by up to {(got - want).abs().max().item():.3g}"
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    try:
+        want_gen = reference.generate(ids, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        return "exact", f"logits exact; the reference cannot generate ({_line(e)})"
+    if not torch.equal(built.generate(ids, **kwargs), want_gen):
+        return "WRONG", "logits exact, cached generation differs"
+    return "exact", ""
+
+
+def reference_model(model, plan: list[int], config, prefix: str):
+    """An independent up-scaled model: transformers builds it from the output config, then its
+    decoder layers are replaced by deep copies of the source's in plan order (carrying whatever
+    each source layer computed at construction), their KV-cache index (layer_idx, layer_id)
+    renumbered, and every other weight is the source's."""
+    import torch
+    import transformers
+
+    ref = transformers.AutoModelForCausalLM.from_config(config).float()
+    name = _stack_name(ref, prefix, len(plan))
+    source_stack = model.get_submodule(_stack_name(model, prefix, LAYERS))
+    layers = torch.nn.ModuleList(copy.deepcopy(source_stack[j]) for j in plan)
+    for i, layer in enumerate(layers):
+        for module in layer.modules():
+            for attr in ("layer_idx", "layer_id"):
+                if type(getattr(module, attr, None)) is int:
+                    setattr(module, attr, i)
+            if isinstance(getattr(module, "config", None), transformers.PreTrainedConfig):
+                module.config = ref.config
+    ref.set_submodule(name, layers)
+    outside = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    ref.load_state_dict(outside, strict=False)
+    return ref.eval()
+
+
+def _stack_name(model, prefix: str, n: int) -> str:
+    import torch
+
+    modules = dict(model.named_modules())
+    if isinstance(modules.get(prefix.rstrip(".")), torch.nn.ModuleList):
+        return prefix.rstrip(".")
+    return next(k for k, m in modules.items() if isinstance(m, torch.nn.ModuleList) and len(m) == n)
+
+
+def _line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def run_one(model_type: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        verdict, detail = check(model_type, Path(tmp))
+    return {"model_type": model_type, "verdict": verdict, "detail": detail}
+
+
+def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
+    """run_one in a forked child (torch, transformers and dus already imported) under a memory
+    cap and a timeout."""
+    import multiprocessing
+
+    import torch  # noqa: F401 - imported once here, inherited by every fork
+    import transformers  # noqa: F401
+
+    import dus.api  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(model_type, send), daemon=True)
+    child.start()
+    send.close()
+    result = None
+    if receive.poll(timeout):
+        try:
+            result = receive.recv()
+        except EOFError:  # died before answering
+            pass
+    else:
+        child.kill()
+    child.join(5)
+    if result is not None:
+        return result
+    if child.exitcode is None or child.exitcode == -9 and not receive.closed:
+        detail = f"took over {timeout} s"
+    else:
+        detail = f"the process died (exit {child.exitcode}; over the {MEMORY_CAP >> 30} GiB memory cap?)"
+    return {"model_type": model_type, "verdict": "not testable here", "detail": detail}
+
+
+def _child(model_type: str, send) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    try:
+        result = run_one(model_type)
+    except MemoryError:
+        result = {"model_type": model_type, "verdict": "not testable here", "detail": "over the memory cap"}
+    except BaseException as e:  # noqa: BLE001 - dus raised something other than its own errors
+        result = {"model_type": model_type, "verdict": "crash", "detail": f"{type(e).__name__}: {_line(e)}"}
+    send.send(result)
+
+
+def write_doc(results: list[dict], path: Path = DOC) -> None:
+    import transformers
+
+    counts = {}
+    for r in results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    lines = [
+        "# Architectures", "",
+        f"Generated by `scripts/architectures.py` on {datetime.date.today()} with transformers "
+        f"{transformers.__version__}: every entry of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, a tiny random model "
+        f"({LAYERS} layers, every tensor perturbed) built with `dus build --overlap {OVERLAP}` "
+        f"({LAYERS} -> {2 * LAYERS - 2 * OVERLAP} layers), loaded with `AutoModelForCausalLM`, logits and cached greedy "
+        "generation compared bit for bit with an in-memory reference: transformers builds it from the output config, "
+        "then its decoder layers are replaced by deep copies of the source's in plan order (the output config's "
+        "per-layer fields are checked entry by entry against the source's by dus's structural check, "
+        "`dus/plan/equivalence.py`).", "",
+        "- `exact`: logits (and cached generation) equal the reference's.",
+        "- `refused`: dus refuses the plan, with the reason shown (a model that would differ is never written).",
+        f"- `WRONG`: built and loaded, but not equal to the reference ({counts.get('WRONG', 0)} in this run).",
+        "- `not testable here`: no tiny model could be made or run on this machine; the reason is shown.", "",
+        "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
+        "| architecture | result | detail |", "|---|---|---|",
+    ]
+    for r in results:
+        detail = r["detail"].replace("|", "\\|")
+        lines.append(f"| `{r['model_type']}` | {r['verdict']} | {detail} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_doc(path: Path = DOC) -> list[dict]:
+    """The rows of a written matrix, to update some of them."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip()[1:-1].split(" | ")]
+            rows.append({"model_type": cells[0].strip("`"), "verdict": cells[1],
+                         "detail": " | ".join(cells[2:]).replace("\\|", "|")})
+    return rows
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_types", nargs="*")
+    parser.add_argument("--timeout", type=int, default=TIMEOUT_S)
+    parser.add_argument("--merge", action="store_true", help="rerun MODEL_TYPES and update their rows in the doc")
+    args = parser.parse_args(argv)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    types = args.model_types or list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    results = []
+    for model_type in types:
+        results.append(run_isolated(model_type, args.timeout))
+        print(f"{model_type:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
+    if args.merge:
+        rerun = {r["model_type"]: r for r in results}
+        results = [rerun.get(r["model_type"], r) for r in read_doc()]
+    if args.merge or not args.model_types:
+        write_doc(results)
+    return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
