@@ -185,7 +185,8 @@ def test_tied_and_fused_weights_are_covered(arch, tmp_path):
 
 def test_every_layer_formula_field_is_checked():
     fields = {key for keys, _ in LAYER_FORMULAS.values() for key in keys}
-    checked = set(config_check.PERIODS) | set(config_check.OFFSETS) | set(config_check.COUNTS)
+    checked = (set(config_check.PERIODS) | set(config_check.OFFSETS) | set(config_check.COUNTS)
+               | set(config_check.LAST_INDEXES))
     assert fields <= checked, fields - checked
 
 
@@ -224,7 +225,7 @@ def test_checks_run_in_a_child_where_torch_is_not_loaded(pristine):
     checks = [{"config": config, "where": "a.json"},
               {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
     with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
-        transformers_check._in_child(checks)
+        transformers_check._in_child({"checks": checks, "layers": None})
 
 
 def test_yaml_values_json_cannot_hold_are_refused(pristine, tmp_path, run_dus):

@@ -84,7 +84,7 @@ def test_shape_and_outside_differences_are_refused():
 
 def test_a_config_transformers_cannot_build_is_refused_with_its_message():
     config = _config("llama")
-    with pytest.raises(InputError, match="transformers cannot build a model from this config: .*no-such-type"):
+    with pytest.raises(InputError, match="transformers refuses this config: .*no-such-type"):
         check_layers(config, {**output_config(config, OVERLAP1), "model_type": "no-such-type"}, OVERLAP1, PREFIX)
 
 

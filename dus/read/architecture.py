@@ -21,9 +21,13 @@ _ATTN_OUT = re.compile(r"^(?:self_attn|attn|attention|self_attention|mixer)\.(?:
 _MLP_OUT = re.compile(r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:down_proj|c_proj|dense_4h_to_h|fc2|w2|fc_out)$")
 
 
-def layer_count_key(config: dict) -> str:
+def refuse_encoder_decoder(config: dict) -> None:
     if config.get("is_encoder_decoder") or "encoder_layers" in config:
         raise InputError(f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model")
+
+
+def layer_count_key(config: dict) -> str:
+    refuse_encoder_decoder(config)
     for key in LAYER_COUNT_KEYS:
         if isinstance(config.get(key), int):
             return key

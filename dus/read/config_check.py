@@ -15,16 +15,18 @@ import math
 
 from dus.errors import InputError
 from dus.plan.config import INDEX_LIST_KEYS, INDEX_LIST_SUFFIXES, PER_LAYER_KEYS
-from dus.read.architecture import LAYER_COUNT_KEYS
+from dus.read.architecture import LAYER_COUNT_KEYS, refuse_encoder_decoder
 
 MAX_LAYERS = 4096  # generous: published decoders have at most a few hundred layers
 # Sizes that shape tensors (transformers' standard names; a config class may alias them).
 SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "head_dim", "max_position_embeddings")
 # The fields of LAYER_FORMULAS (and Gemma's sliding-window pattern): what each must be.
-PERIODS = ("attn_layer_period", "expert_layer_period", "decoder_sparse_step", "moe_layer_freq", "sliding_window_pattern")
+PERIODS = ("attn_layer_period", "expert_layer_period", "decoder_sparse_step", "moe_layer_freq", "sliding_window_pattern",
+           "moe_layer_interval")
 OFFSETS = {"attn_layer_offset": "attn_layer_period", "expert_layer_offset": "expert_layer_period"}
-COUNTS = ("first_k_dense_replace", "max_window_layers")
+COUNTS = ("first_k_dense_replace", "max_window_layers", "num_dense_layers", "moe_layer_start_index")
+LAST_INDEXES = ("moe_layer_end_index",)  # -1: up to the last layer
 DTYPE_KEYS = ("dtype", "torch_dtype")
 MAX_SIZE = 2**31 - 1  # far above any real size; a larger one overflows tensor shapes
 OUTPUT = "the planned config.json"
@@ -111,6 +113,7 @@ def _is_int(value) -> bool:
 
 def _layer_count(config: dict, where: str) -> tuple[str, int]:
     """The first layer-count field present, as `layer_count_key` picks it, checked."""
+    refuse_encoder_decoder(config)
     for key in LAYER_COUNT_KEYS:
         n = config.get(key)
         if n is None:
@@ -188,3 +191,7 @@ def _check_formulas(config: dict, where: str) -> None:
         value = config.get(name)
         if value is not None and not (_is_int(value) and value >= 0):
             raise InputError(f"{where}: {name} is {_shown(value)}; expected a non-negative integer")
+    for name in LAST_INDEXES:
+        value = config.get(name)
+        if value is not None and not (_is_int(value) and value >= -1):
+            raise InputError(f"{where}: {name} is {_shown(value)}; expected a layer index, or -1 for the last")

@@ -68,7 +68,8 @@ def reason(error: Exception) -> str:
     """transformers' own words for a refusal, on one line, without exception class names."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = re.sub(r"^(?:[\w.]*(?:Error|Exception|Warning):\s*)+", "", lines[-1] if lines else "")
-    return text or "it refuses the config"
+    text = text or "it refuses the config"
+    return text if len(text) <= 200 else text[:197] + "..."  # some list every model type
 
 
 def _check_dtypes(config: dict, where: str) -> None:
