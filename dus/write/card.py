@@ -31,3 +31,8 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int) -> str:
         op = layer.op + (" (new)" if layer.new else "")
         lines.append(f"| {i} | {layer.source} | {src} | {op} |")
     return "\n".join(lines) + "\n"
+
+
+def pattern_paragraph(note: str | None) -> str:
+    """A card paragraph for a build that leaves its architecture's periodic attention pattern."""
+    return f"\n**Attention pattern:** {note}.\n" if note else ""
