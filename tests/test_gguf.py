@@ -237,6 +237,26 @@ def test_periodic_sliding_window_becomes_a_per_layer_array(tmp_path):
     assert fields(tmp_path / "i2.gguf")["gemma3.attention.sliding_window_pattern"] == [True, False, True, True, False]
 
 
+def test_default_periods_follow_llama_cpp(tmp_path, run_dus):
+    """llama.cpp's per-family default when no pattern key is given: gemma2 alternates (full at odd
+    layers); cohere2moe is dense-first (full at i % 4 == 0); exaone4 slides only at 64 layers."""
+    layers = [0, 1, 2, 2, 3]
+    gemma2 = write_tiny(tmp_path / "g2.gguf", arch="gemma2")
+    dus.api.build(str(gemma2), tmp_path / "g2o.gguf", layers="0:3,2:4")
+    assert fields(tmp_path / "g2o.gguf")["gemma2.attention.sliding_window_pattern"] == [s % 2 == 0 for s in layers]
+    cohere = write_tiny(tmp_path / "c.gguf", arch="cohere2moe")
+    dus.api.build(str(cohere), tmp_path / "co.gguf", layers="0:3,2:4")
+    assert fields(tmp_path / "co.gguf")["cohere2moe.attention.sliding_window_pattern"] == [s % 4 != 0 for s in layers]
+    exaone = write_tiny(tmp_path / "e.gguf", arch="exaone4", n=64)
+    assert run_dus("plan", exaone, "--layers", "0:32,0:32")[0] == 0
+    code, _, err = run_dus("plan", exaone, "--overlap", "8")
+    assert code == 2 and "only for 64-layer models" in err and err.count("\n") == 1
+    afmoe = write_tiny(tmp_path / "a.gguf", arch="afmoe", n=8)  # no RoPE in layers 3 and 7, by index
+    assert run_dus("plan", afmoe, "--layers", "0:8,4:8")[0] == 0
+    code, _, err = run_dus("plan", afmoe, "--layers", "0:6,3:8")
+    assert code == 2 and "without RoPE" in err and "output layer 6 is source layer 3" in err
+
+
 def test_index_derived_layers_are_refused_when_the_plan_breaks_them(tmp_path, run_dus):
     dense = write_tiny(tmp_path / "d.gguf", n=4, metadata={"llama.leading_dense_block_count": (1, U32, None)})
     dus.api.build(str(dense), tmp_path / "ok.gguf", layers="0:4,1:4")

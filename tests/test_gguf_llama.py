@@ -134,28 +134,54 @@ def test_f32_gemma3_sliding_pattern_grown_in_llama_cpp(tmp_path, converter, toke
     assert control["agreement"] < 0.9 and control["max_diff"] > 0.1, control
 
 
-# --- the real quantized model ------------------------------------------------------------------
+# --- the real model: SmolLM2-135M-Instruct, 30 -> 44 layers ---------------------------------------
+
+SMOLLM2_DUS8 = list(range(22)) + list(range(8, 30))  # what --overlap 8 plans
+
+
+def pydoc_ids(tokenizer) -> list[int]:
+    """1,000 tokens of English and Python (the stdlib's own help texts: offline, fixed per Python version)."""
+    import pydoc_data.topics
+
+    text = "".join(pydoc_data.topics.topics[k] for k in ("if", "while", "for", "try", "with", "function", "class"))
+    ids = tokenizer(text)["input_ids"][:1000]
+    assert len(ids) == 1000
+    return ids
+
+
+@pytest.mark.real_model
+def test_f32_smollm2_grown_in_llama_cpp(tmp_path, converter, tokenizer_dir):
+    """llama.cpp's converter makes the f32 source, dus grows it: llama.cpp must run it like transformers."""
+    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py"), "HF_HUB_OFFLINE": "1"}
+    source = tmp_path / "smollm2-f32.gguf"
+    done = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(tokenizer_dir), "--outfile",
+                           str(source), "--outtype", "f32"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown = tmp_path / "grown.gguf"
+    dus.api.build(str(source), grown, overlap=8)
+    source.unlink()  # 0.5 GB
+    model = transformers.AutoModelForCausalLM.from_pretrained(tokenizer_dir, dtype=torch.float32).eval()
+    ids = pydoc_ids(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+    got = compare(grown, reference_model(model, SMOLLM2_DUS8), ids)
+    assert got["agreement"] >= 0.995 and abs(got["ppl_ratio"] - 1) < 1e-3, got
+
 
 @pytest.mark.real_model
 def test_q4_1_smollm2_grown_in_llama_cpp(tmp_path):
-    """Quantized kernels differ a little from de-quantized float32, so the grown model must agree with
-    its transformers reference (top-1) at least as well as the source agrees with its own, minus one
-    point, with perplexity within 0.5 %."""
-    import pydoc_data.topics
-
+    """Quantized kernels differ from de-quantized float32 (llama.cpp also rounds activations to 8
+    bits for Q4_1), more so the deeper the model, so the grown model is held to its source: top-1
+    agreement with its transformers reference at least the source's minus one point, perplexity off
+    by at most the source's own deviation plus 0.5 % (on this text the source alone is 0.6 % off)."""
     try:
         source = fetch_smollm2_gguf()
     except DownloadError as e:
         pytest.skip(str(e))
     grown = tmp_path / "grown.gguf"
-    dus.api.build(str(source), grown, overlap=8)  # 30 -> 44 layers
+    dus.api.build(str(source), grown, overlap=8)
     source_hf = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    text = "".join(pydoc_data.topics.topics[k] for k in ("if", "while", "for", "try", "with", "function", "class"))
-    ids = tokenizer(text)["input_ids"][:1000]
-    assert len(ids) == 1000
+    ids = pydoc_ids(transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name))
 
     base = compare(source, source_hf, ids)
-    got = compare(grown, reference_model(source_hf, list(range(22)) + list(range(8, 30))), ids)
+    got = compare(grown, reference_model(source_hf, SMOLLM2_DUS8), ids)
     assert got["agreement"] >= base["agreement"] - 0.01, (base, got)
-    assert abs(got["ppl_ratio"] - 1) <= 0.005, (base, got)
+    assert abs(got["ppl_ratio"] - 1) <= abs(base["ppl_ratio"] - 1) + 0.005, (base, got)

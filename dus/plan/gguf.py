@@ -41,6 +41,9 @@ PERIODIC_SWA = {
 }
 # Architectures whose loader turns sliding windows on only at one layer count (exaone4: 64, the 32B).
 SWA_LAYER_COUNT = {"exaone4": 64}
+# Architectures whose llama.cpp graph skips RoPE in layer i when (i + 1) % step == 0, a step no GGUF key
+# sets (llama4 with a zero sliding window uses the layer count instead).
+NO_ROPE_STEP = {"llama4": 4, "afmoe": 4}
 # Integer keys that make a layer special by its index modulo the value (interleaved MoE, ...).
 PERIOD_SUFFIXES = ("_step", "_period", "_interval")
 # Integer keys that make the last k layers special (MTP / NextN layers, KV-sharing layers).
@@ -128,6 +131,7 @@ def output_metadata(source: GGUFSource, source_layers: list[int], record: str, n
     _sliding_window_pattern(out, meta, arch, n, source_layers)
     _leading_dense(out, meta, arch, source_layers)
     _check_periods(meta, arch, source_layers)
+    _check_no_rope(meta, arch, n, source_layers)
     _check_trailing(meta, arch, n, source_layers)
     if "general.size_label" in out and f"{arch}.expert_count" not in meta:
         from gguf.utility import model_weight_count_rounded_notation
@@ -192,6 +196,19 @@ def _check_periods(meta: dict, arch: str, source_layers: list[int]) -> None:
             raise InputError(f"{key} = {period} makes layers special by their index, and this plan breaks that period "
                              f"(output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
                              "refusing to write a model that differs from its plan")
+
+
+def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:
+    step = NO_ROPE_STEP.get(arch)
+    window = meta.get(f"{arch}.attention.sliding_window")
+    if step is None:
+        return
+    steps = (n, len(source_layers)) if arch == "llama4" and window is not None and window.value == 0 else (step, step)
+    bad = next((i for i, s in enumerate(source_layers) if ((i + 1) % steps[1] == 0) != ((s + 1) % steps[0] == 0)), None)
+    if bad is not None:
+        raise InputError(f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
+                         f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+                         "refusing to write a model that differs from its plan")
 
 
 def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:
