@@ -28,9 +28,22 @@ PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")
 # Arrays under `<arch>.` that are not per layer even when their length happens to equal the layer count.
 NOT_PER_LAYER = ("rope.dimension_sections",)
-# Architectures whose llama.cpp loader falls back to a periodic sliding-window pattern
-# (layer i slides unless i % period == period - 1) when the GGUF gives none.
-PERIODIC_SWA = {"gemma3": 6}
+# Architectures whose llama.cpp loader (load_swa_pattern, as of llama-cpp-python 0.3.36) reads
+# `<arch>.attention.sliding_window_pattern` as a per-layer bool array first, else as an integer
+# period, else falls back to a default period: arch -> (default period, dense first). With
+# dense_first layer i is full when i % period == 0, otherwise when i % period == period - 1.
+PERIODIC_SWA = {
+    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
+    "cohere2": (4, False), "cohere2moe": (4, True), "olmo2": (4, False), "plamo3": (8, False),
+    "llama4": (4, False), "exaone4": (4, False), "exaone-moe": (4, False), "gpt-oss": (2, False),
+    "afmoe": (4, False), "laguna": (4, True), "mellum": (4, False), "smallthinker": (4, True),
+    "modern-bert": (3, True), "muse-glimmer": (4, False),
+}
+# Architectures whose loader turns sliding windows on only at one layer count (exaone4: 64, the 32B).
+SWA_LAYER_COUNT = {"exaone4": 64}
+# Architectures whose llama.cpp graph skips RoPE in layer i when (i + 1) % step == 0, a step no GGUF key
+# sets (llama4 with a zero sliding window uses the layer count instead).
+NO_ROPE_STEP = {"llama4": 4, "afmoe": 4}
 # Integer keys that make a layer special by its index modulo the value (interleaved MoE, ...).
 PERIOD_SUFFIXES = ("_step", "_period", "_interval")
 # Integer keys that make the last k layers special (MTP / NextN layers, KV-sharing layers).
@@ -118,6 +131,7 @@ def output_metadata(source: GGUFSource, source_layers: list[int], record: str, n
     _sliding_window_pattern(out, meta, arch, n, source_layers)
     _leading_dense(out, meta, arch, source_layers)
     _check_periods(meta, arch, source_layers)
+    _check_no_rope(meta, arch, n, source_layers)
     _check_trailing(meta, arch, n, source_layers)
     if "general.size_label" in out and f"{arch}.expert_count" not in meta:
         from gguf.utility import model_weight_count_rounded_notation
@@ -137,18 +151,26 @@ def _sliding_window_pattern(out: dict, meta: dict, arch: str, n: int, source_lay
     """A periodic pattern (an int, or the runtime's default) the plan breaks becomes a per-layer bool array."""
     key = f"{arch}.attention.sliding_window_pattern"
     given = meta.get(key)
+    period, dense_first = PERIODIC_SWA.get(arch, (None, False))
     if given is not None and given.type in SCALARS:
         period = int(given.value)
-    elif given is None and arch in PERIODIC_SWA and f"{arch}.attention.sliding_window" in meta:
-        period = PERIODIC_SWA[arch]
-    else:
-        return  # absent (no pattern) or already a per-layer array, remapped above
+    elif given is not None or period is None:
+        return  # already a per-layer array (remapped above), or no pattern this runtime derives
+    _check_swa_layer_count(arch, n, len(source_layers))
 
     def slides(i: int) -> bool:
-        return period == 0 or i % period < period - 1
+        return period == 0 or (i % period != 0 if dense_first else i % period < period - 1)
 
     if any(slides(i) != slides(s) for i, s in enumerate(source_layers)):
         out[key] = make_value(ARRAY, [slides(s) for s in source_layers], BOOL)
+
+
+def _check_swa_layer_count(arch: str, n: int, out_n: int) -> None:
+    count = SWA_LAYER_COUNT.get(arch)
+    if count is not None and (n == count) != (out_n == count):
+        raise InputError(f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
+                         f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
+                         "model that differs from its plan")
 
 
 def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -> None:
@@ -174,6 +196,19 @@ def _check_periods(meta: dict, arch: str, source_layers: list[int]) -> None:
             raise InputError(f"{key} = {period} makes layers special by their index, and this plan breaks that period "
                              f"(output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
                              "refusing to write a model that differs from its plan")
+
+
+def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:
+    step = NO_ROPE_STEP.get(arch)
+    window = meta.get(f"{arch}.attention.sliding_window")
+    if step is None:
+        return
+    steps = (n, len(source_layers)) if arch == "llama4" and window is not None and window.value == 0 else (step, step)
+    bad = next((i for i, s in enumerate(source_layers) if ((i + 1) % steps[1] == 0) != ((s + 1) % steps[0] == 0)), None)
+    if bad is not None:
+        raise InputError(f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
+                         f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+                         "refusing to write a model that differs from its plan")
 
 
 def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 from dus import __version__
 from dus.api import PLAN_FILE, ResolvedPlan
-from dus.write.card import model_card
+from dus.plan.pattern import broken_pattern_note
+from dus.write.card import model_card, pattern_paragraph
 from dus.write.digest import DEFAULT
 from dus.write.output import atomic_directory, require_space
 from dus.write.shards import split_shards, write_shards
@@ -25,6 +27,9 @@ INDEX_FILE = "model.safetensors.index.json"
 def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: bool = False,
                 progress: Callable[[int], None] | None = None, digest: str = DEFAULT) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
+    note = broken_pattern_note(resolved.base.config, resolved.config)
+    if note:
+        print(f"dus: note: {note}", file=sys.stderr)
     with atomic_directory(output, force) as staging:
         # Headers and JSON are not counted: refuse only what clearly cannot fit.
         side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
@@ -40,8 +45,8 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             shutil.copyfile(path, staging / path.name)
         record = plan_record(resolved, digests)
         _write_json(staging / PLAN_FILE, record)
-        (staging / "README.md").write_text(model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters,
-                                                          resolved.index_dependent))
+        card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
+        (staging / "README.md").write_text(card + pattern_paragraph(note))
     return record
 
 

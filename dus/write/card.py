@@ -36,3 +36,8 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int, index_depend
                   "index, so these copies do not compute what their source layers computed:", "",
                   *[f"- {d}" for d in index_dependent]]
     return "\n".join(lines) + "\n"
+
+
+def pattern_paragraph(note: str | None) -> str:
+    """A card paragraph for a build that leaves its architecture's periodic attention pattern."""
+    return f"\n**Attention pattern:** {note}.\n" if note else ""
