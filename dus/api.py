@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
+from dus.plan.checks import check_plan
 from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
@@ -19,7 +20,6 @@ from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
 from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
-from dus.read.transformers_check import check_plan
 from dus.read.source import Source, open_source
 from dus.read import strict_json
 

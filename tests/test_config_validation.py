@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import dus.api
 from dus.errors import InputError
 from dus.plan.config import LAYER_FORMULAS
+from dus.plan import checks as checks_module
 from dus.read import config_check, transformers_check
 
 
@@ -225,7 +226,7 @@ def test_checks_run_in_a_child_where_torch_is_not_loaded(pristine):
     checks = [{"config": config, "where": "a.json"},
               {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
     with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
-        transformers_check._in_child({"checks": checks, "layers": None})
+        checks_module._in_child({"checks": checks, "layers": None})
 
 
 def test_yaml_values_json_cannot_hold_are_refused(pristine, tmp_path, run_dus):

@@ -1,4 +1,4 @@
-"""Hub repo ids as sources: config, side files and safetensors only, never pickles.
+"""The Hugging Face Hub, for sources given as repo ids (dus/read/source.py).
 
 `dus plan` reads remote safetensors headers (no weights); `dus build` downloads
 the needed files into the Hugging Face cache. HF_HUB_OFFLINE is honoured by
@@ -11,24 +11,15 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read.safetensors import TensorInfo
-from dus.read.source import INDEX_FILE, SIDE_FILES, Source, open_directory
-
-WEIGHT_PATTERNS = ["*.safetensors", INDEX_FILE]
 
 
-def open_hub_source(repo_id: str, *, need_weights: bool) -> Source:
+def offline() -> bool:
     from huggingface_hub import constants
 
-    if need_weights or constants.HF_HUB_OFFLINE:
-        directory = _download(repo_id, ["config.json", *SIDE_FILES, *WEIGHT_PATTERNS])
-        return open_directory(directory, repo_id, need_weights=need_weights, revision=directory.name)
-    directory = _download(repo_id, ["config.json"])
-    source = open_directory(directory, repo_id, need_weights=False, revision=directory.name)
-    source.tensors = _remote_tensors(repo_id, directory.name)
-    return source
+    return bool(constants.HF_HUB_OFFLINE)
 
 
-def _download(repo_id: str, patterns: list[str]) -> Path:
+def download(repo_id: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -38,7 +29,7 @@ def _download(repo_id: str, patterns: list[str]) -> Path:
         raise InputError(f"{repo_id}: cannot get it from the Hugging Face Hub or its cache ({e.__class__.__name__})") from e
 
 
-def _remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:
+def remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:
     from huggingface_hub import get_safetensors_metadata
 
     try:

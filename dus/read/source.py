@@ -96,10 +96,22 @@ def open_source(ref: str, *, need_weights: bool = True) -> Source:
     if path.is_dir():
         return open_directory(path, ref, need_weights=need_weights)
     if is_repo_id(ref):
-        from dus.read.hub import open_hub_source
-
         return open_hub_source(ref, need_weights=need_weights)
     raise InputError(f"{ref}: no such model directory or file")
+
+
+def open_hub_source(repo_id: str, *, need_weights: bool) -> Source:
+    """Config, side files and safetensors from the Hub or its cache (never pickles); for a
+    plan online, only the config and the remote headers."""
+    from dus.read import hub
+
+    if need_weights or hub.offline():
+        directory = hub.download(repo_id, ["config.json", *SIDE_FILES, "*.safetensors", INDEX_FILE])
+        return open_directory(directory, repo_id, need_weights=need_weights, revision=directory.name)
+    directory = hub.download(repo_id, ["config.json"])
+    source = open_directory(directory, repo_id, need_weights=False, revision=directory.name)
+    source.tensors = hub.remote_tensors(repo_id, directory.name)
+    return source
 
 
 def open_directory(path: Path, ref: str, *, need_weights: bool = True, revision: str | None = None) -> Source:
