@@ -18,11 +18,11 @@ VISION = "vision_tower.encoder.layers."
 VOCAB = 64
 
 
-def gemma3_config():
+def gemma3_config(vision_layers=2):
     text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=8, max_position_embeddings=64, sliding_window=4,
                 sliding_window_pattern=2)  # sliding, full, sliding, full: the remap must follow the plan
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=vision_layers, num_attention_heads=2, image_size=28,
                   patch_size=14)
     return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
 
@@ -74,7 +74,7 @@ def test_grows_the_named_stack_exactly(source, built):
     out_dir, record = built
     plan = [layer["source_layer"] for layer in record["plan"]["layers"]]
     assert plan == [0, 1, 2, 1, 2, 3]
-    assert record["plan"]["recipe"]["stack"] == TEXT and record["plan"]["recipe"]["stack_config"] == "text_config"
+    assert record["plan"]["recipe"]["stack"] == f"{TEXT}:text_config" and record["plan"]["recipe"]["stack_config"] == "text_config"
     src, out = _tensors(src_dir), _tensors(out_dir)
     # every tensor outside the text stack (the vision tower, embeddings, projector) is bit-identical
     outside = {k for k in src if not k.startswith(TEXT)}
@@ -158,3 +158,22 @@ def test_nested_config_validated(source, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="text_config: layer_types has 3 entries but num_hidden_layers is 4"):
         dus.api.plan(str(bad), overlap=1, stack=TEXT)
+
+
+def test_nested_config_named_where_counts_tie(tmp_path):
+    """A vision tower as deep as the text stack: the count cannot say which config is text's; name it."""
+    transformers.Gemma3ForConditionalGeneration(gemma3_config(vision_layers=4)).save_pretrained(tmp_path / "src")
+    with pytest.raises(InputError, match=f"several config.*--stack {TEXT}:text_config"):
+        dus.api.plan(str(tmp_path / "src"), overlap=1, stack=TEXT)
+    with pytest.raises(InputError, match="no nested config 'audio_config'"):
+        dus.api.plan(str(tmp_path / "src"), overlap=1, stack=f"{TEXT}:audio_config")
+    record = dus.api.build(str(tmp_path / "src"), tmp_path / "out", overlap=1, stack=f"{TEXT}:text_config")
+    assert record["plan"]["recipe"]["stack"] == f"{TEXT}:text_config"
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["text_config"]["num_hidden_layers"], config["vision_config"]["num_hidden_layers"]) == (6, 4)
+    dus.api.verify(tmp_path / "out")  # re-derives the named config from dus_plan.json
+
+
+def test_vision_tower_refused_as_an_encoder(source):
+    with pytest.raises(InputError, match="DUS needs a decoder stack"):
+        dus.api.plan(str(source[0]), overlap=1, stack=VISION)

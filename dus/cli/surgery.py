@@ -37,7 +37,7 @@ NEW_LAYERS = typer.Option(None, "--new-layers", help="expand: number of zero-ini
 DTYPE = typer.Option(None, "--dtype", help="auto | bfloat16 | float16 | float32 [default: auto, keep the source's].", rich_help_panel=_PLAN_HELP)
 PRESET = typer.Option(None, "--preset", help="A published recipe: solar (SOLAR-10.7B from Mistral-7B).", rich_help_panel=_PLAN_HELP)
 CONFIG = typer.Option(None, "--config", help="A YAML recipe file (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
-STACK = typer.Option(None, "--stack", help="The numbered tensor-name prefix to grow where the checkpoint holds several stacks, e.g. language_model.model.layers. beside a vision tower (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
+STACK = typer.Option(None, "--stack", help="PREFIX[:CONFIG]: the numbered tensor-name prefix to grow where the checkpoint holds several stacks (a language model beside a vision tower), and the nested config counting its layers when the count cannot tell (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
 ALLOW_INDEX = typer.Option(False, "--allow-index-dependent", help="Build even where the architecture computes part of a layer from its index (the copies then differ from their sources); recorded in dus_plan.json and the model card.", rich_help_panel=_PLAN_HELP)
 
 

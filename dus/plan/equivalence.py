@@ -120,7 +120,7 @@ def _stack(model, prefix: str, n: int, which: str):
     import torch
 
     named = dict(model.named_modules())
-    module = named.get(prefix.rstrip("."))
+    module = named.get(prefix.rstrip(".")) or named.get(_loaded_prefix(model, prefix))
     if isinstance(module, torch.nn.ModuleList) and len(module) == n:
         return module
     lists = [m for m in named.values() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
@@ -128,6 +128,17 @@ def _stack(model, prefix: str, n: int, which: str):
         raise InputError(f"transformers builds {len(lists)} module lists of {n} layers from the "
                          f"{which} config, not one decoder stack: cannot check the plan")
     return lists[0]
+
+
+def _loaded_prefix(model, prefix: str) -> str | None:
+    """The module path a checkpoint's layer prefix loads into (Gemma-3 saves language_model.model.layers.N,
+    which transformers 5 loads into model.language_model.layers.N)."""
+    from dus.read.transformers_check import _loaded_names
+
+    probe = f"{prefix}0.weight"
+    loaded = _loaded_names(model, [probe]) or {probe}
+    (target,) = loaded
+    return target[: -len("0.weight")].rstrip(".") if target.endswith(".0.weight") else None
 
 
 def _check_decoder(config, stack) -> None:

@@ -72,7 +72,7 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
         check_output_layers(n * int(params["factor"]))
     described = {"name": recipe, **params}
     if base.stack:  # recorded so that `dus verify` re-derives the stack and its nested config
-        described["stack"] = base.layer_prefix
+        described["stack"] = base.layer_prefix + (f":{base.stack_config}" if base.stack_config else "")
         if base.stack_config:
             described["stack_config"] = base.stack_config
     if recipe == "layers":
