@@ -72,22 +72,23 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          factor: int | None = None, group: int | None = None, new_layers: int | None = None,
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
          sources: dict[str, str] | None = None, need_weights: bool = False,
-         allow_index_dependent: bool = False) -> ResolvedPlan:
+         allow_index_dependent: bool = False, stack: str | None = None) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     Refuses a plan whose output layers transformers would build differently from
     their source layers; allow_index_dependent accepts (and records) differences
-    that come only from a layer's index."""
+    that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
+    where a checkpoint holds several (a multimodal model's language model beside its vision tower)."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
-         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources},
+         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):
         from dus.plan.gguf import check_gguf_options
 
         check_gguf_options(options, refs)
-    opened = {name: _open(ref, need_weights) for name, ref in refs.items()}
+    opened = {name: _open(ref, need_weights, options.get("stack")) for name, ref in refs.items()}
     for ref, source in zip(refs.values(), opened.values()):
         if not is_gguf(ref):  # a GGUF's reader checks its own metadata
             check_source(source)
@@ -99,18 +100,20 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     tensors = layout(the_plan, opened)
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
-    check_output(config_out, len(the_plan.layers))
+    check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)
     accepted = check_plan(opened, config_out, [t.name for t in tensors],
                           layers=equivalence_request(the_plan, base, config_out, allow_index_dependent))
     return ResolvedPlan(the_plan, opened, tensors, config_out, options, accepted)
 
 
-def _open(ref: str, need_weights: bool) -> Source:
+def _open(ref: str, need_weights: bool, stack: str | None = None) -> Source:
     if is_gguf(ref):
+        if stack:
+            raise InputError("--stack is for safetensors checkpoints; a GGUF holds one stack")
         from dus.read.gguf import open_gguf_source
 
         return open_gguf_source(ref)
-    return open_source(ref, need_weights=need_weights)
+    return open_source(ref, need_weights=need_weights, stack=stack)
 
 
 def _source_refs(options: dict) -> dict[str, str]:

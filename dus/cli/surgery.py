@@ -16,9 +16,10 @@ _SOURCE = typer.Argument(..., help="Model directory, Hub repo id, or (for plan) 
 _PLAN_HELP = "Plan options (the defaults come from --config or --preset when given)"
 
 
-def _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset, config, allow_index_dependent) -> dict:
+def _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset, config, allow_index_dependent,
+                  stack) -> dict:
     return dict(overlap=overlap, layers=layers, recipe=recipe, factor=factor, group=group, new_layers=new_layers,
-                dtype=dtype, preset=preset, config=config, allow_index_dependent=allow_index_dependent)
+                dtype=dtype, preset=preset, config=config, allow_index_dependent=allow_index_dependent, stack=stack)
 
 
 def _warn_index_dependent(differences: list[str]) -> None:
@@ -36,6 +37,7 @@ NEW_LAYERS = typer.Option(None, "--new-layers", help="expand: number of zero-ini
 DTYPE = typer.Option(None, "--dtype", help="auto | bfloat16 | float16 | float32 [default: auto, keep the source's].", rich_help_panel=_PLAN_HELP)
 PRESET = typer.Option(None, "--preset", help="A published recipe: solar (SOLAR-10.7B from Mistral-7B).", rich_help_panel=_PLAN_HELP)
 CONFIG = typer.Option(None, "--config", help="A YAML recipe file (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
+STACK = typer.Option(None, "--stack", help="PREFIX[:CONFIG]: the numbered tensor-name prefix to grow where the checkpoint holds several stacks (a language model beside a vision tower), and the nested config counting its layers when the count cannot tell (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
 ALLOW_INDEX = typer.Option(False, "--allow-index-dependent", help="Build even where the architecture computes part of a layer from its index (the copies then differ from their sources); recorded in dus_plan.json and the model card.", rich_help_panel=_PLAN_HELP)
 
 
@@ -45,7 +47,7 @@ def plan_command(
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
-    allow_index_dependent: bool = ALLOW_INDEX,
+    allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
 ):
@@ -56,7 +58,7 @@ def plan_command(
     import dus.api
 
     resolved = dus.api.plan(source, **_plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
-                                                    str(config) if config else None, allow_index_dependent))
+                                                    str(config) if config else None, allow_index_dependent, stack))
     _warn_index_dependent(resolved.index_dependent)
     if plot:
         from dus.plan.plot import plot_plan
@@ -112,7 +114,7 @@ def build_command(
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
-    allow_index_dependent: bool = ALLOW_INDEX,
+    allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
@@ -128,7 +130,7 @@ def build_command(
             raise InputError("usage: dus build SOURCE OUTPUT [options], or dus build --config RECIPE.yaml OUTPUT")
         source, output = None, Path(source)
     resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
-                                  str(config) if config else None, allow_index_dependent)
+                                  str(config) if config else None, allow_index_dependent, stack)
     with byte_progress("building") as progress:
         record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress,
                                file_sha256=file_sha256, **resolved_opts)

@@ -79,17 +79,36 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     _check_formulas(config, source_layers, out)
     out[key] = len(source_layers)
     _sync_max_window_layers(out)
-    dtype = dtype or out.get("dtype") or out.get("torch_dtype")
-    if dtype:
-        # transformers 5 reads `dtype`; 4.x and most other tools read `torch_dtype`.
-        out["dtype"] = out["torch_dtype"] = dtype
+    _set_dtype(out, dtype)
     return apply_overrides(out, overrides or {})
 
 
+def nested_output_config(config: dict, stack_config: str, source_layers: list[int], dtype: str | None = None,
+                         overrides: dict | None = None) -> dict:
+    """A multimodal config whose nested `stack_config` (text_config) counts the grown stack: that one
+    is remapped as output_config remaps a whole config; the other towers' configs are kept."""
+    out = copy.deepcopy(config)
+    out[stack_config] = output_config(config[stack_config], source_layers, dtype)
+    _set_dtype(out, dtype)
+    return apply_overrides(out, overrides or {})
+
+
+def _set_dtype(config: dict, dtype: str | None) -> None:
+    dtype = dtype or config.get("dtype") or config.get("torch_dtype")
+    if dtype:
+        # transformers 5 reads `dtype`; 4.x and most other tools read `torch_dtype`.
+        config["dtype"] = config["torch_dtype"] = dtype
+
+
 def planned_config(plan, base_config: dict) -> dict:
-    """The output config a Plan implies for its base source's config."""
+    """The output config a Plan implies for its base source's config (its nested config
+    plan.recipe["stack_config"] remapped, when the plan grows a multimodal model's text stack)."""
     dtype = None if plan.dtype == "auto" else plan.dtype
-    return output_config(base_config, [layer.source_layer for layer in plan.layers], dtype, plan.config_overrides)
+    source_layers = [layer.source_layer for layer in plan.layers]
+    if plan.recipe.get("stack_config"):
+        return nested_output_config(base_config, plan.recipe["stack_config"], source_layers, dtype,
+                                    plan.config_overrides)
+    return output_config(base_config, source_layers, dtype, plan.config_overrides)
 
 
 def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> list:

@@ -72,14 +72,14 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
     return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
             "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent}
+            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}
 
 
 def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
-                 allow_index_dependent: bool = False) -> list[Difference]:
+                 allow_index_dependent: bool = False, stack_config: str | None = None) -> list[Difference]:
     """Refuse (InputError) unless every output layer equals its source layer; return the
     index-dependent differences accepted with allow_index_dependent."""
-    found = layer_differences(source_config, output_config, source_layers, layer_prefix)
+    found = layer_differences(source_config, output_config, source_layers, layer_prefix, stack_config)
     refused = [d for d in found if not (allow_index_dependent and d.index_derived)]
     if refused:
         more = f" ({len(found) - 1} more difference(s))" if len(found) > 1 else ""
@@ -89,12 +89,15 @@ def check_layers(source_config: dict, output_config: dict, source_layers: list[i
 
 
 def layer_differences(source_config: dict, output_config: dict, source_layers: list[int],
-                      layer_prefix: str) -> list[Difference]:
+                      layer_prefix: str, stack_config: str | None = None) -> list[Difference]:
+    """stack_config: the nested config (text_config) counting the stack of a multimodal model, which
+    is built whole (all towers) from the whole config, as AutoModelForCausalLM builds it."""
     from dus.read.architecture import layer_count_key
     from dus.read.transformers_check import meta_model
 
     src_model, out_model = meta_model(source_config), meta_model(output_config)
-    n = source_config[layer_count_key(source_config)]
+    counted = source_config[stack_config] if stack_config else source_config
+    n = counted[layer_count_key(counted)]
     src, out = _stack(src_model, layer_prefix, n, "source"), _stack(out_model, layer_prefix, len(source_layers), "output")
     _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
@@ -107,7 +110,7 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
         same_index = out_views[j] if j < len(out) else None
         found += [Difference(i, j, what, derived)
                   for what, derived in _compare(out_views[i], src_views[j], same_index, (i, j), (len(out), len(src)))]
-    found += _config_lists(src_model.config, out_model.config, len(src), source_layers)
+    found += _config_lists(src_model.config, out_model.config, len(src), source_layers, stack_config)
     return found
 
 
@@ -117,7 +120,7 @@ def _stack(model, prefix: str, n: int, which: str):
     import torch
 
     named = dict(model.named_modules())
-    module = named.get(prefix.rstrip("."))
+    module = named.get(prefix.rstrip(".")) or named.get(_loaded_prefix(model, prefix))
     if isinstance(module, torch.nn.ModuleList) and len(module) == n:
         return module
     lists = [m for m in named.values() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
@@ -125,6 +128,17 @@ def _stack(model, prefix: str, n: int, which: str):
         raise InputError(f"transformers builds {len(lists)} module lists of {n} layers from the "
                          f"{which} config, not one decoder stack: cannot check the plan")
     return lists[0]
+
+
+def _loaded_prefix(model, prefix: str) -> str | None:
+    """The module path a checkpoint's layer prefix loads into (Gemma-3 saves language_model.model.layers.N,
+    which transformers 5 loads into model.language_model.layers.N)."""
+    from dus.read.transformers_check import _loaded_names
+
+    probe = f"{prefix}0.weight"
+    loaded = _loaded_names(model, [probe]) or {probe}
+    (target,) = loaded
+    return target[: -len("0.weight")].rstrip(".") if target.endswith(".0.weight") else None
 
 
 def _check_decoder(config, stack) -> None:
@@ -214,13 +228,16 @@ def _records_index(out_value, src_value, i: int, j: int) -> bool:
     return ints and (out_value, src_value) == (i, j)
 
 
-def _config_lists(src_config, out_config, n: int, source_layers: list[int]) -> list[Difference]:
+def _config_lists(src_config, out_config, n: int, source_layers: list[int],
+                  stack_config: str | None = None) -> list[Difference]:
     """Per-layer lists of the *built* configs (transformers may derive them): entry i of the
     output must be entry j of the source."""
     m = len(source_layers)
     if n == m:
         return []
     src, out = src_config.to_dict(), out_config.to_dict()
+    if stack_config:
+        src, out = src[stack_config], out[stack_config]
     found = []
     for name, value in src.items():
         other = out.get(name)

@@ -19,7 +19,7 @@ from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping
 
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset"}
+               "dtype", "config_overrides", "shard_size", "preset", "stack"}
 
 
 def load_recipe_file(path: str | Path) -> dict:
@@ -71,6 +71,10 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     if "factor" in params:  # the one multiplier of n: bound it before the list is made
         check_output_layers(n * int(params["factor"]))
     described = {"name": recipe, **params}
+    if base.stack:  # recorded so that `dus verify` re-derives the stack and its nested config
+        described["stack"] = base.layer_prefix + (f":{base.stack_config}" if base.stack_config else "")
+        if base.stack_config:
+            described["stack_config"] = base.stack_config
     if recipe == "layers":
         layers = layer_entries(params["layers"], sources)
         if not isinstance(params["layers"], str):

@@ -15,7 +15,7 @@ import math
 
 from dus.errors import InputError
 from dus.plan.config import INDEX_LIST_KEYS, INDEX_LIST_SUFFIXES, PER_LAYER_KEYS
-from dus.read.architecture import LAYER_COUNT_KEYS, refuse_encoder_decoder
+from dus.read.architecture import LAYER_COUNT_KEYS, nested_layer_counts, refuse_encoder_decoder
 
 MAX_LAYERS = 4096  # generous: published decoders have at most a few hundred layers
 # Sizes that shape tensors (transformers' standard names; a config class may alias them).
@@ -33,14 +33,29 @@ OUTPUT = "the planned config.json"
 
 
 def check_config(config: dict, where: str) -> dict:
-    """Refuse a config dus cannot trust; `where` names it in the message. Returns it unchanged."""
+    """Refuse a config dus cannot trust; `where` names it in the message. Returns it unchanged.
+    A multimodal config counts its layers only in nested configs (text_config, vision_config):
+    the one --stack names is checked by check_source, once it is known."""
     _check_json(config, where, "")
-    key, n = _layer_count(config, where)
+    refuse_encoder_decoder(config)
+    if nested_layer_counts(config) and not any(k in config for k in LAYER_COUNT_KEYS):
+        check_sizes(config, SIZE_KEYS, where)
+    else:
+        check_stack_config(config, where)
     model_type = config.get("model_type")
     if model_type is None:
         raise InputError(f"{where}: no model_type; transformers cannot tell which architecture it is")
     if not isinstance(model_type, str):
         raise InputError(f"{where}: model_type is {_shown(model_type)}; expected an architecture name")
+    for name in DTYPE_KEYS:
+        if config.get(name) not in (None, "auto") and not isinstance(config[name], str):
+            raise InputError(f"{where}: {name} is {_shown(config[name])}; expected a dtype name such as bfloat16")
+    return config
+
+
+def check_stack_config(config: dict, where: str) -> None:
+    """The fields of the config that counts a stack's layers: its count, sizes, per-layer lists, formulas."""
+    key, n = _layer_count(config, where)
     check_sizes(config, SIZE_KEYS, where)
     for name, value in config.items():
         if name in PER_LAYER_KEYS or name in INDEX_LIST_KEYS:
@@ -48,10 +63,6 @@ def check_config(config: dict, where: str) -> dict:
         elif isinstance(value, list) and name not in COUNTS and _names_indices(name, value, n):
             _check_indices(name, value, key, n, where)
     _check_formulas(config, where)
-    for name in DTYPE_KEYS:
-        if config.get(name) not in (None, "auto") and not isinstance(config[name], str):
-            raise InputError(f"{where}: {name} is {_shown(config[name])}; expected a dtype name such as bfloat16")
-    return config
 
 
 def check_sizes(config: dict, names, where: str) -> None:
@@ -72,6 +83,8 @@ def check_output_layers(count: int) -> None:
 
 def check_source(source) -> None:
     """The checkpoint's names number the layers its config counts."""
+    if source.stack_config:  # a multimodal config: the nested config of the stack grown
+        check_stack_config(source.layer_config, f"{source.ref}: {source.stack_config}")
     n, count = source.num_layers, len(source.tensors)
     if n > count:  # bounds the per-layer maps that finding the stack builds
         raise InputError(f"{source.ref}: {source.layer_key} is {n} in config.json, but the checkpoint has only "
@@ -79,9 +92,16 @@ def check_source(source) -> None:
     source.layer_prefix  # noqa: B018 -- refuses names that do not number exactly n layers
 
 
-def check_output(config: dict, num_layers: int, where: str = OUTPUT) -> None:
-    """The config a plan writes: the source config remapped and overridden."""
-    key, n = _layer_count(check_config(config, where), where)
+def check_output(config: dict, num_layers: int, where: str = OUTPUT, stack_config: str | None = None) -> None:
+    """The config a plan writes: the source config remapped and overridden (in its nested
+    `stack_config` where the grown stack is a multimodal model's text stack)."""
+    check_config(config, where)
+    if stack_config:
+        where = f"{where}: {stack_config}"
+        if not isinstance(config.get(stack_config), dict):
+            raise InputError(f"{where} is missing")
+        check_stack_config(config[stack_config], where)
+    key, n = _layer_count(config[stack_config] if stack_config else config, where)
     if n != num_layers:
         raise InputError(f"{where}: {key} is {n}, but the plan has {num_layers} layers")
 

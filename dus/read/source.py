@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read import strict_json
-from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name
+from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
 from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
@@ -52,20 +52,30 @@ class Source:
     directory: Path | None = None
     revision: str | None = None
     has_weights: bool = True
+    stack: str | None = None  # --stack PREFIX: the stack to grow where the checkpoint holds several
     _prefix: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def stack_config(self) -> str | None:
+        """The nested config (text_config) that counts the stack's layers; None: config.json itself."""
+        return stack_config_key(self.config, self.tensors, self.stack)
+
+    @property
+    def layer_config(self) -> dict:
+        return self.config[self.stack_config] if self.stack_config else self.config
 
     @property
     def layer_key(self) -> str:
-        return layer_count_key(self.config)
+        return layer_count_key(self.layer_config)
 
     @property
     def num_layers(self) -> int:
-        return self.config[self.layer_key]
+        return self.layer_config[self.layer_key]
 
     @property
     def layer_prefix(self) -> str:
         if self._prefix is None:
-            self._prefix = find_layer_prefix(self.tensors, self.num_layers)
+            self._prefix = find_layer_prefix(self.tensors, self.num_layers, self.stack)
         return self._prefix
 
     @cached_property
@@ -84,7 +94,14 @@ class Source:
         return [path for f in SIDE_FILES if (path := model_file(self.directory, f)).is_file()]
 
 
-def open_source(ref: str, *, need_weights: bool = True) -> Source:
+def open_source(ref: str, *, need_weights: bool = True, stack: str | None = None) -> Source:
+    """`stack`: the numbered tensor-name prefix to grow (--stack), where the checkpoint holds several."""
+    source = _open_source(ref, need_weights)
+    source.stack = stack
+    return source
+
+
+def _open_source(ref: str, need_weights: bool) -> Source:
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix != ".json":

@@ -60,7 +60,7 @@ def verify_model(output: Path, source: str | None = None) -> VerifyReport:
     refs = {name: s["ref"] for name, s in record["sources"].items()}
     if source:
         refs[plan.base] = source
-    sources = {name: open_source(ref) for name, ref in refs.items()}
+    sources = {name: open_source(ref, stack=plan.recipe.get("stack")) for name, ref in refs.items()}
     expected = layout(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
