@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.checks import check_plan
+from dus.plan.checks import PendingChecks, start_checks
 from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
 from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
@@ -36,6 +36,17 @@ class ResolvedPlan:
     config: dict
     options: dict = field(default_factory=dict)
     index_dependent: list[str] = field(default_factory=list)  # differences accepted with allow_index_dependent
+    checks: PendingChecks | None = field(default=None, repr=False)  # transformers' checks, until finished
+
+    def finish_checks(self) -> None:
+        """Wait for transformers' checks of the plan: raise its refusal, or keep what it accepted."""
+        if self.checks is not None:
+            self.index_dependent = self.checks.result()
+            self.checks = None
+
+    def raise_if_refused(self) -> None:
+        if self.checks is not None:
+            self.checks.raise_if_refused()
 
     @property
     def base(self) -> Source:
@@ -72,7 +83,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          factor: int | None = None, group: int | None = None, new_layers: int | None = None,
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
          sources: dict[str, str] | None = None, need_weights: bool = False,
-         allow_index_dependent: bool = False, stack: str | None = None) -> ResolvedPlan:
+         allow_index_dependent: bool = False, stack: str | None = None,
+         _checks_in_background: bool = False) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     Refuses a plan whose output layers transformers would build differently from
@@ -101,9 +113,12 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)
-    accepted = check_plan(opened, config_out, [t.name for t in tensors],
+    checks = start_checks(opened, config_out, [t.name for t in tensors],
                           layers=equivalence_request(the_plan, base, config_out, allow_index_dependent))
-    return ResolvedPlan(the_plan, opened, tensors, config_out, options, accepted)
+    resolved = ResolvedPlan(the_plan, opened, tensors, config_out, options, checks=checks)
+    if not _checks_in_background:
+        resolved.finish_checks()
+    return resolved
 
 
 def _open(ref: str, need_weights: bool, stack: str | None = None) -> Source:
@@ -137,7 +152,8 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     from dus.write.build import write_model
     from dus.write.digest import build_digest
 
-    resolved = plan(source, need_weights=True, **plan_options)
+    # transformers' checks run beside the copy; nothing is published before they pass
+    resolved = plan(source, need_weights=True, _checks_in_background=True, **plan_options)
     if is_gguf(resolved.base.ref) or is_gguf(output):
         return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
     shard_size = shard_size or resolved.options.get("shard_size") or "5GB"

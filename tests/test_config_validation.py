@@ -226,10 +226,22 @@ def test_checks_run_in_a_child_where_torch_is_not_loaded(pristine):
     checks = [{"config": config, "where": "a.json"},
               {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
     with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
-        checks_module._in_child({"checks": checks, "layers": None})
+        checks_module.PendingChecks({"checks": checks, "layers": None}, in_child=True).result()
 
 
 def test_yaml_values_json_cannot_hold_are_refused(pristine, tmp_path, run_dus):
     recipe = _recipe(tmp_path, f"source: {pristine}\noverlap: 1\nconfig_overrides:\n  release: 2024-01-01\n")
     _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"),
                     "release is datetime.date(2024, 1, 1) (date); expected a JSON value", tmp_path)
+
+
+def test_a_build_refused_by_transformers_while_copying_leaves_nothing(pristine, tmp_path):
+    """A build (no torch in the process) starts the copy while transformers checks the plan in a
+    child process; the child's refusal is the build's one-line error, and nothing is published."""
+    import subprocess
+    import sys
+
+    src = _source(pristine, tmp_path, num_attention_heads=5, num_key_value_heads=5)
+    result = subprocess.run([sys.executable, "-m", "dus", "build", str(src), str(tmp_path / "out"), "--overlap", "1"],
+                            capture_output=True, text=True)
+    _assert_refused((result.returncode, result.stdout, result.stderr), "transformers refuses this llama config", tmp_path)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
@@ -27,14 +28,16 @@ def check_plan(sources: dict, config: dict, names: list[str], layers: dict | Non
     """Every source's config and checkpoint, and the planned config with the planned tensors; then,
     with `layers` (dus.plan.equivalence.equivalence_request), that every output layer is built as its
     source layer. Returns the index-dependent differences accepted (--allow-index-dependent)."""
+    return start_checks(sources, config, names, layers).result()
+
+
+def start_checks(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> "PendingChecks":
+    """check_plan, begun: in a child process it runs while the caller goes on (a build copies)."""
     checks = [{"config": s.config, "where": str(s.directory / "config.json") if s.directory else s.ref,
                "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
               for s in sources.values()]
     checks.append({"config": config, "where": OUTPUT, "names": names, "names_where": f"{OUTPUT}: the planned tensors"})
-    request = {"checks": checks, "layers": layers}
-    if "torch" in sys.modules:  # already paid for: no reason to keep it off this process
-        return run(request)
-    return _in_child(request)
+    return PendingChecks({"checks": checks, "layers": layers})
 
 
 def run(request: dict) -> list[str]:
@@ -43,17 +46,56 @@ def run(request: dict) -> list[str]:
     return [str(d) for d in check_layers(**request["layers"])] if request["layers"] else []
 
 
-def _in_child(request: dict) -> list[str]:
-    root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    result = subprocess.run([sys.executable, "-m", "dus.plan.checks"], input=json.dumps(request),
-                            capture_output=True, text=True, env=env)
-    if result.returncode == InputError.exit_code and result.stdout.strip():
-        raise InputError(result.stdout.strip())
-    if result.returncode:
-        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        raise BuildError(f"checking the configs with transformers failed: {last}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class PendingChecks:
+    """The checks of one plan: run here when torch is loaded already, else in a child process
+    (request and answers through temporary files: a pipe could stall the child on a large plan)."""
+
+    def __init__(self, request: dict, in_child: bool | None = None):
+        self._accepted: list[str] | None = None
+        self._child = None
+        if not (("torch" not in sys.modules) if in_child is None else in_child):
+            # torch is loaded already: no reason to keep the checks off this process
+            self._accepted = run(request)
+            return
+        self._files = [tempfile.TemporaryFile("w+") for _ in range(3)]
+        request_file, self._out, self._err = self._files
+        json.dump(request, request_file)
+        request_file.seek(0)
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self._child = subprocess.Popen([sys.executable, "-m", "dus.plan.checks"], stdin=request_file,
+                                       stdout=self._out, stderr=self._err, env=env)
+
+    def raise_if_refused(self) -> None:
+        """Cheap, for a long write: raise now if the child has already refused the plan."""
+        if self._child is not None and self._child.poll() is not None:
+            self.result()
+
+    def result(self) -> list[str]:
+        """The accepted index-dependent differences, once every check has passed; else the refusal."""
+        if self._child is not None:
+            try:
+                code = self._child.wait()
+            finally:
+                if self._child.returncode is None:  # interrupted while waiting: do not leave it behind
+                    self._child.kill()
+                    self._child.wait()
+            out, err = (self._read(f) for f in (self._out, self._err))
+            for f in self._files:
+                f.close()
+            self._child = None
+            if code == InputError.exit_code and out:
+                raise InputError(out)
+            if code:
+                last = (err.splitlines() or [f"exit status {code}"])[-1]
+                raise BuildError(f"checking the configs with transformers failed: {last}")
+            self._accepted = json.loads(out.splitlines()[-1])
+        return self._accepted
+
+    @staticmethod
+    def _read(f) -> str:
+        f.seek(0)
+        return f.read().strip()
 
 
 def main() -> None:

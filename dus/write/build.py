@@ -34,7 +34,7 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
         # Headers and JSON are not counted: refuse only what clearly cannot fit.
         side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
         require_space(staging.parent, resolved.output_bytes + side_bytes)
-        digests = write_shards(str(staging), shards, progress or (lambda n: None), digest)
+        digests = write_shards(str(staging), shards, _watching(resolved, progress), digest)
         if len(shards) > 1:
             _write_json(staging / INDEX_FILE, {
                 "metadata": {"total_size": resolved.output_bytes},
@@ -43,11 +43,21 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
         _write_json(staging / "config.json", resolved.config)
         for path in resolved.base.side_files():
             shutil.copyfile(path, staging / path.name)
+        resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
         record = plan_record(resolved, digests)
         _write_json(staging / PLAN_FILE, record)
         card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
         (staging / "README.md").write_text(card + pattern_paragraph(note))
     return record
+
+
+def _watching(resolved: ResolvedPlan, progress: Callable[[int], None] | None) -> Callable[[int], None]:
+    """Progress that also stops the copy as soon as transformers' checks refuse the plan."""
+    def step(nbytes: int) -> None:
+        if progress:
+            progress(nbytes)
+        resolved.raise_if_refused()
+    return step
 
 
 def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
