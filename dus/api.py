@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,8 @@ from dus.plan.make import make_plan, resolve_options
 from dus.plan.model import Plan
 from dus.read.source import Source, open_source
 
-PLAN_FILE = "dus_plan.json"
+from dus.manifest import MANIFEST_FILE as PLAN_FILE
+from dus.manifest import read_manifest as read_plan_record  # noqa: F401  (the one reader, re-exported)
 
 
 @dataclass
@@ -138,13 +138,3 @@ def parse_size(size: str | int) -> int:
     if value <= 0:
         raise InputError(f"shard size must be positive, got {size!r}")
     return value
-
-
-def read_plan_record(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / PLAN_FILE
-    if not path.is_file():
-        raise InputError(f"{model_dir}: no {PLAN_FILE} (not built by dus build)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from e

@@ -18,6 +18,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.exceptions import Abort
 
 from dus.errors import DusError
+from dus.manifest import set_command
 
 app = typer.Typer(
     name="dus",
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
     debug = _debug(argv)
     argv = [a for a in argv if a != "--debug"]
+    set_command(argv)  # recorded in the manifest of what the command writes
     try:
         code = app(args=argv, prog_name="dus", standalone_mode=False)
     except DusError as e:

@@ -137,10 +137,14 @@ def build_command(
 
 @app.command("verify")
 def verify_command(
-    output: Path = typer.Argument(..., help="A directory written by dus build."),
+    output: Path = typer.Argument(..., help="A model directory written by dus build, pretrain, sft or dpo."),
     source: Optional[str] = typer.Option(None, "--source", help="The source model, if it moved since the build."),
 ):
-    """Prove a build is what its dus_plan.json says: hashes, bytes, names, shapes, config."""
+    """Prove a model is what its dus_plan.json says (shard hashes; for a build also bytes, names,
+    shapes, config against the source) and print its lineage back to the original source."""
     import dus.api
+    from dus.manifest import format_lineage
 
-    print(dus.api.verify(output, source).summary())  # a mismatch raises VerifyError: exit 1
+    report = dus.api.verify(output, source)  # a mismatch raises VerifyError: exit 1
+    print(report.summary())
+    print(format_lineage(report.lineage))

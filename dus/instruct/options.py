@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from dus.errors import InputError
 
@@ -96,8 +96,19 @@ def prepare(opts: TrainOptions, kind: str):
     return tokenizer, rows, report
 
 
-def finish(trainer, opts: TrainOptions, report) -> dict:
-    """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template)."""
+def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict:
+    """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template),
+    the training arguments as JSON (not Trainer's pickled training_args.bin) and the manifest."""
+    from pathlib import Path
+
+    from dus.manifest import stage_manifest, write_manifest
+
     trainer.save_model(opts.output)
+    if trainer.is_world_process_zero():
+        out = Path(opts.output)
+        (out / "training_args.bin").unlink(missing_ok=True)
+        (out / "training_args.json").write_text(trainer.args.to_json_string())
+        data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
+        write_manifest(out, stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from dus import __version__
-from dus.api import PLAN_FILE, ResolvedPlan
+from dus.api import ResolvedPlan
+from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.write.card import model_card
 from dus.write.digest import DEFAULT
 from dus.write.output import atomic_directory, require_space
@@ -39,15 +40,19 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
         for path in resolved.base.side_files():
             shutil.copyfile(path, staging / path.name)
         record = plan_record(resolved, digests)
-        _write_json(staging / PLAN_FILE, record)
+        _write_json(staging / MANIFEST_FILE, record)
         (staging / "README.md").write_text(model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters))
     return record
 
 
 def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
-    """What dus_plan.json holds: enough to rebuild and to verify the output."""
+    """What dus_plan.json holds: enough to rebuild and to verify the output (dus/manifest.py)."""
     return {
         "dus_version": __version__,
+        "stage": "build",
+        "command": command(),
+        "options": {k: v for k, v in resolved.options.items() if _jsonable(v)},
+        "parent": parent_entry(_portable_ref(resolved.base)),
         "sources": {name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
                            "layer_prefix": s.layer_prefix}
                     for name, s in resolved.sources.items()},
@@ -59,6 +64,14 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
             "shards": digests,
         },
     }
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _portable_ref(source) -> str:
