@@ -32,7 +32,7 @@ app = typer.Typer(
 # Command modules register on `app` when imported; the order is the help order.
 from dus.cli import surgery  # noqa: E402,F401
 
-for _optional in ("train", "analyze", "instruct"):
+for _optional in ("train", "analyze", "instruct", "pipeline"):
     try:
         __import__(f"dus.cli.{_optional}")
     except ModuleNotFoundError as _e:  # a module not written yet, not a missing dependency

@@ -104,11 +104,14 @@ def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict
     from dus.manifest import stage_manifest, write_manifest
 
     trainer.save_model(opts.output)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
     if trainer.is_world_process_zero():
         out = Path(opts.output)
         (out / "training_args.bin").unlink(missing_ok=True)
         (out / "training_args.json").write_text(trainer.args.to_json_string())
         data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
-        write_manifest(out, stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
+        record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
+        record["result"] = {k: result[k] for k in ("steps", "losses")}
+        write_manifest(out, record)
+    return result
