@@ -95,7 +95,7 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
     assert [shlex.split(line)[0] for line in lines] == ["dus", "torchrun", "accelerate", "accelerate", "dus",
                                                         "accelerate"]
     build, pretrain, sft, dpo, contamination, evaluate = (shlex.split(line) for line in lines)
-    assert build[:3] == ["dus", "build", str(tmp_path / "solar" / "build")]
+    assert build == ["dus", "build", str(tmp_path / "solar" / "build"), "--config", str(ROOT / "configs" / "solar-10.7b.yaml")]
     assert pretrain[:7] == ["torchrun", "--nproc-per-node", "8", "-m", "dus", "pretrain", str(tmp_path / "solar" / "build")]
     assert sft[:8] == ["accelerate", "launch", "--num_processes", "8", "-m", "dus", "sft", str(tmp_path / "solar" / "pretrain")]
     assert dpo[7] == str(tmp_path / "solar" / "sft") and contamination[2] == str(tmp_path / "solar" / "dpo")

@@ -26,6 +26,7 @@ from dus.yamlfile import read_mapping
 STAGES = ("build", "pretrain", "sft", "dpo", "contamination", "eval")
 MODEL_STAGES = ("build", "pretrain", "sft", "dpo")
 SECTIONS = PIPELINE_SECTIONS  # the keys `dus build --config` leaves to the pipeline
+PLACEHOLDERS = ("{workdir}", "{smollm2}")
 NPROC = "nproc-per-node"  # the one key that is not the command's: how many processes to launch
 SET_BY_PIPELINE = {"build": ("config", "output", "force", "source"), "pretrain": ("model", "output", "resume", "config"),
                    "sft": ("model", "output"), "dpo": ("model", "output"), "contamination": ("target", "output"),
@@ -54,19 +55,22 @@ class Stage:
 class Recipe:
     path: Path
     build_keys: dict  # the `dus build --config` part
+    build_config: bool  # the recipe file itself serves `dus build --config` (no placeholder in its keys)
     stages: list[Stage]
     prepare: str | None = None
 
 
 def load_recipe(path: str | Path, workdir: Path) -> Recipe:
     data = read_mapping(path)
+    build_text = repr({k: v for k, v in data.items() if k in RECIPE_KEYS})
+    plain = not any(name in build_text for name in PLACEHOLDERS)
     if "{smollm2}" in repr(data):
         from dus.fetch import fetch_smollm2
 
         smollm2 = str(fetch_smollm2())
     else:
         smollm2 = ""
-    data = _substitute(data, {"{workdir}": str(workdir), "{smollm2}": smollm2})
+    data = _substitute(data, dict(zip(PLACEHOLDERS, (str(workdir), smollm2))))
     build_keys = {k: v for k, v in data.items() if k in RECIPE_KEYS}
     unknown = sorted(set(data) - RECIPE_KEYS - set(SECTIONS))
     if unknown:
@@ -91,7 +95,7 @@ def load_recipe(path: str | Path, workdir: Path) -> Recipe:
     if not stages:
         raise InputError(f"{path}: no stage to run (give build keys or any of: {', '.join(STAGES[1:])})")
     prepare = data.get("prepare")
-    return Recipe(Path(path), build_keys, stages, str(prepare) if prepare else None)
+    return Recipe(Path(path).resolve(), build_keys, plain, stages, str(prepare) if prepare else None)
 
 
 def _substitute(value, names: dict[str, str]):

@@ -25,7 +25,7 @@ from dus.pipeline.recipe import (MODEL_STAGES, STAGES, Recipe, Stage, command_ar
                                  shell_line)
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
-BUILD_RECIPE = "build.yaml"  # the recipe's build keys, what `dus build --config` reads
+BUILD_RECIPE = "build.yaml"  # the recipe's build keys with placeholders filled in, for `dus build --config`
 UNCHECKED = ("--resume", "--force")  # how a stage is started, not what it makes
 
 
@@ -55,7 +55,7 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     workdir_path.mkdir(parents=True, exist_ok=True) if not dry_run else None
     steps, parent = [], None
     for stage in recipe.stages:
-        step = _step(recipe, stage, workdir_path, parent, dry_run)
+        step = _step(recipe, stage, workdir_path, parent)
         if stage.name in MODEL_STAGES:
             parent = str(step.output)
         selected = (only is None or stage.name == only) and (start is None or names.index(stage.name) >= names.index(start))
@@ -73,11 +73,11 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     return steps
 
 
-def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None, dry_run: bool) -> Step:
+def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None) -> Step:
     out = workdir / stage.name
     if stage.name == "build":
-        config = workdir / BUILD_RECIPE
-        if not dry_run:
+        config = recipe.path if recipe.build_config else workdir / BUILD_RECIPE
+        if not recipe.build_config:  # placeholders filled in: the build reads a copy (a dry run's too)
             workdir.mkdir(parents=True, exist_ok=True)
             _write_yaml(config, recipe.build_keys)
         argv = command_argv(stage, [str(out), "--config", str(config)], None)
