@@ -120,3 +120,18 @@ def test_bad_recipes_are_one_line(tmp_path, run_dus):
     assert code == 2 and "set by the pipeline" in err
     code, _, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--only", "chat")
     assert code == 2 and "no such stage" in err
+
+
+def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"sft": {"model": "some/model", "data": ["a.jsonl"], "nproc-per-node": 2},
+                                      "eval": {"tasks": "h6"}}))
+    code, out, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 0, err
+    sft, evaluate = (shlex.split(line) for line in out.strip().splitlines())
+    assert sft == ["accelerate", "launch", "--num_processes", "2", "-m", "dus", "sft", "some/model", "--output",
+                   str(tmp_path / "w" / "sft"), "--data", "a.jsonl"]
+    assert evaluate[:3] == ["dus", "eval", str(tmp_path / "w" / "sft")]
+    recipe.write_text(yaml.safe_dump({"source": "x", "sft": {"model": "some/model"}}))
+    code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 2 and "`model:` is for the first stage only" in err

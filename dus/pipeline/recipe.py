@@ -28,9 +28,9 @@ MODEL_STAGES = ("build", "pretrain", "sft", "dpo")
 SECTIONS = PIPELINE_SECTIONS  # the keys `dus build --config` leaves to the pipeline
 PLACEHOLDERS = ("{workdir}", "{smollm2}")
 NPROC = "nproc-per-node"  # the one key that is not the command's: how many processes to launch
-SET_BY_PIPELINE = {"build": ("config", "output", "force", "source"), "pretrain": ("model", "output", "resume", "config"),
-                   "sft": ("model", "output"), "dpo": ("model", "output"), "contamination": ("target", "output"),
-                   "eval": ("model", "output")}
+# Set by the pipeline, never by the recipe (`model:` only in the first stage's section: dus/pipeline/run.py).
+SET_BY_PIPELINE = {"build": ("config", "output", "force", "source"), "pretrain": ("output", "resume", "config"),
+                   "sft": ("output",), "dpo": ("output",), "contamination": ("target", "output"), "eval": ("output",)}
 # The options naming data files: their content fingerprints decide, with the command, whether a stage is current.
 DATA_OPTIONS = {"build": (), "pretrain": ("data", "eval-data"), "sft": ("data", "exclude-tasks", "decontaminate"),
                 "dpo": ("data", "exclude-tasks", "decontaminate"), "contamination": ("data",),

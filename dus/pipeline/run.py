@@ -52,7 +52,6 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
         from dus.pipeline.tinydata import prepare
 
         prepare(recipe.prepare, workdir_path / "data")
-    workdir_path.mkdir(parents=True, exist_ok=True) if not dry_run else None
     steps, parent = [], None
     for stage in recipe.stages:
         step = _step(recipe, stage, workdir_path, parent)
@@ -83,10 +82,12 @@ def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None) -> St
         argv = command_argv(stage, [str(out), "--config", str(config)], None)
         parent = str(recipe.build_keys.get("source") or "")
     else:
-        if parent is None:
-            parent = stage.options.pop("model", None)
-            if parent is None:
-                raise InputError(f"{recipe.path}: {stage.name} is the first stage: give `model:` in its section")
+        given = stage.options.pop("model", None)
+        if (parent is None) == (given is None):
+            raise InputError(f"{recipe.path}: {stage.name}: `model:` is for the first stage only (later stages read "
+                             f"the previous stage's output)" if given else
+                             f"{recipe.path}: {stage.name} is the first stage: give `model:` in its section")
+        parent = parent or str(given)
         target = str(out / "contamination.json") if stage.name == "contamination" else str(out)
         argv = command_argv(stage, [parent], target)
     expected = {"command": _canonical(argv), "parent": _digest(parent), "data": fingerprint(stage.data_paths())}
