@@ -20,7 +20,6 @@ of them the same way. Fields:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from dus.errors import InputError
@@ -39,7 +38,8 @@ def set_command(argv: list[str]) -> None:
 
 
 def command() -> list[str]:
-    return list(_command) if _command is not None else sys.argv[1:]
+    """The `dus` command line being run; empty when called from Python (dus.api)."""
+    return list(_command) if _command is not None else []
 
 
 def file_digest(path: Path, kind: str = DEFAULT) -> dict:
