@@ -158,6 +158,7 @@ def _run(step: Step, workdir: Path) -> None:
         (step.output / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     pending.unlink()
     step.status = "ran"
+    print(f"[{step.stage.name}] done in {step.seconds:.0f} s: {step.output}", flush=True)
 
 
 def _resumable(step: Step, pending: Path) -> bool:
