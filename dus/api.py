@@ -21,9 +21,9 @@ from dus.plan.model import Plan
 from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
-from dus.read import strict_json
 
-PLAN_FILE = "dus_plan.json"
+# Re-exported: the manifest module holds the one plan-file name and reader.
+from dus.manifest import MANIFEST_FILE as PLAN_FILE, read_manifest as read_plan_record  # noqa: E402,F401
 
 
 @dataclass
@@ -214,10 +214,3 @@ def parse_size(size: str | int) -> int:
     if value <= 0:
         raise InputError(f"shard size must be positive, got {size!r}")
     return value
-
-
-def read_plan_record(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / PLAN_FILE
-    if not path.is_file():
-        raise InputError(f"{model_dir}: no {PLAN_FILE} (not built by dus build)")
-    return strict_json.loads(path.read_bytes(), str(path))

@@ -16,6 +16,7 @@ import threading
 import typer
 
 from dus.errors import DusError
+from dus.manifest import set_command
 
 app = typer.Typer(
     name="dus",
@@ -41,7 +42,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 # Command modules register on `app` when imported; the order is the help order.
-from dus.cli import surgery, train, analyze, instruct  # noqa: E402,F401
+from dus.cli import surgery, train, analyze, instruct, pipeline  # noqa: E402,F401
 
 
 def _debug(argv: list[str]) -> bool:
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
     debug = _debug(argv)
     argv = [a for a in argv if a != "--debug"] or ["--help"]
+    set_command(argv)  # recorded in the manifest of what the command writes
     try:
         code = app(args=argv, prog_name="dus", standalone_mode=False)
     except DusError as e:

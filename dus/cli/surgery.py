@@ -144,10 +144,15 @@ def build_command(
 
 @app.command("verify")
 def verify_command(
-    output: Path = typer.Argument(..., help="A directory or .gguf file written by dus build."),
+    output: Path = typer.Argument(..., help="A model directory written by dus build, pretrain, sft or dpo, or a .gguf file written by dus build."),
     source: Optional[str] = typer.Option(None, "--source", help="The source model, if it moved since the build."),
 ):
-    """Prove a build is what its dus_plan.json says: hashes, bytes, names, shapes, config."""
+    """Prove a model is what its dus_plan.json says (shard hashes; for a build also bytes, names,
+    shapes, config against the source) and print its lineage back to the original source."""
     import dus.api
+    from dus.manifest import format_lineage
 
-    print(dus.api.verify(output, source).summary())  # a mismatch raises VerifyError: exit 1
+    report = dus.api.verify(output, source)  # a mismatch raises VerifyError: exit 1
+    print(report.summary())
+    if getattr(report, "lineage", None):  # a GGUF carries its plan, not a lineage manifest
+        print(format_lineage(report.lineage))

@@ -22,4 +22,4 @@ def dpo_trainer(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid
 def dpo(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid") -> dict:
     trainer, report = dpo_trainer(opts, beta, loss_type)
     trainer.train()
-    return finish(trainer, opts, report)
+    return finish(trainer, opts, report, "dpo", {"beta": beta, "loss_type": loss_type})

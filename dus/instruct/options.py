@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from dus.errors import InputError
 from dus.options import device_option, dtype_option, option, seed_option, verbose_option
@@ -139,8 +139,22 @@ def prepare(opts: TrainOptions, kind: str):
     return tokenizer, rows, report
 
 
-def finish(trainer, opts: TrainOptions, report) -> dict:
-    """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template)."""
+def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict:
+    """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template),
+    the training arguments as JSON (not Trainer's pickled training_args.bin) and the manifest."""
+    from pathlib import Path
+
+    from dus.manifest import stage_manifest, write_manifest
+
     trainer.save_model(opts.output)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
+    result = {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
+    if trainer.is_world_process_zero():
+        out = Path(opts.output)
+        (out / "training_args.bin").unlink(missing_ok=True)
+        (out / "training_args.json").write_text(trainer.args.to_json_string())
+        data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
+        record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
+        record["result"] = {k: result[k] for k in ("steps", "losses")}
+        write_manifest(out, record)
+    return result

@@ -21,4 +21,4 @@ def sft_trainer(opts: TrainOptions, packing: bool = False):
 def sft(opts: TrainOptions, packing: bool = False) -> dict:
     trainer, report = sft_trainer(opts, packing)
     trainer.train()
-    return finish(trainer, opts, report)
+    return finish(trainer, opts, report, "sft", {"packing": packing})

@@ -22,8 +22,12 @@ RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "gr
                "dtype", "config_overrides", "shard_size", "preset", "stack"}
 
 
+# Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
+PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
+
+
 def load_recipe_file(path: str | Path) -> dict:
-    data = read_mapping(path)
+    data = {k: v for k, v in read_mapping(path).items() if k not in PIPELINE_SECTIONS}
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
         raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")

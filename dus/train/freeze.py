@@ -1,7 +1,7 @@
 """Freezing by provenance: train all layers, only the new ones, or a chosen set.
 
-`original` reads `dus_plan.json`, which `dus build` writes next to the model,
-and trains only the layers the plan marks `new` (LLaMA-Pro block expansion):
+`original` reads the layer map in `dus_plan.json`, which `dus build` writes next
+to the model and every later stage carries forward (dus/manifest.py), and trains only the layers the plan marks `new` (LLaMA-Pro block expansion):
 embeddings, final norm and LM head stay frozen too. `layers:SPEC` trains the
 listed output layers and likewise freezes everything else. Frozen parameters
 get requires_grad=False and so no gradients and no optimizer state.
@@ -9,16 +9,15 @@ get requires_grad=False and so no gradients and no optimizer state.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
 from dus.errors import InputError
+from dus.manifest import MANIFEST_FILE as PLAN_FILE
+from dus.manifest import read_manifest
 from dus.plan.model import Plan
 from dus.plan.recipes import parse_layer_spec
-
-PLAN_FILE = "dus_plan.json"
 
 
 def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
@@ -40,9 +39,9 @@ def _new_layers(model_dir: Path, n: int) -> list[int]:
     if not path.is_file():
         raise InputError(f"--freeze original needs {PLAN_FILE} in {model_dir} (written by `dus build`)")
     try:
-        data = json.loads(path.read_text())
+        data = read_manifest(model_dir)
         plan = Plan.from_json(data.get("plan", data))
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
+    except (TypeError, KeyError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
     if len(plan.layers) != n:
         raise InputError(f"{path} describes {len(plan.layers)} layers but the model has {n}")

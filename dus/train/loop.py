@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +34,8 @@ from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
-from dus.train.freeze import PLAN_FILE, apply_freeze, trainable_layers
+from dus.manifest import stage_manifest, write_manifest
+from dus.train.freeze import apply_freeze, trainable_layers
 from dus.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -336,12 +336,13 @@ class Trainer:
         """Gather full weights to rank 0 and write a Hugging Face directory into OUTPUT."""
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.d.is_main:
-            export_hf(full, self.cfg.model, self.out, self.tokenizer)
+            export_hf(full, self.cfg.model, self.out, self.tokenizer, self.cfg)
         barrier(self.d)
 
 
-def export_hf(state: dict, model_dir: str, out: Path, tokenizer) -> None:
-    """Weights in the input model's dtype, its config and tokenizer, and its dus_plan.json."""
+def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainConfig | None = None) -> None:
+    """Weights in the input model's dtype, its config and tokenizer, and a manifest naming the
+    input model as parent (dus/manifest.py)."""
     config = load_hf_config(model_dir)
     dtype = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
     with torch.device("meta"):
@@ -351,8 +352,9 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer) -> None:
     with atomic_model_files(out) as staging:  # a kill mid-export leaves no half a model
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if (Path(model_dir) / PLAN_FILE).is_file():
-            shutil.copy(Path(model_dir) / PLAN_FILE, staging / PLAN_FILE)
+        cfg = cfg or PretrainConfig(model=model_dir, output=str(out))
+        write_manifest(staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg),
+                                               [*cfg.data, *cfg.eval_data]))
 
 
 def _summary_line(s: dict, out: Path) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus.errors import DusError, InputError
+from dus.manifest import MANIFEST_FILE, file_digest, lineage, read_manifest, stage_of
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout
 from dus.plan.model import Plan
@@ -41,15 +42,58 @@ class VerifyError(DusError):
 class VerifyReport:
     output: Path
     checks: list[str] = field(default_factory=list)
+    lineage: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         return f"verified {self.output}: " + "; ".join(self.checks)
 
 
 def verify_model(output: Path, source: str | None = None) -> VerifyReport:
-    from dus.api import read_plan_record
+    """Check OUTPUT against its manifest; a build is also proven byte for byte against its sources."""
+    record = read_manifest(output)
+    if stage_of(record) == "build":
+        report = _verify_build(output, record, source)
+    else:
+        report = _verify_trained(output, record)
+    report.lineage = _check_lineage(output)
+    return report
 
-    record = read_plan_record(output)
+
+def _check_lineage(output: Path) -> list[dict]:
+    chain = lineage(output)
+    if chain[-1]["status"] == "changed":
+        link = chain[-1]
+        raise VerifyError(f"parent {link['ref']} ({link['stage']}) changed since this model was made from it: "
+                          f"its {MANIFEST_FILE} differs from the digest recorded here")
+    return chain
+
+
+def _verify_trained(output: Path, record: dict) -> VerifyReport:
+    """A trained model (pretrain, sft, dpo): its shards are the ones recorded, byte for byte,
+    and transformers builds its config into a model of as many weights."""
+    report = VerifyReport(output)
+    shards = _recorded_shards(output, record)
+    kind = recorded_digest(shards)
+    if kind is None:
+        raise VerifyError(f"{MANIFEST_FILE} must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
+    for name, recorded in shards.items():
+        got = file_digest(output / name, kind)
+        if got != recorded:
+            raise VerifyError(f"{name}: {kind} {got[kind][:16]}… ({got['bytes']:,} bytes) differs from the recorded "
+                              f"{recorded[kind][:16]}… ({recorded['bytes']:,} bytes)")
+    report.checks.append(f"{len(shards)} shard {kind} match")
+    try:
+        tensors = local_tensors(output) or {}
+    except InputError as e:
+        raise VerifyError(str(e)) from None
+    path = output / "config.json"
+    if not path.is_file():
+        raise VerifyError("config.json is missing")
+    report.checks.append(_check_transformers(strict_json.loads(path.read_bytes(), str(path)), tensors))
+    return report
+
+
+def _verify_build(output: Path, record: dict, source: str | None) -> VerifyReport:
     report = VerifyReport(output)
     shards = _recorded_shards(output, record)
     try:
@@ -76,7 +120,7 @@ def _recorded_shards(output: Path, record: dict) -> dict[str, dict]:
     shards = record.get("output", {}).get("shards", {})
     present = sorted(p.name for p in output.glob("*.safetensors"))
     if sorted(shards) != present:
-        raise VerifyError(f"shards on disk {present} differ from the plan's {sorted(shards)}")
+        raise VerifyError(f"shards on disk {present} differ from the {sorted(shards)} {MANIFEST_FILE} records")
     return shards
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from dus import __version__
-from dus.api import PLAN_FILE, ResolvedPlan
+from dus.api import ResolvedPlan
+from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.plan.pattern import broken_pattern_note
 from dus.write.card import model_card, pattern_paragraph
 from dus.write.digest import DEFAULT
@@ -45,7 +46,7 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             shutil.copyfile(path, staging / path.name)
         resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
         record = plan_record(resolved, digests)
-        _write_json(staging / PLAN_FILE, record)
+        _write_json(staging / MANIFEST_FILE, record)
         card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
         (staging / "README.md").write_text(card + pattern_paragraph(note))
     return record
@@ -61,9 +62,13 @@ def _watching(resolved: ResolvedPlan, progress: Callable[[int], None] | None) ->
 
 
 def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
-    """What dus_plan.json holds: enough to rebuild and to verify the output."""
+    """What dus_plan.json holds: enough to rebuild and to verify the output (dus/manifest.py)."""
     record = {
         "dus_version": __version__,
+        "stage": "build",
+        "command": command(),
+        "options": {k: v for k, v in resolved.options.items() if _jsonable(v)},
+        "parent": parent_entry(_portable_ref(resolved.base)),
         "sources": {name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
                            "layer_prefix": s.layer_prefix}
                     for name, s in resolved.sources.items()},
@@ -78,6 +83,14 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _portable_ref(source) -> str:

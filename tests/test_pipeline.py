@@ -1,0 +1,137 @@
+"""`dus pipeline`: a tiny recipe runs end to end, then skips every stage, then re-runs from a changed
+SFT option; the SOLAR recipe's dry run prints the 8-GPU command sequence."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from instruct_fixtures import tiny_model_dir
+
+from dus.manifest import manifest_digest, read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = {"batch-size": 2, "max-steps": 2, "seq-len": 64, "lr": 1e-3, "logging-steps": 1, "dtype": "float32",
+         "gradient-checkpointing": False}
+
+
+def tiny_recipe(path: Path, sft_lr: float = 1e-3) -> Path:
+    """The shape of configs/smollm2-tiny.yaml on a 2-layer random model."""
+    recipe = {
+        "source": tiny_model_dir(), "recipe": "stack", "prepare": "pydoc-topics",
+        "pretrain": {"data": ["{workdir}/data/pretrain/train.jsonl"], "eval-data": ["{workdir}/data/pretrain/eval.jsonl"],
+                     "seq-len": 64, "batch-size": 2, "max-steps": 2, "save-every": 1, "eval-every": 1,
+                     "eval-batches": 2, "warmup-steps": 1, "log-every": 1, "cache-dir": "{workdir}/cache"},
+        "sft": {"data": ["{workdir}/data/sft.jsonl"], **TRAIN, "lr": sft_lr},
+        "dpo": {"data": ["{workdir}/data/dpo.jsonl"], **TRAIN},
+        "contamination": {"ref": "{workdir}/build", "data": ["{workdir}/data/bench/seen.jsonl",
+                                                             "{workdir}/data/bench/unseen.jsonl"],
+                          "examples": 2, "neighbours": 2, "batch-size": 4, "max-length": 32, "device": "cpu"},
+        "eval": {"tasks": "arc_challenge,gsm8k", "include-path": "{workdir}/data/tasks", "batch-size": "1", "device": "cpu", "limit": 2},
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def statuses(out: str) -> dict[str, str]:
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    return {r[1].strip(): r[4].strip() for r in rows[1:]}
+
+
+@pytest.mark.slow
+def test_run_skip_and_rerun_from_a_changed_option(tmp_path, run_dus):
+    work = tmp_path / "work"
+    code, out, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", work)
+    assert code == 0, err
+    ran = statuses(out)
+    assert list(ran) == ["build", "pretrain", "sft", "dpo", "contamination", "eval"]
+    assert all(t.endswith(" s") for t in ran.values()), ran
+    assert "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
+    for stage in ("pretrain", "sft", "dpo"):
+        assert read_manifest(work / stage)["parent"]["ref"] == str(work / {"pretrain": "build", "sft": "pretrain",
+                                                                             "dpo": "sft"}[stage])
+    code, out, err = run_dus("verify", work / "dpo")
+    assert code == 0 and "<- build" in out, err
+
+    code, out, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", work)
+    assert code == 0, err
+    assert set(statuses(out).values()) == {"skipped"}
+
+    code, out, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml", sft_lr=2e-3), "--workdir", work)
+    assert code == 0, err
+    again = statuses(out)
+    assert [s for s, t in again.items() if t == "skipped"] == ["build", "pretrain"]
+    assert read_manifest(work / "sft")["options"]["lr"] == 2e-3
+    record = json.loads((work / "eval" / "dus_stage.json").read_text())
+    assert record["parent"] == {"ref": str(work / "dpo"), "manifest": manifest_digest(work / "dpo")}
+
+
+def test_an_interrupted_pretrain_resumes(tmp_path, run_dus, monkeypatch):
+    """A pending pretrain record that matches, and a checkpoint: the pipeline adds --resume."""
+    from dus.pipeline import run as pipeline_run
+
+    seen = []
+    monkeypatch.setattr(pipeline_run.subprocess, "run", lambda argv: seen.append(argv) or _Done())
+    recipe = tiny_recipe(tmp_path / "r.yaml")
+    steps = pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None)
+    assert "--resume" not in seen[-1] and steps[1].status == "ran"
+    (tmp_path / "w" / ".pretrain.pending.json").write_text(json.dumps(steps[1].expected))
+    (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001" / ".metadata").write_text("")
+    pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None)
+    assert seen[-1][-1] == "--resume"
+
+
+class _Done:
+    returncode = 0
+
+
+def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
+    code, out, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "solar",
+                             "--dry-run")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [shlex.split(line)[0] for line in lines] == ["dus", "torchrun", "accelerate", "accelerate", "dus",
+                                                        "accelerate"]
+    build, pretrain, sft, dpo, contamination, evaluate = (shlex.split(line) for line in lines)
+    assert build == ["dus", "build", str(tmp_path / "solar" / "build"), "--config", str(ROOT / "configs" / "solar-10.7b.yaml")]
+    assert pretrain[:7] == ["torchrun", "--nproc-per-node", "8", "-m", "dus", "pretrain", str(tmp_path / "solar" / "build")]
+    assert sft[:8] == ["accelerate", "launch", "--num_processes", "8", "-m", "dus", "sft", str(tmp_path / "solar" / "pretrain")]
+    assert dpo[7] == str(tmp_path / "solar" / "sft") and contamination[2] == str(tmp_path / "solar" / "dpo")
+    assert evaluate[6:9] == ["eval", str(tmp_path / "solar" / "dpo"), "--output"] and "h6" in evaluate
+    assert not (tmp_path / "solar").exists()  # a dry run writes nothing
+
+
+def test_the_solar_recipe_still_builds_and_plans(tmp_path):
+    from dus.plan.make import load_recipe_file
+
+    keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
+    assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys
+
+
+def test_bad_recipes_are_one_line(tmp_path, run_dus):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"source": "x", "sft": {"learning-rate": 1}}))
+    code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 2 and "unknown option 'learning-rate' for `dus sft`" in err
+    bad.write_text(yaml.safe_dump({"source": "x", "sft": {"output": "elsewhere"}}))
+    code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 2 and "set by the pipeline" in err
+    code, _, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--only", "chat")
+    assert code == 2 and "no such stage" in err
+
+
+def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"sft": {"model": "some/model", "data": ["a.jsonl"], "nproc-per-node": 2},
+                                      "eval": {"tasks": "h6"}}))
+    code, out, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 0, err
+    sft, evaluate = (shlex.split(line) for line in out.strip().splitlines())
+    assert sft == ["accelerate", "launch", "--num_processes", "2", "-m", "dus", "sft", "some/model", "--output",
+                   str(tmp_path / "w" / "sft"), "--data", "a.jsonl"]
+    assert evaluate[:3] == ["dus", "eval", str(tmp_path / "w" / "sft")]
+    recipe.write_text(yaml.safe_dump({"source": "x", "sft": {"model": "some/model"}}))
+    code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 2 and "`model:` is for the first stage only" in err
