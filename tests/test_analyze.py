@@ -210,7 +210,7 @@ def test_not_a_model_directory(tmp_path, capsys):
 @pytest.mark.real_model
 def test_smollm2_recommendation(tmp_path, capsys):
     """The fetched SmolLM2-135M-Instruct (30 layers): default budget 1.5x -> 44 layers, m=8; record the table."""
-    from dus.fetch import DownloadError, fetch_smollm2
+    from dus.testing.fetch import DownloadError, fetch_smollm2
 
     try:
         model = fetch_smollm2()

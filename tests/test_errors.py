@@ -185,7 +185,7 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     import signal
     import time
 
-    from dus.write.synthetic import write_synthetic
+    from dus.testing.synthetic import write_synthetic
 
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
               "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}

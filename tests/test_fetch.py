@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dus.errors import BuildError
-from dus.fetch import MARKER, DownloadError, fetch_smollm2
+from dus.testing.fetch import MARKER, DownloadError, fetch_smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 

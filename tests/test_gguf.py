@@ -21,7 +21,7 @@ gguf = pytest.importorskip("gguf")
 
 import dus.api  # noqa: E402
 from dus.errors import InputError  # noqa: E402
-from dus.fetch import DownloadError, fetch_smollm2_gguf  # noqa: E402
+from dus.testing.fetch import DownloadError, fetch_smollm2_gguf  # noqa: E402
 
 SMOLLM2_LAYERS = 30
 

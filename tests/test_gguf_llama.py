@@ -24,7 +24,7 @@ pytest.importorskip("gguf")
 
 import dus.api  # noqa: E402
 import dus.plan.gguf  # noqa: E402
-from dus.fetch import DownloadError, fetch_smollm2, fetch_smollm2_gguf  # noqa: E402
+from dus.testing.fetch import DownloadError, fetch_smollm2, fetch_smollm2_gguf  # noqa: E402
 from models import reference_model  # noqa: E402
 
 GGML_F32 = 0  # ggml_type of the KV cache: float32, so an f32 model is compared without f16 rounding
