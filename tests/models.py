@@ -73,3 +73,14 @@ def reference_model(model, source_layers: list[int]):
     if getattr(config, "layer_types", None):
         config.layer_types = [model.config.layer_types[i] for i in source_layers]
     return ref.eval()
+
+
+def assert_verified(directory, layers: int, computed: int = 0):
+    """`dus verify` passes (it raises on any mismatch) and says what it proved: the planned depth, and every
+    tensor's bytes against its source, `computed` of them recomputed (zeroed, scaled, blended) rather than copied."""
+    import dus.api
+
+    checks = dus.api.verify(directory).checks
+    assert f"config.json as planned ({layers} layers)" in checks, checks
+    assert any(c.startswith("bytes of all tensors match their sources") and c.endswith(f", {computed} computed)")
+               for c in checks), checks
