@@ -28,3 +28,21 @@ def run_dus(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A saved 4-layer LLaMA with its BPE, trained on nothing (the `dus pretrain` tests' source)."""
+    from pretrain_helpers import make_model
+
+    return make_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """JSONL corpora of Python's help topics: most to train on, every eighth held out."""
+    from pretrain_helpers import TOPICS, write_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    return {"train": write_corpus(root / "train", [t for i, t in enumerate(TOPICS) if i % 8]),
+            "eval": write_corpus(root / "eval", [t for i, t in enumerate(TOPICS) if i % 8 == 0])}

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from models import bpe_tokenizer, tiny_llama
 
 from dus.analyze import analyze, recommend_overlap
 from dus.analyze.data import token_windows
@@ -27,21 +28,10 @@ def _text() -> str:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """An 8-layer LLaMA (hidden 64), seeded, with a 512-token BPE that adds BOS, saved like a real model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     path = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator([_text()[:100_000]], trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"]))
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok = bpe_tokenizer([_text()[:100_000]], 512, {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
     tok.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=N,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_llama(tok, N, vocab_size=512, max_position_embeddings=256).save_pretrained(path)
     text = path / "text.txt"
     text.write_text(_text()[100_000:140_000])
     return path

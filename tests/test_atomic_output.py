@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from models import save_model
-from pretrain_helpers import tiny_model  # noqa: F401 (fixture)
 
 import dus.write.output as output
 

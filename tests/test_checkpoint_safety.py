@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from pretrain_helpers import corpus, make_model, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+from pretrain_helpers import make_model, read_jsonl
 
 from dus.train import pretrain
 from dus.errors import InputError

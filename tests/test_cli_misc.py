@@ -6,7 +6,6 @@ import logging
 import warnings
 
 from instruct_fixtures import facts, tiny_model_dir, write_jsonl
-from pretrain_helpers import corpus, tiny_model  # noqa: F401 (fixtures)
 
 import dus
 from dus.quiet import quiet

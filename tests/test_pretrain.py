@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from pretrain_helpers import corpus, perplexity, read_jsonl, tiny_model, weights  # noqa: F401 (fixtures)
+from pretrain_helpers import perplexity, read_jsonl, weights
 
 from dus.train import load_config, pretrain
 
@@ -159,6 +159,7 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err and message in err
 
 
+@pytest.mark.slow
 def test_bad_input_from_a_real_process(tiny_model, tmp_path):  # noqa: F811
     """The whole process, not just main(): nothing but the error line reaches stderr."""
     import subprocess

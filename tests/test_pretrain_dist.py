@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from pretrain_helpers import corpus, perplexity, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+from pretrain_helpers import perplexity, read_jsonl
 from transformers import AutoModelForCausalLM
 
 
