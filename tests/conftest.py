@@ -46,3 +46,25 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
     return {"train": write_corpus(root / "train", [t for i, t in enumerate(TOPICS) if i % 8]),
             "eval": write_corpus(root / "eval", [t for i, t in enumerate(TOPICS) if i % 8 == 0])}
+
+
+@pytest.fixture(scope="module")
+def llama_source(tmp_path_factory) -> Path:
+    """A saved tiny random LLaMA (tests/models.py), one per test module: tests copy it before changing it."""
+    from models import save_model
+
+    directory = tmp_path_factory.mktemp("llama") / "src"
+    save_model("llama", directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The instruct tests' tokenizer (tests/instruct_fixtures.py) with the SOLAR chat template."""
+    from instruct_fixtures import make_tokenizer
+
+    from dus.instruct.template import set_chat_template
+
+    tokenizer = make_tokenizer()
+    set_chat_template(tokenizer, "solar")
+    return tokenizer

@@ -8,14 +8,6 @@ from instruct_fixtures import make_model, make_tokenizer, save, tiny_model_dir
 
 from dus.errors import InputError
 from dus.instruct.chat import build_messages, generate
-from dus.instruct.template import set_chat_template
-
-
-@pytest.fixture(scope="module")
-def tok():
-    t = make_tokenizer()
-    set_chat_template(t, "solar")
-    return t
 
 
 def _always(model, token_id: int):

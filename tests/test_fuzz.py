@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from models import save_model
 from safetensors import deserialize
 
 import dus.api
@@ -326,13 +325,6 @@ def check_json(blob: bytes):
         assert_clean(error, "config.json: ")
         assert reference is REFUSED, f"serde_json reads what dus refused: {error}"
     return error is None
-
-
-@pytest.fixture(scope="module")
-def llama_source(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fuzz") / "src"
-    save_model("llama", directory)
-    return directory
 
 
 def test_fuzz_config_json(llama_source):
