@@ -68,3 +68,25 @@ def tok():
     tokenizer = make_tokenizer()
     set_chat_template(tokenizer, "solar")
     return tokenizer
+
+
+def _fetched(name: str) -> Path:
+    """A SmolLM2-135M-Instruct download from dus.testing.fetch (cached); the test is skipped offline."""
+    from dus.testing import fetch
+
+    try:
+        return getattr(fetch, name)()
+    except fetch.DownloadError as e:  # offline and not cached: nothing to test against
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face model directory (bfloat16 safetensors, tokenizer, chat template)."""
+    return _fetched("fetch_smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The same model's original Q4_1 GGUF file."""
+    return _fetched("fetch_smollm2_gguf")

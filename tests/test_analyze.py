@@ -198,14 +198,9 @@ def test_not_a_model_directory(tmp_path, capsys):
 
 
 @pytest.mark.real_model
-def test_smollm2_recommendation(tmp_path, capsys):
+def test_smollm2_recommendation(smollm2, tmp_path, capsys):
     """The fetched SmolLM2-135M-Instruct (30 layers): default budget 1.5x -> 44 layers, m=8; record the table."""
-    from dus.testing.fetch import DownloadError, fetch_smollm2
-
-    try:
-        model = fetch_smollm2()
-    except DownloadError as e:
-        pytest.skip(str(e))
+    model = smollm2
     text = tmp_path / "topics.txt"
     text.write_text(_text())
     main(["analyze", str(model), "--text", str(text), "--max-tokens", "512", "--seq-len", "128",

@@ -15,14 +15,6 @@ from dus.testing.fetch import MARKER, DownloadError, fetch_smollm2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        return fetch_smollm2()
-    except DownloadError as e:  # offline and not cached: nothing to test against
-        pytest.skip(str(e))
-
-
 @pytest.mark.real_model
 def test_fetched_directory_is_a_plain_bf16_model(smollm2):
     from safetensors import safe_open

@@ -9,13 +9,6 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from dus.testing.fetch import fetch_smollm2
-
-    return fetch_smollm2()
-
-
 def test_dus_smollm2_end_to_end(smollm2, tmp_path, run_dus):
     from dus.testing.compare import compare
 
