@@ -241,7 +241,7 @@ export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), model_di
 
 
 @pytest.mark.slow  # a subprocess that imports torch and transformers
-def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):  # noqa: F811
+def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dus.train.loop import export_hf

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 
 @pytest.mark.slow
-def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):  # noqa: F811
+def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]),
