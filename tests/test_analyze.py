@@ -108,12 +108,18 @@ def test_recommendation_is_the_budgeted_argmin(result, budget):
     assert {r["overlap"] for r in rec["candidates"] if r["allowed"]} == set(allowed)
 
 
+def _seam_matrix(n: int, seams: dict[int, float]) -> list[list[float]]:
+    """An (n+1)x(n+1) distance matrix, zero but for the given overlaps' seams (symmetric)."""
+    d = [[0.0] * (n + 1) for _ in range(n + 1)]
+    for m, v in seams.items():
+        d[n - m][m] = d[m][n - m] = v
+    return d
+
+
 def test_seam_indexing_on_a_hand_made_matrix():
     """Seam of m joins hidden_states[n-m] (out of layer n-m-1) to hidden_states[m] (into layer m)."""
     n = 8
-    d = [[0.0] * (n + 1) for _ in range(n + 1)]
-    for m, v in {1: 0.5, 2: 0.4, 3: 0.1}.items():
-        d[n - m][m] = d[m][n - m] = v
+    d = _seam_matrix(n, {1: 0.5, 2: 0.4, 3: 0.1})
     d[3][3 + 1] = d[4][3] = 0.01  # not a seam of any overlap: must not matter
     rec = recommend_overlap(d, [10] * n, 5, target_layers=14, slack_layers=8)
     assert (rec["overlap"], rec["layers"], rec["params"]) == (3, 10, 105)
@@ -126,9 +132,7 @@ def test_seam_indexing_on_a_hand_made_matrix():
 def test_printed_table_fills_the_allowed_column():
     """Every candidate row says yes or no, as analysis.json's `allowed` does; the recommended row is marked too."""
     n = 8
-    d = [[0.0] * (n + 1) for _ in range(n + 1)]
-    for m, v in {1: 0.5, 2: 0.4, 3: 0.1}.items():
-        d[n - m][m] = d[m][n - m] = v
+    d = _seam_matrix(n, {1: 0.5, 2: 0.4, 3: 0.1})
     rec = recommend_overlap(d, [10] * n, 5, target_layers=12)  # 12 layers: only m=2 fits at the top
     rows = explain(rec).split("allowed\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [r.split()[5] for r in rows] == ["yes" if c["allowed"] else "no" for c in rec["candidates"]]
