@@ -1,7 +1,7 @@
 """Tiny offline models and data for the instruct/eval tests (imported by tests/test_instruct*.py etc.).
 
-A byte-level BPE tokenizer trained here on toy text, and a 2-layer Llama built
-from its config class: everything is made on the spot, nothing is downloaded.
+A byte-level BPE tokenizer trained on toy text and a 2-layer Llama (the shared factories in
+tests/models.py): everything is made on the spot, nothing is downloaded.
 """
 
 from __future__ import annotations

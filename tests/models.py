@@ -1,4 +1,4 @@
-"""Tiny random models of many architectures, made from transformers' config classes."""
+"""Tiny random models, made from transformers' config classes, and the tokenizer and LLaMA factories every test uses."""
 
 from __future__ import annotations
 
