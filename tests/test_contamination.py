@@ -26,7 +26,6 @@ def toy(tmp_path_factory):
 SMALL = Settings(examples=12, neighbours=8, seed=0, batch_size=8)
 
 
-@pytest.mark.slow
 def test_memorised_benchmark_is_flagged(toy):
     d, tok, m = toy
     dirty = score_file(str(d / "bench.jsonl"), m["dirty"], tok, m["ref"], tok, SMALL)
@@ -38,7 +37,6 @@ def test_memorised_benchmark_is_flagged(toy):
     assert dirty.examples == 12 and len({s["index"] for s in dirty.scores}) == 12
 
 
-@pytest.mark.slow
 def test_deterministic_with_seed(toy):
     d, tok, m = toy
     s = Settings(examples=4, neighbours=4, seed=7, batch_size=3)
@@ -46,7 +44,6 @@ def test_deterministic_with_seed(toy):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.slow
 def test_cli_writes_scores(toy, tmp_path, run_dus):
     d, tok, m = toy
     target, ref = save(m["dirty"], tok, tmp_path / "target"), save(m["ref"], tok, tmp_path / "ref")

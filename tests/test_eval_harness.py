@@ -78,7 +78,6 @@ def _eval(run_dus, tasks_dir, out, *extra, tasks="h6"):
                    "--device", "cpu", "--output", out, *extra)
 
 
-@pytest.mark.slow
 def test_h6_end_to_end(tasks, tmp_path, run_dus, monkeypatch):
     calls = _spy_harness(monkeypatch)
     code, out, err = _eval(run_dus, tasks, tmp_path / "out")
@@ -104,7 +103,6 @@ def test_h6_end_to_end(tasks, tmp_path, run_dus, monkeypatch):
     assert out2 == out and json.loads((tmp_path / "out" / "results.json").read_text()) == result
 
 
-@pytest.mark.slow
 def test_scores_written_after_each_task_and_reused(tasks, tmp_path, run_dus, monkeypatch):
     """A run that dies at the last task keeps the others; the rerun evaluates only that task."""
     import lm_eval

@@ -81,7 +81,8 @@ def test_download_failure_is_a_clear_build_error(tmp_path, monkeypatch):
 
 
 def test_script_reports_error_line(tmp_path):
-    env = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1", "PATH": "/usr/bin:/bin"}
+    env = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT)}  # this checkout's dus, whichever one is installed
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "fetch_smollm2.py"), "--cache", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env=env,

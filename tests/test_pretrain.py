@@ -159,7 +159,6 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err and message in err
 
 
-@pytest.mark.slow
 def test_bad_input_from_a_real_process(tiny_model, tmp_path):
     """The whole process, not just main(): nothing but the error line reaches stderr."""
     import subprocess
