@@ -49,7 +49,7 @@ MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vo
 
 SYNTHESIZE = """
 import json, sys
-from dus.write.synthetic import write_synthetic
+from dus.testing.synthetic import write_synthetic
 print(write_synthetic(sys.argv[1], json.loads(sys.argv[2]), "bfloat16"))
 """
 

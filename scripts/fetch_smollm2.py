@@ -4,7 +4,7 @@
     python scripts/fetch_smollm2.py [--cache DIR]
 
 The directory is the last stdout line, so `MODEL=$(python scripts/fetch_smollm2.py | tail -1)`
-works. The default cache is $DUS_CACHE or ~/.cache/dus; see dus/fetch.py.
+works. The default cache is $DUS_CACHE or ~/.cache/dus; see dus/testing/fetch.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 
 from dus.errors import DusError
-from dus.fetch import fetch_smollm2
+from dus.testing.fetch import fetch_smollm2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Tiny offline models and data for the instruct/eval tests (imported by tests/test_instruct*.py etc.).
 
-A byte-level BPE tokenizer trained here on toy text, and a 2-layer Llama built
-from its config class: everything is made on the spot, nothing is downloaded.
+A byte-level BPE tokenizer trained on toy text and a 2-layer Llama (the shared factories in
+tests/models.py): everything is made on the spot, nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from models import bpe_tokenizer, tiny_llama
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
 THINGS = ["apple", "river", "stone", "cloud", "horse", "table", "garden", "window", "bridge", "candle"]
@@ -39,28 +40,12 @@ def corpus() -> list[str]:
 
 
 def make_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>", "<s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus(), trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    """A 400-token BPE over every byte, EOS id 0, BOS prepended."""
+    return bpe_tokenizer(corpus(), 400, {"eos_token": "</s>", "bos_token": "<s>", "pad_token": "<pad>"}, all_bytes=True)
 
 
 def make_model(tokenizer, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, 2, seed, max_position_embeddings=2048)
 
 
 def save(model, tokenizer, directory) -> str:

@@ -1,4 +1,4 @@
-"""Tiny random models of many architectures, made from transformers' config classes."""
+"""Tiny random models, made from transformers' config classes, and the tokenizer and LLaMA factories every test uses."""
 
 from __future__ import annotations
 
@@ -73,3 +73,45 @@ def reference_model(model, source_layers: list[int]):
     if getattr(config, "layer_types", None):
         config.layer_types = [model.config.layer_types[i] for i in source_layers]
     return ref.eval()
+
+
+def assert_verified(directory, layers: int, computed: int = 0):
+    """`dus verify` passes (it raises on any mismatch) and says what it proved: the planned depth, and every
+    tensor's bytes against its source, `computed` of them recomputed (zeroed, scaled, blended) rather than copied."""
+    import dus.api
+
+    checks = dus.api.verify(directory).checks
+    assert f"config.json as planned ({layers} layers)" in checks, checks
+    assert any(c.startswith("bytes of all tensors match their sources") and c.endswith(f", {computed} computed)")
+               for c in checks), checks
+
+
+def bpe_tokenizer(texts: list[str], vocab_size: int, specials: dict[str, str], all_bytes: bool = False):
+    """A byte-level BPE trained here on `texts`, so no tokenizer is downloaded.
+
+    `specials` maps the tokenizer's role names to tokens (e.g. {"eos_token": "</s>"}), in id order from 0;
+    with a `bos_token` every encoding starts with it. `all_bytes` puts all 256 bytes in the vocabulary.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=specials.get("unk_token")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if all_bytes else []
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials.values()),
+                                                       initial_alphabet=alphabet, show_progress=False))
+    if "bos_token" in specials:
+        bos = specials["bos_token"]
+        bpe.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, bpe.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **specials)
+
+
+def tiny_llama(tokenizer, layers: int, seed: int = 0, **config):
+    """A seeded random LLaMA (hidden 64) sized to `tokenizer`, with its special-token ids; `config` overrides."""
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **config})).eval()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from models import bpe_tokenizer, tiny_llama
 
 from dus.analyze import analyze, recommend_overlap
 from dus.analyze.data import token_windows
@@ -27,21 +28,10 @@ def _text() -> str:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """An 8-layer LLaMA (hidden 64), seeded, with a 512-token BPE that adds BOS, saved like a real model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     path = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator([_text()[:100_000]], trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"]))
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok = bpe_tokenizer([_text()[:100_000]], 512, {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
     tok.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=N,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_llama(tok, N, vocab_size=512, max_position_embeddings=256).save_pretrained(path)
     text = path / "text.txt"
     text.write_text(_text()[100_000:140_000])
     return path
@@ -118,12 +108,18 @@ def test_recommendation_is_the_budgeted_argmin(result, budget):
     assert {r["overlap"] for r in rec["candidates"] if r["allowed"]} == set(allowed)
 
 
+def _seam_matrix(n: int, seams: dict[int, float]) -> list[list[float]]:
+    """An (n+1)x(n+1) distance matrix, zero but for the given overlaps' seams (symmetric)."""
+    d = [[0.0] * (n + 1) for _ in range(n + 1)]
+    for m, v in seams.items():
+        d[n - m][m] = d[m][n - m] = v
+    return d
+
+
 def test_seam_indexing_on_a_hand_made_matrix():
     """Seam of m joins hidden_states[n-m] (out of layer n-m-1) to hidden_states[m] (into layer m)."""
     n = 8
-    d = [[0.0] * (n + 1) for _ in range(n + 1)]
-    for m, v in {1: 0.5, 2: 0.4, 3: 0.1}.items():
-        d[n - m][m] = d[m][n - m] = v
+    d = _seam_matrix(n, {1: 0.5, 2: 0.4, 3: 0.1})
     d[3][3 + 1] = d[4][3] = 0.01  # not a seam of any overlap: must not matter
     rec = recommend_overlap(d, [10] * n, 5, target_layers=14, slack_layers=8)
     assert (rec["overlap"], rec["layers"], rec["params"]) == (3, 10, 105)
@@ -136,9 +132,7 @@ def test_seam_indexing_on_a_hand_made_matrix():
 def test_printed_table_fills_the_allowed_column():
     """Every candidate row says yes or no, as analysis.json's `allowed` does; the recommended row is marked too."""
     n = 8
-    d = [[0.0] * (n + 1) for _ in range(n + 1)]
-    for m, v in {1: 0.5, 2: 0.4, 3: 0.1}.items():
-        d[n - m][m] = d[m][n - m] = v
+    d = _seam_matrix(n, {1: 0.5, 2: 0.4, 3: 0.1})
     rec = recommend_overlap(d, [10] * n, 5, target_layers=12)  # 12 layers: only m=2 fits at the top
     rows = explain(rec).split("allowed\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [r.split()[5] for r in rows] == ["yes" if c["allowed"] else "no" for c in rec["candidates"]]
@@ -208,14 +202,9 @@ def test_not_a_model_directory(tmp_path, capsys):
 
 
 @pytest.mark.real_model
-def test_smollm2_recommendation(tmp_path, capsys):
+def test_smollm2_recommendation(smollm2, tmp_path, capsys):
     """The fetched SmolLM2-135M-Instruct (30 layers): default budget 1.5x -> 44 layers, m=8; record the table."""
-    from dus.fetch import DownloadError, fetch_smollm2
-
-    try:
-        model = fetch_smollm2()
-    except DownloadError as e:
-        pytest.skip(str(e))
+    model = smollm2
     text = tmp_path / "topics.txt"
     text.write_text(_text())
     main(["analyze", str(model), "--text", str(text), "--max-tokens", "512", "--seq-len", "128",

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from models import save_model
-from pretrain_helpers import tiny_model  # noqa: F401 (fixture)
 
 import dus.write.output as output
 
@@ -44,13 +42,6 @@ output.on_step = stop
 from dus.cli import main
 main(sys.argv[5:])
 """
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-    root = tmp_path_factory.mktemp("src")
-    save_model("llama", root / "src")
-    return root / "src"
 
 
 @pytest.fixture
@@ -97,12 +88,12 @@ def exchange_supported(directory: Path) -> bool:
     ("rename", "publishing", "old"),
     ("rename", "old-hidden", "old"),  # between the two renames: OUTPUT is missing until the next run
 ])
-def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, src, parent, run_dus):
+def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, llama_source, parent, run_dus):
     out = parent / "out"
     if mode == "exchange" and not exchange_supported(parent):
         pytest.skip("this file system has no RENAME_EXCHANGE")
-    assert run_dus("build", src, out, *OLD)[0] == 0
-    proc = start(step, "kill", "build", src, out, *NEW, "--force", rename=mode == "rename")
+    assert run_dus("build", llama_source, out, *OLD)[0] == 0
+    proc = start(step, "kill", "build", llama_source, out, *NEW, "--force", rename=mode == "rename")
     proc.communicate(timeout=120)
     assert proc.returncode == -9
     if step == "old-hidden":
@@ -110,7 +101,7 @@ def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, src, 
                                                    f".out.dus-partial-{proc.pid}"]
     else:
         assert run_dus("verify", out)[0] == 0  # whole before any recovery
-    code, _, err = run_dus("build", src, parent / "next", *OLD)  # the next build into the parent recovers
+    code, _, err = run_dus("build", llama_source, parent / "next", *OLD)  # the next build into the parent recovers
     assert code == 0, err
     if step == "old-hidden":
         assert f"dus: restored out from .out.dus-old-{proc.pid}, left by a run killed while replacing it" in err
@@ -121,30 +112,30 @@ def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, src, 
 
 
 @pytest.mark.parametrize("mode", ["exchange", "rename"])
-def test_force_replaces_and_leaves_nothing_else(mode, src, parent, run_dus, monkeypatch):
+def test_force_replaces_and_leaves_nothing_else(mode, llama_source, parent, run_dus, monkeypatch):
     if mode == "rename":
         monkeypatch.setattr(output, "_renameat2", None)
     steps = []
     monkeypatch.setattr(output, "on_step", steps.append)
     out = parent / "out"
-    assert run_dus("build", src, out, *OLD)[0] == 0
-    code, _, err = run_dus("build", src, out, *NEW, "--force")
+    assert run_dus("build", llama_source, out, *OLD)[0] == 0
+    code, _, err = run_dus("build", llama_source, out, *NEW, "--force")
     assert code == 0, err
     assert layers(out) == 4 and run_dus("verify", out)[0] == 0
     assert steps[-1] == ("old-hidden" if mode == "rename" or not exchange_supported(parent) else "exchanged")
     assert os.listdir(parent) == ["out"]
 
 
-def test_concurrent_build_fails_at_once_and_the_first_wins(src, parent, tmp_path, run_dus):
+def test_concurrent_build_fails_at_once_and_the_first_wins(llama_source, parent, tmp_path, run_dus):
     out = parent / "out"
-    first = start("publishing", "hold", "build", src, out, *OLD, wait=tmp_path)
+    first = start("publishing", "hold", "build", llama_source, out, *OLD, wait=tmp_path)
     deadline = time.time() + 120
     while not (tmp_path / "ready").exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert (tmp_path / "ready").exists(), first.communicate(timeout=60)
     try:
         for force in ([], ["--force"]):
-            code, _, err = run_dus("build", src, out, *NEW, *force)
+            code, _, err = run_dus("build", llama_source, out, *NEW, *force)
             expected = (f"error: {out} is being written by another dus process (pid {first.pid}); "
                         "wait for it to finish or choose another output")
             assert one_error_line(code, err, 1) == expected
@@ -156,7 +147,7 @@ def test_concurrent_build_fails_at_once_and_the_first_wins(src, parent, tmp_path
     assert os.listdir(parent) == ["out"]  # the lock file goes with the build that held it
 
 
-def test_output_that_appears_during_a_build_is_not_replaced(src, parent, run_dus, monkeypatch):
+def test_output_that_appears_during_a_build_is_not_replaced(llama_source, parent, run_dus, monkeypatch):
     out = parent / "out"
 
     def someone_else(step):
@@ -164,15 +155,15 @@ def test_output_that_appears_during_a_build_is_not_replaced(src, parent, run_dus
             (out / "theirs").mkdir(parents=True)
 
     monkeypatch.setattr(output, "on_step", someone_else)
-    code, _, err = run_dus("build", src, out, *OLD)
+    code, _, err = run_dus("build", llama_source, out, *OLD)
     line = one_error_line(code, err, 1)
     assert line == f"error: {out} appeared during the build; not replacing what this build did not check"
     assert os.listdir(out) == ["theirs"] and os.listdir(parent) == ["out"]
 
 
-def test_force_replaces_only_the_output_it_checked(src, parent, run_dus, monkeypatch):
+def test_force_replaces_only_the_output_it_checked(llama_source, parent, run_dus, monkeypatch):
     out = parent / "out"
-    assert run_dus("build", src, out, *OLD)[0] == 0
+    assert run_dus("build", llama_source, out, *OLD)[0] == 0
 
     def someone_else(step):
         if step == "publishing":
@@ -180,7 +171,7 @@ def test_force_replaces_only_the_output_it_checked(src, parent, run_dus, monkeyp
             (out / "theirs").mkdir(parents=True)
 
     monkeypatch.setattr(output, "on_step", someone_else)
-    code, _, err = run_dus("build", src, out, *NEW, "--force")
+    code, _, err = run_dus("build", llama_source, out, *NEW, "--force")
     assert one_error_line(code, err, 1) == (f"error: {out} changed during the build; "
                                             "not replacing what this build did not check")
     assert os.listdir(out) == ["theirs"] and sorted(os.listdir(parent)) == ["moved", "out"]
@@ -192,7 +183,7 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_dead_builds_leftovers_are_removed_by_the_next_build(src, parent, run_dus):
+def test_dead_builds_leftovers_are_removed_by_the_next_build(llama_source, parent, run_dus):
     dead, live = dead_pid(), os.getpid()
     made = {
         f".out.dus-partial-{dead}": "removed",
@@ -211,7 +202,7 @@ def test_dead_builds_leftovers_are_removed_by_the_next_build(src, parent, run_du
     lock = os.open(parent / ".held.dus-lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        proc = subprocess.run([sys.executable, "-m", "dus", "build", str(src), str(parent / "out"), *OLD],
+        proc = subprocess.run([sys.executable, "-m", "dus", "build", str(llama_source), str(parent / "out"), *OLD],
                               capture_output=True, text=True, timeout=120)
     finally:
         os.close(lock)
@@ -250,7 +241,7 @@ export_hf(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), model_di
 
 
 @pytest.mark.slow  # a subprocess that imports torch and transformers
-def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):  # noqa: F811
+def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dus.train.loop import export_hf
@@ -302,7 +293,7 @@ def test_model_files_killed_while_moving_in_leave_no_mixed_model(step, tmp_path,
 
 @pytest.mark.parametrize("call, code", [("copy_file_range", errno.ENOSPC), ("write", errno.EDQUOT),
                                         ("copy_file_range", errno.EFBIG)])
-def test_disk_full_names_the_file_and_leaves_nothing(call, code, src, parent, run_dus, monkeypatch):
+def test_disk_full_names_the_file_and_leaves_nothing(call, code, llama_source, parent, run_dus, monkeypatch):
     """The write of the second shard fails as a full disk would make it."""
     real = getattr(os, call)
 
@@ -315,7 +306,7 @@ def test_disk_full_names_the_file_and_leaves_nothing(call, code, src, parent, ru
     monkeypatch.setattr(output, "free_bytes", lambda directory: 4096)  # what the message reports as free
     monkeypatch.setattr(os, call, full)
     monkeypatch.setattr("dus.write.build.require_space", lambda directory, needed: None)
-    result = run_dus("build", src, parent / "out", *OLD, "--shard-size", "40KB")
+    result = run_dus("build", llama_source, parent / "out", *OLD, "--shard-size", "40KB")
     monkeypatch.undo()
     line = one_error_line(result[0], result[2], 1)
     reason = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}[code]
@@ -326,11 +317,11 @@ def test_disk_full_names_the_file_and_leaves_nothing(call, code, src, parent, ru
     assert os.listdir(parent) == []
 
 
-def test_a_model_that_cannot_fit_is_refused_before_writing(src, parent, run_dus, monkeypatch):
+def test_a_model_that_cannot_fit_is_refused_before_writing(llama_source, parent, run_dus, monkeypatch):
     asked = []
     monkeypatch.setattr(output, "free_bytes", lambda directory: asked.append(Path(directory)) or 1000)
-    code, out, err = run_dus("build", src, parent / "out", *OLD)
-    planned = json.loads(run_dus("plan", src, *OLD, "--json")[1])["output_bytes"]
+    code, out, err = run_dus("build", llama_source, parent / "out", *OLD)
+    planned = json.loads(run_dus("plan", llama_source, *OLD, "--json")[1])["output_bytes"]
     line = one_error_line(code, err, 1)
     assert re.fullmatch(rf"error: not enough space in {re.escape(str(parent))}: the model needs ([\d,]+) bytes, "
                         r"1,000 free", line)
@@ -338,23 +329,23 @@ def test_a_model_that_cannot_fit_is_refused_before_writing(src, parent, run_dus,
     assert asked == [parent] and os.listdir(parent) == []
 
 
-def test_disk_full_after_the_shards_names_the_directory(src, parent, run_dus, monkeypatch):
+def test_disk_full_after_the_shards_names_the_directory(llama_source, parent, run_dus, monkeypatch):
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(output, "free_bytes", lambda directory: 0)
     monkeypatch.setattr("dus.write.build.require_space", lambda directory, needed: None)
     monkeypatch.setattr("dus.write.build.shutil.copyfile", full)  # generation_config.json, a side file
-    code, _, err = run_dus("build", src, parent / "out", *OLD)
+    code, _, err = run_dus("build", llama_source, parent / "out", *OLD)
     assert one_error_line(code, err, 1) == f"error: no space left writing in {parent}: 0 bytes free"
     assert os.listdir(parent) == []
 
 
-def test_a_file_system_without_locks_builds_unlocked(src, parent, run_dus, monkeypatch):
+def test_a_file_system_without_locks_builds_unlocked(llama_source, parent, run_dus, monkeypatch):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    code, _, err = run_dus("build", src, parent / "out", *OLD)
+    code, _, err = run_dus("build", llama_source, parent / "out", *OLD)
     assert code == 0, err
     assert os.listdir(parent) == ["out"] and run_dus("verify", parent / "out")[0] == 0

@@ -18,13 +18,6 @@ PUBLISHED = (
 )
 
 
-@pytest.fixture(scope="module")
-def tok():
-    t = make_tokenizer()
-    set_chat_template(t, "solar")
-    return t
-
-
 def test_shipped_template_is_the_published_one():
     assert builtin_template("solar") == PUBLISHED
     package_copy = (REPO / "dus/instruct/templates/solar.jinja").read_bytes()

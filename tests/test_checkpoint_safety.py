@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from pretrain_helpers import corpus, make_model, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+from pretrain_helpers import make_model, read_jsonl
 
 from dus.train import pretrain
 from dus.errors import InputError
@@ -45,7 +45,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def paused(tiny_model, corpus, cache, tmp_path_factory) -> Path:  # noqa: F811
+def paused(tiny_model, corpus, cache, tmp_path_factory) -> Path:
     """A run of 6 steps stopped after 4, with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("paused") / "run"
     pretrain({"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(out), "seq_len": 64,
@@ -55,7 +55,7 @@ def paused(tiny_model, corpus, cache, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture
-def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):  # noqa: F811
+def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):
     """A copy of the paused run, and a function that resumes it through the CLI: (exit code, stderr)."""
     out = tmp_path / "run"
     shutil.copytree(paused, out)
@@ -231,7 +231,7 @@ def test_rng_state_round_trips_through_json():
 
 
 @pytest.mark.slow
-def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):  # noqa: F811
+def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):
     """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

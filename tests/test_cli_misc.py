@@ -6,7 +6,6 @@ import logging
 import warnings
 
 from instruct_fixtures import facts, tiny_model_dir, write_jsonl
-from pretrain_helpers import corpus, tiny_model  # noqa: F401 (fixtures)
 
 import dus
 from dus.quiet import quiet
@@ -51,7 +50,7 @@ def test_sft_prints_no_progress_bars(tmp_path, run_dus, capsys):
     assert "saved " in out and "'loss'" in out  # the Trainer's log lines still come, as plain lines
 
 
-def test_pretrain_can_skip_the_final_checkpoint(tiny_model, corpus, tmp_path, run_dus):  # noqa: F811
+def test_pretrain_can_skip_the_final_checkpoint(tiny_model, corpus, tmp_path, run_dus):
     common = [tiny_model, "--data", corpus["train"], "--seq-len", "64", "--batch-size", "2", "--warmup-steps", "1",
               "--cache-dir", tmp_path / "cache", "--no-final-checkpoint"]
     code, _, err = run_dus("pretrain", *common, "--output", tmp_path / "done", "--max-steps", "4", "--save-every", "3")

@@ -16,17 +16,10 @@ from dus.plan import checks as checks_module
 from dus.read import config_check, transformers_check
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine")
-    save_model("llama", root / "src")
-    return root / "src"
-
-
-def _source(pristine, tmp_path, **patch):
+def _source(llama_source, tmp_path, **patch):
     """A copy of the tiny llama with config.json fields replaced (None removes one)."""
     src = tmp_path / "src"
-    shutil.copytree(pristine, src)
+    shutil.copytree(llama_source, src)
     config = json.loads((src / "config.json").read_text())
     config.update(patch)
     (src / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
@@ -74,29 +67,29 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", BAD_CONFIGS)
-def test_bad_config_is_refused_by_build(case, pristine, tmp_path, run_dus):
+def test_bad_config_is_refused_by_build(case, llama_source, tmp_path, run_dus):
     patch, fragment = BAD_CONFIGS[case]
-    src = _source(pristine, tmp_path, **patch)
+    src = _source(llama_source, tmp_path, **patch)
     result = run_dus("build", src, tmp_path / "out", "--overlap", "1")
     _assert_refused(result, fragment, tmp_path)
     assert str(src / "config.json") in result[2]  # the message names the file
 
 
-def test_plan_refuses_as_build_does(pristine, tmp_path, run_dus):
-    src = _source(pristine, tmp_path, vocab_size=-5)
+def test_plan_refuses_as_build_does(llama_source, tmp_path, run_dus):
+    src = _source(llama_source, tmp_path, vocab_size=-5)
     _assert_refused(run_dus("plan", src, "--overlap", "1"), "vocab_size is -5", tmp_path)
     with pytest.raises(InputError, match="vocab_size is -5"):
         dus.api.plan(str(src), overlap=1)
 
 
-def test_bare_config_is_checked_before_its_model_is_made(pristine, tmp_path, run_dus, monkeypatch):
+def test_bare_config_is_checked_before_its_model_is_made(llama_source, tmp_path, run_dus, monkeypatch):
     import dus.read.source
 
     def no_model(config):
         raise AssertionError("a model was built from an unchecked config")
 
     monkeypatch.setattr(dus.read.source, "meta_tensors", no_model)
-    src = _source(pristine, tmp_path, num_hidden_layers=10**7)
+    src = _source(llama_source, tmp_path, num_hidden_layers=10**7)
     _assert_refused(run_dus("plan", src / "config.json"), "num_hidden_layers is 10,000,000; dus handles at most 4,096", tmp_path)
 
 
@@ -104,7 +97,7 @@ def test_bare_config_is_checked_before_its_model_is_made(pristine, tmp_path, run
     (10**7, "num_hidden_layers is 10,000,000; dus handles at most 4,096 layers"),
     (1000, "num_hidden_layers is 1000 in config.json, but the checkpoint has only"),
 ])
-def test_layer_count_is_bounded_before_the_stack_is_searched(layers, fragment, pristine, tmp_path, run_dus, monkeypatch):
+def test_layer_count_is_bounded_before_the_stack_is_searched(layers, fragment, llama_source, tmp_path, run_dus, monkeypatch):
     """A huge layer count is refused from the config and the tensor count, before
     finding the stack builds anything of size n (98 s and 6.7 GB for 10^7, before)."""
     import dus.read.source
@@ -113,15 +106,15 @@ def test_layer_count_is_bounded_before_the_stack_is_searched(layers, fragment, p
         raise AssertionError(f"searched the tensor names for {n} layers")
 
     monkeypatch.setattr(dus.read.source, "find_layer_prefix", no_search)
-    src = _source(pristine, tmp_path, num_hidden_layers=layers)
+    src = _source(llama_source, tmp_path, num_hidden_layers=layers)
     _assert_refused(run_dus("build", src, tmp_path / "out"), fragment, tmp_path)
 
 
-def test_plan_size_is_bounded_before_it_is_expanded(pristine, tmp_path, run_dus):
-    _assert_refused(run_dus("plan", pristine, "--recipe", "stack", "--factor", "2000"),
+def test_plan_size_is_bounded_before_it_is_expanded(llama_source, tmp_path, run_dus):
+    _assert_refused(run_dus("plan", llama_source, "--recipe", "stack", "--factor", "2000"),
                     "the plan has 8,000 layers; dus builds at most 4,096", tmp_path)
     # 4 * 10**9 layers: refused from the factor, before a list of that size is made
-    _assert_refused(run_dus("plan", pristine, "--recipe", "stack", "--factor", str(10**9)),
+    _assert_refused(run_dus("plan", llama_source, "--recipe", "stack", "--factor", str(10**9)),
                     "the plan has 4,000,000,000 layers", tmp_path)
 
 
@@ -131,7 +124,7 @@ def _recipe(tmp_path, body):
     return path
 
 
-def test_overrides_are_checked_in_the_output_config(pristine, tmp_path, run_dus):
+def test_overrides_are_checked_in_the_output_config(llama_source, tmp_path, run_dus):
     cases = {
         "rope_theta: .nan": "rope_theta is nan; expected a finite number",
         "num_hidden_layers: 99": "num_hidden_layers is 99, but the plan has 6 layers",
@@ -140,17 +133,17 @@ def test_overrides_are_checked_in_the_output_config(pristine, tmp_path, run_dus)
         "model_type: gpt2": "has no tensor for",  # transformers would build other weights from this config
     }
     for override, fragment in cases.items():
-        recipe = _recipe(tmp_path, f"source: {pristine}\noverlap: 1\nconfig_overrides:\n  {override}\n")
+        recipe = _recipe(tmp_path, f"source: {llama_source}\noverlap: 1\nconfig_overrides:\n  {override}\n")
         result = run_dus("build", "--config", recipe, tmp_path / "out")
         _assert_refused(result, fragment, tmp_path)
         assert "the planned config.json" in result[2]
-    recipe = _recipe(tmp_path, f"source: {pristine}\noverlap: 1\nconfig_overrides: [1, 2]\n")
+    recipe = _recipe(tmp_path, f"source: {llama_source}\noverlap: 1\nconfig_overrides: [1, 2]\n")
     _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"), "config_overrides must be a mapping", tmp_path)
 
 
-def test_every_source_of_a_recipe_is_checked(pristine, tmp_path, run_dus):
-    other = _source(pristine, tmp_path, mlp_only_layers=[4])
-    recipe = _recipe(tmp_path, {"sources": {"base": str(pristine), "other": str(other)},
+def test_every_source_of_a_recipe_is_checked(llama_source, tmp_path, run_dus):
+    other = _source(llama_source, tmp_path, mlp_only_layers=[4])
+    recipe = _recipe(tmp_path, {"sources": {"base": str(llama_source), "other": str(other)},
                                 "layers": [{"range": [0, 4]}, {"layer": 3, "source": "other"}]})
     _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"), "mlp_only_layers holds layer 4", tmp_path)
 
@@ -191,8 +184,8 @@ def test_every_layer_formula_field_is_checked():
     assert fields <= checked, fields - checked
 
 
-def test_valid_configs_pass_and_keep_building(pristine, tmp_path, run_dus):
-    src = _source(pristine, tmp_path, mlp_only_layers=[0, 3], no_rope_layers=[1, 0, 1, 1],
+def test_valid_configs_pass_and_keep_building(llama_source, tmp_path, run_dus):
+    src = _source(llama_source, tmp_path, mlp_only_layers=[0, 3], no_rope_layers=[1, 0, 1, 1],
                   layer_types=["full_attention"] * 4, first_k_dense_replace=0)
     code, _, err = run_dus("build", src, tmp_path / "out", "--overlap", "1", "--verify")
     assert code == 0, err
@@ -219,18 +212,18 @@ def test_split_weights_are_covered_by_their_fused_tensor():
         transformers_check.check_one(config, "src", saved - {"model.layers.0.attention.query_key_value.weight"}, "src")
 
 
-def test_checks_run_in_a_child_where_torch_is_not_loaded(pristine):
+def test_checks_run_in_a_child_where_torch_is_not_loaded(llama_source):
     """The build process never imports torch (tests/test_memory.py): there the transformers
     checks run in a child process, whose refusal is the same one-line InputError."""
-    config = json.loads((pristine / "config.json").read_text())
+    config = json.loads((llama_source / "config.json").read_text())
     checks = [{"config": config, "where": "a.json"},
               {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
     with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
         checks_module.PendingChecks({"checks": checks, "layers": None}, in_child=True).result()
 
 
-def test_yaml_values_json_cannot_hold_are_refused(pristine, tmp_path, run_dus):
-    recipe = _recipe(tmp_path, f"source: {pristine}\noverlap: 1\nconfig_overrides:\n  release: 2024-01-01\n")
+def test_yaml_values_json_cannot_hold_are_refused(llama_source, tmp_path, run_dus):
+    recipe = _recipe(tmp_path, f"source: {llama_source}\noverlap: 1\nconfig_overrides:\n  release: 2024-01-01\n")
     _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"),
                     "release is datetime.date(2024, 1, 1) (date); expected a JSON value", tmp_path)
 

@@ -72,6 +72,10 @@ def test_record_fields():
     assert example_text({"question": "q", "mc1_targets": {"choices": ["x", "y"], "labels": [0, 1]}}) == "q y"
     with pytest.raises(InputError):
         example_text({"prompt": "p"})
-    assert [i for i, _ in pick(["a", "b", "c"], 2, 0)] == [i for i, _ in pick(["a", "b", "c"], 2, 0)]
+    texts = [f"line {i}" for i in range(20)]
+    chosen = pick(texts, 5, seed=0)
+    assert len({i for i, _ in chosen}) == 5 and all(texts[i] == t for i, t in chosen)
+    assert chosen == pick(list(texts), 5, seed=0)  # the same seed picks the same lines
+    assert pick(texts, 5, seed=1) != chosen and [i for i, _ in chosen] != list(range(5))  # shuffled, by the seed
     with pytest.raises(InputError):
         contamination("x", "y", [])

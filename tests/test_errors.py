@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from models import save_model
 
 
 def _header(path):
@@ -97,13 +96,6 @@ CORRUPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine")
-    save_model("llama", root / "src")
-    return root / "src"
-
-
 def _assert_one_line_error(code, err, expected_code, fragment):
     assert code == expected_code, err
     lines = err.strip().splitlines()
@@ -113,9 +105,9 @@ def _assert_one_line_error(code, err, expected_code, fragment):
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
-def test_corrupt_source(name, pristine, tmp_path, run_dus):
+def test_corrupt_source(name, llama_source, tmp_path, run_dus):
     src = tmp_path / "src"
-    shutil.copytree(pristine, src)
+    shutil.copytree(llama_source, src)
     corrupt, fragment = CORRUPTIONS[name]
     corrupt(src)
     code, out, err = run_dus("build", src, tmp_path / "out")
@@ -134,25 +126,25 @@ def test_corrupt_source(name, pristine, tmp_path, run_dus):
     (["--preset", "nope", "--overlap", "1"], "unknown preset"),
     (["--no-such-option"], "No such option"),
 ])
-def test_bad_plan_options(args, fragment, pristine, tmp_path, run_dus):
-    code, out, err = run_dus("build", pristine, tmp_path / "out", *args)
+def test_bad_plan_options(args, fragment, llama_source, tmp_path, run_dus):
+    code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
     _assert_one_line_error(code, err, 2, fragment)
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_source_and_existing_output(pristine, tmp_path, run_dus):
+def test_missing_source_and_existing_output(llama_source, tmp_path, run_dus):
     code, _, err = run_dus("build", tmp_path / "nowhere", tmp_path / "out")
     _assert_one_line_error(code, err, 2, "no such model directory")
     (tmp_path / "out").mkdir()
-    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1")
+    code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1")
     _assert_one_line_error(code, err, 2, "already exists")
-    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1", "--force")
+    code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1", "--force")
     assert code == 0, err
     assert (tmp_path / "out/model.safetensors").is_file()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 
-def test_runtime_failure_leaves_nothing(pristine, tmp_path, monkeypatch, run_dus):
+def test_runtime_failure_leaves_nothing(llama_source, tmp_path, monkeypatch, run_dus):
     """A failure half-way through writing removes the staging directory."""
     import dus.write.shards as shards
 
@@ -166,7 +158,7 @@ def test_runtime_failure_leaves_nothing(pristine, tmp_path, monkeypatch, run_dus
         return real(*args)
 
     monkeypatch.setattr(shards, "copy_range", failing)
-    code, _, err = run_dus("build", pristine, tmp_path / "out", "--overlap", "1")
+    code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1")
     assert code == 130 and err.strip() == "error: interrupted"
     assert os.listdir(tmp_path) == []
 
@@ -185,7 +177,7 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     import signal
     import time
 
-    from dus.write.synthetic import write_synthetic
+    from dus.testing.synthetic import write_synthetic
 
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
               "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from models import save_model
 from safetensors import deserialize
 
 import dus.api
@@ -328,15 +327,8 @@ def check_json(blob: bytes):
     return error is None
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fuzz") / "src"
-    save_model("llama", directory)
-    return directory
-
-
-def test_fuzz_config_json(tiny_model):
-    base = (tiny_model / "config.json").read_bytes()
+def test_fuzz_config_json(llama_source):
+    base = (llama_source / "config.json").read_bytes()
     accepted = sum(check_json(config_case(seed, base)) for seed in range(CONFIG_CASES))
     assert 0.05 * CONFIG_CASES < accepted < 0.8 * CONFIG_CASES
 
@@ -353,14 +345,14 @@ def model_case(seed: int, raw: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("target", ["model.safetensors", "config.json"])
-def test_fuzz_plan(target, tiny_model, tmp_path):
+def test_fuzz_plan(target, llama_source, tmp_path):
     """The plan (what `dus plan` runs) on mutated models: success where the library
     (serde_json) reads the file too, else an InputError."""
     mutate, readable = {"model.safetensors": (model_case, lambda blob: library_tensors(blob) is not None),
                         "config.json": (config_case, lambda blob: isinstance(serde_json_value(blob), dict))}[target]
     src = tmp_path / "src"
-    shutil.copytree(tiny_model, src)
-    original = (tiny_model / target).read_bytes()
+    shutil.copytree(llama_source, src)
+    original = (llama_source / target).read_bytes()
     accepted = 0
     with open(src / target, "wb") as f:
         for seed in range(PLAN_CASES):

@@ -21,17 +21,8 @@ gguf = pytest.importorskip("gguf")
 
 import dus.api  # noqa: E402
 from dus.errors import InputError  # noqa: E402
-from dus.fetch import DownloadError, fetch_smollm2_gguf  # noqa: E402
 
 SMOLLM2_LAYERS = 30
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf():
-    try:
-        return fetch_smollm2_gguf()
-    except DownloadError as e:  # offline and not cached: nothing to test against
-        pytest.skip(str(e))
 
 
 def write_tiny(path, arch="llama", n=4, metadata=None, quantized=True):

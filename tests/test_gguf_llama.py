@@ -24,7 +24,6 @@ pytest.importorskip("gguf")
 
 import dus.api  # noqa: E402
 import dus.plan.gguf  # noqa: E402
-from dus.fetch import DownloadError, fetch_smollm2, fetch_smollm2_gguf  # noqa: E402
 from models import reference_model  # noqa: E402
 
 GGML_F32 = 0  # ggml_type of the KV cache: float32, so an f32 model is compared without f16 rounding
@@ -62,12 +61,9 @@ def converter() -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir() -> Path:
+def tokenizer_dir(smollm2) -> Path:
     """convert_hf_to_gguf.py needs a tokenizer it knows: SmolLM2's (49,152 tokens), cached by the project."""
-    try:
-        return fetch_smollm2()
-    except DownloadError as e:
-        pytest.skip(str(e))
+    return smollm2
 
 
 def tiny_config(family: str):
@@ -167,15 +163,12 @@ def test_f32_smollm2_grown_in_llama_cpp(tmp_path, converter, tokenizer_dir):
 
 
 @pytest.mark.real_model
-def test_q4_1_smollm2_grown_in_llama_cpp(tmp_path):
+def test_q4_1_smollm2_grown_in_llama_cpp(tmp_path, smollm2_gguf):
     """Quantized kernels differ from de-quantized float32 (llama.cpp also rounds activations to 8
     bits for Q4_1), more so the deeper the model, so the grown model is held to its source: top-1
     agreement with its transformers reference at least the source's minus one point, perplexity off
     by at most the source's own deviation plus 0.5 % (on this text the source alone is 0.6 % off)."""
-    try:
-        source = fetch_smollm2_gguf()
-    except DownloadError as e:
-        pytest.skip(str(e))
+    source = smollm2_gguf
     grown = tmp_path / "grown.gguf"
     dus.api.build(str(source), grown, overlap=8)
     source_hf = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name).eval()

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from models import save_model
 
 REPO = "dus-test/tiny-llama"
@@ -27,6 +28,7 @@ def _dus(env, *args):
     return subprocess.run([sys.executable, "-m", "dus", *map(str, args)], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # ~20 s
 def test_plan_and_build_from_repo_id(tmp_path):
     env = _populate_cache(tmp_path)
     plan = _dus(env, "plan", REPO, "--overlap", "1", "--json")

@@ -116,6 +116,7 @@ def test_plan_build_verify_from_cache(tmp_path, monkeypatch, run_dus, sharded, b
     assert out.startswith(f"verified {tmp_path / 'out'}")
 
 
+@pytest.mark.slow  # ~14 s
 def test_repo_id_from_environment_alone(tmp_path, monkeypatch):
     """A fresh process finds the cache through HF_HUB_CACHE / HF_HUB_OFFLINE only."""
     _cache_model(tmp_path, monkeypatch, sharded=True)

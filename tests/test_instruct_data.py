@@ -1,19 +1,11 @@
 """SFT/DPO data: formats rendered through the chat template, task and n-gram hygiene."""
 
 import pytest
-from instruct_fixtures import make_tokenizer, write_jsonl
+from instruct_fixtures import write_jsonl
 
 from dus.errors import InputError
 from dus.instruct.data import dpo_text, load_rows, sft_text, to_text
 from dus.instruct.hygiene import benchmark_ngrams, clean, ngrams
-from dus.instruct.template import set_chat_template
-
-
-@pytest.fixture(scope="module")
-def tok():
-    t = make_tokenizer()
-    set_chat_template(t, "solar")
-    return t
 
 
 def test_chat_becomes_prompt_and_reply(tok):

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from dus.write.synthetic import write_synthetic
+from dus.testing.synthetic import write_synthetic
 
 CONFIG = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 1024,
           "intermediate_size": 3584, "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 4,

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
-from pretrain_helpers import corpus, perplexity, read_jsonl, tiny_model, weights  # noqa: F401 (fixtures)
+from pretrain_helpers import perplexity, read_jsonl, weights
 
 from dus.train import load_config, pretrain
 
 
 @pytest.fixture
-def run(tiny_model, corpus, tmp_path_factory):  # noqa: F811
+def run(tiny_model, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def run(output, **options) -> dict:
@@ -28,7 +28,7 @@ def train_losses(output) -> list[float]:
     return [r["loss"] for r in read_jsonl(output / "metrics.jsonl") if "loss" in r]
 
 
-def test_single_process_learns_and_exports(run, tiny_model, corpus, tmp_path, run_dus):  # noqa: F811
+def test_single_process_learns_and_exports(run, tiny_model, corpus, tmp_path, run_dus):
     out = tmp_path / "run"
     summary = run(out, max_steps=30, eval_data=[str(corpus["eval"])], eval_every=15, log_every=5)
     records = read_jsonl(out / "metrics.jsonl")
@@ -72,7 +72,7 @@ def test_save_every_zero_saves_only_to_resume(run, tmp_path):
     assert [p.name for p in (tmp_path / "paused" / "checkpoints").iterdir()] == ["step_00000002"]
 
 
-def test_device_cuda_without_cuda_is_refused(tiny_model, corpus, tmp_path, run_dus, monkeypatch):  # noqa: F811
+def test_device_cuda_without_cuda_is_refused(tiny_model, corpus, tmp_path, run_dus, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, _, err = run_dus("pretrain", tiny_model, "--data", corpus["train"], "--output", tmp_path / "o",
                            "--max-steps", "1", "--device", "cuda")
@@ -87,7 +87,7 @@ def _layer(name: str) -> int | None:
     return int(name.split(".")[2]) if name.startswith("model.layers.") else None
 
 
-def test_freeze_layers_spec(run, tiny_model, tmp_path):  # noqa: F811
+def test_freeze_layers_spec(run, tiny_model, tmp_path):
     out = tmp_path / "frozen"
     run(out, max_steps=3, freeze="layers:1:3", eval_fraction=0.1)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [0, 3]
@@ -102,7 +102,7 @@ def test_freeze_layers_spec(run, tiny_model, tmp_path):  # noqa: F811
     assert optim_layers == {1, 2}
 
 
-def test_freeze_original_trains_only_new_layers(run, tiny_model, tmp_path):  # noqa: F811
+def test_freeze_original_trains_only_new_layers(run, tiny_model, tmp_path):
     model = tmp_path / "grown"
     shutil.copytree(tiny_model, model)
     layers = [{"index": i, "source_layer": min(i, 2), "source": "base", "op": "copy", "new": i in (1, 3)}
@@ -145,7 +145,7 @@ def with_checkpoint(tmp_path):
     (["--output", "{used}"], "--resume"),
     (["--config", "{tmp}/bad.yaml"], "unknown option 'sequence_length'"),
 ])
-def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, run_dus, args, message):  # noqa: F811
+def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, run_dus, args, message):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "short.jsonl").write_text('{"text": "too short for a block"}\n')
     (tmp_path / "broken.jsonl").write_text('{"text": "unterminated\n')
@@ -159,7 +159,7 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err and message in err
 
 
-def test_bad_input_from_a_real_process(tiny_model, tmp_path):  # noqa: F811
+def test_bad_input_from_a_real_process(tiny_model, tmp_path):
     """The whole process, not just main(): nothing but the error line reaches stderr."""
     import subprocess
     import sys
@@ -172,7 +172,7 @@ def test_bad_input_from_a_real_process(tiny_model, tmp_path):  # noqa: F811
     assert done.stderr.strip().splitlines() == [f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"]
 
 
-def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):  # noqa: F811
+def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):
     """The real hand-off: `dus build --recipe expand` then `dus pretrain --freeze original`."""
     import dus.api
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from pretrain_helpers import corpus, perplexity, read_jsonl, tiny_model  # noqa: F401 (fixtures)
+from pretrain_helpers import perplexity, read_jsonl
 from transformers import AutoModelForCausalLM
 
 
 @pytest.mark.slow
-def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):  # noqa: F811
+def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]),

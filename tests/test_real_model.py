@@ -9,15 +9,8 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from dus.fetch import fetch_smollm2
-
-    return fetch_smollm2()
-
-
 def test_dus_smollm2_end_to_end(smollm2, tmp_path, run_dus):
-    from dus.eval.compare import compare
+    from dus.testing.compare import compare
 
     code, out, err = run_dus("build", smollm2, tmp_path / "up", "--overlap", "8", "--verify")
     assert code == 0, err

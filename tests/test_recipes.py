@@ -6,10 +6,11 @@ import pytest
 import torch
 import transformers
 import yaml
-from models import VOCAB, save_model
+from models import VOCAB, assert_verified, save_model
 from safetensors.torch import load_file
 
 import dus.api
+from dus.errors import InputError
 
 IDS = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
 
@@ -29,7 +30,10 @@ def test_expand_is_identity(arch, tmp_path):
     expanded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert torch.allclose(_logits(expanded), _logits(base), rtol=0, atol=1e-5)
     assert torch.equal(_logits(expanded).argmax(-1), _logits(base).argmax(-1))
-    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
+    prefix = record["sources"]["base"]["layer_prefix"]
+    zeroed = [n for n in load_file(tmp_path / "out/model.safetensors")
+              if any(n.startswith(f"{prefix}{i}.{m}.") for i in (2, 5) for m in record["plan"]["recipe"]["zeroed"])]
+    assert_verified(tmp_path / "out", layers=6, computed=len(zeroed))
 
 
 def test_expand_llama_logits_bitwise(tmp_path):
@@ -70,7 +74,8 @@ def test_blend_scale_and_multi_source(tmp_path):
         assert torch.equal(out[f"model.layers.3.{suffix}"], b[f"model.layers.3.{suffix}"])
     assert torch.equal(out["model.layers.4.self_attn.o_proj.weight"], a["model.layers.3.self_attn.o_proj.weight"] * 0.5)
     assert torch.equal(out["model.layers.4.self_attn.q_proj.weight"], a["model.layers.3.self_attn.q_proj.weight"])
-    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
+    blended = sum(n.startswith("model.layers.2.") for n in out)
+    assert_verified(tmp_path / "out", layers=5, computed=blended + 2)  # the blend's tensors, the 2 scaled projections
     transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # loads
 
 
@@ -90,7 +95,7 @@ def test_mismatched_sources_refused_before_writing(tmp_path):
     save_model("qwen3", tmp_path / "b")
     recipe = _recipe(tmp_path, {"sources": {"base": str(tmp_path / "a"), "other": str(tmp_path / "b")},
                                 "layers": [{"range": [0, 4]}, {"layer": 1, "source": "other"}]})
-    with pytest.raises(Exception, match="different tensors|shape mismatch"):
+    with pytest.raises(InputError, match="different tensors|shape mismatch"):
         dus.api.build(None, tmp_path / "out", config=recipe)
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.glob(".out*")) == []
@@ -104,20 +109,20 @@ def test_dtype_conversion_matches_torch(tmp_path):
     assert torch.equal(out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16))
     config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.dtype == torch.bfloat16
-    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
+    assert_verified(tmp_path / "out", layers=6, computed=len(out))  # every tensor converted, none copied
 
 
 @pytest.mark.parametrize("recipe, kwargs, layers", [
     ("stack", {"factor": 3}, [0, 1, 2, 3] * 3),
     ("interleave", {"factor": 2}, [0, 0, 1, 1, 2, 2, 3, 3]),
-    ("idus", {"group": 2}, [0, 1, 2, 3]),
-    ("dus", {"overlap": 2}, [0, 1, 2, 3]),
+    ("idus", {"group": 1}, [0, 1, 1, 2, 2, 3]),
+    ("dus", {"overlap": 1}, [0, 1, 2, 1, 2, 3]),
 ])
 def test_every_recipe_builds_and_verifies(recipe, kwargs, layers, tmp_path):
     save_model("llama", tmp_path / "src")
     record = dus.api.build(str(tmp_path / "src"), tmp_path / "out", recipe=recipe, **kwargs)
     assert [l["source_layer"] for l in record["plan"]["layers"]] == layers
-    assert len(dus.api.verify(tmp_path / "out").checks) == 5  # raises on any mismatch
+    assert_verified(tmp_path / "out", layers=len(layers))
 
 
 def test_plot(tmp_path, run_dus):

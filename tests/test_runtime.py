@@ -198,7 +198,7 @@ def test_cosine_schedule_matches_the_old_warmup_and_ends_at_min_lr():
 
 
 def test_one_copy_of_each_runtime_job():
-    """Only dus/runtime.py loads checkpoints and parses --dtype/--device (dus/fetch.py reads a GGUF file)."""
+    """Only dus/runtime.py loads checkpoints and parses --dtype/--device (dus/testing/fetch.py reads a GGUF file)."""
     import re
     from pathlib import Path
 
@@ -208,4 +208,4 @@ def test_one_copy_of_each_runtime_job():
     jobs = re.compile(r"(AutoModelForCausalLM|AutoTokenizer)\.from_pretrained\(|def (decoder_layers|resolve_device|"
                       r"resolve_dtype|dtype_name|device_name|_device|_dtype|compute_dtype)\(")
     found = {str(p.relative_to(root)) for p in root.rglob("*.py") if jobs.search(p.read_text())}
-    assert found <= {"runtime.py", "fetch.py"}, found
+    assert found <= {"runtime.py", "testing/fetch.py"}, found

@@ -12,7 +12,6 @@ from rich import filesize
 
 from dus.cli import app
 
-_SOURCE = typer.Argument(..., help="Model directory, Hub repo id, or (for plan) a bare config.json.")
 _PLAN_HELP = "Plan options (the defaults come from --config or --preset when given)"
 
 

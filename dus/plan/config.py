@@ -59,7 +59,6 @@ FREE_PARAMETERS = {
     "moe_layer_start_index": lambda m, wanted, c: sorted({min(wanted, default=m), c["moe_layer_start_index"]}),
     "moe_layer_end_index": lambda m, wanted, c: sorted({max(wanted, default=-1), m - 1, c["moe_layer_end_index"]}),
 }
-TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def output_config(config: dict, source_layers: list[int], dtype: str | None = None,

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 
 from dus.errors import InputError
 
-EDIT_OPS = ("zero", "scale")
-
-
 @dataclass(frozen=True)
 class LayerRef:
     layer: int

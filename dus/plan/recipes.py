@@ -45,10 +45,6 @@ def dus(n: int, overlap: int = 8) -> list[OutputLayer]:
     return _copies(list(range(n - overlap)) + list(range(overlap, n)))
 
 
-def explicit(n: int, spec: str) -> list[OutputLayer]:
-    return _copies(parse_layer_spec(spec, n))
-
-
 def stack(n: int, factor: int = 2) -> list[OutputLayer]:
     """G_stack (Du et al. 2024): the whole stack repeated `factor` times."""
     _check_factor(factor, "factor")

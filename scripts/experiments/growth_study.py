@@ -47,7 +47,7 @@ import transformers
 import dus
 from dus.api import build
 from dus.eval.perplexity import perplexity, reference_text
-from dus.fetch import fetch_smollm2
+from dus.testing.fetch import fetch_smollm2
 from dus.runtime import load_model, load_tokenizer, resolve_device
 from dus.train import PretrainConfig, pretrain
 

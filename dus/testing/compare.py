@@ -38,7 +38,7 @@ def compare(base_dir, upscaled_dir, prompt: str = PROMPT, max_tokens: int = 4096
 
 
 def main() -> None:
-    """python -m dus.eval.compare BASE UPSCALED: print both replies and perplexities."""
+    """python -m dus.testing.compare BASE UPSCALED: print both replies and perplexities."""
     import json
     import sys
 
