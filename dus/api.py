@@ -7,76 +7,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.checks import PendingChecks, start_checks
+from dus.plan.checks import start_checks
 from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
-from dus.plan.layout import TensorSpec, layout, num_parameters, output_bytes
+from dus.plan.layout import layout
 from dus.plan.make import make_plan, resolve_options
-from dus.plan.model import Plan
+from dus.plan.resolved import ResolvedPlan
 from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
-# Re-exported: the manifest module holds the one plan-file name and reader.
+# Re-exported for API users: the plan-file name and its reader live with the manifest.
 from dus.manifest import MANIFEST_FILE as PLAN_FILE, read_manifest as read_plan_record  # noqa: E402,F401
-
-
-@dataclass
-class ResolvedPlan:
-    """A plan bound to its opened sources: every output tensor and the output config."""
-
-    plan: Plan
-    sources: dict[str, Source]
-    tensors: list[TensorSpec]
-    config: dict
-    options: dict = field(default_factory=dict)
-    index_dependent: list[str] = field(default_factory=list)  # differences accepted with allow_index_dependent
-    checks: PendingChecks | None = field(default=None, repr=False)  # transformers' checks, until finished
-
-    def finish_checks(self) -> None:
-        """Wait for transformers' checks of the plan: raise its refusal, or keep what it accepted."""
-        if self.checks is not None:
-            self.index_dependent = self.checks.result()
-            self.checks = None
-
-    def raise_if_refused(self) -> None:
-        if self.checks is not None:
-            self.checks.raise_if_refused()
-
-    @property
-    def base(self) -> Source:
-        return self.sources[self.plan.base]
-
-    @property
-    def num_parameters(self) -> int:
-        return num_parameters(self.tensors)
-
-    @property
-    def output_bytes(self) -> int:
-        return output_bytes(self.tensors)
-
-    def to_json(self) -> dict:
-        """The `dus plan --json` object."""
-        return {
-            "source": self.base.ref,
-            "source_num_layers": self.base.num_layers,
-            "num_layers": len(self.plan.layers),
-            "layer_prefix": self.base.layer_prefix,
-            "recipe": self.plan.recipe,
-            "dtype": self.plan.dtype,
-            "layers": self.plan.to_json()["layers"],
-            "num_parameters": self.num_parameters,
-            "source_num_parameters": sum(info.numel for info in self.base.tensors.values()),
-            "output_bytes": self.output_bytes,
-            "num_tensors": len(self.tensors),
-            "config": self.config,
-            **({"index_dependent": self.index_dependent} if self.index_dependent else {}),
-        }
 
 
 def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from instruct_fixtures import tiny_model_dir
 
+from dus.cli.pipeline import command_flags
 from dus.manifest import manifest_digest, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +75,14 @@ def test_an_interrupted_pretrain_resumes(tmp_path, run_dus, monkeypatch):
     seen = []
     monkeypatch.setattr(pipeline_run.subprocess, "run", lambda argv: seen.append(argv) or _Done())
     recipe = tiny_recipe(tmp_path / "r.yaml")
-    steps = pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None)
+    steps = pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None,
+                                   flags=command_flags)
     assert "--resume" not in seen[-1] and steps[1].status == "ran"
     (tmp_path / "w" / ".pretrain.pending.json").write_text(json.dumps(steps[1].expected))
     (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001").mkdir(parents=True)
     (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001" / ".metadata").write_text("")
-    pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None)
+    pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None,
+                                   flags=command_flags)
     assert seen[-1][-1] == "--resume"
 
 

@@ -28,6 +28,19 @@ def pipeline_command(
     from dus.pipeline import run_pipeline
     from dus.pipeline.summary import summary_table
 
-    steps = run_pipeline(str(recipe), str(workdir), only=only, start=start, force=force, dry_run=dry_run)
+    steps = run_pipeline(str(recipe), str(workdir), only=only, start=start, force=force, dry_run=dry_run,
+                         flags=command_flags)
     if not dry_run:
         print(summary_table(steps))
+
+
+def command_flags(stage: str) -> dict:
+    """{option name without dashes: its click parameter}, read from the command itself so the
+    recipe's keys are exactly the command's options (the CLI is the one place they are declared)."""
+    command = typer.main.get_command(app).commands[stage]
+    params = {}
+    for p in command.params:
+        for opt in getattr(p, "opts", []):
+            if opt.startswith("--"):
+                params[opt[2:]] = p
+    return params

@@ -9,7 +9,7 @@ same file), and one section per later stage whose keys are that command's option
     prepare: pydoc-topics                 # optional: make the tiny local data set first
 
 String values may hold `{workdir}` (the --workdir) and `{smollm2}` (SmolLM2-135M-Instruct,
-fetched once by dus/fetch.py).
+fetched once by dus/testing/fetch.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from dus.errors import InputError
 from dus.plan.make import PIPELINE_SECTIONS, RECIPE_KEYS
@@ -65,7 +66,7 @@ def load_recipe(path: str | Path, workdir: Path) -> Recipe:
     build_text = repr({k: v for k, v in data.items() if k in RECIPE_KEYS})
     plain = not any(name in build_text for name in PLACEHOLDERS)
     if "{smollm2}" in repr(data):
-        from dus.fetch import fetch_smollm2
+        from dus.testing.fetch import fetch_smollm2
 
         smollm2 = str(fetch_smollm2())
     else:
@@ -110,9 +111,11 @@ def _substitute(value, names: dict[str, str]):
     return value
 
 
-def command_argv(stage: Stage, positional: list[str], output: str | None) -> list[str]:
-    """`dus STAGE ...` as argv: positional arguments, --output, then the recipe's options as flags."""
-    params = _flags(stage.name)
+def command_argv(stage: Stage, positional: list[str], output: str | None, flags: Callable[[str], dict]) -> list[str]:
+    """`dus STAGE ...` as argv: positional arguments, --output, then the recipe's options as flags.
+    `flags(stage)` gives {option name without dashes: its click parameter} (dus.cli.pipeline reads
+    them from the command itself, so a recipe's keys are exactly the command's options)."""
+    params = flags(stage.name)
     argv = [stage.name, *positional] + (["--output", output] if output else [])
     for key, value in stage.options.items():
         param = params.get(key)
@@ -138,22 +141,6 @@ def _flag_values(key: str, param, value) -> list[str]:
             raise InputError(f"--{key} takes one value, not a list")
         return [text for v in value for text in (flag, str(v))]
     return [flag, str(value)]
-
-
-def _flags(stage: str) -> dict:
-    """{option name without dashes: its click parameter}, read from the command itself so the
-    recipe's keys are exactly the command's options (the CLI is the one place they are declared)."""
-    import typer
-
-    from dus.cli import app
-
-    command = typer.main.get_command(app).commands[stage]
-    params = {}
-    for p in command.params:
-        for opt in getattr(p, "opts", []):
-            if opt.startswith("--"):
-                params[opt[2:]] = p
-    return params
 
 
 def launcher(stage: Stage, by_hand: bool = False) -> list[str]:

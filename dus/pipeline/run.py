@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dus.errors import BuildError, InputError
 from dus.manifest import fingerprint, manifest_digest, read_manifest
-from dus.pipeline.recipe import (MODEL_STAGES, STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
+from dus.pipeline.recipe import (MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
                                  shell_line)
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
@@ -41,7 +41,8 @@ class Step:
 
 
 def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start: str | None = None,
-                 force: bool = False, dry_run: bool = False, say=print) -> list[Step]:
+                 force: bool = False, dry_run: bool = False, say=print, *, flags) -> list[Step]:
+    """`flags(stage)`: the stage command's options (dus.cli.pipeline.command_flags)."""
     workdir_path = Path(workdir).expanduser().resolve()
     recipe = load_recipe(recipe_path, workdir_path)
     names = [s.name for s in recipe.stages]
@@ -54,7 +55,7 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
         prepare(recipe.prepare, workdir_path / "data")
     steps, parent = [], None
     for stage in recipe.stages:
-        step = _step(recipe, stage, workdir_path, parent)
+        step = _step(recipe, stage, workdir_path, parent, flags)
         if stage.name in MODEL_STAGES:
             parent = str(step.output)
         selected = (only is None or stage.name == only) and (start is None or names.index(stage.name) >= names.index(start))
@@ -72,14 +73,14 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     return steps
 
 
-def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None) -> Step:
+def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None, flags) -> Step:
     out = workdir / stage.name
     if stage.name == "build":
         config = recipe.path if recipe.build_config else workdir / BUILD_RECIPE
         if not recipe.build_config:  # placeholders filled in: the build reads a copy (a dry run's too)
             workdir.mkdir(parents=True, exist_ok=True)
             _write_yaml(config, recipe.build_keys)
-        argv = command_argv(stage, [str(out), "--config", str(config)], None)
+        argv = command_argv(stage, [str(out), "--config", str(config)], None, flags)
         parent = str(recipe.build_keys.get("source") or "")
     else:
         given = stage.options.pop("model", None)
@@ -89,7 +90,7 @@ def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None) -> St
                              f"{recipe.path}: {stage.name} is the first stage: give `model:` in its section")
         parent = parent or str(given)
         target = str(out / "contamination.json") if stage.name == "contamination" else str(out)
-        argv = command_argv(stage, [parent], target)
+        argv = command_argv(stage, [parent], target, flags)
     expected = {"command": _canonical(argv), "parent": _digest(parent), "data": fingerprint(stage.data_paths())}
     if stage.name == "build":
         expected["options"] = _build_options(recipe.build_keys)

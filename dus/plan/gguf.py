@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus import __version__
-from dus.api import ResolvedPlan
+from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan

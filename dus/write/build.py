@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus import __version__
-from dus.api import ResolvedPlan
+from dus.plan.resolved import ResolvedPlan
 from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.plan.pattern import broken_pattern_note
 from dus.write.card import model_card, pattern_paragraph
