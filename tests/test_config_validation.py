@@ -228,13 +228,13 @@ def test_yaml_values_json_cannot_hold_are_refused(llama_source, tmp_path, run_du
                     "release is datetime.date(2024, 1, 1) (date); expected a JSON value", tmp_path)
 
 
-def test_a_build_refused_by_transformers_while_copying_leaves_nothing(pristine, tmp_path):
+def test_a_build_refused_by_transformers_while_copying_leaves_nothing(llama_source, tmp_path):
     """A build (no torch in the process) starts the copy while transformers checks the plan in a
     child process; the child's refusal is the build's one-line error, and nothing is published."""
     import subprocess
     import sys
 
-    src = _source(pristine, tmp_path, num_attention_heads=5, num_key_value_heads=5)
+    src = _source(llama_source, tmp_path, num_attention_heads=5, num_key_value_heads=5)
     result = subprocess.run([sys.executable, "-m", "dus", "build", str(src), str(tmp_path / "out"), "--overlap", "1"],
                             capture_output=True, text=True)
     _assert_refused((result.returncode, result.stdout, result.stderr), "transformers refuses this llama config", tmp_path)

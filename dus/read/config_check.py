@@ -158,7 +158,9 @@ def _check_layer_field(name: str, value, key: str, n: int, where: str) -> None:
         if "layer" in name or "type" in name:  # names that only ever mean one entry per layer
             raise InputError(f"{where}: {name} is {_shown(value)}; expected a list of {n} entries, one per layer")
         return
-    if len(value) != n:
+    # A shorter list of 2+ entries is a repeating pattern (RecurrentGemma's block_types): the remap
+    # writes it out in full, and transformers' own config check then accepts it or not.
+    if len(value) > n or (len(value) < n and len(value) <= 1):
         entries = "entry" if len(value) == 1 else "entries"
         raise InputError(f"{where}: {name} has {len(value)} {entries} but {key} is {n}")
     kinds = {_kind(item) for item in value} - {"null"}

@@ -21,7 +21,7 @@ from dus.read.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
 def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:
     import transformers
 
-    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    config = _decoded(config)
     if config["model_type"] not in transformers.CONFIG_MAPPING:
         raise InputError(f"{where}: model_type is {config['model_type']!r}, which transformers "
                          f"{transformers.__version__} does not know")
@@ -69,13 +69,20 @@ def check_covers(model, names, where: str) -> None:
         raise InputError(f"{where} has no tensor for {missing[0]!r}{more}, which {type(model).__name__} needs")
 
 
+def _decoded(config: dict) -> dict:
+    """The config as from_pretrained reads it: config.json spells inf and nan as
+    {"__float__": "Infinity"} (the only way JSON can), and transformers decodes them."""
+    import transformers
+
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    return getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
+
+
 def meta_model(config: dict, where: str = "config.json"):
     """The weightless (meta-device) causal LM transformers builds from a config dict."""
     import transformers
 
-    config = {k: v for k, v in config.items() if k != "quantization_config"}
-    # config.json spells inf and nan as {"__float__": "Infinity"}; from_pretrained decodes them
-    config = getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
+    config = _decoded(config)
     try:
         hf_config = transformers.AutoConfig.for_model(**config)
     except Exception as e:  # any refusal by the config class is a bad input, told in one line
