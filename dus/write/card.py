@@ -7,14 +7,13 @@ from dus.read.source import is_repo_id
 
 
 def model_card(plan: Plan, source_layers: int, num_parameters: int, index_dependent: list[str] = ()) -> str:
+    from huggingface_hub import ModelCard, ModelCardData  # escapes the YAML front matter
+
     bases = [ref for ref in plan.sources.values() if is_repo_id(ref)]
-    front = ["---", "library_name: transformers", "tags:", "- dus", "- depth-up-scaling",
-             f"- {plan.recipe.get('name', 'custom')}"]
-    if bases:
-        front += ["base_model:"] + [f"- {b}" for b in bases]
-        if len(bases) > 1:
-            front.append("base_model_relation: merge")
-    front.append("---")
+    data = ModelCardData(library_name="transformers",
+                         tags=list(dict.fromkeys(["dus", "depth-up-scaling", plan.recipe.get("name", "custom")])),
+                         base_model=bases or None, base_model_relation="merge" if len(bases) > 1 else None)
+    front = ["---", data.to_yaml(), "---"]
     recipe = ", ".join(f"{k}={v}" for k, v in plan.recipe.items() if k != "name")
     lines = [
         *front, "",
@@ -35,7 +34,7 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int, index_depend
                   "Built with `--allow-index-dependent`: this architecture computes part of a layer from its "
                   "index, so these copies do not compute what their source layers computed:", "",
                   *[f"- {d}" for d in index_dependent]]
-    return "\n".join(lines) + "\n"
+    return str(ModelCard("\n".join(lines) + "\n"))
 
 
 def pattern_paragraph(note: str | None) -> str:
