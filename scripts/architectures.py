@@ -177,7 +177,7 @@ def _line(error: BaseException) -> str:
 def run_one(model_type: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         verdict, detail = check(model_type, Path(tmp))
-    return {"model_type": model_type, "verdict": verdict, "detail": detail}
+    return {"model_type": model_type, "verdict": verdict, "detail": detail.replace(f"{tmp}/src/", "")}
 
 
 def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
