@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import transformers
@@ -115,3 +116,14 @@ def tiny_llama(tokenizer, layers: int, seed: int = 0, **config):
                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **config})).eval()
+
+
+def load_tensors(directory) -> dict:
+    """Every tensor of a model directory's safetensors files, by name."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out

@@ -3,8 +3,7 @@
 import pytest
 import torch
 import transformers
-from models import ARCHITECTURES, VOCAB, assert_verified, reference_model, save_model
-from safetensors import safe_open
+from models import ARCHITECTURES, VOCAB, assert_verified, load_tensors, reference_model, save_model
 
 import dus.api
 
@@ -13,14 +12,6 @@ PLANS = {
     "repeats": dict(layers="0:2,1,1,2:4"),  # a layer three times in a row
     "stack": dict(overlap=0),               # the whole stack twice
 }
-
-
-def _tensors(directory):
-    out = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def test_build_is_exact(arch, plan_name, sources, tmp_path):
     prefix = record["sources"]["base"]["layer_prefix"]
 
     # (a) every output tensor is bit-identical to its planned source tensor, names preserved
-    src, out = _tensors(src_dir), _tensors(tmp_path / "out")
+    src, out = load_tensors(src_dir), load_tensors(tmp_path / "out")
     expected_names = {k for k in src if not k.startswith(prefix)}
     for i, s in enumerate(plan):
         for name, tensor in src.items():
