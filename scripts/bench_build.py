@@ -56,9 +56,13 @@ print(write_synthetic(sys.argv[1], json.loads(sys.argv[2]), "bfloat16"))
 # The floor: the same output bytes, moved the cheapest way, planned from the same headers.
 FLOOR = textwrap.dedent("""
     import os, sys
-    from dus.api import plan
+    from dus.plan.layout import layout
+    from dus.plan.make import make_plan
+    from dus.read.source import open_source
     from dus.write.shards import split_shards
-    specs = plan(sys.argv[1], overlap=8).tensors
+    # the plan from headers alone: none of the build's checks (transformers, in a child process)
+    sources = {"base": open_source(sys.argv[1])}
+    specs = layout(make_plan(sources, {"source": sys.argv[1], "overlap": 8}), sources)
     os.makedirs(sys.argv[2], exist_ok=True)
     fds = {}
     for i, shard in enumerate(split_shards(specs, 5 * 10**9)):
