@@ -5,8 +5,12 @@ Synthesizes a Mistral-shaped checkpoint (`mid`: hidden 2048, intermediate 7168,
 32 layers, ~1.9B parameters, bf16; `7b`: the Mistral-7B shape; `tiny`: 84 MB, to
 try the script), then times, in one run and alternating, each whole process
 building the SOLAR DUS stack (overlap 8, slices [0,24] + [8,32]):
-  - dus:               python -m dus build SRC OUT --overlap 8 (BLAKE3 of every shard)
-  - dus --file-sha256: the same, recording SHA-256 instead (with --dus-sha256)
+  - dus:               python -m dus build SRC OUT --overlap 8 (BLAKE3 of every shard),
+                       the plan's transformers checks answered from dus's cache, as
+                       after `dus plan` or an earlier build of the plan (the warm-up run)
+  - dus, first build:  the same with an empty check cache each run: transformers
+                       checks the plan in a child process beside the copy
+  - dus --file-sha256: the first, recording SHA-256 instead (with --dus-sha256)
   - mergekit:          mergekit-yaml passthrough with its default options, and
     mergekit tuned:    with --lazy-unpickle --out-shard-size 5B (when --mergekit points at it)
   - floor:             a minimal process copying exactly the output's tensor byte
@@ -186,13 +190,17 @@ def warm(src: Path) -> None:
     subprocess.run(["cat", *map(str, sorted(src.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
 
 
-def run(cmd: list[str], output: Path, src: Path) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS bytes and bytes written of one whole process (warm cache); output removed after."""
+def run(cmd: list[str], output: Path, src: Path, cache: Path, fresh_cache: bool) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS bytes and bytes written of one whole process (warm page cache) and the
+    processes it started; output removed after. `cache`: the DUS_CACHE_DIR, emptied first if fresh_cache."""
     shutil.rmtree(output, ignore_errors=True)
+    if fresh_cache:
+        shutil.rmtree(cache, ignore_errors=True)
     warm(src)
     os.sync()  # start with no dirty pages left by the previous run's writes
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "DUS_CACHE_DIR": str(cache)})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode()[-2000:]
@@ -234,6 +242,7 @@ def main() -> None:
     dus = [sys.executable, "-m", "dus", "build", str(src)]
     tools = {
         "dus": [*dus, out("dus"), "--overlap", "8", "--force"],
+        "dus, first build": [*dus, out("dus, first build"), "--overlap", "8", "--force"],
         "floor": [sys.executable, "-c", FLOOR, str(src), out("floor")],
     }
     if args.dus_sha256:
@@ -246,11 +255,15 @@ def main() -> None:
                                    "--lazy-unpickle", "--out-shard-size", "5B"]
     outputs = {name: Path(out(name)) for name in tools}
     results = {name: [] for name in tools}
+    cache = work / "dus-cache"  # dus's check cache (dus/plan/check_cache.py): the first warm-up run fills it
+    fresh = {name: name == "dus, first build" for name in tools}
+    shutil.rmtree(cache, ignore_errors=True)
     for name in tools:  # warm the page cache and the interpreters; not counted
-        run(tools[name], outputs[name], src)
+        run(tools[name], outputs[name], src, cache, fresh[name])
     for _ in range(args.repeats):
         for name in tools:
-            results[name].append(run(tools[name], outputs[name], src))
+            results[name].append(run(tools[name], outputs[name], src, cache, fresh[name]))
+    shutil.rmtree(cache, ignore_errors=True)
     report(args, config, source_bytes, results, machine)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"machine": machine, **results}, indent=2))

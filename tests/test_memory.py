@@ -2,6 +2,7 @@
 the build process's peak RSS far below the checkpoint size (no timings asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,28 @@ def test_build_memory_is_constant(tmp_path):
     assert written > 500 * 10**6
     assert not measured["torch_imported"], "the copy path must not deserialize with torch"
     assert measured["peak_rss"] < min(150 * 2**20, written / 4), measured
+
+
+CHILDREN = """
+import json, resource, sys
+import dus.api
+dus.api.build(sys.argv[1], sys.argv[2], overlap=2, force=True)
+print(json.dumps({"children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def test_a_rebuild_reuses_the_checks_and_starts_no_child(llama_source, tmp_path):
+    """The first build checks its plan with transformers in a child process (~390 MiB, torch);
+    the answer is remembered, so building the same plan again starts no child at all."""
+    env = {**os.environ, "DUS_CACHE_DIR": str(tmp_path / "cache")}
+
+    def build():
+        result = subprocess.run([sys.executable, "-c", CHILDREN, str(llama_source), str(tmp_path / "out")],
+                                capture_output=True, text=True, check=True, env=env)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    first, second = build(), build()
+    assert first["children_peak_rss"] > 100 * 2**20, first  # the checker imported torch
+    assert second == {"children_peak_rss": 0, "torch_imported": False}, second
+    assert len(list((tmp_path / "cache/checks").glob("*.json"))) == 1

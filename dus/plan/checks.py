@@ -6,7 +6,9 @@ output layer is compared with its source layer (dus/plan/equivalence.py).
 
 The copy path never imports torch. When torch is not loaded already, the
 checks run in a child process (`python -m dus.plan.checks`): the import costs
-a few seconds once, and the build's memory stays flat.
+a few seconds once, and the build's memory stays flat. An accepted plan is
+remembered (dus/plan/check_cache.py): `dus plan` then `dus build`, a rebuild
+or a verify of the same plan with the same code skip the child altogether.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
+from dus.plan import check_cache
 from dus.plan.equivalence import check_layers
 from dus.read.config_check import OUTPUT
 from dus.read.transformers_check import check_one
@@ -51,11 +54,15 @@ class PendingChecks:
     (request and answers through temporary files: a pipe could stall the child on a large plan)."""
 
     def __init__(self, request: dict, in_child: bool | None = None):
-        self._accepted: list[str] | None = None
         self._child = None
+        self._key = check_cache.request_key(request)
+        self._accepted: list[str] | None = check_cache.lookup(self._key)
+        if self._accepted is not None:
+            return
         if not (("torch" not in sys.modules) if in_child is None else in_child):
             # torch is loaded already: no reason to keep the checks off this process
             self._accepted = run(request)
+            check_cache.store(self._key, self._accepted)
             return
         self._files = [tempfile.TemporaryFile("w+") for _ in range(3)]
         request_file, self._out, self._err = self._files
@@ -90,6 +97,7 @@ class PendingChecks:
                 last = (err.splitlines() or [f"exit status {code}"])[-1]
                 raise BuildError(f"checking the configs with transformers failed: {last}")
             self._accepted = json.loads(out.splitlines()[-1])
+            check_cache.store(self._key, self._accepted)
         return self._accepted
 
     @staticmethod

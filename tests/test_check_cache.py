@@ -1,0 +1,95 @@
+"""Remembered plan checks (dus/plan/check_cache.py): reused only for the same request and code."""
+
+import json
+
+import pytest
+
+import dus.api
+from dus.errors import InputError
+from dus.plan import check_cache, checks
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "checks"
+
+
+def _forbid_checks(monkeypatch):
+    def run(request):
+        raise AssertionError("the checks ran again")
+    monkeypatch.setattr(checks, "run", run)
+
+
+def test_an_accepted_plan_is_answered_from_the_cache(llama_source, cache, monkeypatch):
+    first = dus.api.plan(str(llama_source), overlap=1)
+    assert len(list(cache.glob("*.json"))) == 1
+    _forbid_checks(monkeypatch)
+    again = dus.api.plan(str(llama_source), overlap=1)
+    assert again.to_json() == first.to_json()
+    with pytest.raises(AssertionError, match="ran again"):  # another plan is another request
+        dus.api.plan(str(llama_source), overlap=2)
+
+
+def test_the_accepted_differences_are_remembered_with_the_option_that_allowed_them(tmp_path, cache, monkeypatch):
+    from test_equivalence import _save
+
+    src = tmp_path / "src"
+    _save("diffllama", src)
+    real_run = checks.run
+    allowed = dus.api.plan(str(src), overlap=1, allow_index_dependent=True).index_dependent
+    assert allowed and all("computes it from the layer index" in d for d in allowed)
+    _forbid_checks(monkeypatch)
+    assert dus.api.plan(str(src), overlap=1, allow_index_dependent=True).index_dependent == allowed
+    monkeypatch.setattr(checks, "run", real_run)
+    with pytest.raises(InputError, match="computes it from the layer index"):  # not allowed: checked, refused
+        dus.api.plan(str(src), overlap=1)
+
+
+def test_a_refusal_is_not_remembered(llama_source, tmp_path, cache):
+    src = tmp_path / "bad"
+    src.mkdir()
+    for f in llama_source.iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "num_attention_heads": 5, "num_key_value_heads": 5}))
+    for _ in range(2):
+        with pytest.raises(InputError, match="transformers refuses this llama config"):
+            dus.api.plan(str(src), overlap=1)
+    assert not cache.exists() or not list(cache.glob("*.json"))
+
+
+def test_the_key_covers_the_request_dus_and_the_libraries(monkeypatch):
+    request = {"checks": [{"config": {"model_type": "llama"}, "where": "x"}], "layers": None}
+    key = check_cache.request_key(request)
+    assert check_cache.request_key(json.loads(json.dumps(request))) == key
+    assert check_cache.request_key({**request, "layers": {"allow_index_dependent": True}}) != key
+    monkeypatch.setattr(check_cache, "_installed", lambda name: f"{name} 99.0")
+    assert check_cache.request_key(request) != key
+
+
+def test_the_key_covers_every_dus_source_file(tmp_path, monkeypatch):
+    package = tmp_path / "dus"
+    (package / "plan").mkdir(parents=True)
+    (package / "plan" / "checks.py").write_text("x = 1\n")
+    monkeypatch.setattr(check_cache, "_PACKAGE", package)
+    key = check_cache.request_key({})
+    (package / "plan" / "checks.py").write_text("x = 2\n")
+    assert check_cache.request_key({}) != key
+
+
+@pytest.mark.parametrize("entry", [b"{not json", b'{"key": "other", "accepted": []}', b'{"key": "K", "accepted": [1]}',
+                                   b'{"key": "K", "accepted": [], "accepted": ["x"]}', b"[]"])
+def test_a_broken_or_foreign_entry_is_not_an_answer(cache, entry):
+    cache.mkdir(parents=True)
+    (cache / "K.json").write_bytes(entry)
+    assert check_cache.lookup("K") is None
+    check_cache.store("K", ["d"])
+    assert check_cache.lookup("K") == ["d"]
+
+
+def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DUS_CACHE_DIR", str(tmp_path / "file"))  # a file where the folder would go
+    check_cache.store("K", [])
+    assert check_cache.lookup("K") is None
