@@ -235,7 +235,7 @@ def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path)
     """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dus", "pretrain", str(tiny_model), "--data", str(corpus["train"]), "--output", str(out),
+           "-m", "dus", "pretrain", str(tiny_model), "--device", "cpu", "--data", str(corpus["train"]), "--output", str(out),
            "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
            "--cache-dir", str(tmp_path / "cache")]
     run = {"check": False, "capture_output": True, "text": True, "timeout": 300,

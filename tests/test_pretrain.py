@@ -79,6 +79,19 @@ def test_device_cuda_without_cuda_is_refused(tiny_model, corpus, tmp_path, run_d
     assert code == 2 and err.strip() == "error: --device cuda, but PyTorch sees no CUDA device"
 
 
+def test_more_ranks_than_gpus_is_refused(monkeypatch):
+    """torchrun --nproc-per-node 2 on a one-GPU node: one line naming the count, before any process group."""
+    from dus.errors import InputError
+    from dus.train.parallel import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(InputError, match=r"local rank 1, but this node has 1 CUDA device\(s\)"):
+        init_distributed("auto")
+
+
 def _changed(before: dict, after: dict) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
 

@@ -45,6 +45,10 @@ def init_distributed(device: str = "auto") -> Dist:
         raise InputError(f"--device {name}: torchrun runs on CUDA or CPU processes")
     if cuda and (world > 1 or name == "cuda"):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():  # torchrun --nproc-per-node above the GPU count
+            raise InputError(f"this rank is local rank {device.index}, but this node has "
+                             f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes "
+                             "per node, or pass --device cpu")
     else:
         device = torch.device(name)
     if cuda:
