@@ -81,3 +81,32 @@ def test_sft_packing_runs(data, tmp_path, run_dus):
 def test_bad_input_is_one_line(data, tmp_path, run_dus):
     code, _, err = run_dus("sft", tiny_model_dir(), "--data", tmp_path / "none.jsonl", "-o", tmp_path / "x")
     assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def _pickles(root: Path) -> list[str]:
+    """Files holding a pickle: raw (protocol 2+ starts with 0x80) or torch.save's zip around data.pkl."""
+    import zipfile
+
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.read_bytes()[:1] == b"\x80" or (zipfile.is_zipfile(path) and any(
+                n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())):
+            found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_checkpoints_and_the_model_hold_no_pickle(data, tmp_path, run_dus):
+    """--save-steps writes checkpoint-N snapshots as Trainer does, minus its pickles: the model, its
+    tokenizer, trainer_state.json and the arguments as training_args.json, nothing for torch.load."""
+    code, _, err = run_dus("sft", tiny_model_dir(), "--data", data / "sft.jsonl", "-o", tmp_path / "sft",
+                           "--max-steps", "2", "--save-steps", "1", *FAST)
+    assert code == 0, err
+    out = tmp_path / "sft"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    for directory in (out, out / "checkpoint-1", out / "checkpoint-2"):
+        assert {"model.safetensors", "training_args.json", "config.json"} <= {p.name for p in directory.iterdir()}
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert _pickles(out) == []
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from dus.errors import InputError
 from dus.options import device_option, dtype_option, option, seed_option, verbose_option
@@ -99,6 +100,7 @@ def config_kwargs(opts: TrainOptions) -> dict:
         logging_steps=opts.logging_steps,
         save_strategy="steps" if opts.save_steps > 0 else "no",
         save_steps=max(opts.save_steps, 1),
+        save_only_model=True,  # checkpoint-N holds the model, not pickled optimizer, scheduler and RNG state
         **_checkpointing(opts.gradient_checkpointing),
         # bf16 autocast only where it runs (GPUs); bf16 weights on a CPU simply train in bf16.
         bf16=dtype == torch.bfloat16 and device == "cuda",
@@ -139,20 +141,56 @@ def prepare(opts: TrainOptions, kind: str):
     return tokenizer, rows, report
 
 
+def pickle_free(trainer_class):
+    """`trainer_class` (TRL's SFTTrainer, DPOTrainer) writing the training arguments of every save
+    (the final model and each checkpoint-N) as training_args.json. Trainer._save pickles them,
+    `torch.save(self.args, "training_args.bin")`, as its last step: that one call is answered
+    without writing, and the JSON written instead. Every other save goes through untouched."""
+
+    class PickleFreeTrainer(trainer_class):
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            import transformers.trainer as trainer_module
+
+            real = trainer_module.torch
+            trainer_module.torch = _TorchSavingNoArguments(real)
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                trainer_module.torch = real
+            if self.args.should_save:
+                target = Path(output_dir or self.args.output_dir) / "training_args.json"
+                target.write_text(self.args.to_json_string())
+
+    PickleFreeTrainer.__name__ = PickleFreeTrainer.__qualname__ = trainer_class.__name__
+    return PickleFreeTrainer
+
+
+class _TorchSavingNoArguments:
+    """torch, except that torch.save of TrainingArguments writes nothing (pickle_free)."""
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def __getattr__(self, name: str):
+        return getattr(self._torch, name)
+
+    def save(self, obj, *args, **kwargs):
+        from transformers import TrainingArguments
+
+        if not isinstance(obj, TrainingArguments):
+            return self._torch.save(obj, *args, **kwargs)
+
+
 def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict:
     """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template),
-    the training arguments as JSON (not Trainer's pickled training_args.bin) and the manifest."""
-    from pathlib import Path
-
+    the training arguments as JSON (pickle_free) and the manifest."""
     from dus.manifest import stage_manifest, write_manifest
 
-    trainer.save_model(opts.output)
+    trainer.save_model(opts.output)  # with training_args.json (pickle_free)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
     if trainer.is_world_process_zero():
         out = Path(opts.output)
-        (out / "training_args.bin").unlink(missing_ok=True)
-        (out / "training_args.json").write_text(trainer.args.to_json_string())
         data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
         record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
         record["result"] = {k: result[k] for k in ("steps", "losses")}
