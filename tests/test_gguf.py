@@ -297,6 +297,42 @@ def test_unquantized_build_and_verify(tmp_path, run_dus):
     assert code == 2 and "already exists" in err
 
 
+def test_force_replaces_the_whole_output_set(tmp_path, run_dus):
+    """--force replaces what OUTPUT names: a split set of another count, or the single file, is removed."""
+    src = write_tiny(tmp_path / "f.gguf", quantized=False)
+    out = tmp_path / "o" / "out.gguf"
+
+    def built(*extra):
+        code, _, err = run_dus("build", src, out, "--overlap", "1", "--force", *extra)
+        assert code == 0, err
+        assert run_dus("verify", out)[0] == 0
+        return sorted(p.name for p in out.parent.iterdir())
+
+    split3 = built("--shard-size", "5KB")
+    assert len(split3) >= 3 and split3[0] == f"out-00001-of-{len(split3):05d}.gguf"
+    assert built() == ["out.gguf"]
+    split2 = built("--shard-size", "9KB")
+    assert 2 <= len(split2) < len(split3) and all(name.endswith(f"-of-{len(split2):05d}.gguf") for name in split2)
+    (out.parent / "out-extra.gguf").write_bytes(b"not ours")  # another name: left alone
+    assert built() == ["out-extra.gguf", "out.gguf"]
+
+
+def test_gguf_output_is_locked_and_dead_runs_are_swept(tmp_path, run_dus):
+    from dus.write.output import output_lock
+
+    src = write_tiny(tmp_path / "f.gguf", quantized=False)
+    out = tmp_path / "out.gguf"
+    with output_lock(tmp_path, out.name):
+        code, _, err = run_dus("build", src, out, "--overlap", "1")
+    assert code == 1 and "being written by another dus process" in err and not out.exists()
+    leftover = tmp_path / ".out.gguf.dus-partial-999999999"  # a killed run's staging directory
+    leftover.mkdir()
+    (leftover / "out.gguf").write_bytes(b"half")
+    code, _, err = run_dus("build", src, out, "--overlap", "1")
+    assert code == 0 and "removed stale .out.gguf.dus-partial-999999999" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gguf", "out.gguf"]
+
+
 # --- tiny GGUFs: bad inputs ------------------------------------------------------------------
 
 def _tensor_field_offsets(path, name):

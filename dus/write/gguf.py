@@ -5,13 +5,22 @@ values are copied as their source bytes. Tensor data goes through the same
 in-kernel byte copy as safetensors shards (`copy_range`), so every tensor, of
 any ggml type, is bit-identical to its source and memory stays flat. A split
 output follows llama.cpp's `gguf-split`: all metadata in the first file,
-`split.no`, `split.count`, `split.tensors.count` in every file. Files are
-written under hidden names and renamed into place at the end.
+`split.no`, `split.count`, `split.tensors.count` in every file.
+
+Files are written into a hidden staging directory beside OUTPUT, under the
+lock of dus/write/output.py (one run per OUTPUT; a dead run's leftovers are
+swept), and renamed into place at the end, the first file (which names the
+set) last. With --force the files of the set they replace that the new set
+does not overwrite (another split count, or a single file) are removed.
+A split set is several files, so it cannot be swapped in one step: while
+--force replaces a set of the same count, a reader may open a mix of old and
+new files (docs/gguf.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +29,7 @@ from typing import Callable
 from dus.errors import InputError
 from dus.read.gguf import ARRAY, I32, MAGIC, SCALARS, STRING, U16, VERSION, Value, ggml_types
 from dus.read.safetensors import TensorInfo
+from dus.write import output as outputs
 from dus.write.shards import copy_range
 
 
@@ -115,24 +125,35 @@ def write_gguf(resolved, output: Path, max_bytes: int | None = None, force: bool
                progress: Callable[[int], None] | None = None) -> dict:
     """Write OUTPUT (.gguf); return the build record the CLI prints."""
     files = plan_files(resolved, output, split_counts(resolved, max_bytes))
-    targets = [output.parent / f.name for f in files]
-    for target in targets:
-        if target.exists() and not force:
-            raise InputError(f"{target} already exists (use --force to replace it)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = [t.parent / f".{t.name}.dus-partial-{os.getpid()}" for t in targets]
-    try:
-        for file, path in zip(files, staging):
-            _write_file(file, path, progress or (lambda n: None))
-        for path, target in zip(staging, targets):
-            os.replace(path, target)
-    except BaseException:
-        for path in staging:
-            path.unlink(missing_ok=True)
-        raise
+    parent = output.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with outputs.output_lock(parent, output.name):
+        for target in (parent / file.name for file in files):
+            if os.path.lexists(target) and not force:
+                raise InputError(f"{target} already exists (use --force to replace it)")
+            if target.is_dir():
+                raise InputError(f"{target} exists and is a directory")
+        replaced = _output_set(output) if force else []
+        outputs.require_space(parent, sum(f.size for f in files))
+        with outputs.staging_directory(parent, output.name) as staging:
+            for file in files:
+                _write_file(file, staging / file.name, progress or (lambda n: None))
+            outputs.on_step("publishing")
+            for file in [*files[1:], files[0]]:
+                os.replace(staging / file.name, parent / file.name)
+        for path in replaced:
+            if path.name not in {f.name for f in files}:
+                path.unlink(missing_ok=True)
     return {"output": {"num_layers": len(resolved.plan.layers), "num_parameters": resolved.num_parameters,
                        "total_size": resolved.output_bytes,
                        "shards": {f.name: {"bytes": f.size} for f in files}}}
+
+
+def _output_set(output: Path) -> list[Path]:
+    """The files OUTPUT names now: OUTPUT itself and any split set of its stem (NAME-00001-of-00003.gguf ...)."""
+    split = re.compile(re.escape(output.name[: -len(".gguf")]) + r"-[0-9]{5}-of-[0-9]{5}\.gguf")
+    return [output.parent / name for name in sorted(os.listdir(output.parent))
+            if name == output.name or split.fullmatch(name)]
 
 
 def _write_file(file: FilePlan, path: Path, progress: Callable[[int], None]) -> None:

@@ -46,7 +46,7 @@ def atomic_directory(output: Path, force: bool = False):
             raise InputError(f"{output} already exists (use --force to replace it)")
         if checked and not output.is_dir():
             raise InputError(f"{output} exists and is not a directory")
-        with _staging(output.parent, output.name) as staging:
+        with staging_directory(output.parent, output.name) as staging:
             yield staging
             on_step("publishing")
             if _identity(output) != checked:  # the lock keeps out dus, not other programs
@@ -64,7 +64,7 @@ def atomic_model_files(directory: Path):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with output_lock(directory, "model"), _staging(directory, "model") as staging:
+    with output_lock(directory, "model"), staging_directory(directory, "model") as staging:
         yield staging
         on_step("publishing")
         for name in WEIGHTS_ENTRIES:
@@ -172,7 +172,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _staging(parent: Path, name: str):
+def staging_directory(parent: Path, name: str):
+    """`.NAME.dus-partial-PID` in PARENT, removed on the way out (and by the sweep if this run dies)."""
     staging = parent / f".{name}.dus-partial-{os.getpid()}"
     staging.mkdir()
     try:
