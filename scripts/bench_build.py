@@ -192,7 +192,7 @@ def warm(src: Path) -> None:
 
 def run(cmd: list[str], output: Path, src: Path, cache: Path, fresh_cache: bool) -> tuple[float, int, int]:
     """Wall seconds, peak RSS bytes and bytes written of one whole process (warm page cache) and the
-    processes it started; output removed after. `cache`: the DUS_CACHE_DIR, emptied first if fresh_cache."""
+    processes it started; output removed after. `cache`: the DUS_CHECK_CACHE, emptied first if fresh_cache."""
     shutil.rmtree(output, ignore_errors=True)
     if fresh_cache:
         shutil.rmtree(cache, ignore_errors=True)
@@ -200,7 +200,7 @@ def run(cmd: list[str], output: Path, src: Path, cache: Path, fresh_cache: bool)
     os.sync()  # start with no dirty pages left by the previous run's writes
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "DUS_CACHE_DIR": str(cache)})
+                            env={**os.environ, "DUS_CHECK_CACHE": str(cache)})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode()[-2000:]

@@ -11,8 +11,8 @@ from dus.plan import check_cache, checks
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DUS_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "checks"
+    monkeypatch.setenv("DUS_CHECK_CACHE", str(tmp_path / "checks"))
+    return tmp_path / "checks"
 
 
 def _forbid_checks(monkeypatch):
@@ -88,8 +88,14 @@ def test_a_broken_or_foreign_entry_is_not_an_answer(cache, entry):
     assert check_cache.lookup("K") == ["d"]
 
 
+def test_the_cache_lives_in_dus_cache_unless_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("DUS_CHECK_CACHE")
+    monkeypatch.setenv("DUS_CACHE", str(tmp_path / "dus"))
+    assert check_cache.cache_dir() == tmp_path / "dus" / "checks"
+
+
 def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("DUS_CACHE_DIR", str(tmp_path / "file"))  # a file where the folder would go
+    monkeypatch.setenv("DUS_CHECK_CACHE", str(tmp_path / "file" / "checks"))  # under a file: no folder possible
     check_cache.store("K", [])
     assert check_cache.lookup("K") is None

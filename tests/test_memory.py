@@ -46,7 +46,7 @@ print(json.dumps({"children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDR
 def test_a_rebuild_reuses_the_checks_and_starts_no_child(llama_source, tmp_path):
     """The first build checks its plan with transformers in a child process (~390 MiB, torch);
     the answer is remembered, so building the same plan again starts no child at all."""
-    env = {**os.environ, "DUS_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "DUS_CHECK_CACHE": str(tmp_path / "cache")}
 
     def build():
         result = subprocess.run([sys.executable, "-c", CHILDREN, str(llama_source), str(tmp_path / "out")],
@@ -56,4 +56,4 @@ def test_a_rebuild_reuses_the_checks_and_starts_no_child(llama_source, tmp_path)
     first, second = build(), build()
     assert first["children_peak_rss"] > 100 * 2**20, first  # the checker imported torch
     assert second == {"children_peak_rss": 0, "torch_imported": False}, second
-    assert len(list((tmp_path / "cache/checks").glob("*.json"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1

@@ -11,7 +11,7 @@ rebuild, or `dus verify` of a build then reuse the answer; any change to the
 inputs or the code is a new key, and the checks run again. Refusals are not
 recorded: they are told afresh each time.
 
-Where: $DUS_CACHE_DIR, else $XDG_CACHE_HOME/dus, else ~/.cache/dus; in `checks/`.
+Where: $DUS_CHECK_CACHE, else `checks/` in dus's cache ($DUS_CACHE, else ~/.cache/dus).
 Deleting the folder only makes the next build check again.
 """
 
@@ -32,10 +32,9 @@ _LIBRARIES = ("transformers", "torch")
 
 
 def cache_dir() -> Path:
-    if os.environ.get("DUS_CACHE_DIR"):
-        return Path(os.environ["DUS_CACHE_DIR"]) / "checks"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dus" / "checks"
+    if os.environ.get("DUS_CHECK_CACHE"):
+        return Path(os.environ["DUS_CHECK_CACHE"])
+    return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus") / "checks"
 
 
 def request_key(request: dict) -> str:

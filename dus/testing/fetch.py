@@ -51,6 +51,7 @@ class DownloadError(BuildError):
 
 
 def default_cache_dir() -> Path:
+    # the same root as dus/plan/check_cache.py's remembered checks
     return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus")
 
 
