@@ -43,17 +43,20 @@ print(json.dumps({"children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDR
 """
 
 
-def test_a_rebuild_reuses_the_checks_and_starts_no_child(llama_source, tmp_path):
-    """The first build checks its plan with transformers in a child process (~390 MiB, torch);
-    the answer is remembered, so building the same plan again starts no child at all."""
-    env = {**os.environ, "DUS_CHECK_CACHE": str(tmp_path / "cache")}
-
-    def build():
+def test_a_planned_build_or_a_rebuild_starts_no_child(llama_source, tmp_path):
+    """A first build checks its plan with transformers in a child process (~390 MiB, torch); the
+    answer is remembered, so a rebuild, or a build after `dus plan`, starts no child at all."""
+    def build(cache: str):
+        env = {**os.environ, "DUS_CHECK_CACHE": str(tmp_path / cache)}
         result = subprocess.run([sys.executable, "-c", CHILDREN, str(llama_source), str(tmp_path / "out")],
                                 capture_output=True, text=True, check=True, env=env)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    first, second = build(), build()
+    first, second = build("a"), build("a")
     assert first["children_peak_rss"] > 100 * 2**20, first  # the checker imported torch
     assert second == {"children_peak_rss": 0, "torch_imported": False}, second
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert len(list((tmp_path / "a").glob("*.json"))) == 1
+
+    subprocess.run([sys.executable, "-m", "dus", "plan", str(llama_source), "--overlap", "2"], check=True,
+                   capture_output=True, env={**os.environ, "DUS_CHECK_CACHE": str(tmp_path / "b")})
+    assert build("b") == {"children_peak_rss": 0, "torch_imported": False}
