@@ -99,3 +99,29 @@ def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("DUS_CHECK_CACHE", str(tmp_path / "file" / "checks"))  # under a file: no folder possible
     check_cache.store("K", [])
     assert check_cache.lookup("K") is None
+
+
+def test_verify_asks_what_the_build_asked(llama_source, tmp_path, cache, monkeypatch):
+    """Verify repeats the build's request, so a build's accepted answer serves it, however the
+    source was named (relative here, absolute in dus_plan.json)."""
+    import shutil
+
+    shutil.copytree(llama_source, tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    dus.api.build("src", "out", overlap=1)
+    _forbid_checks(monkeypatch)
+    report = dus.api.verify("out")
+    assert "transformers accepts the configs and builds every weight and every layer as planned" in report.checks
+    with pytest.raises(AssertionError, match="ran again"):
+        dus.api.plan("src", overlap=1, allow_index_dependent=True)  # another request
+
+
+def test_an_answer_no_longer_wanted_stops_the_child(llama_source, cache):
+    import signal
+
+    config = json.loads((llama_source / "config.json").read_text())
+    pending = checks.PendingChecks({"checks": [{"config": config, "where": "a.json"}], "layers": None}, in_child=True)
+    child = pending._child
+    pending.cancel()
+    assert child.returncode == -signal.SIGKILL
+    assert not list(cache.glob("*.json")) if cache.exists() else True  # no answer, nothing remembered

@@ -38,8 +38,12 @@ def cache_dir() -> Path:
 
 
 def request_key(request: dict) -> str:
-    """The hex key of a check request with the code that would answer it."""
-    h = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode())
+    """The hex key of a check request with the code that would answer it. The file names a
+    refusal would quote (`where`) are left out: they change no answer, and an accepted one
+    is all that is kept (a build names its source as given, verify by its absolute path)."""
+    keyed = {**request, "checks": [{k: v for k, v in check.items() if k not in ("where", "names_where")}
+                                   for check in request.get("checks", [])]}
+    h = hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode())
     for path in sorted(_PACKAGE.rglob("*.py")):
         h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     for name in _LIBRARIES:

@@ -100,6 +100,15 @@ class PendingChecks:
             check_cache.store(self._key, self._accepted)
         return self._accepted
 
+    def cancel(self) -> None:
+        """The answer is no longer wanted (the caller failed first): stop the child, if running."""
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            for f in self._files:
+                f.close()
+            self._child = None
+
     @staticmethod
     def _read(f) -> str:
         f.seek(0)

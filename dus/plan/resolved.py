@@ -31,6 +31,11 @@ class ResolvedPlan:
             self.index_dependent = self.checks.result()
             self.checks = None
 
+    def cancel_checks(self) -> None:
+        if self.checks is not None:
+            self.checks.cancel()
+            self.checks = None
+
     def raise_if_refused(self) -> None:
         if self.checks is not None:
             self.checks.raise_if_refused()

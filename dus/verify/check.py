@@ -2,10 +2,11 @@
 
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
-config; that transformers builds every output layer as its source layer
-(or the build recorded, with --allow-index-dependent, where it does not);
-that transformers builds a model whose parameters match the written tensors;
-then, in one read of each shard, its digest (the BLAKE3 or SHA-256 the record
+config; what the build asked transformers (dus/plan/checks.py: it accepts the
+configs, the model it builds finds every weight it needs among the tensors,
+and it builds every output layer as its source layer, or the build recorded,
+with --allow-index-dependent, where it does not), answered from the check
+cache when the same code answered it before; then, in one read of each shard, its digest (the BLAKE3 or SHA-256 the record
 holds: dus/write/digest.py) and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
@@ -110,9 +111,14 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     report.checks.append(_check_names_shapes(expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
-    report.checks.extend(_check_layers(record, plan, sources[plan.base], config))
-    report.checks.append(_check_transformers(config, tensors))
-    report.checks.extend(_check_shards(output, shards, expected, tensors))
+    pending = _start_plan_checks(record, plan, sources, expected)  # beside the shard pass, where not cached
+    try:
+        shard_checks = _check_shards(output, shards, expected, tensors)
+    except BaseException:
+        pending.cancel()
+        raise
+    report.checks.extend(_plan_checks(pending))
+    report.checks.extend(shard_checks)
     return report
 
 
@@ -217,19 +223,31 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
     return config
 
 
-def _check_layers(record: dict, plan: Plan, base, config: dict) -> list[str]:
-    """Every output layer is built as its source layer, or the build recorded the
-    index-dependent differences it accepted (--allow-index-dependent)."""
-    from dus.plan.equivalence import check_layers, equivalence_request
+def _start_plan_checks(record: dict, plan: Plan, sources: dict, expected: list[TensorSpec]):
+    """The build's transformers checks of the plan, asked again: the same request (the planned
+    config, which config.json equals, and the planned tensor names, which the output's equal)."""
+    from dus.plan.checks import start_checks
+    from dus.plan.equivalence import equivalence_request
 
-    try:
-        found = check_layers(**equivalence_request(plan, base, config, bool(record.get("allow_index_dependent"))))
+    base = sources[plan.base]
+    config = planned_config(plan, base.config)
+    layers = equivalence_request(plan, base, config, bool(record.get("allow_index_dependent")))
+    try:  # where torch is loaded already the checks run here, now, and refuse here
+        return start_checks(sources, config, [spec.name for spec in expected], layers)
     except InputError as e:
         raise VerifyError(str(e)) from None
-    if not found:
-        return []
-    return [f"built with --allow-index-dependent: {len(found)} layer setting(s) differ from their source "
-            f"by the layer index (first: {found[0].what})"]
+
+
+def _plan_checks(pending) -> list[str]:
+    try:
+        accepted = pending.result()
+    except InputError as e:
+        raise VerifyError(str(e)) from None
+    checks = ["transformers accepts the configs and builds every weight and every layer as planned"]
+    if accepted:
+        checks.append(f"built with --allow-index-dependent: {len(accepted)} layer setting(s) differ from "
+                      f"their source by the layer index (first: {accepted[0]})")
+    return checks
 
 
 def _check_transformers(config: dict, tensors: dict[str, TensorInfo]) -> str:

@@ -31,24 +31,28 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
     note = broken_pattern_note(resolved.base.config, resolved.config)
     if note:
         print(f"dus: note: {note}", file=sys.stderr)
-    with atomic_directory(output, force) as staging:
-        # Headers and JSON are not counted: refuse only what clearly cannot fit.
-        side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
-        require_space(staging.parent, resolved.output_bytes + side_bytes)
-        digests = write_shards(str(staging), shards, _watching(resolved, progress), digest)
-        if len(shards) > 1:
-            _write_json(staging / INDEX_FILE, {
-                "metadata": {"total_size": resolved.output_bytes},
-                "weight_map": {s.name: name for name, specs in zip(digests, shards) for s in specs},
-            })
-        _write_json(staging / "config.json", resolved.config)
-        for path in resolved.base.side_files():
-            shutil.copyfile(path, staging / path.name)
-        resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
-        record = plan_record(resolved, digests)
-        _write_json(staging / MANIFEST_FILE, record)
-        card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
-        (staging / "README.md").write_text(card + pattern_paragraph(note))
+    try:
+        with atomic_directory(output, force) as staging:
+            # Headers and JSON are not counted: refuse only what clearly cannot fit.
+            side_bytes = sum(path.stat().st_size for path in resolved.base.side_files())
+            require_space(staging.parent, resolved.output_bytes + side_bytes)
+            digests = write_shards(str(staging), shards, _watching(resolved, progress), digest)
+            if len(shards) > 1:
+                _write_json(staging / INDEX_FILE, {
+                    "metadata": {"total_size": resolved.output_bytes},
+                    "weight_map": {s.name: name for name, specs in zip(digests, shards) for s in specs},
+                })
+            _write_json(staging / "config.json", resolved.config)
+            for path in resolved.base.side_files():
+                shutil.copyfile(path, staging / path.name)
+            resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
+            record = plan_record(resolved, digests)
+            _write_json(staging / MANIFEST_FILE, record)
+            card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
+            (staging / "README.md").write_text(card + pattern_paragraph(note))
+    except BaseException:
+        resolved.cancel_checks()  # a failed write needs no verdict: do not leave the checker running
+        raise
     return record
 
 
