@@ -125,3 +125,18 @@ def test_an_answer_no_longer_wanted_stops_the_child(llama_source, cache):
     pending.cancel()
     assert child.returncode == -signal.SIGKILL
     assert not list(cache.glob("*.json")) if cache.exists() else True  # no answer, nothing remembered
+
+
+def test_an_editable_library_is_not_fingerprinted(monkeypatch, cache):
+    """Its files are not in pip's RECORD, so edits would not change the key: nothing is remembered."""
+    class Editable:
+        version = "5.0.dev0"
+
+        def read_text(self, name):
+            return {"RECORD": "transformers/__init__.py,,\n",
+                    "direct_url.json": '{"url": "file:///src/transformers", "dir_info": {"editable": true}}'}.get(name)
+
+    monkeypatch.setattr(check_cache.importlib.metadata, "distribution", lambda name: Editable())
+    assert check_cache.request_key({}) is None
+    check_cache.store(None, [])
+    assert check_cache.lookup(None) is None and not cache.exists()

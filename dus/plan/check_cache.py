@@ -37,31 +37,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus") / "checks"
 
 
-def request_key(request: dict) -> str:
-    """The hex key of a check request with the code that would answer it. The file names a
-    refusal would quote (`where`) are left out: they change no answer, and an accepted one
-    is all that is kept (a build names its source as given, verify by its absolute path)."""
+def request_key(request: dict) -> str | None:
+    """The hex key of a check request with the code that would answer it; None where that code
+    cannot be fingerprinted (an editable transformers or torch: its files are not in a RECORD).
+    The file names a refusal would quote (`where`) are left out: they change no answer, and an
+    accepted one is all that is kept (a build names its source as given, verify by its absolute path)."""
+    libraries = [_installed(name) for name in _LIBRARIES]
+    if None in libraries:
+        return None
     keyed = {**request, "checks": [{k: v for k, v in check.items() if k not in ("where", "names_where")}
                                    for check in request.get("checks", [])]}
     h = hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode())
     for path in sorted(_PACKAGE.rglob("*.py")):
         h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
-    for name in _LIBRARIES:
-        h.update(_installed(name).encode())
+    for library in libraries:
+        h.update(library.encode())
     return h.hexdigest()
 
 
-def _installed(name: str) -> str:
+def _installed(name: str) -> str | None:
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         return f"{name} absent"
-    record = dist.read_text("RECORD") or ""
+    record = dist.read_text("RECORD")
+    if not record or _editable(dist):
+        return None
     return f"{name} {dist.version} {hashlib.sha256(record.encode()).hexdigest()}"
 
 
-def lookup(key: str) -> list[str] | None:
+def _editable(dist) -> bool:
+    """pip install -e: the code lives in a working tree that RECORD does not list (PEP 610)."""
+    try:
+        return bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):
+        return True  # unreadable: do not trust a fingerprint
+
+
+def lookup(key: str | None) -> list[str] | None:
     """The accepted answer recorded under key; None when there is none (or it is unreadable)."""
+    if key is None:
+        return None
     try:
         path = cache_dir() / f"{key}.json"
         entry = loads(path.read_bytes(), str(path))
@@ -73,8 +89,10 @@ def lookup(key: str) -> list[str] | None:
     return accepted
 
 
-def store(key: str, accepted: list[str]) -> None:
+def store(key: str | None, accepted: list[str]) -> None:
     """Record an accepted answer, atomically; a cache that cannot be written is skipped."""
+    if key is None:
+        return
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
