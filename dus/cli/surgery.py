@@ -119,7 +119,11 @@ def build_command(
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
     file_sha256: bool = typer.Option(False, "--file-sha256", help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; slower on CPUs whose SHA-256 is slower than a page-cache copy."),
 ):
-    """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards."""
+    """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards.
+
+    transformers checks the plan beside the copy (a few seconds once per plan: the answer
+    is kept in ~/.cache/dus/checks, or $DUS_CHECK_CACHE, for `dus plan`, rebuilds and verify).
+    """
     import dus.api
     from dus.cli.progress import byte_progress
     from dus.errors import InputError
