@@ -17,6 +17,7 @@ Deleting the folder only makes the next build check again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -96,11 +97,13 @@ def store(key: str | None, accepted: list[str]) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{key}.", delete=False) as f:
+        f = tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{key}.", delete=False)
+    except OSError:
+        return
+    try:
+        with f:
             json.dump({"key": key, "accepted": accepted}, f)
         os.replace(f.name, folder / f"{key}.json")
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(f.name)
-        except (OSError, NameError):
-            pass
