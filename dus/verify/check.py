@@ -3,11 +3,11 @@
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
 config; what the build asked transformers (dus/plan/checks.py: it accepts the
-configs, the model it builds finds every weight it needs among the tensors,
-and it builds every output layer as its source layer, or the build recorded,
-with --allow-index-dependent, where it does not), answered from the check
-cache when the same code answered it before; then, in one read of each shard, its digest (the BLAKE3 or SHA-256 the record
-holds: dus/write/digest.py) and every
+configs, the model it builds finds every weight it needs, and it builds every
+output layer as its source layer, or the build recorded, with
+--allow-index-dependent, where it does not), answered from the check cache
+when the same code answered it before; then, in one read of each shard, its
+digest (the BLAKE3 or SHA-256 the record holds: dus/write/digest.py) and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
 """
