@@ -51,6 +51,10 @@ TINY = {
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
     "reformer": {"is_decoder": True},
+    # DbrxAttention reads attn_config.rope_theta and clamps with clip_qkv (None fails); real DBRX
+    # checkpoints carry both
+    "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
+             "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
     "zaya": {"num_experts_per_tok": 1},
     "mamba2": {"head_dim": 16},
     "dots3_note": {"num_key_value_heads": 4},
@@ -69,7 +73,7 @@ def _tiny(config: dict) -> dict:
     out = {}
     for key, value in config.items():
         if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
-                            and key in ("head_dim", "n_inner", "intermediate_size")):
+                            and key in ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok")):
             out[key] = TINY[key]
         elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
             out[key] = {**_without_per_layer(value), **_tiny(value)}
