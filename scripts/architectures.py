@@ -48,6 +48,10 @@ TINY = {
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
     "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
 }
+# Fields some configs leave None though their modeling code needs a number (the None is no "off" switch).
+NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads")
+QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
+             "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
     "reformer": {"is_decoder": True},
@@ -56,6 +60,9 @@ EXTRA = {
     "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
              "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
     "zaya": {"num_experts_per_tok": 1},
+    # Qwen4-Exp's full-attention layers always carry the QSA token indexer, which needs all five fields
+    "qwen4_exp_text": QWEN4_QSA,
+    "qwen4_exp": {"text_config": QWEN4_QSA},
     "mamba2": {"head_dim": 16},
     "dots3_note": {"num_key_value_heads": 4},
     "dots3_note_text": {"num_key_value_heads": 4},
@@ -66,14 +73,24 @@ def tiny_config(model_type: str, **extra):
     import transformers
 
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
-    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **EXTRA.get(model_type, {}), **extra})
+    fields = _merged(_merged(_tiny(defaults), EXTRA.get(model_type, {})), extra)
+    return transformers.AutoConfig.for_model(model_type, **fields)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """`override` over `base`, sub-config by sub-config (an EXTRA for a text_config keeps its tiny sizes)."""
+    out = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if both_dicts else value
+    return out
 
 
 def _tiny(config: dict) -> dict:
     out = {}
     for key, value in config.items():
         if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
-                            and key in ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok")):
+                            and key in NONE_IS_UNSET):
             out[key] = TINY[key]
         elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
             out[key] = {**_without_per_layer(value), **_tiny(value)}
