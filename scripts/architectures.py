@@ -52,6 +52,7 @@ TINY = {
 NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads")
 QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
              "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
+HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
     "reformer": {"is_decoder": True},
@@ -63,7 +64,12 @@ EXTRA = {
     # Qwen4-Exp's full-attention layers always carry the QSA token indexer, which needs all five fields
     "qwen4_exp_text": QWEN4_QSA,
     "qwen4_exp": {"text_config": QWEN4_QSA},
-    "mamba2": {"head_dim": 16},
+    "mamba2": {"head_dim": 16, "n_groups": 2},  # hidden_size * expand = num_heads * head_dim; heads per group
+    "falcon_h1": {"mamba_d_ssm": 64},  # = mamba_n_heads * mamba_d_head
+    # Hybrids as released (an all-Mamba default stack fails in transformers' get_seq_length): attention at
+    # layers 3 and 5, so the repeated block (layers 2, 3) holds one Mamba and one attention layer
+    "bamba": {"attn_layer_indices": [3, 5]},
+    "granitemoehybrid": {"layer_types": HYBRID},
     "dots3_note": {"num_key_value_heads": 4},
     "dots3_note_text": {"num_key_value_heads": 4},
 }
