@@ -70,6 +70,11 @@ EXTRA = {
     # layers 3 and 5, so the repeated block (layers 2, 3) holds one Mamba and one attention layer
     "bamba": {"attn_layer_indices": [3, 5]},
     "granitemoehybrid": {"layer_types": HYBRID},
+    # Zamba2's default layers_block_type is for 54 layers; "hybrid" = the shared transformer then Mamba
+    "zamba2": {"layers_block_type": ["linear_attention", "linear_attention", "hybrid"] * 2, "adapter_rank": 8},
+    "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
+    # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
+    "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8, "linear_num_heads": 4},
     "dots3_note": {"num_key_value_heads": 4},
     "dots3_note_text": {"num_key_value_heads": 4},
 }
