@@ -75,6 +75,12 @@ EXTRA = {
     "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
     # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
     "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8, "linear_num_heads": 4},
+    "bailing_hybrid": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "n_group": 2, "topk_group": 1},
+    # MLA configs whose rotary embedding is sized by head_dim: it must be the rope slice, qk_rope_head_dim
+    # (axk1 and youtu derive it so, but a head_dim passed in overrides that)
+    "longcat_flash": {"head_dim": 4},
+    "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
+    "youtu": {"head_dim": 4},
     "dots3_note": {"num_key_value_heads": 4},
     "dots3_note_text": {"num_key_value_heads": 4},
 }
@@ -170,26 +176,34 @@ def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
 def reference_model(model, plan: list[int], config, prefix: str):
     """An independent up-scaled model: transformers builds it from the output config, then its
     decoder layers are replaced by deep copies of the source's in plan order (carrying whatever
-    each source layer computed at construction), their KV-cache index (layer_idx, layer_id)
-    renumbered, and every other weight is the source's."""
+    each source layer computed at construction), their KV-cache indices (layer_idx, layer_id)
+    renumbered as transformers numbers that position (Longcat-Flash: two attention sublayers,
+    2i and 2i+1), and every other weight is the source's."""
     import torch
     import transformers
 
     ref = transformers.AutoModelForCausalLM.from_config(config).float()
     name = _stack_name(ref, prefix, len(plan))
     source_stack = model.get_submodule(_stack_name(model, prefix, LAYERS))
+    fresh_stack = ref.get_submodule(name)
     layers = torch.nn.ModuleList(copy.deepcopy(source_stack[j]) for j in plan)
     for i, layer in enumerate(layers):
-        for module in layer.modules():
+        fresh = _cache_indices(fresh_stack[i])  # what transformers numbers position i's modules, e.g. 2i, 2i+1
+        for module_name, module in layer.named_modules():
             for attr in ("layer_idx", "layer_id"):
                 if type(getattr(module, attr, None)) is int:
-                    setattr(module, attr, i)
+                    setattr(module, attr, fresh.get((module_name, attr), i))
             if isinstance(getattr(module, "config", None), transformers.PreTrainedConfig):
                 module.config = ref.config
     ref.set_submodule(name, layers)
     outside = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
     ref.load_state_dict(outside, strict=False)
     return ref.eval()
+
+
+def _cache_indices(layer) -> dict:
+    return {(module_name, attr): getattr(module, attr) for module_name, module in layer.named_modules()
+            for attr in ("layer_idx", "layer_id") if type(getattr(module, attr, None)) is int}
 
 
 def _stack_name(model, prefix: str, n: int) -> str:
