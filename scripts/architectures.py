@@ -49,7 +49,8 @@ TINY = {
     "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
 }
 # Fields some configs leave None though their modeling code needs a number (the None is no "off" switch).
-NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads")
+NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads",
+                 "n_routed_experts")
 QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
              "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
 HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
@@ -81,7 +82,12 @@ EXTRA = {
     "longcat_flash": {"head_dim": 4},
     "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
     "youtu": {"head_dim": 4},
-    "dots3_note": {"num_key_value_heads": 4},
+    "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
+    # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
+    # adapters sized to the tiny towers and text model
+    "dots3_note": {"text_config": {"num_key_value_heads": 4},
+                   "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32, "adapter_out_dim": 32},
+                   "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16}},
     "dots3_note_text": {"num_key_value_heads": 4},
 }
 
