@@ -82,6 +82,15 @@ EXTRA = {
     "longcat_flash": {"head_dim": 4},
     "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
     "youtu": {"head_dim": 4},
+    # MLA: one key head per query head (kv_b_proj makes num_attention_heads of them); the DSA indexer
+    # keeps 4 of the test's 8-14 tokens, so its selection is exercised
+    "axk2": {"num_key_value_heads": 4, "index_topk": 4, "index_head_dim": 8, "index_n_heads": 2},
+    # its default rope_parameters ({}) has no entry per layer type: RoPE on sliding layers and none (NoPE)
+    # on full ones, the Cohere2 pattern its modeling code allows for
+    "cohere_compass_text": {
+        "layer_types": ["sliding_attention" if t == "linear_attention" else t for t in HYBRID],
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50000.0,
+                                                  "mrope_section": [2, 1, 1]}, "full_attention": None}},
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
