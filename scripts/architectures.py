@@ -53,6 +53,8 @@ NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_to
                  "n_routed_experts")
 QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
              "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
+INKLING2 = {"unpadded_vocab_size": VOCAB - 6, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
+            "swa_head_dim": 8, "sliding_window_size": 8}
 HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
@@ -91,6 +93,10 @@ EXTRA = {
         "layer_types": ["sliding_attention" if t == "linear_attention" else t for t in HYBRID],
         "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50000.0,
                                                   "mrope_section": [2, 1, 1]}, "full_attention": None}},
+    # Inkling-2: the head is unpadded_vocab_size wide (the saved one is padded to vocab_size), and the
+    # sliding layers have heads of their own
+    "inkling2_text": INKLING2,
+    "inkling2_loop_text": INKLING2,
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
