@@ -58,7 +58,10 @@ INKLING2 = {"unpadded_vocab_size": VOCAB - 6, "swa_num_attention_heads": 4, "swa
 HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
-    "reformer": {"is_decoder": True},
+    # Reformer: axial position embeddings factor the positions (8 * 16 = 128) and the hidden size (16 + 16);
+    # a fixed hash_seed and num_buckets, so LSH attention hashes alike in every model
+    "reformer": {"is_decoder": True, "axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 16], "hash_seed": 0,
+                 "num_buckets": 4, "attention_head_size": 8, "feed_forward_size": 48},
     # DbrxAttention reads attn_config.rope_theta and clamps with clip_qkv (None fails); real DBRX
     # checkpoints carry both
     "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
