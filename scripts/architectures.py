@@ -100,6 +100,9 @@ EXTRA = {
     # sliding layers have heads of their own
     "inkling2_text": INKLING2,
     "inkling2_loop_text": INKLING2,
+    # xLSTMCache sizes its state by qk_dim and v_dim rounded up to multiples of 64, the layers unrounded:
+    # only widths that are multiples of 64 (32 * 2) agree
+    "xlstm": {"qk_dim_factor": 2.0, "v_dim_factor": 2.0},
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
