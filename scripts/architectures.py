@@ -76,7 +76,10 @@ EXTRA = {
     # layers 3 and 5, so the repeated block (layers 2, 3) holds one Mamba and one attention layer
     "bamba": {"attn_layer_indices": [3, 5]},
     "granitemoehybrid": {"layer_types": HYBRID},
-    # Zamba2's default layers_block_type is for 54 layers; "hybrid" = the shared transformer then Mamba
+    # Two "hybrid" layers (the shared transformer, then Mamba), at 2 and 5. Zamba's default period and
+    # offset leave 6 layers one, so its shared weights have no layer to be tied to; Zamba2's default
+    # layers_block_type is for 54 layers.
+    "zamba": {"attn_layer_period": 3, "attn_layer_offset": 2},
     "zamba2": {"layers_block_type": ["linear_attention", "linear_attention", "hybrid"] * 2, "adapter_rank": 8},
     "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
     # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
