@@ -56,6 +56,7 @@ QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8,
 INKLING2 = {"unpadded_vocab_size": VOCAB - 6, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
             "swa_head_dim": 8, "sliding_window_size": 8}
 HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
+SLIDING_FULL = ["sliding_attention" if t == "linear_attention" else t for t in HYBRID]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
     # Reformer: axial position embeddings factor the positions (8 * 16 = 128) and the hidden size (16 + 16);
@@ -96,7 +97,7 @@ EXTRA = {
     # its default rope_parameters ({}) has no entry per layer type: RoPE on sliding layers and none (NoPE)
     # on full ones, the Cohere2 pattern its modeling code allows for
     "cohere_compass_text": {
-        "layer_types": ["sliding_attention" if t == "linear_attention" else t for t in HYBRID],
+        "layer_types": SLIDING_FULL,
         "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50000.0,
                                                   "mrope_section": [2, 1, 1]}, "full_attention": None}},
     # Inkling-2: the head is unpadded_vocab_size wide (the saved one is padded to vocab_size), and the
@@ -106,6 +107,9 @@ EXTRA = {
     # xLSTMCache sizes its state by qk_dim and v_dim rounded up to multiples of 64, the layers unrounded:
     # only widths that are multiples of 64 (32 * 2) agree
     "xlstm": {"qk_dim_factor": 2.0, "v_dim_factor": 2.0},
+    # Gemma-3n and Gemma-4 assistants: the last layers reuse the KV cache of the last earlier layer of
+    # their type, so those earlier layers must hold both types (the default shares 15 of 6)
+    "gemma3n_text": {"num_kv_shared_layers": 2, "layer_types": SLIDING_FULL, "laurel_rank": 8},
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
