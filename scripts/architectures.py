@@ -84,7 +84,8 @@ EXTRA = {
     "zamba2": {"layers_block_type": ["linear_attention", "linear_attention", "hybrid"] * 2, "adapter_rank": 8},
     "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
     # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
-    "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8, "linear_num_heads": 4},
+    "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8,
+                    "linear_num_heads": 4},
     "bailing_hybrid": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "n_group": 2, "topk_group": 1},
     # MLA configs whose rotary embedding is sized by head_dim: it must be the rope slice, qk_rope_head_dim
     # (axk1 and youtu derive it so, but a head_dim passed in overrides that)
@@ -107,8 +108,8 @@ EXTRA = {
     # xLSTMCache sizes its state by qk_dim and v_dim rounded up to multiples of 64, the layers unrounded:
     # only widths that are multiples of 64 (32 * 2) agree
     "xlstm": {"qk_dim_factor": 2.0, "v_dim_factor": 2.0},
-    # Gemma-3n and Gemma-4 assistants: the last layers reuse the KV cache of the last earlier layer of
-    # their type, so those earlier layers must hold both types (the default shares 15 of 6)
+    # Gemma-3n: the last layers reuse the KV cache of the last earlier layer of their type, so those
+    # earlier layers must hold both types (the default shares 15 of 6)
     "gemma3n_text": {"num_kv_shared_layers": 2, "layer_types": SLIDING_FULL, "laurel_rank": 8},
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
