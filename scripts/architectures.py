@@ -48,12 +48,75 @@ TINY = {
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
     "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
 }
+# Fields some configs leave None though their modeling code needs a number (the None is no "off" switch).
+NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads",
+                 "n_routed_experts")
+QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
+             "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
+INKLING2 = {"unpadded_vocab_size": VOCAB - 6, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
+            "swa_head_dim": 8, "sliding_window_size": 8}
+HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
+SLIDING_FULL = ["sliding_attention" if t == "linear_attention" else t for t in HYBRID]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
-    "reformer": {"is_decoder": True},
+    # Reformer: axial position embeddings factor the positions (8 * 16 = 128) and the hidden size (16 + 16);
+    # a fixed hash_seed and num_buckets, so LSH attention hashes alike in every model
+    "reformer": {"is_decoder": True, "axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 16], "hash_seed": 0,
+                 "num_buckets": 4, "attention_head_size": 8, "feed_forward_size": 48},
+    # DbrxAttention reads attn_config.rope_theta and clamps with clip_qkv (None fails); real DBRX
+    # checkpoints carry both
+    "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
+             "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
     "zaya": {"num_experts_per_tok": 1},
-    "mamba2": {"head_dim": 16},
-    "dots3_note": {"num_key_value_heads": 4},
+    # Qwen4-Exp's full-attention layers always carry the QSA token indexer, which needs all five fields
+    "qwen4_exp_text": QWEN4_QSA,
+    "qwen4_exp": {"text_config": QWEN4_QSA},
+    "mamba2": {"head_dim": 16, "n_groups": 2},  # hidden_size * expand = num_heads * head_dim; heads per group
+    "falcon_h1": {"mamba_d_ssm": 64},  # = mamba_n_heads * mamba_d_head
+    # Hybrids as released (an all-Mamba default stack fails in transformers' get_seq_length): attention at
+    # layers 3 and 5, so the repeated block (layers 2, 3) holds one Mamba and one attention layer
+    "bamba": {"attn_layer_indices": [3, 5]},
+    "granitemoehybrid": {"layer_types": HYBRID},
+    # Two "hybrid" layers (the shared transformer, then Mamba), at 2 and 5. Zamba's default period and
+    # offset leave 6 layers one, so its shared weights have no layer to be tied to; Zamba2's default
+    # layers_block_type is for 54 layers.
+    "zamba": {"attn_layer_period": 3, "attn_layer_offset": 2},
+    "zamba2": {"layers_block_type": ["linear_attention", "linear_attention", "hybrid"] * 2, "adapter_rank": 8},
+    "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
+    # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
+    "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8,
+                    "linear_num_heads": 4},
+    "bailing_hybrid": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "n_group": 2, "topk_group": 1},
+    # MLA configs whose rotary embedding is sized by head_dim: it must be the rope slice, qk_rope_head_dim
+    # (axk1 and youtu derive it so, but a head_dim passed in overrides that)
+    "longcat_flash": {"head_dim": 4},
+    "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
+    "youtu": {"head_dim": 4},
+    # MLA: one key head per query head (kv_b_proj makes num_attention_heads of them); the DSA indexer
+    # keeps 4 of the test's 8-14 tokens, so its selection is exercised
+    "axk2": {"num_key_value_heads": 4, "index_topk": 4, "index_head_dim": 8, "index_n_heads": 2},
+    # its default rope_parameters ({}) has no entry per layer type: RoPE on sliding layers and none (NoPE)
+    # on full ones, the Cohere2 pattern its modeling code allows for
+    "cohere_compass_text": {
+        "layer_types": SLIDING_FULL,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50000.0,
+                                                  "mrope_section": [2, 1, 1]}, "full_attention": None}},
+    # Inkling-2: the head is unpadded_vocab_size wide (the saved one is padded to vocab_size), and the
+    # sliding layers have heads of their own
+    "inkling2_text": INKLING2,
+    "inkling2_loop_text": INKLING2,
+    # xLSTMCache sizes its state by qk_dim and v_dim rounded up to multiples of 64, the layers unrounded:
+    # only widths that are multiples of 64 (32 * 2) agree
+    "xlstm": {"qk_dim_factor": 2.0, "v_dim_factor": 2.0},
+    # Gemma-3n: the last layers reuse the KV cache of the last earlier layer of their type, so those
+    # earlier layers must hold both types (the default shares 15 of 6)
+    "gemma3n_text": {"num_kv_shared_layers": 2, "layer_types": SLIDING_FULL, "laurel_rank": 8},
+    "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
+    # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
+    # adapters sized to the tiny towers and text model
+    "dots3_note": {"text_config": {"num_key_value_heads": 4},
+                   "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32, "adapter_out_dim": 32},
+                   "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16}},
     "dots3_note_text": {"num_key_value_heads": 4},
 }
 
@@ -62,14 +125,24 @@ def tiny_config(model_type: str, **extra):
     import transformers
 
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
-    return transformers.AutoConfig.for_model(model_type, **{**_tiny(defaults), **EXTRA.get(model_type, {}), **extra})
+    fields = _merged(_merged(_tiny(defaults), EXTRA.get(model_type, {})), extra)
+    return transformers.AutoConfig.for_model(model_type, **fields)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """`override` over `base`, sub-config by sub-config (an EXTRA for a text_config keeps its tiny sizes)."""
+    out = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if both_dicts else value
+    return out
 
 
 def _tiny(config: dict) -> dict:
     out = {}
     for key, value in config.items():
         if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
-                            and key in ("head_dim", "n_inner", "intermediate_size")):
+                            and key in NONE_IS_UNSET):
             out[key] = TINY[key]
         elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
             out[key] = {**_without_per_layer(value), **_tiny(value)}
@@ -138,26 +211,34 @@ def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
 def reference_model(model, plan: list[int], config, prefix: str):
     """An independent up-scaled model: transformers builds it from the output config, then its
     decoder layers are replaced by deep copies of the source's in plan order (carrying whatever
-    each source layer computed at construction), their KV-cache index (layer_idx, layer_id)
-    renumbered, and every other weight is the source's."""
+    each source layer computed at construction), their KV-cache indices (layer_idx, layer_id)
+    renumbered as transformers numbers that position (Longcat-Flash: two attention sublayers,
+    2i and 2i+1), and every other weight is the source's."""
     import torch
     import transformers
 
     ref = transformers.AutoModelForCausalLM.from_config(config).float()
     name = _stack_name(ref, prefix, len(plan))
     source_stack = model.get_submodule(_stack_name(model, prefix, LAYERS))
+    fresh_stack = ref.get_submodule(name)
     layers = torch.nn.ModuleList(copy.deepcopy(source_stack[j]) for j in plan)
     for i, layer in enumerate(layers):
-        for module in layer.modules():
+        fresh = _cache_indices(fresh_stack[i])  # what transformers numbers position i's modules, e.g. 2i, 2i+1
+        for module_name, module in layer.named_modules():
             for attr in ("layer_idx", "layer_id"):
                 if type(getattr(module, attr, None)) is int:
-                    setattr(module, attr, i)
+                    setattr(module, attr, fresh.get((module_name, attr), i))
             if isinstance(getattr(module, "config", None), transformers.PreTrainedConfig):
                 module.config = ref.config
     ref.set_submodule(name, layers)
     outside = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
     ref.load_state_dict(outside, strict=False)
     return ref.eval()
+
+
+def _cache_indices(layer) -> dict:
+    return {(module_name, attr): getattr(module, attr) for module_name, module in layer.named_modules()
+            for attr in ("layer_idx", "layer_id") if type(getattr(module, attr, None)) is int}
 
 
 def _stack_name(model, prefix: str, n: int) -> str:

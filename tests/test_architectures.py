@@ -20,6 +20,8 @@ _SPEC.loader.exec_module(architectures)
     ("gemma4_text", {}, "refused", "model.embed_tokens_per_layer.weight shape"),
     # an MoE range given by start/end/interval fields, re-solved for the new stack
     ("ernie4_5_moe", {}, "exact", ""),
+    # two attention sublayers per layer, cached at 2i and 2i+1 (the reference must number them so)
+    ("longcat_flash", {}, "exact", ""),
     # encoder-only and encoder-decoder configs
     ("bert", {}, "refused", "DUS needs a decoder stack"),
     ("bart", {}, "refused", "DUS needs a decoder stack"),
