@@ -115,7 +115,8 @@ def test_bad_plans_are_refused(call, message):
 def test_config_remaps_per_layer_and_index_lists():
     config = {"num_hidden_layers": 4, "layer_types": ["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
               "max_window_layers": 2, "no_rope_layers": [1, 0, 1, 0], "mlp_only_layers": [0, 3],
-              "intermediate_size": [10, 20, 30, 40], "torch_dtype": "bfloat16"}
+              "intermediate_size": [10, 20, 30, 40], "torch_dtype": "bfloat16",
+              "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0]}
     out = output_config(config, [0, 1, 2, 1, 2, 3], dtype="float16")
     assert out["num_hidden_layers"] == 6
     assert out["layer_types"] == ["full_attention", "full_attention", "sliding_attention", "full_attention",
@@ -124,6 +125,7 @@ def test_config_remaps_per_layer_and_index_lists():
     assert out["no_rope_layers"] == [1, 0, 1, 0, 1, 0]
     assert out["mlp_only_layers"] == [0, 5]
     assert out["intermediate_size"] == [10, 20, 30, 20, 30, 40]
+    assert out["activation_sparsity_pattern"] == [0.95, 0.95, 0.0, 0.95, 0.0, 0.0]  # no "layer" in its name
     assert out["dtype"] == out["torch_dtype"] == "float16"
     assert config["num_hidden_layers"] == 4  # input untouched
 

@@ -24,6 +24,7 @@ PER_LAYER_KEYS = {
     "layer_types", "mlp_layer_types", "no_rope_layers", "attention_types_per_layer", "block_types",
     "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
     "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
+    "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
 }
 INDEX_LIST_KEYS = {
     "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
