@@ -140,3 +140,15 @@ def test_an_editable_library_is_not_fingerprinted(monkeypatch, cache):
     assert check_cache.request_key({}) is None
     check_cache.store(None, [])
     assert check_cache.lookup(None) is None and not cache.exists()
+
+
+def test_a_killed_runs_temporary_entry_is_swept(cache):
+    import os
+
+    cache.mkdir(parents=True)
+    stale, fresh = cache / ".K1.abc123", cache / ".K2.def456"  # as NamedTemporaryFile names them
+    stale.write_text("{")
+    fresh.write_text("{")  # another run may be writing it right now
+    os.utime(stale, (0, 0))
+    check_cache.store("K3", [])
+    assert not stale.exists() and fresh.exists() and check_cache.lookup("K3") == []

@@ -23,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from dus.errors import InputError
@@ -107,3 +108,13 @@ def store(key: str | None, accepted: list[str]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(f.name)
+    _sweep(folder)
+
+
+def _sweep(folder: Path, older_than_s: float = 3600) -> None:
+    """Remove temporary entries a killed run left (`.KEY.*`): an hour old, no write is still going on."""
+    now = time.time()
+    for path in folder.glob(".*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
