@@ -22,6 +22,9 @@ copy throughput (`--machine` prints only that).
 
     python scripts/bench_build.py --scale mid --repeats 3 --mergekit /path/to/mergekit-yaml
     python scripts/bench_build.py --machine
+
+Do not edit dus's files while it runs: the check cache's key covers them, so an
+edit turns the `dus` rows into first builds.
 """
 
 from __future__ import annotations
