@@ -8,11 +8,17 @@ torch and transformers are imported inside the functions: the build path
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from dus.errors import InputError
 from dus.read.source import is_repo_id, local_tensors
+
+def cache_root() -> Path:
+    """dus's own cache ($DUS_CACHE, else ~/.cache/dus): the fetched SmolLM2, the remembered plan checks."""
+    return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus")
+
 
 DTYPES = {  # accepted --dtype value -> canonical name (a torch dtype's, and config.json's)
     "auto": "auto",

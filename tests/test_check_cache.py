@@ -124,7 +124,7 @@ def test_an_answer_no_longer_wanted_stops_the_child(llama_source, cache):
     child = pending._child
     pending.cancel()
     assert child.returncode == -signal.SIGKILL
-    assert not list(cache.glob("*.json")) if cache.exists() else True  # no answer, nothing remembered
+    assert not cache.exists() or not list(cache.glob("*.json"))  # no answer, nothing remembered
 
 
 def test_an_editable_library_is_not_fingerprinted(monkeypatch, cache):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read.strict_json import loads
+from dus.runtime import cache_root
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # dus/
 _LIBRARIES = ("transformers", "torch")
@@ -36,7 +37,7 @@ _LIBRARIES = ("transformers", "torch")
 def cache_dir() -> Path:
     if os.environ.get("DUS_CHECK_CACHE"):
         return Path(os.environ["DUS_CHECK_CACHE"])
-    return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus") / "checks"
+    return cache_root() / "checks"
 
 
 def request_key(request: dict) -> str | None:

