@@ -20,12 +20,30 @@ FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 @dataclass(frozen=True)
+class Computed:
+    """A tensor computed by a named operator from input tensors (see dus.write.operators).
+
+    `params` holds JSON-able values (seed, factor, solver settings) as sorted (key, value)
+    pairs so a spec stays hashable; the operator must be deterministic in its inputs and
+    params, which is what lets `dus verify` recompute the tensor and compare.
+    """
+
+    op: str
+    inputs: tuple[TensorInfo, ...]
+    params: tuple[tuple[str, object], ...] = ()
+
+    def param(self, key: str, default=None):
+        return dict(self.params).get(key, default)
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]
     parts: tuple[tuple[TensorInfo, float], ...]  # (input, weight); empty when zeroed
     factor: float = 1.0
+    computed: Computed | None = None  # when set, parts and factor are unused
 
     @property
     def nbytes(self) -> int:
@@ -36,7 +54,8 @@ class TensorSpec:
 
     @property
     def is_byte_copy(self) -> bool:
-        return len(self.parts) == 1 and self.factor == 1.0 and self.parts[0][0].dtype == self.dtype
+        return (self.computed is None and len(self.parts) == 1 and self.factor == 1.0
+                and self.parts[0][0].dtype == self.dtype)
 
 
 def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:

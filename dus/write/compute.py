@@ -6,7 +6,7 @@ the model. torch is imported here and only here on the build path.
 
 from __future__ import annotations
 
-from dus.plan.layout import TensorSpec
+from dus.plan.layout import Computed, TensorSpec
 from dus.read.safetensors import TORCH_NAMES, TensorInfo
 
 
@@ -34,6 +34,9 @@ def tensor_bytes(spec: TensorSpec) -> bytes:
     """The output bytes of a tensor that is not a plain byte copy."""
     import torch
 
+    if spec.computed is not None:
+        result = compute_tensor(spec.computed, spec.shape).to(torch_dtype(spec.dtype))
+        return result.contiguous().view(torch.uint8).numpy().tobytes()
     if not spec.parts:  # zeroed: all-zero bytes are 0 in every dtype
         return bytes(spec.nbytes)
     out_dtype = torch_dtype(spec.dtype)
@@ -47,3 +50,13 @@ def tensor_bytes(spec: TensorSpec) -> bytes:
             result = term if result is None else result + term
         result = (result * spec.factor).to(out_dtype)
     return result.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def compute_tensor(computed: Computed, shape: tuple[int, ...]):
+    """Run a computed tensor's operator on its decoded inputs; the result must have `shape`."""
+    from dus.write.operators import operator
+
+    result = operator(computed.op)([read_tensor(info) for info in computed.inputs], **dict(computed.params))
+    if tuple(result.shape) != tuple(shape):
+        raise ValueError(f"operator {computed.op!r} returned shape {list(result.shape)}, planned {list(shape)}")
+    return result
