@@ -1,14 +1,9 @@
-"""A slice of the architecture matrix (scripts/architectures.py) on every run: one of each
+"""A slice of the architecture matrix (dus/testing/architectures.py) on every run: one of each
 failure class the full matrix found, built and compared bit for bit, or refused."""
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("architectures", Path(__file__).parents[1] / "scripts/architectures.py")
-architectures = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(architectures)
+from dus.testing import architectures
 
 
 @pytest.mark.parametrize("model_type, extra, verdict, detail", [

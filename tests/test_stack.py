@@ -1,7 +1,6 @@
 """--stack PREFIX: grow the language model of a multimodal checkpoint (Gemma-3: a text stack
 beside a vision tower), its nested text_config remapped, the vision tower copied untouched."""
 
-import copy
 import json
 
 import pytest
@@ -11,7 +10,7 @@ import transformers
 import dus.api
 from dus.errors import InputError
 from dus.read.architecture import stack_config_key
-from models import load_tensors
+from models import load_tensors, reference_model
 
 TEXT = "language_model.model.layers."   # as transformers saves Gemma-3 checkpoints
 VISION = "vision_tower.encoder.layers."
@@ -25,21 +24,6 @@ def gemma3_config(vision_layers=2):
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=vision_layers, num_attention_heads=2, image_size=28,
                   patch_size=14)
     return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
-
-
-def reference_model(model, source_layers):
-    """The source model with its text layers deep-copied into plan order (layer_idx renumbered)."""
-    ref = copy.deepcopy(model)
-    language = ref.model.language_model
-    language.layers = torch.nn.ModuleList(copy.deepcopy(model.model.language_model.layers[i]) for i in source_layers)
-    for index, layer in enumerate(language.layers):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = index
-    for config in {id(c): c for c in (ref.config.text_config, language.config)}.values():
-        config.layer_types = [model.config.text_config.layer_types[i] for i in source_layers]
-        config.num_hidden_layers = len(source_layers)
-    return ref.eval()
 
 
 @pytest.fixture(scope="module")
