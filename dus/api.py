@@ -16,6 +16,7 @@ from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
 from dus.plan.layout import layout
 from dus.plan.make import make_plan, resolve_options
+from dus.plan.mergekit import yaml_source
 from dus.plan.resolved import ResolvedPlan
 from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
@@ -37,6 +38,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     their source layers; allow_index_dependent accepts (and records) differences
     that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
     where a checkpoint holds several (a multimodal model's language model beside its vision tower)."""
+    if yaml_source(source) and not config:  # `dus plan merge.yml`: a recipe file as SOURCE
+        source, config = None, source
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack},

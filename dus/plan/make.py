@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.plan import recipes
+from dus.plan.mergekit import MergekitLayers, is_mergekit, recipe_options
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
 from dus.read.architecture import residual_output_modules
@@ -27,7 +28,10 @@ PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval",
 
 
 def load_recipe_file(path: str | Path) -> dict:
-    data = {k: v for k, v in read_mapping(path).items() if k not in PIPELINE_SECTIONS}
+    mapping = read_mapping(path)
+    if is_mergekit(mapping):  # a mergekit passthrough recipe (dus/plan/mergekit.py)
+        return recipe_options(mapping, path)
+    data = {k: v for k, v in mapping.items() if k not in PIPELINE_SECTIONS}
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
         raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
@@ -100,6 +104,8 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
     """A layer SPEC string, or a recipe file's list of layer entries."""
     base_name = next(iter(sources))
+    if isinstance(spec, MergekitLayers):
+        return spec.output_layers(sources)
     if isinstance(spec, str):
         return [copy_of(i) for i in recipes.parse_layer_spec(spec, sources[base_name].num_layers)]
     if not isinstance(spec, list):
