@@ -17,6 +17,8 @@ from dus.testing import architectures
     ("ernie4_5_moe", {}, "exact", ""),
     # two attention sublayers per layer, cached at 2i and 2i+1 (the reference must number them so)
     ("longcat_flash", {}, "exact", ""),
+    # a layer count given only by a per-layer list (Nemotron-H's layers_block_type in transformers 5)
+    ("nemotron_h", {}, "exact", ""),
     # encoder-only and encoder-decoder configs
     ("bert", {}, "refused", "DUS needs a decoder stack"),
     ("bart", {}, "refused", "DUS needs a decoder stack"),
@@ -24,3 +26,39 @@ from dus.testing import architectures
 def test_architecture(model_type, extra, verdict, detail, tmp_path):
     got, why = architectures.check(model_type, tmp_path, **extra)
     assert (got, detail in why) == (verdict, True), why
+
+
+def test_nemotron_h_pattern_string_remapped(tmp_path):
+    """A Nemotron-H config.json as released (a layer count and hybrid_override_pattern, one character a layer:
+    M Mamba, E MoE, * attention, - MLP): the string follows the plan, and the model equals the reference."""
+    import json
+
+    import torch
+    import transformers
+
+    import dus.api
+    from dus.testing.reference import reference_model
+
+    model = architectures.tiny_model("nemotron_h")
+    model.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src/config.json").read_text())
+    symbols = {"linear_attention": "M", "moe": "E", "full_attention": "*", "mlp": "-"}
+    pattern = "".join(symbols[t] for t in config.pop("layers_block_type"))
+    (tmp_path / "src/config.json").write_text(json.dumps({**config, "num_hidden_layers": 6,
+                                                          "hybrid_override_pattern": pattern}))
+    plan = [0, 1, 2, 3, 2, 3, 4, 5]
+    dus.api.build(str(tmp_path / "src"), tmp_path / "out", layers="0:4,2:6")
+    written = json.loads((tmp_path / "out/config.json").read_text())
+    assert (written["num_hidden_layers"], written["hybrid_override_pattern"]) == (8, "".join(pattern[i] for i in plan))
+    built = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
+    ids = torch.randint(3, architectures.VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(built(ids).logits, reference_model(model, plan, built.config)(ids).logits)
+
+
+def test_a_pattern_string_of_the_wrong_length_is_refused():
+    from dus.errors import InputError
+    from dus.plan.config import output_config
+
+    with pytest.raises(InputError, match="hybrid_override_pattern.*5 entries for 6 layers"):
+        output_config({"num_hidden_layers": 6, "hybrid_override_pattern": "M-M*-"}, [0, 1, 2])

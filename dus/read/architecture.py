@@ -26,6 +26,21 @@ def refuse_encoder_decoder(config: dict) -> None:
         raise InputError(f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model")
 
 
+# Per-layer lists that are a config's only layer count: transformers derives num_hidden_layers from their length
+# (Nemotron-H in transformers 5 saves layers_block_type and no count).
+IMPLIED_COUNT_KEYS = ("layers_block_type",)
+
+
+def with_layer_count(config: dict) -> dict:
+    """The config with the layer count transformers derives made explicit, where only a per-layer list gives it."""
+    if any(key in config for key in LAYER_COUNT_KEYS):
+        return config
+    for key in IMPLIED_COUNT_KEYS:
+        if isinstance(config.get(key), list) and config[key]:
+            return {**config, LAYER_COUNT_KEYS[0]: len(config[key])}
+    return config
+
+
 def layer_count_key(config: dict) -> str:
     refuse_encoder_decoder(config)
     for key in LAYER_COUNT_KEYS:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.read import strict_json
-from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
+from dus.read.architecture import (find_layer_prefix, layer_count_key, split_layer_name, stack_config_key,
+                                   with_layer_count)
 from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
@@ -169,7 +170,7 @@ def read_config(path: Path) -> dict:
     config = strict_json.loads(path.read_bytes(), str(path))  # untrusted: no NaN, repeated keys, ...
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")
-    return check_config(config, str(path))
+    return check_config(with_layer_count(config), str(path))
 
 
 def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:

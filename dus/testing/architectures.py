@@ -117,6 +117,10 @@ EXTRA = {
                    "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32, "adapter_out_dim": 32},
                    "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16}},
     "dots3_note_text": {"num_key_value_heads": 4},
+    # Nemotron-H: the layer count is the per-layer list's length (its default has 4); Mamba, MoE, attention, MLP
+    "nemotron_h": {"layers_block_type": ["linear_attention", "moe", "full_attention", "mlp", "linear_attention",
+                                         "full_attention"], "moe_shared_expert_intermediate_size": 16,
+                   "mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 2, "chunk_size": 8},
 }
 
 
@@ -156,6 +160,20 @@ def _without_per_layer(config: dict) -> dict:
             if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)}
 
 
+def tiny_model(model_type: str, **extra):
+    """A seeded tiny random model of the type, every tensor perturbed (default inits leave biases and norms
+    constant, and a misplaced copy of a constant cannot show)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type, **extra)).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
     """(verdict, detail) for one architecture; `extra` config fields override the tiny ones."""
     import torch
@@ -164,13 +182,8 @@ def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
     import dus.api
     from dus.errors import DusError
 
-    torch.manual_seed(0)
     try:
-        config = tiny_config(model_type, **extra)
-        model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
+        model = tiny_model(model_type, **extra)
         model.save_pretrained(workdir / "src")
     except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
         return "not testable here", f"cannot make a tiny model: {_line(e)}"
