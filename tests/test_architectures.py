@@ -11,8 +11,10 @@ from dus.testing import architectures
     ("diffllama", {}, "refused", "self_attn.lambda_init"),
     # a map keyed by layer index (per_layer_config: the full-attention layers' head_dim), remapped
     ("gemma4_text", {"hidden_size_per_layer_input": 0}, "exact", ""),
-    # a tensor outside the stack sized by the layer count (Gemma 4's per-layer input embedding)
-    ("gemma4_text", {}, "refused", "model.embed_tokens_per_layer.weight shape"),
+    # tensors outside the stack holding one block per layer (Gemma 4's per-layer input embedding), rearranged
+    ("gemma4_text", {}, "exact", ""),
+    # KV-shared layers whose source (the last earlier layer of a type) the plan moves
+    ("gemma3n_text", {}, "refused", "store_full_length_kv"),
     # an MoE range given by start/end/interval fields, re-solved for the new stack
     ("ernie4_5_moe", {}, "exact", ""),
     # two attention sublayers per layer, cached at 2i and 2i+1 (the reference must number them so)

@@ -153,12 +153,17 @@ def _check_decoder(config, stack) -> None:
 
 def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     """Outside the stack (embeddings, norms, heads) dus copies tensors as they are: transformers
-    must build the same classes and shapes there, e.g. no per-layer embedding sized by the count."""
+    must build the same classes and shapes there, e.g. no per-layer embedding sized by the count
+    other than those dus rearranges block by block (dus/plan/per_layer.py)."""
+    from dus.plan.per_layer import per_layer_widths
+
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
         return _view(model, skip=inside)
 
-    src, out = outside(src_model, src_stack), outside(out_model, out_stack)
+    # tensors packed by layer (per-layer embeddings) compare per layer: dus rearranges their blocks
+    src = per_layer_widths(outside(src_model, src_stack), len(src_stack))
+    out = per_layer_widths(outside(out_model, out_stack), len(out_stack))
     for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
         raise InputError(f"the output model would differ outside its decoder layers: {what}; "
                          "the source tensor dus copies there would not fit (is it sized by the layer count?)")

@@ -174,8 +174,9 @@ def tiny_model(model_type: str, **extra):
     return model
 
 
-def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
-    """(verdict, detail) for one architecture; `extra` config fields override the tiny ones."""
+def check(model_type: str, workdir: Path, build_options: dict | None = None, **extra) -> tuple[str, str]:
+    """(verdict, detail) for one architecture; `extra` config fields override the tiny ones, `build_options`
+    (dus.api.build's: layers, stack, ...) the default plan (--overlap 2)."""
     import torch
     import transformers
 
@@ -188,7 +189,7 @@ def check(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
     except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
         return "not testable here", f"cannot make a tiny model: {_line(e)}"
     try:
-        record = dus.api.build(str(workdir / "src"), workdir / "out", overlap=OVERLAP)
+        record = dus.api.build(str(workdir / "src"), workdir / "out", **(build_options or {"overlap": OVERLAP}))
     except DusError as e:
         return "refused", _line(e)
     plan = [layer["source_layer"] for layer in record["plan"]["layers"]]

@@ -5,7 +5,8 @@ what "exact" means is written once: transformers builds a fresh model from the o
 stack is replaced by deep copies of the source's layers in plan order (carrying whatever each source layer
 computed at construction), their KV-cache indices (`layer_idx`, `layer_id`) renumbered as transformers
 numbers that position (Longcat-Flash: two attention sublayers, 2i and 2i+1), their configs the output's,
-and every weight outside the stack is the source's.
+and every weight outside the stack is the source's (one sized by the layer count, one block per layer,
+takes its blocks in plan order).
 """
 
 from __future__ import annotations
@@ -34,9 +35,24 @@ def reference_model(model, plan: list[int], config=None, prefix: str | None = No
     for i, layer in enumerate(layers):
         _renumber(layer, fresh_stack[i], i)
     ref.set_submodule(fresh_name, layers)
-    outside = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    wanted = ref.state_dict()
+    outside = {k: _by_layer(v, tuple(wanted[k].shape), plan, len(source_stack)) if k in wanted else v
+               for k, v in model.state_dict().items() if not k.startswith(name + ".")}
     ref.load_state_dict(outside, strict=False)
     return ref.eval()
+
+
+def _by_layer(tensor, shape: tuple, plan: list[int], n: int):
+    """A tensor outside the stack that holds one block per layer along one axis (Gemma-3n's per-layer
+    embeddings: [vocab, n x D] -> [vocab, m x D]) takes its blocks in plan order; any other is unchanged."""
+    import torch
+
+    axes = [a for a, (got, want) in enumerate(zip(tensor.shape, shape)) if got != want]
+    if len(tensor.shape) != len(shape) or len(axes) != 1 or tensor.shape[axes[0]] % n:
+        return tensor
+    axis = axes[0]
+    blocks = tensor.unflatten(axis, (n, tensor.shape[axis] // n))
+    return blocks.index_select(axis, torch.tensor(plan)).flatten(axis, axis + 1)
 
 
 def grown_config(config, plan: list[int]):

@@ -23,10 +23,12 @@ from dus.manifest import MANIFEST_FILE, file_digest, lineage, read_manifest, sta
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec, layout
 from dus.plan.model import Plan
+from dus.plan.per_layer import rearranged
 from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
+from dus.write.gather import block_chunks
 from dus.write.digest import DIGESTS, recorded_digest
 from dus.write.shards import HASH_CHUNK as CHUNK
 from dus.write.shards import ShardHasher
@@ -107,6 +109,8 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
         refs[plan.base] = source
     sources = {name: open_source(ref, stack=plan.recipe.get("stack")) for name, ref in refs.items()}
     expected = layout(plan, sources)
+    if record.get("rearranged", {}) != rearranged(expected, plan.layers):
+        raise VerifyError("dus_plan.json's record of the tensors rearranged block by block differs from its plan's")
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
@@ -182,13 +186,15 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
             spec = differs[name]
             planned = spec.parts[0][0].path if spec.parts else "zeros"
             raise VerifyError(f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})")
-    copies = sum(spec.is_byte_copy for spec in expected)
+    copies = sum(spec.is_byte_copy or spec.is_block_copy for spec in expected)
     return [f"{len(shards)} shard {kind} match",
             f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
 
 
 def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool:
     """Compare the next `nbytes` of `out` with the planned bytes, handing them all to `hasher`."""
+    if spec.is_block_copy and spec.nbytes == nbytes:
+        return _same_chunks(block_chunks(spec), out, hasher)
     if not spec.is_byte_copy:
         got = out.read(nbytes)
         hasher.add_bytes(got)
@@ -205,6 +211,15 @@ def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool
             hasher.add_bytes(got)
             same = same and f.read(len(got)) == got
             left -= len(got)
+    return same
+
+
+def _same_chunks(chunks, out, hasher: ShardHasher) -> bool:
+    same = True
+    for want in chunks:
+        got = out.read(len(want))
+        hasher.add_bytes(got)
+        same = same and got == want
     return same
 
 

@@ -17,6 +17,7 @@ from dus import __version__
 from dus.plan.resolved import ResolvedPlan
 from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.plan.pattern import broken_pattern_note
+from dus.plan.per_layer import rearranged
 from dus.write.card import model_card, pattern_paragraph
 from dus.write.digest import DEFAULT
 from dus.write.output import atomic_directory, require_space
@@ -84,6 +85,9 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
             "shards": digests,
         },
     }
+    blocks = rearranged(resolved.tensors, resolved.plan.layers)
+    if blocks:  # tensors packed by layer (per-layer embeddings): which byte blocks each holds
+        record["rearranged"] = blocks
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record

@@ -20,6 +20,7 @@ from dus.errors import BuildError
 from dus.plan.layout import TensorSpec
 from dus.read.safetensors import encode_header
 from dus.write.compute import tensor_bytes
+from dus.write.gather import block_chunks
 from dus.write.digest import DEFAULT, DIGESTS
 from dus.write.output import NO_SPACE, out_of_space
 
@@ -90,6 +91,10 @@ def write_shard(path: str, specs: list[TensorSpec], hasher: "ShardHasher",
                     sources[info.path] = os.open(info.path, os.O_RDONLY)
                 hasher.add_range(info.path, info.start, info.nbytes)
                 copy_range(sources[info.path], out, info.start, info.nbytes)
+            elif spec.is_block_copy:
+                for data in block_chunks(spec):
+                    hasher.add_bytes(data)
+                    _write_all(out, data)
             else:
                 data = tensor_bytes(spec)
                 hasher.add_bytes(data)
