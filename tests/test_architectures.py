@@ -64,3 +64,36 @@ def test_a_pattern_string_of_the_wrong_length_is_refused():
 
     with pytest.raises(InputError, match="hybrid_override_pattern.*5 entries for 6 layers"):
         output_config({"num_hidden_layers": 6, "hybrid_override_pattern": "M-M*-"}, [0, 1, 2])
+
+
+@pytest.mark.parametrize("model_type, detail", [
+    # an image-text-to-text model that is no causal LM, grown through --stack; an image as well as text
+    ("llava", "text and image"),
+    # Mllama's cross-attention layers, an index list of the nested text config, remapped
+    ("mllama", "text only"),
+])
+def test_multimodal_language_stack(model_type, detail, tmp_path):
+    from dus.testing import multimodal
+
+    (row,) = multimodal.rows([model_type])
+    verdict, why = row.run(tmp_path)
+    assert verdict == "exact" and why.startswith(detail), why
+
+
+def test_formula_variant_row_is_exact(tmp_path):
+    """DeepSeek-V3's first_k_dense_replace: the tiny --overlap 2 plan puts a dense layer after an MoE one
+    (refused), a plan keeping the dense layer first is expressible and exact."""
+    (plain, dense_first) = architectures.rows(["deepseek_v3"])
+    assert plain.run(tmp_path / "a")[0] == "refused"
+    assert dense_first.run(tmp_path / "b") == ("exact", "")
+
+
+def test_doc_rows_round_trip(tmp_path):
+    results = [{"model_type": "llama", "variant": "", "verdict": "exact", "detail": ""},
+               {"model_type": "zamba", "variant": "--layers 0:6,3:6", "verdict": "refused", "detail": "a | b"}]
+    doc = tmp_path / "architectures.md"
+    architectures.write_doc(results, doc)
+    architectures.write_doc(results[:1], doc, multimodal=True)
+    assert architectures.read_doc(doc) == results and architectures.read_doc(doc, multimodal=True) == results[:1]
+    architectures.write_doc(results[1:], doc)  # rewriting one section keeps the other
+    assert architectures.read_doc(doc, multimodal=True) == results[:1]

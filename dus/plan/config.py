@@ -25,6 +25,7 @@ PER_LAYER_KEYS = {
     "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
     "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
     "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
+    "indexer_types",  # GLM-5 / DeepSeek sparse attention: each layer's token indexer (full or shared)
 }
 # Per-layer strings, one character a layer (Nemotron-H: "M-M*-": Mamba, MLP, attention).
 PER_LAYER_STRING_KEYS = {"hybrid_override_pattern"}

@@ -241,8 +241,8 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int],
     if n == m:
         return []
     src, out = src_config.to_dict(), out_config.to_dict()
-    if stack_config:
-        src, out = src[stack_config], out[stack_config]
+    if stack_config and stack_config in src:  # (a causal LM class may be built from the nested config alone)
+        src, out = src[stack_config], out.get(stack_config, {})
     found = []
     for name, value in src.items():
         other = out.get(name)

@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dus.testing.reference import reference_model
@@ -90,6 +91,12 @@ EXTRA = {
     # (axk1 and youtu derive it so, but a head_dim passed in overrides that)
     "longcat_flash": {"head_dim": 4},
     "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
+    "deepseek_v3": {"head_dim": 4, "n_group": 2, "topk_group": 1},
+    # MLA with a DSA indexer, as axk2: one key head per query head; the indexer keeps 4 of the test's tokens
+    "deepseek_v32": {"head_dim": 4, "num_key_value_heads": 4, "n_group": 2, "topk_group": 1, "index_topk": 4,
+                     "index_head_dim": 8, "index_n_heads": 2},
+    "glm_moe_dsa": {"head_dim": 4, "num_key_value_heads": 4, "n_group": 2, "topk_group": 1, "index_topk": 4,
+                    "index_head_dim": 8, "index_n_heads": 2},
     "youtu": {"head_dim": 4},
     # MLA: one key head per query head (kv_b_proj makes num_attention_heads of them); the DSA indexer
     # keeps 4 of the test's 8-14 tokens, so its selection is exercised
@@ -177,29 +184,38 @@ def tiny_model(model_type: str, **extra):
 def check(model_type: str, workdir: Path, build_options: dict | None = None, **extra) -> tuple[str, str]:
     """(verdict, detail) for one architecture; `extra` config fields override the tiny ones, `build_options`
     (dus.api.build's: layers, stack, ...) the default plan (--overlap 2)."""
-    import torch
     import transformers
-
-    import dus.api
-    from dus.errors import DusError
 
     try:
         model = tiny_model(model_type, **extra)
         model.save_pretrained(workdir / "src")
     except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
         return "not testable here", f"cannot make a tiny model: {_line(e)}"
+    return grown_and_compared(model, workdir, transformers.AutoModelForCausalLM, build_options or {"overlap": OVERLAP},
+                              lambda record: (record["sources"]["base"]["layer_prefix"], LAYERS))
+
+
+def grown_and_compared(model, workdir: Path, auto_class, build_options: dict, stack, inputs=None) -> tuple[str, str]:
+    """Build workdir/src (where `model` is saved) into workdir/out, load it with `auto_class`, and compare it with
+    the reference: logits and cached greedy generation on text, and logits on `inputs(model)` (an image) where
+    given. `stack(record)` is the reference's (prefix, source layer count)."""
+    import torch
+
+    import dus.api
+    from dus.errors import DusError
+
     try:
-        record = dus.api.build(str(workdir / "src"), workdir / "out", **(build_options or {"overlap": OVERLAP}))
+        record = dus.api.build(str(workdir / "src"), workdir / "out", **build_options)
     except DusError as e:
         return "refused", _line(e)
     plan = [layer["source_layer"] for layer in record["plan"]["layers"]]
     try:
-        built = transformers.AutoModelForCausalLM.from_pretrained(workdir / "out").float().eval()
+        built = auto_class.from_pretrained(workdir / "out").float().eval()
     except Exception as e:  # noqa: BLE001
         return "WRONG", f"built, but transformers cannot load it: {_line(e)}"
     try:
-        reference = reference_model(model, plan, built.config, record["sources"]["base"]["layer_prefix"], LAYERS)
-        ids = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
+        reference = reference_model(model, plan, built.config, *stack(record))
+        ids = torch.randint(3, VOCAB - 16, (1, 8), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             want = reference(ids).logits
     except Exception as e:  # noqa: BLE001
@@ -218,7 +234,21 @@ def check(model_type: str, workdir: Path, build_options: dict | None = None, **e
         return "exact", f"logits exact; the reference cannot generate ({_line(e)})"
     if not torch.equal(built.generate(ids, **kwargs), want_gen):
         return "WRONG", "logits exact, cached generation differs"
-    return "exact", ""
+    return ("exact", "") if inputs is None else _with_image(built, reference, model, inputs)
+
+
+def _with_image(built, reference, model, inputs) -> tuple[str, str]:
+    import torch
+
+    try:
+        given = inputs(model)  # the source model must accept it
+    except Exception as e:  # noqa: BLE001
+        return "exact", f"text only (no generic image input for the tiny model: {_line(e)})"
+    with torch.no_grad():
+        got, want = built(**given).logits, reference(**given).logits
+    if not torch.equal(got, want):
+        return "WRONG", f"text exact; with an image, logits differ by up to {(got - want).abs().max().item():.3g}"
+    return "exact", "text and image"
 
 
 def _line(error: BaseException) -> str:
@@ -226,13 +256,47 @@ def _line(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def run_one(model_type: str) -> dict:
+@dataclass(frozen=True)
+class Row:
+    """One row of the matrix: an architecture, and what differs from its default tiny model and plan."""
+
+    model_type: str
+    variant: str = ""  # shown beside the name
+    extra: tuple = ()  # config fields, as sorted (key, value) pairs
+    build_options: tuple = ()  # dus.api.build's, as (key, value) pairs; empty: --overlap 2
+
+    def run(self, workdir: Path) -> tuple[str, str]:
+        return check(self.model_type, workdir, dict(self.build_options) or None, **dict(self.extra))
+
+
+def variant(model_type: str, label: str, extra: dict | None = None, **build_options) -> Row:
+    return Row(model_type, label, tuple(sorted((extra or {}).items())), tuple(sorted(build_options.items())))
+
+
+DENSE_FIRST = "first_k_dense_replace 1, --overlap 2: the dense layer stays first (DeepSeek-V3: 3 of 61 with m = 8)"
+# Plans users build that the tiny --overlap 2 plan does not show: a second row each.
+VARIANTS = {
+    **{t: [variant(t, DENSE_FIRST, {"first_k_dense_replace": 1})] for t in ("deepseek_v3", "deepseek_v32",
+                                                                             "glm_moe_dsa")},
+    "zamba": [variant("zamba", "--layers 0:6,3:6: a whole attention period repeated", layers="0:6,3:6")],
+    "gemma3n_text": [variant("gemma3n_text", "--layers 0:2,0:6: the KV-sharing sources stay last of their type",
+                             layers="0:2,0:6"),
+                     variant("gemma3n_text", "num_kv_shared_layers 0", {"num_kv_shared_layers": 0})],
+}
+
+
+def rows(model_types: list[str]) -> list[Row]:
+    return [row for t in model_types for row in [Row(t), *VARIANTS.get(t, [])]]
+
+
+def run_one(row) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        verdict, detail = check(model_type, Path(tmp))
-    return {"model_type": model_type, "verdict": verdict, "detail": detail.replace(f"{tmp}/src/", "")}
+        verdict, detail = row.run(Path(tmp))
+    return {"model_type": row.model_type, "variant": row.variant, "verdict": verdict,
+            "detail": detail.replace(f"{tmp}/src/", "")}
 
 
-def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
+def run_isolated(row, timeout: int = TIMEOUT_S) -> dict:
     """run_one in a forked child (torch, transformers and dus already imported) under a memory
     cap and a timeout."""
     import multiprocessing
@@ -244,7 +308,7 @@ def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
 
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(model_type, send), daemon=True)
+    child = context.Process(target=_child, args=(row, send), daemon=True)
     child.start()
     send.close()
     result = None
@@ -262,58 +326,112 @@ def run_isolated(model_type: str, timeout: int = TIMEOUT_S) -> dict:
         detail = f"took over {timeout} s"
     else:
         detail = f"the process died (exit {child.exitcode}; over the {MEMORY_CAP >> 30} GiB memory cap?)"
-    return {"model_type": model_type, "verdict": "not testable here", "detail": detail}
+    return {"model_type": row.model_type, "variant": row.variant, "verdict": "not testable here", "detail": detail}
 
 
-def _child(model_type: str, send) -> None:
+def _child(row, send) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    os.nice(10)  # a shared machine: the sweep yields to interactive work
     try:
-        result = run_one(model_type)
+        result = run_one(row)
     except MemoryError:
-        result = {"model_type": model_type, "verdict": "not testable here", "detail": "over the memory cap"}
+        result = {"verdict": "not testable here", "detail": "over the memory cap"}
     except BaseException as e:  # noqa: BLE001 - dus raised something other than its own errors
-        result = {"model_type": model_type, "verdict": "crash", "detail": f"{type(e).__name__}: {_line(e)}"}
-    send.send(result)
+        result = {"verdict": "crash", "detail": f"{type(e).__name__}: {_line(e)}"}
+    send.send({"model_type": row.model_type, "variant": row.variant, **result})
 
 
-def write_doc(results: list[dict], path: Path = DOC) -> None:
+MULTIMODAL_HEADING = "## Multimodal models through `--stack`"
+
+
+def write_doc(results: list[dict], path: Path = DOC, multimodal: bool = False) -> None:
+    """Write the matrix's section (causal LMs, or multimodal models) of the doc, keeping the other one."""
+    old = path.read_text() if path.is_file() else ""
+    causal_part, _, multimodal_part = old.partition(MULTIMODAL_HEADING)
+    if multimodal:
+        from dus.testing.multimodal import section_intro
+
+        text = causal_part.rstrip("\n") + "\n\n" + MULTIMODAL_HEADING + "\n\n" + section_intro(_stamp(path), results)
+    else:
+        text = _causal_intro(_stamp(path), results)
+        if multimodal_part:
+            text += "\n" + MULTIMODAL_HEADING + multimodal_part
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def _stamp(path: Path) -> str:
+    """When, at which commit and with which transformers the rows were made."""
+    import subprocess
+
     import transformers
 
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path.resolve().parent, text=True,
+                                capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"on {datetime.date.today()} at commit {commit} with transformers {transformers.__version__}"
+
+
+def outcomes(results: list[dict]) -> list[str]:
     counts = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    lines = [
-        "# Architectures", "",
-        f"Generated by `scripts/architectures.py` (`dus/testing/architectures.py`) on {datetime.date.today()} with transformers "
-        f"{transformers.__version__}: every entry of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, a tiny random model "
-        f"({LAYERS} layers, every tensor perturbed) built with `dus build --overlap {OVERLAP}` "
-        f"({LAYERS} -> {2 * LAYERS - 2 * OVERLAP} layers), loaded with `AutoModelForCausalLM`, logits and cached greedy "
-        "generation compared bit for bit with an in-memory reference: transformers builds it from the output config, "
-        "then its decoder layers are replaced by deep copies of the source's in plan order (the output config's "
-        "per-layer fields are checked entry by entry against the source's by dus's structural check, "
-        "`dus/plan/equivalence.py`).", "",
+    return [
         "- `exact`: logits (and cached generation) equal the reference's.",
         "- `refused`: dus refuses the plan, with the reason shown (a model that would differ is never written).",
         f"- `WRONG`: built and loaded, but not equal to the reference ({counts.get('WRONG', 0)} in this run).",
         "- `not testable here`: no tiny model could be made or run on this machine; the reason is shown.", "",
-        "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
-        "| architecture | result | detail |", "|---|---|---|",
-    ]
+        "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", ""]
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = ["| architecture | result | detail |", "|---|---|---|"]
     for r in results:
         detail = r["detail"].replace("|", "\\|")
-        lines.append(f"| `{r['model_type']}` | {r['verdict']} | {detail} |")
-    path.write_text("\n".join(lines) + "\n")
+        name = f"`{r['model_type']}`" + (f" ({r['variant']})" if r.get("variant") else "")
+        lines.append(f"| {name} | {r['verdict']} | {detail} |")
+    return lines
 
 
-def read_doc(path: Path = DOC) -> list[dict]:
-    """The rows of a written matrix, to update some of them."""
+def _causal_intro(stamp: str, results: list[dict]) -> str:
+    lines = [
+        "# Architectures", "",
+        f"Generated by `scripts/architectures.py` (`dus/testing/architectures.py`) {stamp}: every entry of "
+        f"`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, a tiny random model "
+        f"({LAYERS} layers, every tensor perturbed) built with `dus build --overlap {OVERLAP}` "
+        f"({LAYERS} -> {2 * LAYERS - 2 * OVERLAP} layers), loaded with `AutoModelForCausalLM`, logits and cached greedy "
+        "generation compared bit for bit with an in-memory reference (`dus/testing/reference.py`): transformers "
+        "builds it from the output config, then its decoder layers are replaced by deep copies of the source's in "
+        "plan order (the output config's per-layer fields are checked entry by entry against the source's by dus's "
+        "structural check, `dus/plan/equivalence.py`). Where the tiny plan is refused but a plan users build is "
+        "not (a formula that keeps the dense layers first, KV-sharing layers kept last), a second row names that "
+        "plan and shows its result.", "",
+        *outcomes(results), *table(results)]
+    return "\n".join(lines) + "\n"
+
+
+def read_doc(path: Path = DOC, multimodal: bool = False) -> list[dict]:
+    """The rows of one section of a written matrix, to update some of them."""
+    causal_part, _, multimodal_part = path.read_text().partition(MULTIMODAL_HEADING)
     rows = []
-    for line in path.read_text().splitlines():
+    for line in (multimodal_part if multimodal else causal_part).splitlines():
         if line.startswith("| `"):
             cells = [cell.strip() for cell in line.strip()[1:-1].split(" | ")]
-            rows.append({"model_type": cells[0].strip("`"), "verdict": cells[1],
+            name, _, rest = cells[0][1:].partition("`")
+            rows.append({"model_type": name, "variant": rest.strip()[1:-1], "verdict": cells[1],
                          "detail": " | ".join(cells[2:]).replace("\\|", "|")})
     return rows
+
+
+def merged(old: list[dict], rerun: list[dict]) -> list[dict]:
+    """The doc's rows with the rerun ones replaced; a new row goes after the last of its architecture's."""
+    fresh = {(r["model_type"], r["variant"]): r for r in rerun}
+    out = [fresh.pop((r["model_type"], r["variant"]), r) for r in old]
+    for key, row in fresh.items():
+        places = [i for i, r in enumerate(out) if r["model_type"] == key[0]]
+        out.insert(places[-1] + 1 if places else len(out), row)
+    return out
 
 
 def main(argv=None, doc: Path = DOC) -> int:
@@ -323,19 +441,24 @@ def main(argv=None, doc: Path = DOC) -> int:
     parser.add_argument("model_types", nargs="*")
     parser.add_argument("--timeout", type=int, default=TIMEOUT_S)
     parser.add_argument("--merge", action="store_true", help="rerun MODEL_TYPES and update their rows in the doc")
+    parser.add_argument("--multimodal", action="store_true",
+                        help="every MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES entry, grown through --stack")
     args = parser.parse_args(argv)
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if args.multimodal:
+        from dus.testing.multimodal import all_types, rows as chosen
+    else:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    types = args.model_types or list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        chosen, all_types = rows, lambda: list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     results = []
-    for model_type in types:
-        results.append(run_isolated(model_type, args.timeout))
-        print(f"{model_type:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
+    for row in chosen(args.model_types or all_types()):
+        results.append(run_isolated(row, args.timeout))
+        name = row.model_type + (f" ({row.variant})" if row.variant else "")
+        print(f"{name:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
     if args.merge:
-        rerun = {r["model_type"]: r for r in results}
-        results = [rerun.get(r["model_type"], r) for r in read_doc(doc)]
+        results = merged(read_doc(doc, args.multimodal), results)
     if args.merge or not args.model_types:
-        write_doc(results, doc)
+        write_doc(results, doc, args.multimodal)
     return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
 
 
