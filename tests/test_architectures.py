@@ -3,7 +3,7 @@ failure class the full matrix found, built and compared bit for bit, or refused.
 
 import pytest
 
-from dus.testing import architectures
+from dus.testing import architectures, matrix
 
 
 @pytest.mark.parametrize("model_type, extra, verdict, detail", [
@@ -92,8 +92,8 @@ def test_doc_rows_round_trip(tmp_path):
     results = [{"model_type": "llama", "variant": "", "verdict": "exact", "detail": ""},
                {"model_type": "zamba", "variant": "--layers 0:6,3:6", "verdict": "refused", "detail": "a | b"}]
     doc = tmp_path / "architectures.md"
-    architectures.write_doc(results, doc)
-    architectures.write_doc(results[:1], doc, multimodal=True)
-    assert architectures.read_doc(doc) == results and architectures.read_doc(doc, multimodal=True) == results[:1]
-    architectures.write_doc(results[1:], doc)  # rewriting one section keeps the other
-    assert architectures.read_doc(doc, multimodal=True) == results[:1]
+    matrix.write_doc(results, doc)
+    matrix.write_doc(results[:1], doc, multimodal=True)
+    assert matrix.read_doc(doc) == results and matrix.read_doc(doc, multimodal=True) == results[:1]
+    matrix.write_doc(results[1:], doc)  # rewriting one section keeps the other
+    assert matrix.read_doc(doc, multimodal=True) == results[:1]

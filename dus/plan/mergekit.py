@@ -204,9 +204,9 @@ def _source_names(models: list[str]) -> dict[str, str]:
 def _check_one_model_outside_layers(data: dict, slices: list, path: str) -> None:
     first, last = slices[0][0], slices[-1][0]
     if first != last:
-        raise InputError(f"{path}: mergekit takes the embeddings from the first slice's model ({first}) and the final "
-                         f"norm and head from the last slice's ({last}); dus takes every tensor outside the layers from "
-                         "one model: end with a slice of the first model")
+        raise InputError(f"{path}: mergekit takes the embeddings from the first slice's model ({first}) and the "
+                         f"final norm and head from the last slice's ({last}); dus takes every tensor outside the "
+                         "layers from one model: end with a slice of the first model")
     for key in ("base_model", "tokenizer_source"):
         value = data.get(key)
         if value not in (None, first) and not (key == "tokenizer_source" and value == "base"
