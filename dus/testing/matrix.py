@@ -24,14 +24,16 @@ from dus.testing.architectures import DOC, LAYERS, OVERLAP, TIMEOUT_S, rows, run
 MULTIMODAL_HEADING = "## Multimodal models through `--stack`"
 
 
-def write_doc(results: list[dict], path: Path = DOC, multimodal: bool = False) -> None:
-    """Write the matrix's section (causal LMs, or multimodal models) of the doc, keeping the other one."""
+def write_doc(results: list[dict], path: Path = DOC, multimodal: bool = False, stamp: str | None = None) -> None:
+    """Write the matrix's section (causal LMs, or multimodal models) of the doc, keeping the other one;
+    `stamp` says when, at which commit and with which transformers the rows were made (default: now)."""
+    stamp = stamp or _stamp(path)
     old = path.read_text() if path.is_file() else ""
     causal_part, _, multimodal_part = old.partition(MULTIMODAL_HEADING)
     if multimodal:
-        text = causal_part.rstrip("\n") + "\n\n" + MULTIMODAL_HEADING + "\n\n" + section_intro(_stamp(path), results)
+        text = causal_part.rstrip("\n") + "\n\n" + MULTIMODAL_HEADING + "\n\n" + section_intro(stamp, results)
     else:
-        text = _causal_intro(_stamp(path), results)
+        text = _causal_intro(stamp, results)
         if multimodal_part:
             text += "\n" + MULTIMODAL_HEADING + multimodal_part
     path.write_text(text.rstrip("\n") + "\n")
@@ -128,7 +130,7 @@ def main(argv=None, doc: Path = DOC) -> int:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         chosen, all_types = rows, lambda: list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-    results = []
+    stamp, results = _stamp(doc), []  # the commit the rows are made at, before anything is written
     for row in chosen(args.model_types or all_types()):
         results.append(run_isolated(row, args.timeout))
         name = row.model_type + (f" ({row.variant})" if row.variant else "")
@@ -136,7 +138,7 @@ def main(argv=None, doc: Path = DOC) -> int:
     if args.merge:
         results = merged(read_doc(doc, args.multimodal), results)
     if args.merge or not args.model_types:
-        write_doc(results, doc, args.multimodal)
+        write_doc(results, doc, args.multimodal, stamp)
     return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
 
 
