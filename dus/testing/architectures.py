@@ -212,12 +212,12 @@ def grown_and_compared(model, workdir: Path, auto_class, build_options: dict, st
         reference = reference_model(model, plan, built.config, *stack(record))
         ids = torch.randint(3, VOCAB - 16, (1, 8), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            want = reference(ids).logits
+            want = reference(input_ids=ids).logits
     except Exception as e:  # noqa: BLE001
         return "not testable here", f"the in-memory reference cannot run: {_line(e)}"
     try:
         with torch.no_grad():
-            got = built(ids).logits
+            got = built(input_ids=ids).logits
     except Exception as e:  # noqa: BLE001
         return "WRONG", f"built and loaded, but it cannot run: {_line(e)}"
     if not torch.equal(got, want):
