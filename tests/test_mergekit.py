@@ -177,3 +177,10 @@ def test_same_tensors_as_mergekit(kind, models, tmp_path):
     assert set(theirs) == set(ours)
     for name in theirs:
         assert torch.equal(theirs[name], ours[name]), name  # equal as numbers: mergekit's x * 0 may be -0.0
+
+
+def test_the_solar_recipe_is_the_overlap_plan(models, tmp_path):
+    """The mergekit SOLAR recipe and `--overlap` give the same output tensors, so the same build."""
+    a, _ = models
+    from_yaml = dus.api.plan(str(write(tmp_path, recipe((a, 0, 3), (a, 1, 4)))))
+    assert from_yaml.tensors == dus.api.plan(str(a), overlap=1).tensors
