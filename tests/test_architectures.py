@@ -97,3 +97,14 @@ def test_doc_rows_round_trip(tmp_path):
     assert matrix.read_doc(doc) == results and matrix.read_doc(doc, multimodal=True) == results[:1]
     matrix.write_doc(results[1:], doc)  # rewriting one section keeps the other
     assert matrix.read_doc(doc, multimodal=True) == results[:1]
+
+
+def test_nested_config_counting_layers_by_a_list():
+    """Nemotron-H's text config inside a multimodal config (nemotron_h_omni) counts its layers only by
+    layers_block_type: the count transformers derives is made explicit there too."""
+    from dus.read.architecture import with_layer_count
+
+    config = {"model_type": "m", "text_config": {"model_type": "nemotron_h", "layers_block_type": ["mamba"] * 3}}
+    assert with_layer_count(config)["text_config"]["num_hidden_layers"] == 3
+    assert with_layer_count({"model_type": "x", "num_hidden_layers": 2, "layers_block_type": ["a"] * 5}) == {
+        "model_type": "x", "num_hidden_layers": 2, "layers_block_type": ["a"] * 5}  # an explicit count is kept

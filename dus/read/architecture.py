@@ -32,7 +32,9 @@ IMPLIED_COUNT_KEYS = ("layers_block_type",)
 
 
 def with_layer_count(config: dict) -> dict:
-    """The config with the layer count transformers derives made explicit, where only a per-layer list gives it."""
+    """The config with the layer count transformers derives made explicit, where only a per-layer list gives it
+    (nested configs too: Nemotron-H's text config inside a multimodal one)."""
+    config = {k: with_layer_count(v) if isinstance(v, dict) and "model_type" in v else v for k, v in config.items()}
     if any(key in config for key in LAYER_COUNT_KEYS):
         return config
     for key in IMPLIED_COUNT_KEYS:

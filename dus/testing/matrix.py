@@ -53,6 +53,15 @@ def _stamp(path: Path) -> str:
     return f"on {datetime.date.today()} at commit {commit} with transformers {transformers.__version__}"
 
 
+def _recorded_stamp(path: Path, multimodal: bool) -> str:
+    """The stamp a section of the page was written with (a merge keeps it, naming the rows it reran)."""
+    import re
+
+    causal_part, _, multimodal_part = path.read_text().partition(MULTIMODAL_HEADING)
+    found = re.search(r"on \S+ at commit \S+ with transformers [^:( ]+", multimodal_part if multimodal else causal_part)
+    return found.group(0) if found else "at an unrecorded commit"
+
+
 def outcomes(results: list[dict]) -> list[str]:
     counts = {}
     for r in results:
@@ -137,6 +146,7 @@ def main(argv=None, doc: Path = DOC) -> int:
         print(f"{name:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
     if args.merge:
         results = merged(read_doc(doc, args.multimodal), results)
+        stamp = f"{_recorded_stamp(doc, args.multimodal)} (rows rerun {stamp}: {', '.join(args.model_types)})"
     if args.merge or not args.model_types:
         write_doc(results, doc, args.multimodal, stamp)
     return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
