@@ -105,3 +105,27 @@ def test_the_rearrangement_is_recorded_and_checked(gemma3n, tmp_path, run_dus):
     (out / "dus_plan.json").write_text(json.dumps(record))
     code, _, err = run_dus("verify", out)
     assert code == 1 and "rearranged block by block differs" in err
+
+
+def test_projection_blocks_are_kernel_copies_and_checked(gemma3n, tmp_path, run_dus):
+    """The projection's blocks of rows are contiguous: copied range by range, and verify compares each range."""
+    from dus.read.safetensors import read_header
+    from dus.write.gather import block_ranges
+    from test_verify import _rehash
+
+    name = "model.per_layer_model_projection.weight"
+    resolved = dus.api.plan(str(gemma3n), overlap=2)
+    spec = next(s for s in resolved.tensors if s.name == name)
+    source = spec.parts[0][0]
+    block = 8 * 32 * 4  # 8 rows of 32 float32
+    assert block_ranges(spec) == [(source.path, source.start + i * block, block) for i in PLAN]
+    out = tmp_path / "out"
+    dus.api.build(str(gemma3n), out, overlap=2)
+    shard = out / "model.safetensors"
+    info = read_header(str(shard))[0][name]
+    data = bytearray(shard.read_bytes())
+    data[info.start + 7 * block + 5] ^= 0x01  # inside the last block (source layer 5)
+    shard.write_bytes(bytes(data))
+    _rehash(out, shard)
+    code, _, err = run_dus("verify", out)
+    assert code == 1 and f"'{name}' bytes differ" in err, err

@@ -28,7 +28,7 @@ from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
-from dus.write.gather import block_chunks
+from dus.write.gather import block_chunks, block_ranges
 from dus.write.digest import DIGESTS, recorded_digest
 from dus.write.shards import HASH_CHUNK as CHUNK
 from dus.write.shards import ShardHasher
@@ -194,15 +194,23 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
 def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool:
     """Compare the next `nbytes` of `out` with the planned bytes, handing them all to `hasher`."""
     if spec.is_block_copy and spec.nbytes == nbytes:
-        return _same_chunks(block_chunks(spec), out, hasher)
+        ranges = block_ranges(spec)
+        if ranges is None:
+            return _same_chunks(block_chunks(spec), out, hasher)
+        return all([_same_range(path, start, count, out, hasher) for path, start, count in ranges])  # read all
     if not spec.is_byte_copy:
         got = out.read(nbytes)
         hasher.add_bytes(got)
         return got == tensor_bytes(spec)
     source = spec.parts[0][0]
-    same = source.nbytes == nbytes
-    with open(source.path, "rb") as f:
-        f.seek(source.start)
+    return _same_range(source.path, source.start, nbytes, out, hasher) and source.nbytes == nbytes
+
+
+def _same_range(path: str, start: int, nbytes: int, out, hasher: ShardHasher) -> bool:
+    """Compare the next `nbytes` of `out` with `path`'s bytes from `start`, handing them all to `hasher`."""
+    same = True
+    with open(path, "rb") as f:
+        f.seek(start)
         left = nbytes
         while left:
             got = out.read(min(CHUNK, left))

@@ -1,7 +1,9 @@
 """The bytes of a tensor packed by layer (dus/plan/per_layer.py): its sources' blocks in plan order.
 
-Pure byte moves, no torch: a bounded chunk of rows is read from each source (positioned reads), and each
-output row joins its blocks. Memory is one chunk of rows, not the tensor (one row where a row is larger).
+Pure byte moves, no torch. Where each block is one contiguous range (the projection's blocks of rows), the
+ranges are copied as they are (`block_ranges`: in the kernel, like any copied tensor). Otherwise (the
+embedding's column blocks) a bounded chunk of rows is read from each source (positioned reads) and each output
+row joins its blocks: memory is one chunk of rows, not the tensor.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from typing import Iterator
 from dus.plan.layout import TensorSpec
 
 CHUNK = 16 * 1024 * 1024  # output bytes per chunk of rows
+
+
+def block_ranges(spec: TensorSpec) -> list[tuple[str, int, int]] | None:
+    """(path, start, bytes) of each block in output order where a block is one contiguous byte range of its
+    source (one row: the projection's blocks of rows), so the kernel can copy them; None otherwise."""
+    if spec.blocks.rows != 1:
+        return None
+    parts = [info for info, _ in spec.parts]
+    return [(parts[part].path, start, nbytes) for part, start, nbytes in spec.blocks.ranges(tuple(parts), 0)]
 
 
 def block_chunks(spec: TensorSpec, chunk: int = CHUNK) -> Iterator[bytes]:
