@@ -99,7 +99,8 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
     return head + layers + tail
 
 
-def _non_layer(name: str, info: TensorInfo, out_dtype: str | None, plan: Plan, sources: dict[str, Source]) -> TensorSpec:
+def _non_layer(name: str, info: TensorInfo, out_dtype: str | None, plan: Plan,
+               sources: dict[str, Source]) -> TensorSpec:
     packed = per_layer_tensor(name, sources, plan.layers)
     if packed is not None:  # one block per layer (Gemma-3n's per-layer embeddings): the blocks in plan order
         shape, parts, blocks = packed

@@ -58,7 +58,8 @@ def _recorded_stamp(path: Path, multimodal: bool) -> str:
     import re
 
     causal_part, _, multimodal_part = path.read_text().partition(MULTIMODAL_HEADING)
-    found = re.search(r"on \S+ (at commit \S+ )?with transformers [^:( ]+", multimodal_part if multimodal else causal_part)
+    section = multimodal_part if multimodal else causal_part
+    found = re.search(r"on \S+ (at commit \S+ )?with transformers [^:( ]+", section)
     return found.group(0) if found else "at an unrecorded commit"
 
 
