@@ -124,6 +124,8 @@ def _text_prefix(found: list[str], module: str) -> str:
 def image_inputs(model) -> dict:
     """Pixel values of the vision tower's size, and the text with as many image tokens as it makes features;
     the source model must run on them (else the row says text only)."""
+    import inspect
+
     import torch
 
     config = model.config
@@ -132,13 +134,15 @@ def image_inputs(model) -> dict:
                  is not None)
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     pixels = torch.randn(1, getattr(vision, "num_channels", 3), size, size, generator=torch.Generator().manual_seed(2))
+    sized = {"image_sizes": torch.tensor([[size, size]])}  # LLaVA-Next, Mistral-3: the image's own size
+    sized = sized if "image_sizes" in inspect.signature(model.get_image_features).parameters else {}
     with torch.no_grad():
-        features = model.get_image_features(pixel_values=pixels)
+        features = model.get_image_features(pixel_values=pixels, **sized)
     features = getattr(features, "pooler_output", features)
     count = sum(f.shape[:-1].numel() for f in (features if isinstance(features, (list, tuple)) else [features]))
     text = torch.randint(3, VOCAB - 16, (1, 6), generator=torch.Generator().manual_seed(3))
     ids = torch.cat([text[:, :2], torch.full((1, count), token), text[:, 2:]], dim=1)
-    given = {"input_ids": ids, "pixel_values": pixels}
+    given = {"input_ids": ids, "pixel_values": pixels, **sized}
     with torch.no_grad():
         model(**given)
     return given
