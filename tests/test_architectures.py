@@ -108,3 +108,11 @@ def test_nested_config_counting_layers_by_a_list():
     assert with_layer_count(config)["text_config"]["num_hidden_layers"] == 3
     assert with_layer_count({"model_type": "x", "num_hidden_layers": 2, "layers_block_type": ["a"] * 5}) == {
         "model_type": "x", "num_hidden_layers": 2, "layers_block_type": ["a"] * 5}  # an explicit count is kept
+
+
+def test_a_merge_keeps_earlier_reruns_in_the_stamp(tmp_path):
+    doc = tmp_path / "architectures.md"
+    rows = [{"model_type": "llama", "variant": "", "verdict": "exact", "detail": ""}]
+    stamp = "on 2026-12-01 at commit abc with transformers 5.24.0 (rows rerun on 2026-12-02 at commit def: llama)"
+    matrix.write_doc(rows, doc, stamp=stamp)
+    assert matrix._recorded_stamp(doc, multimodal=False) == stamp

@@ -54,12 +54,13 @@ def _stamp(path: Path) -> str:
 
 
 def _recorded_stamp(path: Path, multimodal: bool) -> str:
-    """The stamp a section of the page was written with (a merge keeps it, naming the rows it reran)."""
+    """The stamp a section of the page was written with, earlier reruns included (a merge keeps it and adds
+    the rows it reran)."""
     import re
 
     causal_part, _, multimodal_part = path.read_text().partition(MULTIMODAL_HEADING)
     section = multimodal_part if multimodal else causal_part
-    found = re.search(r"on \S+ (at commit \S+ )?with transformers [^:( ]+", section)
+    found = re.search(r"on \S+ (at commit \S+ )?with transformers [^:( ]+( \(rows rerun [^)]*\))*", section)
     return found.group(0) if found else "at an unrecorded commit"
 
 
