@@ -14,7 +14,8 @@ from dus.errors import InputError
 from dus.plan.checks import start_checks
 from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
-from dus.plan.layout import layout
+from dus.plan.growth_options import growth_options
+from dus.plan.tensors import planned_tensors
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.resolved import ResolvedPlan
 from dus.read.config_check import check_output, check_source
@@ -30,16 +31,18 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
          sources: dict[str, str] | None = None, need_weights: bool = False,
          allow_index_dependent: bool = False, stack: str | None = None,
-         _checks_in_background: bool = False) -> ResolvedPlan:
+         _checks_in_background: bool = False, **growth) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     Refuses a plan whose output layers transformers would build differently from
     their source layers; allow_index_dependent accepts (and records) differences
     that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
-    where a checkpoint holds several (a multimodal model's language model beside its vision tower)."""
+    where a checkpoint holds several (a multimodal model's language model beside its vision tower).
+    `growth`: width and new-layer options (dus/plan/growth_options.py: width=2, init="aligned-average", ...)."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
-         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack},
+         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack,
+         **growth_options(growth)},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):
@@ -55,7 +58,7 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         from dus.plan.gguf import resolve_gguf
 
         return resolve_gguf(the_plan, opened, options)
-    tensors = layout(the_plan, opened)
+    tensors = planned_tensors(the_plan, opened)
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)

@@ -14,6 +14,7 @@ None, meaning "not given": only given flags override the --config file.
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -69,3 +70,23 @@ def _parameter(f, hint) -> inspect.Parameter:
     info = typer.Option(None, *names, help=meta["help"] + shown, show_default=False, metavar=meta["metavar"],
                         rich_help_panel=meta["panel"])
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=info)
+
+
+def extra_options(options: type, into: str):
+    """Give a hand-written typer command the flags of an options dataclass as well; the command
+    receives the flags given, as one dict, in its parameter `into`."""
+    def wrap(run):
+        extra = parameters(options)
+        resolved = typing.get_type_hints(run)  # the command module's names, not this one's
+        params = [p.replace(annotation=resolved.get(p.name, p.annotation))
+                  for p in inspect.signature(run).parameters.values() if p.name != into] + extra
+
+        def command(**values):
+            given = {p.name: values.pop(p.name) for p in extra}
+            return run(**values, **{into: {k: v for k, v in given.items() if v is not None}})
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__, command.__name__ = run.__doc__, run.__name__
+        return command
+    return wrap

@@ -11,6 +11,8 @@ import typer
 from rich import filesize
 
 from dus.cli import app
+from dus.cli.options import extra_options
+from dus.plan.growth_options import GrowthOptions
 
 _PLAN_HELP = "Plan options (the defaults come from --config or --preset when given)"
 
@@ -41,6 +43,7 @@ ALLOW_INDEX = typer.Option(False, "--allow-index-dependent", help="Build even wh
 
 
 @app.command("plan")
+@extra_options(GrowthOptions, "growth")
 def plan_command(
     source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id, a .gguf file, or a bare config.json."),
     overlap: Optional[int] = OVERLAP, layers: Optional[str] = LAYERS, recipe: Optional[str] = RECIPE,
@@ -49,6 +52,7 @@ def plan_command(
     allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
+    growth: Optional[dict] = None,
 ):
     """Show what a build would write: the layer map, layer and parameter counts, output bytes.
 
@@ -57,7 +61,8 @@ def plan_command(
     import dus.api
 
     resolved = dus.api.plan(source, **_plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
-                                                    str(config) if config else None, allow_index_dependent, stack))
+                                                    str(config) if config else None, allow_index_dependent, stack),
+                              **growth)
     _warn_index_dependent(resolved.index_dependent)
     if plot:
         from dus.plan.plot import plot_plan
@@ -107,6 +112,7 @@ def _runs(layers):
 
 
 @app.command("build")
+@extra_options(GrowthOptions, "growth")
 def build_command(
     source: Optional[str] = typer.Argument(None, help="Model directory, Hub repo id or .gguf file (or `source:` in --config)."),
     output: Optional[Path] = typer.Argument(None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."),
@@ -118,6 +124,7 @@ def build_command(
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
     file_sha256: bool = typer.Option(False, "--file-sha256", help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; slower on CPUs whose SHA-256 is slower than a page-cache copy."),
+    growth: Optional[dict] = None,
 ):
     """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards.
 
@@ -136,7 +143,7 @@ def build_command(
                                   str(config) if config else None, allow_index_dependent, stack)
     with byte_progress("building") as progress:
         record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress,
-                               file_sha256=file_sha256, **resolved_opts)
+                               file_sha256=file_sha256, **resolved_opts, **growth)
     _warn_index_dependent(record.get("index_dependent", []))
     out = record["output"]
     print(f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "

@@ -66,11 +66,12 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
     """check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
     recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
     sides: they are the user's choice, not a difference the copy introduces."""
-    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides
+    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides, widened_source_config
 
     scalars = {k: v for k, v in plan.config_overrides.items()
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
-    return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
+    source_config = apply_overrides(widened_source_config(plan, base.config), scalars)
+    return {"source_config": source_config, "output_config": output_config,
             "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
             "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}
 

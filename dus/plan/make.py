@@ -11,7 +11,9 @@ from pathlib import Path
 from dus.errors import InputError
 from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
+from dus.plan.growth_options import GROWTH_KEYS
 from dus.plan.presets import PRESETS
+from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
 from dus.read.config_check import check_output_layers
 from dus.read.source import Source
@@ -19,7 +21,7 @@ from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping
 
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset", "stack"}
+               "dtype", "config_overrides", "shard_size", "preset", "stack", *GROWTH_KEYS}
 
 
 # Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
@@ -65,6 +67,9 @@ RECIPE_PARAMS = {
 def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
+    width = width_options(options)  # checked first: a bad factor is the error to report
+    if _width_only(options):  # `--width 2` alone keeps the depth
+        options = {**options, "recipe": "layers", "layers": f"0:{n}"}
     recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
@@ -90,11 +95,19 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     check_output_layers(len(layers))
+    if width:
+        described["width"] = width
     overrides = options.get("config_overrides") or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
     return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
                 dtype_name(options.get("dtype")))
+
+
+def _width_only(options: dict) -> bool:
+    depth = ("recipe", "overlap", "layers", "factor", "group", "new_layers", "init", "insert_at")
+    return (options.get("width") is not None or options.get("mlp_width") is not None) and all(
+        options.get(k) is None for k in depth)
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
