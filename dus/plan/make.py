@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dus.errors import InputError
-from dus.plan import recipes
+from dus.plan import insert, recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.growth_options import GROWTH_KEYS
 from dus.plan.presets import PRESETS
@@ -71,11 +71,16 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     if _width_only(options):  # `--width 2` alone keeps the depth
         options = {**options, "recipe": "layers", "layers": f"0:{n}"}
     recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+    init, insert_at = insert.check_init(options.get("init")), options.get("insert_at")
+    if insert_at is not None:  # placement belongs to the expand family
+        if options.get("recipe") not in (None, "expand"):
+            raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
+        recipe = "expand"
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
     params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
     for key, value in params.items():
-        if value is None:
+        if value is None and insert_at is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
     if "factor" in params:  # the one multiplier of n: bound it before the list is made
         check_output_layers(n * int(params["factor"]))
@@ -88,6 +93,11 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
         layers = layer_entries(params["layers"], sources)
         if not isinstance(params["layers"], str):
             described["layers"] = "explicit"
+    elif recipe == "expand" and (init or insert_at):  # dus/plan/insert.py: placement and initialiser
+        modules = residual_output_modules(base.layer_tensors[0])
+        new_layers = None if params["new_layers"] is None else int(params["new_layers"])
+        layers = insert.expand(n, insert.insertion_points(n, insert_at, new_layers), init or "zero-out", modules)
+        described.update(new_layers=sum(layer.new for layer in layers), insert_at=insert_at, zeroed=list(modules))
     elif recipe == "expand":
         modules = residual_output_modules(base.layer_tensors[0])
         layers = recipes.expand(n, int(params["new_layers"]), modules)
@@ -95,6 +105,12 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     check_output_layers(len(layers))
+    if init and recipe != "expand":
+        layers = insert.mark_repeats(layers, init, residual_output_modules(base.layer_tensors[0]))
+    if init:
+        described["init"] = insert.init_record(init, layers)
+        if width and init in insert.NEIGHBOUR_INITS:
+            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, then widen it")
     if width:
         described["width"] = width
     overrides = options.get("config_overrides") or {}
