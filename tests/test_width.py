@@ -176,3 +176,13 @@ def test_smollm2_width_2_keeps_logits_and_greedy_generation(smollm2, tmp_path):
         assert _relative(model(ids).logits, grown(ids).logits) < 1e-5
     same = dict(max_new_tokens=20, do_sample=False, use_cache=True)
     assert torch.equal(model.generate(ids, **same), grown.generate(ids, **same))
+
+
+def test_width_with_inserted_identity_blocks(tmp_path):
+    """--width 2 on an expand plan: the zeroed projections stay zero at the new shape."""
+    model = _source(tmp_path, "gemma2")
+    dus.build(tmp_path / "src", tmp_path / "wide", width=2, insert_at="1", init="zero-out", verify=True)
+    grown = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "wide").eval()
+    assert grown.config.num_hidden_layers == 5
+    assert not grown.model.layers[2].self_attn.o_proj.weight.any()
+    _same_function(model, grown)

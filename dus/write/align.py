@@ -2,7 +2,7 @@
 
 Units (MLP neurons, or attention key/value groups) of layer B are matched to those of layer A by
 their weight vectors: cost = squared distance, normalised by its mean; Sinkhorn's plan with uniform
-marginals (log domain, a fixed number of iterations, float64) is rounded to the permutation that
+marginals (a fixed number of iterations, float64) is rounded to the permutation that
 carries the most mass (a linear assignment). Deterministic given the same inputs and settings.
 """
 
@@ -12,16 +12,19 @@ import torch
 
 
 def sinkhorn_plan(cost: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    """log of the transport plan between two uniform distributions over the rows and the columns."""
+    """The transport plan between two uniform distributions over the rows and the columns.
+
+    The kernel exp(−cost/ε) is computed once, each row shifted by its smallest cost (a row scaling,
+    which the row potentials absorb: the plan is the same, and no row underflows to all zeros);
+    the iterations are then matrix-vector products."""
     n, m = cost.shape
-    log_k = -cost / epsilon
-    log_a, log_b = torch.full((n,), -float(torch.log(torch.tensor(float(n)))), dtype=cost.dtype), \
-        torch.full((m,), -float(torch.log(torch.tensor(float(m)))), dtype=cost.dtype)
-    f, g = torch.zeros(n, dtype=cost.dtype), torch.zeros(m, dtype=cost.dtype)
+    kernel = torch.exp(-(cost - cost.min(dim=1, keepdim=True).values) / epsilon)
+    a, b = torch.full((n,), 1.0 / n, dtype=cost.dtype), torch.full((m,), 1.0 / m, dtype=cost.dtype)
+    v = torch.ones(m, dtype=cost.dtype)
     for _ in range(iterations):
-        f = log_a - torch.logsumexp(log_k + g[None, :], dim=1)
-        g = log_b - torch.logsumexp(log_k + f[:, None], dim=0)
-    return log_k + f[:, None] + g[None, :]
+        u = a / (kernel @ v).clamp_min(1e-300)
+        v = b / (kernel.T @ u).clamp_min(1e-300)
+    return u[:, None] * kernel * v[None, :]
 
 
 def match(units_a: torch.Tensor, units_b: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
@@ -31,6 +34,5 @@ def match(units_a: torch.Tensor, units_b: torch.Tensor, epsilon: float, iteratio
     a, b = units_a.to(torch.float64), units_b.to(torch.float64)
     cost = torch.cdist(a, b) ** 2
     cost = cost / cost.mean().clamp_min(1e-300)
-    plan = sinkhorn_plan(cost, epsilon, iterations)
-    _, columns = linear_sum_assignment(plan.numpy(), maximize=True)
+    _, columns = linear_sum_assignment(sinkhorn_plan(cost, epsilon, iterations).numpy(), maximize=True)
     return torch.as_tensor(columns, dtype=torch.long)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from dus.write.align import match
@@ -19,9 +21,25 @@ def aligned_average(inputs, unit, heads, kv_heads, head_dim, iterations, epsilon
         units_b = torch.cat([f.to(torch.float64) for f in features[half:]], dim=1)
     else:
         units_a, units_b = (_kv_groups(fs, heads, kv_heads, head_dim) for fs in (features[:half], features[half:]))
-    perm = match(units_a, units_b, epsilon, iterations)
+    perm = _matched(units_a, units_b, epsilon, iterations)
     rows = perm if unit == "mlp" else _head_rows(perm, heads // kv_heads if unit == "q" else 1, head_dim)
     return (a.to(torch.float64) + b.to(torch.float64)[rows]) / 2
+
+
+_MATCHES: dict[bytes, torch.Tensor] = {}  # gate and up (q, k and v) of one layer share their alignment
+
+
+def _matched(units_a, units_b, epsilon: float, iterations: int) -> torch.Tensor:
+    """match(), remembered by the digest of its inputs: the same inputs give the same permutation."""
+    digest = hashlib.blake2b(f"{epsilon}:{iterations}:{tuple(units_a.shape)}".encode())
+    for units in (units_a, units_b):
+        digest.update(units.contiguous().numpy().tobytes())
+    key = digest.digest()
+    if key not in _MATCHES:
+        if len(_MATCHES) >= 8:
+            _MATCHES.pop(next(iter(_MATCHES)))
+        _MATCHES[key] = match(units_a, units_b, epsilon, iterations)
+    return _MATCHES[key]
 
 
 def _kv_groups(features, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
