@@ -54,15 +54,21 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--smollm2", default=None, help="SmolLM2-135M-Instruct directory (scripts/fetch_smollm2.py)")
     parser.add_argument("--synthetic-layers", type=int, nargs="*", default=[])
+    parser.add_argument("--smollm2-cases", nargs="*", default=["width", "noise", "aligned-average", "predicted"])
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.smollm2:
         src = Path(args.smollm2)
-        rows.append(case("SmolLM2-135M x2 width", src, work / "out", ["--width", "2"]))
-        rows.append(case("SmolLM2-135M x2 width + noise", src, work / "out", ["--width", "2", "--width-noise", "0.01"]))
+        if "width" in args.smollm2_cases:
+            rows.append(case("SmolLM2-135M x2 width", src, work / "out", ["--width", "2"]))
+        if "noise" in args.smollm2_cases:
+            rows.append(case("SmolLM2-135M x2 width + noise", src, work / "out",
+                             ["--width", "2", "--width-noise", "0.01"]))
         for init in ("aligned-average", "predicted"):
+            if init not in args.smollm2_cases:
+                continue
             rows.append(case(f"SmolLM2-135M +6 layers {init}", src, work / "out",
                              ["--insert-at", "top-half", "--new-layers", "6", "--init", init]))
     for layers in args.synthetic_layers:
