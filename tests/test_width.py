@@ -186,3 +186,19 @@ def test_width_with_inserted_identity_blocks(tmp_path):
     assert grown.config.num_hidden_layers == 5
     assert not grown.model.layers[2].self_attn.o_proj.weight.any()
     _same_function(model, grown)
+
+
+def test_the_record_lists_each_computed_tensor_and_verify_checks_it(tmp_path):
+    from dus.verify.check import VerifyError
+
+    _source(tmp_path, "llama")
+    record = dus.build(tmp_path / "src", tmp_path / "wide", width=2, width_noise=0.01, width_seed=3)
+    entry = record["computed"]["model.layers.1.mlp.down_proj.weight"]
+    assert entry["op"] == "width_tile" and entry["inputs"] == ["base:model.layers.1.mlp.down_proj.weight"]
+    assert entry["params"]["noise"] == 0.01 and entry["params"]["reps"] == [2, 2] and "seed" in entry["params"]
+    path = tmp_path / "wide" / "dus_plan.json"
+    data = json.loads(path.read_text())
+    data["computed"]["model.layers.1.mlp.down_proj.weight"]["params"]["seed"] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(VerifyError, match="computed-tensor recipes"):
+        dus.api.verify(tmp_path / "wide")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dus.errors import DusError, InputError
 from dus.manifest import MANIFEST_FILE, file_digest, lineage, read_manifest, stage_of
+from dus.plan.computed_record import computed_record
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec
 from dus.plan.model import Plan
@@ -110,6 +111,8 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     expected = planned_tensors(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
+    if record.get("computed", {}) != computed_record(expected, sources):
+        raise VerifyError(f"the computed-tensor recipes {MANIFEST_FILE} records differ from the ones its plan derives")
     config = _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
     pending = _start_plan_checks(record, plan, sources, expected)  # beside the shard pass, where not cached

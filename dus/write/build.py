@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus import __version__
+from dus.plan.computed_record import computed_record
 from dus.plan.resolved import ResolvedPlan
 from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.plan.pattern import broken_pattern_note
@@ -84,6 +85,9 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
             "shards": digests,
         },
     }
+    computed = computed_record(resolved.tensors, resolved.sources)
+    if computed:  # width growth, initialisers: each computed tensor's operator, inputs and parameters
+        record["computed"] = computed
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record
