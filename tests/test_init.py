@@ -154,3 +154,14 @@ def test_init_and_insert_at_from_a_recipe_file_and_the_plan_record(tmp_path, run
     assert code == 0, err
     info = json.loads(out)
     assert info["recipe"]["init"] == {"name": "predicted", "layers": [3], "predictor": {"rank": 8, "ridge": 0.001}}
+
+
+def test_growth_keys_of_a_recipe_file_are_typed_and_checked(tmp_path, run_dus, llama_source):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"source: {llama_source}\ninsert_at: 1\ninit: zero-out\n")  # an int where a string goes
+    code, out, err = run_dus("plan", "--config", recipe, "--json")
+    assert code == 0, err
+    assert json.loads(out)["recipe"]["insert_at"] == "1"
+    recipe.write_text(f"source: {llama_source}\nwidth: two\n")
+    code, out, err = run_dus("plan", "--config", recipe)
+    assert code == 2 and err.startswith("error: bad value 'two' for 'width'"), err

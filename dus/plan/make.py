@@ -11,7 +11,7 @@ from pathlib import Path
 from dus.errors import InputError
 from dus.plan import insert, recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
-from dus.plan.growth_options import GROWTH_KEYS
+from dus.plan.growth_options import GROWTH_KEYS, growth_options
 from dus.plan.presets import PRESETS
 from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
@@ -67,6 +67,7 @@ RECIPE_PARAMS = {
 def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
+    options = {**options, **growth_options({k: options.get(k) for k in GROWTH_KEYS})}  # a recipe file's, typed
     width = width_options(options)  # checked first: a bad factor is the error to report
     if _width_only(options):  # `--width 2` alone keeps the depth
         options = {**options, "recipe": "layers", "layers": f"0:{n}"}
