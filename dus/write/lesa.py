@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK = 1 << 20  # columns per Gram-matrix step
+CHUNK = 1 << 16  # columns per Gram-matrix step (n × CHUNK float64 temporaries)
 
 
 def predict(layers: list[torch.Tensor], after: int, rank: int, ridge: float) -> torch.Tensor:
