@@ -11,7 +11,7 @@ from dus.plan.layout import Computed, TensorSpec
 from dus.plan.width import GEMMA, check_family, scales
 from dus.read.architecture import split_layer_name
 
-# Layer tensor suffix -> (output grows by, input grows by, scale kind, is a norm weight).
+# Layer module -> (output grows by, input grows by, scale kind).
 # Dims: "hidden" (×F), "heads" (×F, whole heads), "mlp" (×F·mlp factor), None (kept).
 # Scale kinds: 1, "qk" (c where q/k feed an RMSNorm, else 1), "residual" (c).
 _LAYER = {
@@ -35,11 +35,11 @@ def widen(specs: list[TensorSpec], config: dict, layer_prefix: str, width: dict)
     # Beside a pre-feedforward norm (Gemma-2/3), post_attention_layernorm normalises the attention's output
     # before the residual add; otherwise (LLaMA, Gemma) it is the MLP's input norm.
     sandwich = any(".pre_feedforward_layernorm." in s.name for s in specs)
-    return [_widened(spec, _role(spec.name, layer_prefix, sandwich, config["model_type"]), dims, kinds, e, gemma,
+    return [_widened(spec, tensor_role(spec.name, layer_prefix, sandwich, config["model_type"]), dims, kinds, e, gemma,
                      width) for spec in specs]
 
 
-def _role(name: str, prefix: str, sandwich: bool, model_type: str) -> tuple:
+def tensor_role(name: str, prefix: str, sandwich: bool, model_type: str) -> tuple:
     """(out dim, in dim, scale kind, norm, embedding) of one tensor, or a refusal."""
     split = split_layer_name(name, prefix)
     module, _, kind = (split[1] if split else name).rpartition(".")
@@ -50,9 +50,9 @@ def _role(name: str, prefix: str, sandwich: bool, model_type: str) -> tuple:
             return None, "hidden", 1, False, False
         if module.endswith("norm") and kind == "weight":
             return "hidden", None, 1, True, False
-    elif module in _LAYER:
+    elif module in _LAYER and kind in ("weight", "bias"):
         out_dim, in_dim, scale = _LAYER[module]
-        return (out_dim, in_dim if kind == "weight" else None, scale, False, False) if kind in ("weight", "bias") else None
+        return out_dim, in_dim if kind == "weight" else None, scale, False, False
     elif module in _NORMS and kind == "weight":
         scale = "residual" if sandwich and module == "post_attention_layernorm" else _NORMS[module]
         return (None if scale is None else "hidden"), None, (1 if scale is None else scale), True, False

@@ -16,7 +16,7 @@ import torch
 from dus.errors import InputError
 from dus.manifest import read_manifest
 from dus.plan.model import Plan
-from dus.plan.width_tensors import _role
+from dus.plan.width_tensors import tensor_role
 from dus.runtime import decoder_layers
 
 
@@ -38,7 +38,7 @@ def freeze_source_width(model: torch.nn.Module, width: dict, world: int = 1) -> 
     dims = {None: 1, "hidden": width["factor"], "heads": width["factor"], "mlp": width["factor"] * width["mlp_factor"]}
     kept = []
     for name, param in model.named_parameters():
-        out_dim, in_dim, *_ = _role(name, prefix, sandwich, model.config.model_type)
+        out_dim, in_dim, *_ = tensor_role(name, prefix, sandwich, model.config.model_type)
         reps = (dims[out_dim], dims[in_dim])[:param.ndim]
         if all(r == 1 for r in reps):
             param.requires_grad_(False)
