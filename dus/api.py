@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.checks import start_checks
-from dus.plan.config import planned_config
-from dus.plan.equivalence import equivalence_request
+from dus.checks.run import start_checks
+from dus.plan.config import equivalence_request, planned_config
 from dus.plan.layout import layout
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.resolved import ResolvedPlan
-from dus.read.config_check import check_output, check_source
+from dus.checks.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
@@ -96,7 +95,7 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     Each shard's BLAKE3 is recorded for `dus verify`; `file_sha256` records its SHA-256
     instead (the Hub's file hash; slower to compute than the copy on some CPUs)."""
     from dus.write.build import write_model
-    from dus.write.digest import build_digest
+    from dus.core.digest import build_digest
 
     # transformers' checks run beside the copy; nothing is published before they pass
     resolved = plan(source, need_weights=True, _checks_in_background=True, **plan_options)

@@ -320,7 +320,7 @@ def write_doc(results: list[dict], path: Path = DOC) -> None:
         "generation compared bit for bit with an in-memory reference: transformers builds it from the output config, "
         "then its decoder layers are replaced by deep copies of the source's in plan order (the output config's "
         "per-layer fields are checked entry by entry against the source's by dus's structural check, "
-        "`dus/plan/equivalence.py`).", "",
+        "`dus/checks/equivalence.py`).", "",
         "- `exact`: logits (and cached generation) equal the reference's.",
         "- `refused`: dus refuses the plan, with the reason shown (a model that would differ is never written).",
         f"- `WRONG`: built and loaded, but not equal to the reference ({counts.get('WRONG', 0)} in this run).",

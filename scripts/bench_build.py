@@ -258,7 +258,7 @@ def main() -> None:
                                    "--lazy-unpickle", "--out-shard-size", "5B"]
     outputs = {name: Path(out(name)) for name in tools}
     results = {name: [] for name in tools}
-    cache = work / "dus-cache"  # dus's check cache (dus/plan/check_cache.py): the first warm-up run fills it
+    cache = work / "dus-cache"  # dus's check cache (dus/checks/cache.py): the first warm-up run fills it
     fresh = {name: name == "dus, first build" for name in tools}
     shutil.rmtree(cache, ignore_errors=True)
     for name in tools:  # warm the page cache and the interpreters; not counted

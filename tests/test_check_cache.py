@@ -1,4 +1,4 @@
-"""Remembered plan checks (dus/plan/check_cache.py): reused only for the same request and code."""
+"""Remembered plan checks (dus/checks/cache.py): reused only for the same request and code."""
 
 import json
 
@@ -6,7 +6,8 @@ import pytest
 
 import dus.api
 from dus.errors import InputError
-from dus.plan import check_cache, checks
+from dus.checks import cache as check_cache
+from dus.checks import run as checks
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 
 import dus.api
 from dus.errors import InputError
-from dus.plan.config import LAYER_FORMULAS
-from dus.plan import checks as checks_module
-from dus.read import config_check, transformers_check
+from dus.core.vocabulary import LAYER_FORMULAS
+from dus.checks import run as checks_module
+from dus.checks import config_check, transformers_check
 
 
 def _source(llama_source, tmp_path, **patch):
@@ -182,6 +182,12 @@ def test_every_layer_formula_field_is_checked():
     checked = (set(config_check.PERIODS) | set(config_check.OFFSETS) | set(config_check.COUNTS)
                | set(config_check.LAST_INDEXES))
     assert fields <= checked, fields - checked
+    kinds = [set(config_check.PERIODS), set(config_check.OFFSETS), set(config_check.COUNTS),
+             set(config_check.LAST_INDEXES)]
+    assert sum(map(len, kinds)) == len(checked)  # one kind each
+    assert set(config_check.OFFSETS.values()) <= set(config_check.PERIODS)  # an offset lies below a period
+    assert {"moe_layer_interval", "decoder_sparse_step"} <= set(config_check.PERIODS)
+    assert "first_k_dense_replace" in config_check.COUNTS
 
 
 def test_valid_configs_pass_and_keep_building(llama_source, tmp_path, run_dus):

@@ -1,4 +1,4 @@
-"""The structural check (dus.plan.equivalence) and the config shapes it confirms."""
+"""The structural check (dus.checks.equivalence) and the config shapes it confirms."""
 
 import json
 
@@ -8,7 +8,7 @@ from models import COMMON
 
 from dus.errors import InputError
 from dus.plan.config import output_config
-from dus.plan.equivalence import check_layers, layer_differences
+from dus.checks.equivalence import check_layers, layer_differences
 
 PREFIX = "model.layers."
 OVERLAP1 = [0, 1, 2, 1, 2, 3]  # --overlap 1 of 4 layers
@@ -146,7 +146,7 @@ def test_a_bert_used_as_decoder_is_checked_not_refused():
 
 
 def test_special_floats_in_config_json_are_decoded_as_transformers_does():
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     config = {**_config("llama"), "rms_norm_eps": {"__float__": "Infinity"}}  # Bamba's time_step_limit has one
     assert meta_model(config).config.rms_norm_eps == float("inf")

@@ -318,7 +318,7 @@ def test_force_replaces_the_whole_output_set(tmp_path, run_dus):
 
 
 def test_gguf_output_is_locked_and_dead_runs_are_swept(tmp_path, run_dus):
-    from dus.write.output import output_lock
+    from dus.core.publish import output_lock
 
     src = write_tiny(tmp_path / "f.gguf", quantized=False)
     out = tmp_path / "out.gguf"

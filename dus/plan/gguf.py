@@ -21,8 +21,8 @@ from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
-from dus.read.gguf import ARRAY, BOOL, SCALARS, STRING, U32, GGUFSource, Value
-from dus.write.gguf import make_value
+from dus.read.gguf import GGUFSource
+from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, make_value
 
 PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")

@@ -13,7 +13,7 @@ from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
 from dus.read.architecture import residual_output_modules
-from dus.read.config_check import check_output_layers
+from dus.checks.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping

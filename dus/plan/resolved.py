@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dus.plan.checks import PendingChecks
+from dus.checks.run import PendingChecks
 from dus.plan.layout import TensorSpec, num_parameters, output_bytes
 from dus.plan.model import Plan
 from dus.read.source import Source

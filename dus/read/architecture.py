@@ -11,9 +11,9 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _FIRST_INDEX = re.compile(r"^((?:[^.]+\.)*?)(\d+)\.(.+)$")
 
 # Residual-branch output projections, zeroed to make an identity block (LLaMA-Pro).

@@ -17,7 +17,7 @@ from pathlib import Path
 from dus.errors import InputError
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
-from dus.read.config_check import check_config
+from dus.checks.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -219,7 +219,7 @@ def _inside(directory: Path, filename: str) -> Path:
 
 def meta_tensors(config: dict) -> dict[str, TensorInfo]:
     """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     model = meta_model(config)
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")

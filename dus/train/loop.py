@@ -29,6 +29,7 @@ from transformers import (
     set_seed,
 )
 
+from dus.core.publish import atomic_model_files
 from dus.errors import InputError
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
@@ -60,7 +61,6 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
-from dus.write.output import atomic_model_files
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dus import runtime
+from dus.core.vocabulary import POSITION_KEYS
 from dus.errors import InputError
 from dus.runtime import decoder_layers
 from dus.train.parallel import Dist, load_full_state, shard_model
@@ -35,7 +36,7 @@ def load_tokenizer(model_dir: str):
 
 def max_positions(config) -> int | None:
     text = config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for name in POSITION_KEYS:
         if getattr(text, name, None):
             return int(getattr(text, name))
     return None

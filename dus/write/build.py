@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from dus import __version__
+from dus.core.digest import DEFAULT
+from dus.core.publish import atomic_directory, require_space
 from dus.plan.resolved import ResolvedPlan
 from dus.manifest import MANIFEST_FILE, command, parent_entry
 from dus.plan.pattern import broken_pattern_note
 from dus.write.card import model_card, pattern_paragraph
-from dus.write.digest import DEFAULT
-from dus.write.output import atomic_directory, require_space
 from dus.write.shards import split_shards, write_shards
 
 INDEX_FILE = "model.safetensors.index.json"

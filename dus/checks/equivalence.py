@@ -62,19 +62,6 @@ class Difference:
         return f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: {self.what}; {self.reason}"
 
 
-def equivalence_request(plan, base, output_config: dict, allow_index_dependent: bool = False) -> dict:
-    """check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
-    recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
-    sides: they are the user's choice, not a difference the copy introduces."""
-    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides
-
-    scalars = {k: v for k, v in plan.config_overrides.items()
-               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
-    return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
-            "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}
-
-
 def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
                  allow_index_dependent: bool = False, stack_config: str | None = None) -> list[Difference]:
     """Refuse (InputError) unless every output layer equals its source layer; return the
@@ -93,7 +80,7 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     """stack_config: the nested config (text_config) counting the stack of a multimodal model, which
     is built whole (all towers) from the whole config, as AutoModelForCausalLM builds it."""
     from dus.read.architecture import layer_count_key
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     counted = source_config[stack_config] if stack_config else source_config
@@ -133,10 +120,10 @@ def _stack(model, prefix: str, n: int, which: str):
 def _loaded_prefix(model, prefix: str) -> str | None:
     """The module path a checkpoint's layer prefix loads into (Gemma-3 saves language_model.model.layers.N,
     which transformers 5 loads into model.language_model.layers.N)."""
-    from dus.read.transformers_check import _loaded_names
+    from dus.checks.transformers_check import loaded_names
 
     probe = f"{prefix}0.weight"
-    loaded = _loaded_names(model, [probe]) or {probe}
+    loaded = loaded_names(model, [probe]) or {probe}
     (target,) = loaded
     return target[: -len("0.weight")].rstrip(".") if target.endswith(".0.weight") else None
 
