@@ -65,11 +65,12 @@ FLOOR = textwrap.dedent("""
     import os, sys
     from dus.plan.layout import layout
     from dus.plan.make import make_plan
+    from dus.plan.options import PlanOptions
     from dus.read.source import open_source
     from dus.write.shards import split_shards
     # the plan from headers alone: none of the build's checks (transformers, in a child process)
     sources = {"base": open_source(sys.argv[1])}
-    specs = layout(make_plan(sources, {"source": sys.argv[1], "overlap": 8}), sources)
+    specs = layout(make_plan(sources, PlanOptions(source=sys.argv[1], overlap=8)), sources)
     os.makedirs(sys.argv[2], exist_ok=True)
     fds = {}
     for i, shard in enumerate(split_shards(specs, 5 * 10**9)):

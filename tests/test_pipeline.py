@@ -107,7 +107,7 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
 
 
 def test_the_solar_recipe_still_builds_and_plans(tmp_path):
-    from dus.plan.make import load_recipe_file
+    from dus.plan.options import load_recipe_file
 
     keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
     assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.make import PIPELINE_SECTIONS, RECIPE_KEYS
+from dus.plan.options import PIPELINE_SECTIONS, RECIPE_KEYS
 from dus.yamlfile import read_mapping
 
 STAGES = ("build", "pretrain", "sft", "dpo", "contamination", "eval")

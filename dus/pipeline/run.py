@@ -99,7 +99,7 @@ def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None, flags
 
 def _build_options(keys: dict) -> dict:
     """The options `dus build --config` resolves from the build keys (a preset expanded), as recorded."""
-    from dus.plan.make import preset
+    from dus.plan.options import preset
 
     keys = dict(keys)
     if "preset" in keys:

@@ -21,6 +21,7 @@ from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
+from dus.plan.options import PlanOptions
 from dus.read.gguf import GGUFSource
 from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, make_value
 
@@ -69,7 +70,8 @@ class GGUFPlan(ResolvedPlan):
         return self.base.files[0].alignment
 
 
-def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, record: str | None = None) -> GGUFPlan:
+def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOptions,
+                 record: str | None = None) -> GGUFPlan:
     """Bind `plan` to its GGUF source; `record` (from a built file) replaces the lineage record."""
     _check_copy_only(plan, sources)
     base = sources[plan.base]
@@ -83,23 +85,23 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, reco
     return resolved
 
 
-def check_gguf_options(options: dict, refs: dict[str, str]) -> None:
+def check_gguf_options(options: PlanOptions, refs: dict[str, str]) -> None:
     """What a GGUF build cannot do, refused before any file is opened."""
     if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
-    if options.get("dtype") not in (None, "auto"):
-        raise InputError(f"dtype {options['dtype']} (from --dtype, a preset or a recipe) does not apply to a GGUF "
+    if options.dtype not in (None, "auto"):
+        raise InputError(f"dtype {options.dtype} (from --dtype, a preset or a recipe) does not apply to a GGUF "
                          "build: every tensor keeps its ggml type")
-    if options.get("config_overrides"):
+    if options.config_overrides:
         raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
                          "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
-    if options.get("recipe") == "expand":
+    if options.recipe == "expand":
         raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
                          "(not supported): a GGUF build copies layers byte for byte")
 
 
 def _check_copy_only(plan: Plan, sources: dict) -> None:
-    check_gguf_options({"dtype": plan.dtype}, sources)
+    check_gguf_options(PlanOptions(dtype=plan.dtype), sources)
     for index, layer in enumerate(plan.layers):
         if layer.op != "copy":
             raise InputError(f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "

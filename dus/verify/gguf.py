@@ -18,6 +18,7 @@ from dus.core.digest import HASH_CHUNK
 from dus.errors import InputError
 from dus.plan.gguf import PLAN_KEY, resolve_gguf
 from dus.plan.model import Plan
+from dus.plan.options import PlanOptions
 from dus.read.gguf import open_gguf_source, read_split_set, split_paths
 from dus.read.gguf_format import Cursor, GGUFFile, parse
 from dus.verify.check import VerifyError, VerifyReport
@@ -41,7 +42,8 @@ def verify_gguf(output: Path, source: str | None = None) -> VerifyReport:
         raise InputError(f"{output}: invalid {PLAN_KEY} record ({e})") from None
     if source:
         refs[plan.base] = source
-    resolved = resolve_gguf(plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, {}, stored.value)
+    resolved = resolve_gguf(plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, PlanOptions(),
+                            stored.value)
     base_name = output.name if len(files) == 1 else _unsplit_name(output)
     expected = plan_files(resolved, output.with_name(base_name), [len(f.tensors) for f in files])
     for want, got in zip(expected, files):

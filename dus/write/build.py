@@ -71,7 +71,7 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
         "dus_version": __version__,
         "stage": "build",
         "command": command(),
-        "options": {k: v for k, v in resolved.options.items() if _jsonable(v)},
+        "options": resolved.options.recorded(),
         "parent": parent_entry(_portable_ref(resolved.base)),
         "sources": {name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
                            "layer_prefix": s.layer_prefix}
@@ -87,14 +87,6 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _portable_ref(source) -> str:
