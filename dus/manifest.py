@@ -96,13 +96,22 @@ def parent_entry(ref: str) -> dict:
     return entry
 
 
-def stage_manifest(stage: str, directory: Path, parent: str, options: dict, data: list) -> dict:
-    """The manifest of a model `stage` wrote into `directory` (its shards already there)."""
+def stage_record(stage: str, parent: dict, *, command_line: list[str] | None = None, options: dict | None = None,
+                 **fields) -> dict:
+    """The record every stage writes (a model's dus_plan.json, a pipeline stage's record), its shared
+    fields first: dus_version, stage, command (this run's, unless given), options, parent; then `fields`."""
     from dus import __version__
 
-    record = {"dus_version": __version__, "stage": stage, "command": command(), "options": options,
-              "parent": parent_entry(parent), "data": fingerprint(data),
-              "output": {"shards": shard_digests(directory)}}
+    record = {"dus_version": __version__, "stage": stage, "command": command() if command_line is None else command_line}
+    if options is not None:
+        record["options"] = options
+    return {**record, "parent": parent, **fields}
+
+
+def stage_manifest(stage: str, directory: Path, parent: str, options: dict, data: list) -> dict:
+    """The manifest of a model `stage` wrote into `directory` (its shards already there)."""
+    record = stage_record(stage, parent_entry(parent), options=options, data=fingerprint(data),
+                          output={"shards": shard_digests(directory)})
     if record["parent"]["manifest"] is not None and "plan" in (up := read_manifest(parent)):
         record["plan"] = up["plan"]  # the layers are still the planned ones: --freeze original needs the map
     return record

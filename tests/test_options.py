@@ -91,11 +91,11 @@ def test_bad_config_is_an_input_error(tmp_path, yaml, message):
 
 
 def test_cli_reads_config_and_flags_win(tmp_path, run_dus, monkeypatch):
-    import dus.analyze.options
+    import dus.analyze.run
 
     seen = []
     paths = {"json": "a.json", "influence": "b.png", "distance": "c.png"}
-    monkeypatch.setattr(dus.analyze.options, "run", lambda opts: seen.append(opts) or ({}, paths))
+    monkeypatch.setattr(dus.analyze.run, "run", lambda opts: seen.append(opts) or ({}, paths))
     monkeypatch.setattr(dus.analyze, "summary", lambda result: "summary", raising=False)
     config = tmp_path / "analyze.yaml"
     config.write_text("model: m\ntext: t.txt\nseq-len: 32\nmax_tokens: 100\n")

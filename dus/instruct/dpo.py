@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dus.instruct.options import TrainOptions, config_kwargs, finish, pickle_free, prepare
+from dus.instruct.options import TrainOptions
+from dus.instruct.trainer import config_kwargs, finish, pickle_free, prepare
 from dus.runtime import check_weights
 
 

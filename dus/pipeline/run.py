@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
-from dus.manifest import fingerprint, manifest_digest, read_manifest
+from dus.manifest import fingerprint, manifest_digest, read_manifest, stage_record
 from dus.pipeline.recipe import (MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
                                  shell_line)
 
@@ -152,10 +152,8 @@ def _run(step: Step, workdir: Path) -> None:
         raise BuildError(f"stage {step.stage.name} failed (exit {done.returncode}); rerun the pipeline to continue "
                          f"from it")
     if step.stage.name not in MODEL_STAGES:
-        from dus import __version__
-
-        record = {"dus_version": __version__, "stage": step.stage.name, "command": argv,
-                  "parent": {"ref": step.parent, "manifest": step.expected["parent"]}, "data": step.expected["data"]}
+        record = stage_record(step.stage.name, {"ref": step.parent, "manifest": step.expected["parent"]},
+                              command_line=argv, data=step.expected["data"])
         (step.output / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     pending.unlink()
     step.status = "ran"

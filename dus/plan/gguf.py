@@ -78,7 +78,7 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOption
     tensors = layout(plan, sources)
     source_layers = [layer.source_layer for layer in plan.layers]
     resolved = GGUFPlan(plan, sources, tensors, {}, options)
-    record = record or json.dumps(plan_record(resolved), sort_keys=True)
+    record = record or json.dumps(gguf_record(resolved), sort_keys=True)
     resolved.metadata = output_metadata(base, source_layers, record, resolved.num_parameters)
     resolved.config = {k: v.value for k, v in resolved.metadata.items()
                        if not k.startswith("tokenizer.") and k != PLAN_KEY}
@@ -108,8 +108,8 @@ def _check_copy_only(plan: Plan, sources: dict) -> None:
                              "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)")
 
 
-def plan_record(resolved: GGUFPlan) -> dict:
-    """What `dus.plan` holds: the sources and the plan, enough to re-derive every byte."""
+def gguf_record(resolved: GGUFPlan) -> dict:
+    """What a GGUF build's `dus.plan` metadata holds (its dus_plan.json): the sources and the plan, enough to re-derive every byte."""
     return {
         "dus_version": __version__,
         "sources": {name: {"ref": str(Path(s.ref).expanduser().resolve()), "num_layers": s.num_layers,

@@ -47,7 +47,7 @@ from dus.train.metrics import (
 from dus.train.model import (
     build_model,
     load_hf_config,
-    load_tokenizer,
+    load_training_tokenizer,
     max_positions,
     param_counts,
     prepare_model,
@@ -125,7 +125,7 @@ class Trainer:
         self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
         self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
         resume_from = self._checkpoint_to_resume()
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_training_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world

@@ -26,7 +26,9 @@ def load_hf_config(model_dir: str):
     return AutoConfig.from_pretrained(path)
 
 
-def load_tokenizer(model_dir: str):
+def load_training_tokenizer(model_dir: str):
+    """The runtime's tokenizer for pretraining: it must have an EOS (between packed documents), and no length
+    limit (whole documents are tokenized, then packed)."""
     tokenizer = runtime.load_tokenizer(model_dir)
     if tokenizer.eos_token_id is None:
         raise InputError(f"the tokenizer in {model_dir} has no EOS token to separate documents")
