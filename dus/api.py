@@ -7,22 +7,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from dus.errors import InputError
+from dus.checks.config_check import check_output, check_source
 from dus.checks.run import start_checks
+from dus.errors import InputError
+
+# Re-exported for API users: the plan-file name and its reader live with the manifest.
+from dus.manifest import MANIFEST_FILE as PLAN_FILE  # noqa: E402,F401
 from dus.plan.config import equivalence_request, planned_config
 from dus.plan.layout import layout
 from dus.plan.make import make_plan
 from dus.plan.options import PlanOptions, plan_options
 from dus.plan.resolved import ResolvedPlan
-from dus.checks.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
-
-# Re-exported for API users: the plan-file name and its reader live with the manifest.
-from dus.manifest import MANIFEST_FILE as PLAN_FILE, read_manifest as read_plan_record  # noqa: E402,F401
 
 
 def plan(source: str | None = None, *, config: str | None = None, options: PlanOptions | None = None,
@@ -103,8 +103,8 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
 
     Each shard's BLAKE3 is recorded for `dus verify`; `file_sha256` records its SHA-256
     instead (the Hub's file hash; slower to compute than the copy on some CPUs)."""
-    from dus.write.build import write_model
     from dus.core.digest import build_digest
+    from dus.write.build import write_model
 
     # transformers' checks run beside the copy; nothing is published before they pass
     resolved = plan(source, need_weights=True, _checks_in_background=True, **plan_options)

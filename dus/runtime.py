@@ -16,6 +16,7 @@ from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 from dus.read.source import is_repo_id, local_tensors
 
+
 def cache_root() -> Path:
     """dus's own cache ($DUS_CACHE, else ~/.cache/dus): the fetched SmolLM2, the remembered plan checks."""
     return Path(os.environ.get("DUS_CACHE") or Path.home() / ".cache" / "dus")

@@ -24,8 +24,8 @@ import torch
 from transformers import LlamaConfig
 
 from dus.plan.recipes import dus
-from dus.train.config import PretrainConfig
 from dus.runtime import DTYPES, resolve_dtype
+from dus.train.config import PretrainConfig
 from dus.train.loop import build_optimizer, cosine_schedule, train_step
 from dus.train.metrics import flops_per_token, peak_flops
 from dus.train.model import model_from_config, param_counts, prepare_model

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import dus.api
-from dus.errors import InputError
 from dus.checks import cache as check_cache
 from dus.checks import run as checks
+from dus.errors import InputError
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from pretrain_helpers import make_model, read_jsonl
 
-from dus.train import pretrain
 from dus.errors import InputError
+from dus.train import pretrain
 from dus.train.checkpoint import RECORD, Checkpointer, MetadataUnpickler, rng_state, set_rng_state, write_record
 from dus.train.parallel import Dist
 

@@ -10,10 +10,10 @@ from models import save_model
 from safetensors.torch import load_file, save_file
 
 import dus.api
-from dus.errors import InputError
-from dus.core.vocabulary import LAYER_FORMULAS
-from dus.checks import run as checks_module
 from dus.checks import config_check, transformers_check
+from dus.checks import run as checks_module
+from dus.core.vocabulary import LAYER_FORMULAS
+from dus.errors import InputError
 
 
 def _source(llama_source, tmp_path, **patch):

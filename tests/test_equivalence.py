@@ -6,9 +6,9 @@ import pytest
 import transformers
 from models import COMMON
 
+from dus.checks.equivalence import check_layers, layer_differences
 from dus.errors import InputError
 from dus.plan.config import output_config
-from dus.checks.equivalence import check_layers, layer_differences
 
 PREFIX = "model.layers."
 OVERLAP1 = [0, 1, 2, 1, 2, 3]  # --overlap 1 of 4 layers

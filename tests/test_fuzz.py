@@ -23,8 +23,8 @@ from safetensors import deserialize
 
 import dus.api
 from dus.errors import InputError
-from dus.read.safetensors import DTYPE_BITS, read_header
 from dus.read import strict_json
+from dus.read.safetensors import DTYPE_BITS, read_header
 
 HEADER_CASES, CONFIG_CASES, PLAN_CASES = 3000, 1000, 300  # plan cases per file mutated
 SECONDS_PER_CASE = 10  # a hang guard on a slow shared machine, not a speed requirement

@@ -16,7 +16,6 @@ import threading
 
 import pytest
 from huggingface_hub import constants, hf_hub_download, scan_cache_dir
-
 from models import save_model
 
 REPO = "dus-test/tiny-llama"

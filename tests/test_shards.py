@@ -10,9 +10,9 @@ from models import assert_verified, save_model
 
 import dus.api
 import dus.write.shards as shards
-from dus.errors import BuildError
 from dus.core import digest
 from dus.core.digest import DIGESTS, ShardHasher
+from dus.errors import BuildError
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 import transformers
+from models import load_tensors
 
 import dus.api
 from dus.errors import InputError
 from dus.read.architecture import stack_config_key
-from models import load_tensors
 
 TEXT = "language_model.model.layers."   # as transformers saves Gemma-3 checkpoints
 VISION = "vision_tower.encoder.layers."

@@ -13,8 +13,18 @@ from __future__ import annotations
 
 import math
 
-from dus.core.vocabulary import (COUNTS, DTYPE_KEYS, INDEX_LIST_KEYS, INDEX_LIST_SUFFIXES, LAST_INDEXES, LAYER_COUNT_KEYS,
-                                 OFFSETS, PER_LAYER_KEYS, PERIODS, SIZE_KEYS)
+from dus.core.vocabulary import (
+    COUNTS,
+    DTYPE_KEYS,
+    INDEX_LIST_KEYS,
+    INDEX_LIST_SUFFIXES,
+    LAST_INDEXES,
+    LAYER_COUNT_KEYS,
+    OFFSETS,
+    PER_LAYER_KEYS,
+    PERIODS,
+    SIZE_KEYS,
+)
 from dus.errors import InputError
 from dus.read.architecture import nested_layer_counts, refuse_encoder_decoder
 

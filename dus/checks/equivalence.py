@@ -79,8 +79,8 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
                       layer_prefix: str, stack_config: str | None = None) -> list[Difference]:
     """stack_config: the nested config (text_config) counting the stack of a multimodal model, which
     is built whole (all towers) from the whole config, as AutoModelForCausalLM builds it."""
-    from dus.read.architecture import layer_count_key
     from dus.checks.transformers_check import meta_model
+    from dus.read.architecture import layer_count_key
 
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     counted = source_config[stack_config] if stack_config else source_config

@@ -20,11 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dus.errors import BuildError, InputError
 from dus.checks import cache as check_cache
-from dus.checks.equivalence import check_layers
 from dus.checks.config_check import OUTPUT
+from dus.checks.equivalence import check_layers
 from dus.checks.transformers_check import check_one
+from dus.errors import BuildError, InputError
 
 
 def start_checks(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> PendingChecks:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from dus.errors import InputError
 from dus.checks.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
+from dus.errors import InputError
 
 
 def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich import filesize
@@ -31,7 +30,7 @@ def _plan_loader(config, values: dict, own: dict) -> PlanOptions:
 def plan_command(
     opts: PlanOptions,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
 ):
     """Show what a build would write: the layer map, layer and parameter counts, output bytes.
 
@@ -99,9 +98,9 @@ def _build_loader(config, values: dict, own: dict) -> PlanOptions:
 @options_command(app, "build", PlanOptions, loader=_build_loader, config_help=RECIPE_HELP)
 def build_command(
     opts: PlanOptions,
-    output: Optional[Path] = typer.Argument(None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."),
+    output: Path | None = typer.Argument(None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."),
     *,
-    shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
+    shard_size: str | None = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
     file_sha256: bool = typer.Option(False, "--file-sha256", help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; slower on CPUs whose SHA-256 is slower than a page-cache copy."),
@@ -128,7 +127,7 @@ def build_command(
 @app.command("verify")
 def verify_command(
     output: Path = typer.Argument(..., help="A model directory written by dus build, pretrain, sft or dpo, or a .gguf file written by dus build."),
-    source: Optional[str] = typer.Option(None, "--source", help="The source model, if it moved since the build."),
+    source: str | None = typer.Option(None, "--source", help="The source model, if it moved since the build."),
 ):
     """Prove a model is what its dus_plan.json says (shard hashes; for a build also bytes, names,
     shapes, config against the source) and print its lineage back to the original source."""

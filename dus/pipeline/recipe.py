@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dus.errors import InputError
 from dus.plan.options import PIPELINE_SECTIONS, RECIPE_KEYS

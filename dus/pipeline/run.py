@@ -21,8 +21,7 @@ from pathlib import Path
 
 from dus.errors import BuildError, InputError
 from dus.manifest import fingerprint, manifest_digest, read_manifest, stage_record
-from dus.pipeline.recipe import (MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
-                                 shell_line)
+from dus.pipeline.recipe import MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe, shell_line
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
 BUILD_RECIPE = "build.yaml"  # the recipe's build keys with placeholders filled in, for `dus build --config`

@@ -17,7 +17,14 @@ from __future__ import annotations
 import copy
 import itertools
 
-from dus.core.vocabulary import EXTRA_COUNT_KEYS, INDEX_LIST_KEYS, INDEX_LIST_SUFFIXES, LAYER_FORMULAS, LAYER_MAP_KEYS, PER_LAYER_KEYS
+from dus.core.vocabulary import (
+    EXTRA_COUNT_KEYS,
+    INDEX_LIST_KEYS,
+    INDEX_LIST_SUFFIXES,
+    LAYER_FORMULAS,
+    LAYER_MAP_KEYS,
+    PER_LAYER_KEYS,
+)
 from dus.errors import InputError
 from dus.read.architecture import layer_count_key
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus import __version__
-from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
 from dus.plan.options import PlanOptions
+from dus.plan.resolved import ResolvedPlan
 from dus.read.gguf import GGUFSource
 from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, make_value
 

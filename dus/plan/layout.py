@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.plan.model import Plan
-from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.architecture import split_layer_name
+from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.source import Source
 from dus.runtime import dtype_name
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
 from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.options import PlanOptions
 from dus.read.architecture import residual_output_modules
-from dus.checks.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
 

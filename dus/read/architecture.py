@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from dus.checks.config_check import check_config
 from dus.errors import InputError
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
-from dus.checks.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"

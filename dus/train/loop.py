@@ -31,11 +31,11 @@ from transformers import (
 
 from dus.core.publish import atomic_model_files
 from dus.errors import InputError
+from dus.manifest import stage_manifest, write_manifest
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
-from dus.manifest import stage_manifest, write_manifest
 from dus.train.freeze import apply_freeze, trainable_layers
 from dus.train.metrics import (
     MetricsLog,

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dus.core.digest import DEFAULT
 from dus.core.publish import atomic_directory, require_space
-from dus.plan.resolved import ResolvedPlan
 from dus.manifest import MANIFEST_FILE, parent_entry, stage_record
 from dus.plan.pattern import broken_pattern_note
+from dus.plan.resolved import ResolvedPlan
 from dus.write.card import model_card, pattern_paragraph
 from dus.write.shards import split_shards, write_shards
 

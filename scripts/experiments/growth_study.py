@@ -47,8 +47,8 @@ import transformers
 import dus
 from dus.api import build
 from dus.eval.perplexity import perplexity, reference_text
-from dus.testing.fetch import fetch_smollm2
 from dus.runtime import load_model, load_tokenizer, resolve_device
+from dus.testing.fetch import fetch_smollm2
 from dus.train import PretrainConfig, pretrain
 
 HOLD_OUT_MOD = 5  # held out: crc32(key) % HOLD_OUT_MOD == 0
