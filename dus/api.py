@@ -125,9 +125,12 @@ def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, v
     from dus.write.gguf import write_gguf
 
     if not (is_gguf(resolved.base.ref) and is_gguf(output)):
-        raise InputError("a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
-                         "de-quantization)" if is_gguf(resolved.base.ref) else
-                         "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)")
+        raise InputError(
+            "a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
+            "de-quantization)"
+            if is_gguf(resolved.base.ref)
+            else "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)"
+        )
     shard_size = shard_size or resolved.options.shard_size
     record = write_gguf(resolved, output, parse_size(shard_size) if shard_size else None, force, progress)
     if verify:

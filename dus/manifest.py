@@ -102,7 +102,11 @@ def stage_record(stage: str, parent: dict, *, command_line: list[str] | None = N
     fields first: dus_version, stage, command (this run's, unless given), options, parent; then `fields`."""
     from dus import __version__
 
-    record = {"dus_version": __version__, "stage": stage, "command": command() if command_line is None else command_line}
+    record = {
+        "dus_version": __version__,
+        "stage": stage,
+        "command": command() if command_line is None else command_line,
+    }
     if options is not None:
         record["options"] = options
     return {**record, "parent": parent, **fields}

@@ -220,10 +220,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="mid")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", default=None, help="where to write checkpoints (the source and one output at a time: ~2.5x the source; checked first)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where to write checkpoints (the source and one output at a time: ~2.5x the source; checked first)",
+    )
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="path of mergekit-yaml, if installed")
     parser.add_argument("--dus-sha256", action="store_true", help="also time dus build --file-sha256")
-    parser.add_argument("--machine", action="store_true", help="only measure and print this machine's hash and copy speeds")
+    parser.add_argument(
+        "--machine", action="store_true", help="only measure and print this machine's hash and copy speeds"
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -288,7 +294,9 @@ def report(args, config, source_bytes, results, machine: str) -> None:
     print(f"\n{machine}")
     print(f"\nsource {source_bytes / 1e9:.2f} GB ({config['num_hidden_layers']} layers), median of {args.repeats} "
           "alternating runs, warm page cache\n")
-    print("| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |")
+    print(
+        "| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results:
         wall, rss, written = med(name, 0), med(name, 1), med(name, 2)

@@ -79,7 +79,9 @@ def main() -> None:
         optimizer = build_optimizer(model, PretrainConfig(lr=3e-4), d.device)
         scheduler = cosine_schedule(optimizer, 10, 1000, 0.1)
         counts = param_counts(model)
-        batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(d.rank))
+        batch = torch.randint(
+            0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(d.rank)
+        )
 
         for _ in range(args.warmup):
             train_step(model, optimizer, scheduler, [batch], d, dtype, 1.0)

@@ -50,7 +50,9 @@ def test_sft_masks_the_prompt_and_ends_with_eos(data, tmp_path):
 
 def test_sft_then_dpo(data, tmp_path, run_dus):
     base = tiny_model_dir()
-    code, out, err = run_dus("sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST)
+    code, out, err = run_dus(
+        "sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST
+    )
     assert code == 0, err
     first, last = _losses(out)
     assert last < first - 0.5

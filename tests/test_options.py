@@ -109,7 +109,9 @@ def test_cli_list_options_from_config_unless_given(tmp_path, run_dus, monkeypatc
     import dus.eval.run
 
     seen = []
-    monkeypatch.setattr(dus.eval.run, "check_contamination", lambda opts: seen.append(opts) or ([], SimpleNamespace(threshold=0.1)))
+    monkeypatch.setattr(
+        dus.eval.run, "check_contamination", lambda opts: seen.append(opts) or ([], SimpleNamespace(threshold=0.1))
+    )
     monkeypatch.setattr("dus.eval.contamination.table", lambda results, threshold: "table")
     config = tmp_path / "c.yaml"
     config.write_text("target: t\nref: r\ndata: [a.jsonl, b.jsonl]\nexamples: 7\n")
@@ -119,12 +121,18 @@ def test_cli_list_options_from_config_unless_given(tmp_path, run_dus, monkeypatc
                                                                       ("t", "r", ["c.jsonl"], 7)]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["sft", "--data", "d.jsonl", "-o", "out"], "missing MODEL: give it on the command line or as `model:` in --config"),
-    (["contamination", "t", "--data", "d.jsonl"], "missing --ref"),
-    (["eval", "m", "--limit", "x"], "Invalid value for '--limit'"),
-    (["dpo", "m", "--data", "d", "-o", "o", "--no-such-flag"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["sft", "--data", "d.jsonl", "-o", "out"],
+            "missing MODEL: give it on the command line or as `model:` in --config",
+        ),
+        (["contamination", "t", "--data", "d.jsonl"], "missing --ref"),
+        (["eval", "m", "--limit", "x"], "Invalid value for '--limit'"),
+        (["dpo", "m", "--data", "d", "-o", "o", "--no-such-flag"], "No such option"),
+    ],
+)
 def test_missing_or_bad_options_are_one_line(args, message, run_dus):
     code, _, err = run_dus(*args)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and message in err, err

@@ -1,4 +1,5 @@
-"""ShardHasher: per-shard digests (BLAKE3, SHA-256) from source ranges and handed-over bytes, with one or many workers."""
+"""ShardHasher: per-shard digests (BLAKE3, SHA-256) from source ranges and handed-over bytes, with one or many
+workers."""
 
 import hashlib
 import json

@@ -57,7 +57,9 @@ def write(result: dict, out: Path) -> dict[str, Path]:
     paths = {"json": out / "analysis.json", "influence": out / "influence.png", "distance": out / "distance.png"}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
     plot_influence(result["influence"], paths["influence"], f"{name}: per-layer influence (Block Influence)")
-    plot_distance(result["distance"], paths["distance"], result["recommendation"], f"{name}: distance between hidden states")
+    plot_distance(
+        result["distance"], paths["distance"], result["recommendation"], f"{name}: distance between hidden states"
+    )
     return paths
 
 

@@ -59,7 +59,8 @@ class Difference:
         return "the output config does not give it the source layer's value"
 
     def __str__(self) -> str:
-        return f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: {self.what}; {self.reason}"
+        return (f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: "
+                f"{self.what}; {self.reason}")
 
 
 def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
@@ -85,7 +86,10 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     counted = source_config[stack_config] if stack_config else source_config
     n = counted[layer_count_key(counted)]
-    src, out = _stack(src_model, layer_prefix, n, "source"), _stack(out_model, layer_prefix, len(source_layers), "output")
+    src, out = (
+        _stack(src_model, layer_prefix, n, "source"),
+        _stack(out_model, layer_prefix, len(source_layers), "output"),
+    )
     _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
     src_views = [_view(layer) for layer in src]
@@ -134,8 +138,10 @@ def _check_decoder(config, stack) -> None:
         raise InputError(f"DUS needs a decoder stack: {config.model_type} is an encoder-decoder model")
     causal = {m.is_causal for m in stack.modules() if isinstance(getattr(m, "is_causal", None), bool)}
     if causal == {False}:
-        raise InputError(f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
-                         "encoder (bidirectional attention; is_decoder is false)")
+        raise InputError(
+            f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
+            "encoder (bidirectional attention; is_decoder is false)"
+        )
 
 
 def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
@@ -229,7 +235,12 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int],
     for name, value in src.items():
         other = out.get(name)
         every_layer = value == list(range(n)) and other == list(range(m))  # an index list naming all layers
-        if isinstance(value, list) and isinstance(other, list) and (len(value), len(other)) == (n, m) and not every_layer:
+        if (
+            isinstance(value, list)
+            and isinstance(other, list)
+            and (len(value), len(other)) == (n, m)
+            and not every_layer
+        ):
             found += [Difference(i, j, f"config {name}[{i}] {_show(other[i])} != {_show(value[j])}", False)
                       for i, j in enumerate(source_layers) if other[i] != value[j]][:1]
     return found

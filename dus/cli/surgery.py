@@ -52,11 +52,14 @@ def plan_command(
 
 def format_plan(resolved) -> str:
     info = resolved.to_json()
-    lines = [f"source:      {info['source']}  ({info['source_num_layers']} layers, {info['source_num_parameters']:,} parameters)",
-             "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
-             f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
-             f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
-             "layer map (output <- source):"]
+    lines = [
+        f"source:      {info['source']}  ({info['source_num_layers']} layers, "
+        f"{info['source_num_parameters']:,} parameters)",
+        "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
+        f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
+        f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
+        "layer map (output <- source):",
+    ]
     for out_range, src_text in _runs(resolved.plan.layers):
         lines.append(f"  {out_range:>9}  <-  {src_text}")
     return "\n".join(lines)
@@ -77,12 +80,16 @@ def _runs(layers):
         out = f"{run['start']}" if run["start"] == run["end"] else f"{run['start']}-{run['end']}"
         layer = run["layer"]
         if run["simple"]:
-            src = f"{run['src_start']}" if run["src_start"] == run["src_end"] else f"{run['src_start']}-{run['src_end']}"
+            src = (
+                f"{run['src_start']}" if run["src_start"] == run["src_end"] else f"{run['src_start']}-{run['src_end']}"
+            )
             text = f"{run['source']} {src} (copy)"
         elif len(layer.inputs) > 1:
             text = "blend " + " + ".join(f"{r.weight:g} x {r.source} {r.layer}" for r in layer.inputs)
         else:
-            edits = "; ".join(f"{e.op} {','.join(e.modules)}" + (f" x{e.factor:g}" if e.op == "scale" else "") for e in layer.edits)
+            edits = "; ".join(
+                f"{e.op} {','.join(e.modules)}" + (f" x{e.factor:g}" if e.op == "scale" else "") for e in layer.edits
+            )
             text = f"{layer.source} {layer.source_layer} ({edits})"
         yield out, text + (" [new]" if layer.new else "")
 
@@ -98,12 +105,21 @@ def _build_loader(config, values: dict, own: dict) -> PlanOptions:
 @options_command(app, "build", PlanOptions, loader=_build_loader, config_help=RECIPE_HELP)
 def build_command(
     opts: PlanOptions,
-    output: Path | None = typer.Argument(None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."),
+    output: Path | None = typer.Argument(
+        None, help="Output directory, or a .gguf file for a GGUF source (must not exist unless --force)."
+    ),
     *,
-    shard_size: str | None = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
+    shard_size: str | None = typer.Option(
+        None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
-    file_sha256: bool = typer.Option(False, "--file-sha256", help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; slower on CPUs whose SHA-256 is slower than a page-cache copy."),
+    file_sha256: bool = typer.Option(
+        False,
+        "--file-sha256",
+        help="Record each shard's SHA-256 (the file hash the Hub shows) in dus_plan.json instead of its BLAKE3; "
+        "slower on CPUs whose SHA-256 is slower than a page-cache copy.",
+    ),
 ):
     """Build an up-scaled model: stream tensors byte-for-byte into safetensors shards.
 
@@ -126,7 +142,9 @@ def build_command(
 
 @app.command("verify")
 def verify_command(
-    output: Path = typer.Argument(..., help="A model directory written by dus build, pretrain, sft or dpo, or a .gguf file written by dus build."),
+    output: Path = typer.Argument(
+        ..., help="A model directory written by dus build, pretrain, sft or dpo, or a .gguf file written by dus build."
+    ),
     source: str | None = typer.Option(None, "--source", help="The source model, if it moved since the build."),
 ):
     """Prove a model is what its dus_plan.json says (shard hashes; for a build also bytes, names,

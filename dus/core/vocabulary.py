@@ -34,17 +34,25 @@ LAYER_MAP_KEYS = {"per_layer_config"}
 # Formulas that say which layers are special: name -> (keys needed, predicate(i, config)).
 LAYER_FORMULAS = {
     "attn_layer_period/attn_layer_offset": (
-        ("attn_layer_period", "attn_layer_offset"), lambda i, c: i % c["attn_layer_period"] == c["attn_layer_offset"]),
+        ("attn_layer_period", "attn_layer_offset"),
+        lambda i, c: i % c["attn_layer_period"] == c["attn_layer_offset"],
+    ),
     "expert_layer_period/expert_layer_offset": (
-        ("expert_layer_period", "expert_layer_offset"), lambda i, c: i % c["expert_layer_period"] == c["expert_layer_offset"]),
+        ("expert_layer_period", "expert_layer_offset"),
+        lambda i, c: i % c["expert_layer_period"] == c["expert_layer_offset"],
+    ),
     "decoder_sparse_step": (("decoder_sparse_step",), lambda i, c: (i + 1) % max(c["decoder_sparse_step"], 1) == 0),
     "first_k_dense_replace": (("first_k_dense_replace",), lambda i, c: i >= c["first_k_dense_replace"]),
     "moe_layer_freq": (("moe_layer_freq",), lambda i, c: i % max(c["moe_layer_freq"], 1) == 0),
     "num_dense_layers": (("num_dense_layers",), lambda i, c: i >= c["num_dense_layers"]),
     "moe_layer_start_index/moe_layer_end_index/moe_layer_interval": (
         ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
-        lambda i, c: ((i + 1) % max(c["moe_layer_interval"], 1) == 0 and c["moe_layer_start_index"] <= i
-                      and (c["moe_layer_end_index"] < 0 or i <= c["moe_layer_end_index"]))),
+        lambda i, c: (
+            (i + 1) % max(c["moe_layer_interval"], 1) == 0
+            and c["moe_layer_start_index"] <= i
+            and (c["moe_layer_end_index"] < 0 or i <= c["moe_layer_end_index"])
+        ),
+    ),
 }
 
 # The formulas' parameters by kind, told by their names: a period (or step, frequency, interval) is a positive

@@ -45,8 +45,13 @@ def _perplexity(opts: EvalOptions, out: str | None) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     lm, _ = load_model(opts.model, opts.device, opts.dtype)
-    result = perplexity(lm, load_chat_tokenizer(opts.model), path.read_text(encoding="utf-8"), max_tokens=opts.max_tokens,
-                        window=opts.window)
+    result = perplexity(
+        lm,
+        load_chat_tokenizer(opts.model),
+        path.read_text(encoding="utf-8"),
+        max_tokens=opts.max_tokens,
+        window=opts.window,
+    )
     result = {"data": str(path), **result, "window": opts.window, "max_tokens": opts.max_tokens}
     if out:  # the file earlier versions wrote; results.json holds the same under "perplexity"
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,9 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
         step = _step(recipe, stage, workdir_path, parent, flags)
         if stage.name in MODEL_STAGES:
             parent = str(step.output)
-        selected = (only is None or stage.name == only) and (start is None or names.index(stage.name) >= names.index(start))
+        selected = (only is None or stage.name == only) and (
+            start is None or names.index(stage.name) >= names.index(start)
+        )
         if not selected:
             step.status = "not selected"
         elif not (force and stage.name in (only, start)) and _current(step):

@@ -104,12 +104,15 @@ def _check_copy_only(plan: Plan, sources: dict) -> None:
     check_gguf_options(PlanOptions(dtype=plan.dtype), sources)
     for index, layer in enumerate(plan.layers):
         if layer.op != "copy":
-            raise InputError(f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
-                             "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)")
+            raise InputError(
+                f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
+                "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)"
+            )
 
 
 def gguf_record(resolved: GGUFPlan) -> dict:
-    """What a GGUF build's `dus.plan` metadata holds (its dus_plan.json): the sources and the plan, enough to re-derive every byte."""
+    """What a GGUF build's `dus.plan` metadata holds (its dus_plan.json): the sources and the plan, enough to
+    re-derive every byte."""
     return {
         "dus_version": __version__,
         "sources": {name: {"ref": str(Path(s.ref).expanduser().resolve()), "num_layers": s.num_layers,
@@ -170,9 +173,11 @@ def _sliding_window_pattern(out: dict, meta: dict, arch: str, n: int, source_lay
 def _check_swa_layer_count(arch: str, n: int, out_n: int) -> None:
     count = SWA_LAYER_COUNT.get(arch)
     if count is not None and (n == count) != (out_n == count):
-        raise InputError(f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
-                         f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
-                         "model that differs from its plan")
+        raise InputError(
+            f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
+            f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
+            "model that differs from its plan"
+        )
 
 
 def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -> None:
@@ -183,8 +188,10 @@ def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -
     dense = [s < meta[key].value for s in source_layers]
     count = sum(dense)
     if dense != [i < count for i in range(len(source_layers))]:
-        raise InputError(f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
-                         "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan")
+        raise InputError(
+            f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
+            "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan"
+        )
     out[key] = make_value(meta[key].type, count)
 
 
@@ -208,9 +215,11 @@ def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> N
     steps = (n, len(source_layers)) if arch == "llama4" and window is not None and window.value == 0 else (step, step)
     bad = next((i for i, s in enumerate(source_layers) if ((i + 1) % steps[1] == 0) != ((s + 1) % steps[0] == 0)), None)
     if bad is not None:
-        raise InputError(f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
-                         f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
-                         "refusing to write a model that differs from its plan")
+        raise InputError(
+            f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
+            f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+            "refusing to write a model that differs from its plan"
+        )
 
 
 def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:

@@ -106,5 +106,7 @@ def _blend_ref(item, default_source: str, default_weight: float) -> LayerRef:
     if isinstance(item, int):
         return LayerRef(item, default_source, default_weight)
     if isinstance(item, dict) and "layer" in item:
-        return LayerRef(int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight)))
+        return LayerRef(
+            int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight))
+        )
     raise InputError(f"blend item {item!r} must be a mapping with layer, weight and optional source")

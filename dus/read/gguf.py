@@ -82,8 +82,10 @@ def read_split_set(path: Path) -> list[GGUFFile]:
         name = os.path.basename(f.path)
         no, count = (f.metadata.get(k) for k in SPLIT_KEYS[:2])
         if no is None or count is None or no.value != index or count.value != len(files):
-            raise InputError(f"{name}: split.no/split.count say {getattr(no, 'value', None)}/{getattr(count, 'value', None)}, "
-                             f"expected {index}/{len(files)} from the file names")
+            raise InputError(
+                f"{name}: split.no/split.count say {getattr(no, 'value', None)}/{getattr(count, 'value', None)}, "
+                f"expected {index}/{len(files)} from the file names"
+            )
     names = [n for f in files for n in f.tensors]
     if len(set(names)) != len(names):
         raise InputError(f"{os.path.basename(files[0].path)}: a tensor appears in two files of the split set")

@@ -119,7 +119,9 @@ def parse(cur: Cursor, path: str, size: int) -> GGUFFile:
     version = struct.unpack("<I", raw_version)[0]
     if version != VERSION:
         if struct.unpack(">I", raw_version)[0] in (1, 2, 3):
-            cur.fail("big-endian GGUF is not supported (convert it to little-endian with gguf-py's gguf_convert_endian.py)")
+            cur.fail(
+                "big-endian GGUF is not supported (convert it to little-endian with gguf-py's gguf_convert_endian.py)"
+            )
         if version in (1, 2):
             cur.fail(f"GGUF version {version} is not supported (only version 3; re-convert with a current llama.cpp)")
         cur.fail(f"unknown GGUF version {version} (only version 3 is supported)")

@@ -210,7 +210,10 @@ def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
 def _inside(directory: Path, filename: str) -> Path:
     """A weight-map file name, refused unless it is a safetensors file in `directory`."""
     if os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors"):
-        raise InputError(f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a safetensors file")
+        raise InputError(
+            f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a "
+            "safetensors file"
+        )
     candidate = model_file(directory, filename)
     if not candidate.is_file():
         raise InputError(f"{INDEX_FILE}: shard {filename!r} is missing")

@@ -143,8 +143,13 @@ def _no_constant(name: str):
 # --- the record: every file's size and sha256 ----------------------------------------------------
 def write_record(path: Path, step: int) -> None:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name != RECORD)
-    record = {"format": RECORD_FORMAT, "step": step,
-              "files": {p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, file_digests(files, "sha256"))}}
+    record = {
+        "format": RECORD_FORMAT,
+        "step": step,
+        "files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, file_digests(files, "sha256"))
+        },
+    }
     atomic_write_text(path / RECORD, json.dumps(record, indent=1) + "\n")
 
 

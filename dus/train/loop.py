@@ -156,13 +156,17 @@ class Trainer:
     def _check_seq_len(self) -> None:
         limit = max_positions(self.hf_config)
         if limit and self.cfg.seq_len > limit:
-            raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
+            raise InputError(
+                f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})"
+            )
 
     def _checkpoint_to_resume(self) -> Path | None:
         # rank 0 decides, so all ranks agree
         latest, unrecorded = broadcast_object((self.ckpt.latest(), self.ckpt.unrecorded()), self.d)
         if (latest or unrecorded) and not self.cfg.resume:
-            raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+            raise InputError(
+                f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output"
+            )
         if self.cfg.resume and not latest and unrecorded:
             raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
                              "pickled its state): it cannot be resumed safely; move it away or choose a new --output")

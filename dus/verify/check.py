@@ -74,7 +74,9 @@ def _verify_trained(output: Path, record: dict) -> VerifyReport:
     shards = _recorded_shards(output, record)
     kind = recorded_digest(shards)
     if kind is None:
-        raise VerifyError(f"{MANIFEST_FILE} must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
+        raise VerifyError(
+            f"{MANIFEST_FILE} must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard"
+        )
     for name, recorded in shards.items():
         got = file_digest(output / name, kind)
         if got != recorded:
@@ -139,7 +141,9 @@ def _check_names_shapes(expected: list[TensorSpec], tensors: dict[str, TensorInf
     for spec in expected:
         got = tensors[spec.name]
         if (got.dtype, got.shape) != (spec.dtype, spec.shape):
-            raise VerifyError(f"tensor {spec.name!r} is {got.dtype}{list(got.shape)}, planned {spec.dtype}{list(spec.shape)}")
+            raise VerifyError(
+                f"tensor {spec.name!r} is {got.dtype}{list(got.shape)}, planned {spec.dtype}{list(spec.shape)}"
+            )
     return f"{len(expected)} tensor names, dtypes and shapes match"
 
 
@@ -150,7 +154,9 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
     A shard whose hash differs is reported before a tensor that differs inside it."""
     kind = recorded_digest(shards)
     if kind is None:
-        raise VerifyError(f"dus_plan.json must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
+        raise VerifyError(
+            f"dus_plan.json must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard"
+        )
     shard_of = {str(output / name): name for name in shards}
     in_shard: dict[str, list[TensorSpec]] = {name: [] for name in shards}
     for spec in expected:
@@ -179,7 +185,9 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
         if name in differs:
             spec = differs[name]
             planned = spec.parts[0][0].path if spec.parts else "zeros"
-            raise VerifyError(f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})")
+            raise VerifyError(
+                f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})"
+            )
     copies = sum(spec.is_byte_copy for spec in expected)
     return [f"{len(shards)} shard {kind} match",
             f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
@@ -217,7 +225,9 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
     want = planned_config(plan, base_config)
     for key in sorted(set(want) | set(config)):
         if want.get(key, "<absent>") != config.get(key, "<absent>"):
-            raise VerifyError(f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}")
+            raise VerifyError(
+                f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}"
+            )
     return config
 
 
@@ -258,5 +268,7 @@ def _check_transformers(config: dict, tensors: dict[str, TensorInfo]) -> str:
     want = sum(info.numel for info in params.values())
     got = sum(info.numel for info in tensors.values())
     if want != got:
-        raise VerifyError(f"transformers builds a model of {want:,} parameters from config.json, the output holds {got:,}")
+        raise VerifyError(
+            f"transformers builds a model of {want:,} parameters from config.json, the output holds {got:,}"
+        )
     return f"transformers builds the config ({want:,} parameters, as written)"

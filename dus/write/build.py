@@ -47,7 +47,9 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
             record = build_record(resolved, digests)
             _write_json(staging / MANIFEST_FILE, record)
-            card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
+            card = model_card(
+                resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent
+            )
             (staging / "README.md").write_text(card + pattern_paragraph(note))
     except BaseException:
         resolved.cancel_checks()  # a failed write needs no verdict: do not leave the checker running

@@ -83,7 +83,9 @@ def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensor
             "split.tensors.count": make_value(I32, n_tensors)}
 
 
-def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, TensorInfo]], alignment: int) -> FilePlan:
+def _file_plan(
+    name: str, metadata: dict[str, Value], tensors: list[tuple[str, TensorInfo]], alignment: int
+) -> FilePlan:
     type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
     parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
     for key, value in metadata.items():
@@ -91,7 +93,10 @@ def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, T
     placed, offset = [], 0
     for tensor_name, info in tensors:
         dims = tuple(reversed(info.shape))
-        parts += [encode_string(tensor_name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_ids[info.dtype], offset)]
+        parts += [
+            encode_string(tensor_name),
+            struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_ids[info.dtype], offset),
+        ]
         placed.append((offset, info))
         offset = _aligned(offset + info.nbytes, alignment)
     header = b"".join(parts)
