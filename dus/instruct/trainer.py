@@ -125,6 +125,7 @@ class _TorchSavingNoArguments:
 def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict:
     """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template),
     the training arguments as JSON (pickle_free) and the manifest."""
+    from dus.core.publish import follow_umask
     from dus.manifest import stage_manifest, write_manifest
 
     trainer.save_model(opts.output)  # with training_args.json (pickle_free)
@@ -132,6 +133,7 @@ def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict
     result = {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
     if trainer.is_world_process_zero():
         out = Path(opts.output)
+        follow_umask(out)  # safetensors writes model.safetensors 0600
         data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
         record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
         record["result"] = {k: result[k] for k in ("steps", "losses")}
