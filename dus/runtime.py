@@ -12,8 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 from dus.read.source import is_repo_id, local_tensors
+
 
 def cache_root() -> Path:
     """dus's own cache ($DUS_CACHE, else ~/.cache/dus): the fetched SmolLM2, the remembered plan checks."""
@@ -154,7 +156,7 @@ def decoder_layers(model):
 
 def num_layers(config) -> int:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(text, key, None), int):
             return getattr(text, key)
     raise InputError(f"{type(config).__name__} has no layer count (num_hidden_layers)")

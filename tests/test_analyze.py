@@ -172,15 +172,27 @@ def test_cli_writes_outputs_and_explains(tiny, tmp_path, capsys):
     assert f"recommended overlap m={rec['overlap']}" in stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--text", "{tmp}/missing.txt"], "no such file"),
-    (["--text", "{text}", "--target-layers", "9"], "smaller than the smallest DUS"),
-    (["--text", "{text}", "--target-params", "1000"], "smaller than the smallest DUS"),
-    (["--text", "{text}", "--target-layers", "12", "--target-params", "1M"], "not both"),
-    (["--text", "{text}", "--target-params", "lots"], "--target-params"),
-    (["--text", "{text}", "--seq-len", "1"], "--seq-len"),
-    (["--text", "{tmp}/empty.txt"], "need at least 2"),
-], ids=["missing-text", "layers-too-small", "params-too-small", "two-budgets", "bad-count", "bad-seq-len", "empty-text"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--text", "{tmp}/missing.txt"], "no such file"),
+        (["--text", "{text}", "--target-layers", "9"], "smaller than the smallest DUS"),
+        (["--text", "{text}", "--target-params", "1000"], "smaller than the smallest DUS"),
+        (["--text", "{text}", "--target-layers", "12", "--target-params", "1M"], "not both"),
+        (["--text", "{text}", "--target-params", "lots"], "--target-params"),
+        (["--text", "{text}", "--seq-len", "1"], "--seq-len"),
+        (["--text", "{tmp}/empty.txt"], "need at least 2"),
+    ],
+    ids=[
+        "missing-text",
+        "layers-too-small",
+        "params-too-small",
+        "two-budgets",
+        "bad-count",
+        "bad-seq-len",
+        "empty-text",
+    ],
+)
 def test_bad_input_is_exit_2_and_one_line(tiny, tmp_path, capsys, args, message):
     (tmp_path / "empty.txt").write_text("")
     args = [a.format(tmp=tmp_path, text=tiny / "text.txt") for a in args]

@@ -21,8 +21,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from pretrain_helpers import make_model, read_jsonl
 
-from dus.train import pretrain
 from dus.errors import InputError
+from dus.train import pretrain
 from dus.train.checkpoint import RECORD, Checkpointer, MetadataUnpickler, rng_state, set_rng_state, write_record
 from dus.train.parallel import Dist
 
@@ -133,7 +133,9 @@ def test_saved_items_load_weights_only(tmp_path):
     write_record(checkpoint, 1)
     ckpt = Checkpointer(checkpoint.parent, Dist(), keep=2)
     ckpt.check(checkpoint)
-    with pytest.raises(InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"):
+    with pytest.raises(
+        InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"
+    ):
         ckpt.load_shared(checkpoint)
     assert not marker.exists()
 
@@ -234,10 +236,34 @@ def test_rng_state_round_trips_through_json():
 def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):
     """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
     out = tmp_path / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dus", "pretrain", str(tiny_model), "--device", "cpu", "--data", str(corpus["train"]), "--output", str(out),
-           "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
-           "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "dus",
+        "pretrain",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--data",
+        str(corpus["train"]),
+        "--output",
+        str(out),
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     run = {"check": False, "capture_output": True, "text": True, "timeout": 300,
            "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
     first = subprocess.run(cmd + ["--stop-after", "2"], **run)

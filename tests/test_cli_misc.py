@@ -1,4 +1,5 @@
-"""One voice for every command: `dus --version`, quiet libraries unless --verbose, skipping pretrain's final checkpoint."""
+"""One voice for every command: `dus --version`, quiet libraries unless --verbose, skipping pretrain's final
+checkpoint."""
 
 from __future__ import annotations
 

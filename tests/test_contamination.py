@@ -68,7 +68,9 @@ def test_record_fields():
     assert example_text({"text": "t"}) == "t"
     assert example_text({"question": "q", "answer": "a"}) == "q a"
     assert example_text({"question": "q", "choices": ["x", "y"], "answer": 1}) == "q y"
-    assert example_text({"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}) == "q y"
+    assert (
+        example_text({"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}) == "q y"
+    )
     assert example_text({"question": "q", "mc1_targets": {"choices": ["x", "y"], "labels": [0, 1]}}) == "q y"
     with pytest.raises(InputError):
         example_text({"prompt": "p"})

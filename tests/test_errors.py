@@ -179,8 +179,16 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
 
     from dus.testing.synthetic import write_synthetic
 
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
-              "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    }
     write_synthetic(tmp_path / "src", config, "float32", shard_bytes=50 * 10**6)
     # A shard size of one tensor makes many small steps, so the signal lands mid-write.
     proc = subprocess.Popen([sys.executable, "-m", "dus", "build", str(tmp_path / "src"), str(tmp_path / "out"),

@@ -48,13 +48,28 @@ def tasks(tmp_path_factory):
         "group": "mmlu", "task": ["mmlu_small", "mmlu_large"],
         "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 1}}))
     gsm = [{"question": "one plus two", "answer": "#### 3"}]
-    _task(d, "gsm8k", gsm, {
-        "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answer}}",
-        "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 6},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "filter_list": [{"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
-                                                           {"function": "take_first"}]}]},
-          pool=[{"question": f"{i} plus 0", "answer": f"#### {i}"} for i in range(30)])
+    _task(
+        d,
+        "gsm8k",
+        gsm,
+        {
+            "output_type": "generate_until",
+            "doc_to_text": "Question: {{question}}\nAnswer:",
+            "doc_to_target": "{{answer}}",
+            "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 6},
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+            "filter_list": [
+                {
+                    "name": "strict-match",
+                    "filter": [
+                        {"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
+                        {"function": "take_first"},
+                    ],
+                }
+            ],
+        },
+        pool=[{"question": f"{i} plus 0", "answer": f"#### {i}"} for i in range(30)],
+    )
     return d
 
 
@@ -139,7 +154,13 @@ def test_limit_is_recorded_and_marked(tasks, tmp_path, run_dus, monkeypatch):
     assert result["limit"] == 1 and result["comparable"] is False
     assert [s["limit"] for s in result["scores"]] == [1, 1]
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| 100.00† |" in md and "**50.00**†" in md and "--limit 1" in md and "not comparable" in md and "not comparable" in out
+    assert (
+        "| 100.00† |" in md
+        and "**50.00**†" in md
+        and "--limit 1" in md
+        and "not comparable" in md
+        and "not comparable" in out
+    )
 
     calls.clear()  # a full run into the same directory does not take the smoke scores
     code, out, err = _eval(run_dus, tasks, tmp_path / "out", tasks="arc_challenge,hellaswag")

@@ -153,7 +153,9 @@ def test_logits_equal_an_in_memory_reference(smollm2_gguf, tmp_path):
 
 @pytest.mark.real_model
 def test_split_output_and_split_source(smollm2_gguf, tmp_path, run_dus):
-    code, stdout, err = run_dus("build", smollm2_gguf, tmp_path / "split.gguf", "--overlap", "8", "--shard-size", "40MB")
+    code, stdout, err = run_dus(
+        "build", smollm2_gguf, tmp_path / "split.gguf", "--overlap", "8", "--shard-size", "40MB"
+    )
     assert code == 0, err
     firsts = sorted(tmp_path.glob("split-*-of-*.gguf"))
     count = len(firsts)
@@ -318,7 +320,7 @@ def test_force_replaces_the_whole_output_set(tmp_path, run_dus):
 
 
 def test_gguf_output_is_locked_and_dead_runs_are_swept(tmp_path, run_dus):
-    from dus.write.output import output_lock
+    from dus.core.publish import output_lock
 
     src = write_tiny(tmp_path / "f.gguf", quantized=False)
     out = tmp_path / "out.gguf"

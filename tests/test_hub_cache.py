@@ -16,7 +16,6 @@ import threading
 
 import pytest
 from huggingface_hub import constants, hf_hub_download, scan_cache_dir
-
 from models import save_model
 
 REPO = "dus-test/tiny-llama"
@@ -120,8 +119,12 @@ def test_plan_build_verify_from_cache(tmp_path, monkeypatch, run_dus, sharded, b
 def test_repo_id_from_environment_alone(tmp_path, monkeypatch):
     """A fresh process finds the cache through HF_HUB_CACHE / HF_HUB_OFFLINE only."""
     _cache_model(tmp_path, monkeypatch, sharded=True)
-    result = subprocess.run([sys.executable, "-m", "dus", "build", REPO, str(tmp_path / "out"), "--overlap", "1", "--verify"],
-                            capture_output=True, text=True, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-m", "dus", "build", REPO, str(tmp_path / "out"), "--overlap", "1", "--verify"],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout + result.stderr
 

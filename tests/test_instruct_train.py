@@ -1,6 +1,8 @@
 """SFT then DPO on a tiny model through TRL: masks, EOS, weights move, loss falls."""
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,9 @@ def test_sft_masks_the_prompt_and_ends_with_eos(data, tmp_path):
 
 def test_sft_then_dpo(data, tmp_path, run_dus):
     base = tiny_model_dir()
-    code, out, err = run_dus("sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST)
+    code, out, err = run_dus(
+        "sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST
+    )
     assert code == 0, err
     first, last = _losses(out)
     assert last < first - 0.5
@@ -110,3 +114,7 @@ def test_checkpoints_and_the_model_hold_no_pickle(data, tmp_path, run_dus):
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert _pickles(out) == []
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o666 & ~mask)  # readable as any file

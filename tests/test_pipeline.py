@@ -20,16 +20,40 @@ TRAIN = {"batch-size": 2, "max-steps": 2, "seq-len": 64, "lr": 1e-3, "logging-st
 def tiny_recipe(path: Path, sft_lr: float = 1e-3) -> Path:
     """The shape of configs/smollm2-tiny.yaml on a 2-layer random model."""
     recipe = {
-        "source": tiny_model_dir(), "recipe": "stack", "prepare": "pydoc-topics",
-        "pretrain": {"data": ["{workdir}/data/pretrain/train.jsonl"], "eval-data": ["{workdir}/data/pretrain/eval.jsonl"],
-                     "seq-len": 64, "batch-size": 2, "max-steps": 2, "save-every": 1, "eval-every": 1,
-                     "eval-batches": 2, "warmup-steps": 1, "log-every": 1, "cache-dir": "{workdir}/cache"},
+        "source": tiny_model_dir(),
+        "recipe": "stack",
+        "prepare": "pydoc-topics",
+        "pretrain": {
+            "data": ["{workdir}/data/pretrain/train.jsonl"],
+            "eval-data": ["{workdir}/data/pretrain/eval.jsonl"],
+            "seq-len": 64,
+            "batch-size": 2,
+            "max-steps": 2,
+            "save-every": 1,
+            "eval-every": 1,
+            "eval-batches": 2,
+            "warmup-steps": 1,
+            "log-every": 1,
+            "cache-dir": "{workdir}/cache",
+        },
         "sft": {"data": ["{workdir}/data/sft.jsonl"], **TRAIN, "lr": sft_lr},
         "dpo": {"data": ["{workdir}/data/dpo.jsonl"], **TRAIN},
-        "contamination": {"ref": "{workdir}/build", "data": ["{workdir}/data/bench/seen.jsonl",
-                                                             "{workdir}/data/bench/unseen.jsonl"],
-                          "examples": 2, "neighbours": 2, "batch-size": 4, "max-length": 32, "device": "cpu"},
-        "eval": {"tasks": "arc_challenge,gsm8k", "include-path": "{workdir}/data/tasks", "batch-size": "1", "device": "cpu", "limit": 2},
+        "contamination": {
+            "ref": "{workdir}/build",
+            "data": ["{workdir}/data/bench/seen.jsonl", "{workdir}/data/bench/unseen.jsonl"],
+            "examples": 2,
+            "neighbours": 2,
+            "batch-size": 4,
+            "max-length": 32,
+            "device": "cpu",
+        },
+        "eval": {
+            "tasks": "arc_challenge,gsm8k",
+            "include-path": "{workdir}/data/tasks",
+            "batch-size": "1",
+            "device": "cpu",
+            "limit": 2,
+        },
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -48,7 +72,9 @@ def test_run_skip_and_rerun_from_a_changed_option(tmp_path, run_dus):
     ran = statuses(out)
     assert list(ran) == ["build", "pretrain", "sft", "dpo", "contamination", "eval"]
     assert all(t.endswith(" s") for t in ran.values()), ran
-    assert "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
+    assert (
+        "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
+    )
     for stage in ("pretrain", "sft", "dpo"):
         assert read_manifest(work / stage)["parent"]["ref"] == str(work / {"pretrain": "build", "sft": "pretrain",
                                                                              "dpo": "sft"}[stage])
@@ -98,16 +124,39 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
     assert [shlex.split(line)[0] for line in lines] == ["dus", "torchrun", "accelerate", "accelerate", "dus",
                                                         "accelerate"]
     build, pretrain, sft, dpo, contamination, evaluate = (shlex.split(line) for line in lines)
-    assert build == ["dus", "build", str(tmp_path / "solar" / "build"), "--config", str(ROOT / "configs" / "solar-10.7b.yaml")]
-    assert pretrain[:7] == ["torchrun", "--nproc-per-node", "8", "-m", "dus", "pretrain", str(tmp_path / "solar" / "build")]
-    assert sft[:8] == ["accelerate", "launch", "--num_processes", "8", "-m", "dus", "sft", str(tmp_path / "solar" / "pretrain")]
+    assert build == [
+        "dus",
+        "build",
+        str(tmp_path / "solar" / "build"),
+        "--config",
+        str(ROOT / "configs" / "solar-10.7b.yaml"),
+    ]
+    assert pretrain[:7] == [
+        "torchrun",
+        "--nproc-per-node",
+        "8",
+        "-m",
+        "dus",
+        "pretrain",
+        str(tmp_path / "solar" / "build"),
+    ]
+    assert sft[:8] == [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "8",
+        "-m",
+        "dus",
+        "sft",
+        str(tmp_path / "solar" / "pretrain"),
+    ]
     assert dpo[7] == str(tmp_path / "solar" / "sft") and contamination[2] == str(tmp_path / "solar" / "dpo")
     assert evaluate[6:9] == ["eval", str(tmp_path / "solar" / "dpo"), "--output"] and "h6" in evaluate
     assert not (tmp_path / "solar").exists()  # a dry run writes nothing
 
 
 def test_the_solar_recipe_still_builds_and_plans(tmp_path):
-    from dus.plan.make import load_recipe_file
+    from dus.plan.options import load_recipe_file
 
     keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
     assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys

@@ -178,11 +178,31 @@ def test_bad_input_from_a_real_process(tiny_model, tmp_path):
     import sys
 
     (tmp_path / "short.txt").write_text("too short for a block")
-    done = subprocess.run([sys.executable, "-m", "dus", "pretrain", str(tiny_model), "--data", str(tmp_path / "short.txt"),
-                           "--output", str(tmp_path / "o"), "--seq-len", "64", "--cache-dir", str(tmp_path / "cache")],
-                          check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dus",
+            "pretrain",
+            str(tiny_model),
+            "--data",
+            str(tmp_path / "short.txt"),
+            "--output",
+            str(tmp_path / "o"),
+            "--seq-len",
+            "64",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"]
+    assert done.stderr.strip().splitlines() == [
+        f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"
+    ]
 
 
 def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):

@@ -87,7 +87,9 @@ def test_blend_defaults_to_equal_weights_and_seam_average(tmp_path, run_dus):
     assert code == 0, err
     src, out = load_file(tmp_path / "src/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
     name = "mlp.gate_proj.weight"
-    assert torch.equal(out[f"model.layers.2.{name}"], 0.5 * src[f"model.layers.1.{name}"] + 0.5 * src[f"model.layers.2.{name}"])
+    assert torch.equal(
+        out[f"model.layers.2.{name}"], 0.5 * src[f"model.layers.1.{name}"] + 0.5 * src[f"model.layers.2.{name}"]
+    )
 
 
 def test_mismatched_sources_refused_before_writing(tmp_path):
@@ -106,7 +108,9 @@ def test_dtype_conversion_matches_torch(tmp_path):
     dus.api.build(str(tmp_path / "src"), tmp_path / "out", overlap=1, dtype="bfloat16")
     src, out = load_file(tmp_path / "src/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
     assert out["model.layers.3.mlp.up_proj.weight"].dtype == torch.bfloat16
-    assert torch.equal(out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16))
+    assert torch.equal(
+        out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16)
+    )
     config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.dtype == torch.bfloat16
     assert_verified(tmp_path / "out", layers=6, computed=len(out))  # every tensor converted, none copied
@@ -127,7 +131,9 @@ def test_every_recipe_builds_and_verifies(recipe, kwargs, layers, tmp_path):
 
 def test_plot(tmp_path, run_dus):
     save_model("llama", tmp_path / "src")
-    code, _, err = run_dus("plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png")
+    code, _, err = run_dus(
+        "plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png"
+    )
     assert code == 0, err
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

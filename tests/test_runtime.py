@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
+from instruct_fixtures import tiny_model_dir
+from models import ARCHITECTURES, make_model, save_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dus import runtime
 from dus.errors import InputError
 from dus.read.source import is_repo_id
-from instruct_fixtures import tiny_model_dir
-from models import ARCHITECTURES, make_model, save_model
 
 ACCEPTED = {
     "auto": "auto",

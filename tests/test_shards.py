@@ -1,4 +1,5 @@
-"""ShardHasher: per-shard digests (BLAKE3, SHA-256) from source ranges and handed-over bytes, with one or many workers."""
+"""ShardHasher: per-shard digests (BLAKE3, SHA-256) from source ranges and handed-over bytes, with one or many
+workers."""
 
 import hashlib
 import json
@@ -10,9 +11,9 @@ from models import assert_verified, save_model
 
 import dus.api
 import dus.write.shards as shards
+from dus.core import digest
+from dus.core.digest import DIGESTS, ShardHasher
 from dus.errors import BuildError
-from dus.write.digest import DIGESTS
-from dus.write.shards import ShardHasher
 
 
 @pytest.fixture
@@ -84,11 +85,11 @@ def test_a_build_hashed_by_several_workers_verifies(tmp_path, monkeypatch):
 
 def test_hash_workers_are_one_per_usable_cpu_and_shard(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert [shards.hash_workers(n) for n in (0, 1, 3, 20)] == [1, 1, 3, 8]
+    assert [digest.hash_workers(n) for n in (0, 1, 3, 20)] == [1, 1, 3, 8]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert shards.hash_workers(20) == 2
+    assert digest.hash_workers(20) == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    assert shards.hash_workers(20) == 1
+    assert digest.hash_workers(20) == 1
 
 
 def test_the_digests_are_the_reference_ones():

@@ -7,7 +7,7 @@ import pytest
 from models import save_model
 
 import dus.api
-from dus.write.digest import DIGESTS
+from dus.core.digest import DIGESTS
 
 
 @pytest.fixture(scope="module")

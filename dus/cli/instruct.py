@@ -54,7 +54,7 @@ def dpo_command(opts: DPOOptions) -> None:
 def chat_command(opts: ChatOptions) -> None:
     """Single-turn chat: one prompt through the chat template, the reply streamed until EOS."""
     from dus.instruct.chat import build_messages, generate, read_messages
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
     quiet(opts.verbose)
@@ -64,7 +64,7 @@ def chat_command(opts: ChatOptions) -> None:
         if not prompt:
             raise InputError("no prompt: give --prompt, --messages or text on stdin")
     chat = build_messages(prompt, opts.system, read_messages(opts.messages) if opts.messages else None)
-    tokenizer = load_tokenizer(opts.model, opts.chat_template)
+    tokenizer = load_chat_tokenizer(opts.model, opts.chat_template)
     lm, _ = load_model(opts.model, opts.device, opts.dtype)
     generate(lm, tokenizer, chat, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, seed=opts.seed,
              stream=True)

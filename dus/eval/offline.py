@@ -89,7 +89,9 @@ def check_hub(model: str, tasks: list[str], index: dict) -> None:
     reason = hub_offline()
     if reason is None:
         return
-    missing = {t: [p or "a Python task's data" for p in paths if p is None or not cached(p)] for t, paths in remote.items()}
+    missing = {
+        t: [p or "a Python task's data" for p in paths if p is None or not cached(p)] for t, paths in remote.items()
+    }
     missing = {t: paths for t, paths in missing.items() if paths}
     if missing:
         data = sorted({p for paths in missing.values() for p in paths})

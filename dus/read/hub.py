@@ -26,7 +26,9 @@ def download(repo_id: str, patterns: list[str]) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        raise InputError(f"{repo_id}: cannot get it from the Hugging Face Hub or its cache ({e.__class__.__name__})") from e
+        raise InputError(
+            f"{repo_id}: cannot get it from the Hugging Face Hub or its cache ({e.__class__.__name__})"
+        ) from e
 
 
 def remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:

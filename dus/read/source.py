@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from dus.checks.config_check import check_config
 from dus.errors import InputError
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
-from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -210,7 +210,10 @@ def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
 def _inside(directory: Path, filename: str) -> Path:
     """A weight-map file name, refused unless it is a safetensors file in `directory`."""
     if os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors"):
-        raise InputError(f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a safetensors file")
+        raise InputError(
+            f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a "
+            "safetensors file"
+        )
     candidate = model_file(directory, filename)
     if not candidate.is_file():
         raise InputError(f"{INDEX_FILE}: shard {filename!r} is missing")
@@ -219,7 +222,7 @@ def _inside(directory: Path, filename: str) -> Path:
 
 def meta_tensors(config: dict) -> dict[str, TensorInfo]:
     """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     model = meta_model(config)
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")

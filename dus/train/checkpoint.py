@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import pickle
 import random
 import shutil
@@ -31,18 +30,18 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dus.core.digest import file_digests
+from dus.core.publish import atomic_write_text, follow_umask
 from dus.errors import InputError
 from dus.train.parallel import Dist, barrier, broadcast_object
-from dus.write.digest import DIGESTS
-from dus.write.shards import ShardHasher, hash_workers
 
 RECORD = "dus_checkpoint.json"
 RECORD_FORMAT = "dus-checkpoint/1"
@@ -142,35 +141,16 @@ def _no_constant(name: str):
 
 
 # --- the record: every file's size and sha256 ----------------------------------------------------
-def _sha256s(paths: list[Path]) -> list[str]:
-    """Files hashed side by side, one thread per usable CPU (the build's hasher)."""
-    hasher = ShardHasher(hash_workers(len(paths)), digest=DIGESTS["sha256"])
-    for p in paths:
-        hasher.start()
-        hasher.add_range(str(p), 0, p.stat().st_size)
-    return hasher.finish()
-
-
 def write_record(path: Path, step: int) -> None:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name != RECORD)
-    record = {"format": RECORD_FORMAT, "step": step,
-              "files": {p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, _sha256s(files))}}
-    _write_atomically(path / RECORD, json.dumps(record, indent=1) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """temp file, fsync, rename, fsync the directory: after a crash the file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    record = {
+        "format": RECORD_FORMAT,
+        "step": step,
+        "files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, file_digests(files, "sha256"))
+        },
+    }
+    atomic_write_text(path / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def read_record(path: Path) -> dict[str, dict]:
@@ -230,7 +210,7 @@ def verify_files(path: Path, files: dict[str, dict]) -> None:
             raise InputError(f"{file}: {size:,} bytes, but {RECORD} records {entry['bytes']:,}: "
                              f"the checkpoint is {how}")
     names = sorted(files)
-    for name, digest in zip(names, _sha256s([path / n for n in names])):
+    for name, digest in zip(names, file_digests([path / n for n in names], "sha256")):
         if digest != files[name]["sha256"]:
             raise InputError(f"{path / name}: sha256 differs from the one {RECORD} records: "
                              "the checkpoint is corrupt or modified")
@@ -360,6 +340,7 @@ class Checkpointer:
                       f"rank{self.d.rank}": _to_json(per_rank)}, checkpoint_id=path)
         barrier(self.d)  # every rank's files are written
         if self.d.is_main:
+            follow_umask(path)
             write_record(path, step)
             if self.keep:
                 for old in self.complete()[:-self.keep]:

@@ -29,12 +29,13 @@ from transformers import (
     set_seed,
 )
 
+from dus.core.publish import atomic_model_files
 from dus.errors import InputError
+from dus.manifest import stage_manifest, write_manifest
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
-from dus.manifest import stage_manifest, write_manifest
 from dus.train.freeze import apply_freeze, trainable_layers
 from dus.train.metrics import (
     MetricsLog,
@@ -46,7 +47,7 @@ from dus.train.metrics import (
 from dus.train.model import (
     build_model,
     load_hf_config,
-    load_tokenizer,
+    load_training_tokenizer,
     max_positions,
     param_counts,
     prepare_model,
@@ -60,7 +61,6 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
-from dus.write.output import atomic_model_files
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:
@@ -125,7 +125,7 @@ class Trainer:
         self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
         self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
         resume_from = self._checkpoint_to_resume()
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_training_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
@@ -156,13 +156,17 @@ class Trainer:
     def _check_seq_len(self) -> None:
         limit = max_positions(self.hf_config)
         if limit and self.cfg.seq_len > limit:
-            raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
+            raise InputError(
+                f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})"
+            )
 
     def _checkpoint_to_resume(self) -> Path | None:
         # rank 0 decides, so all ranks agree
         latest, unrecorded = broadcast_object((self.ckpt.latest(), self.ckpt.unrecorded()), self.d)
         if (latest or unrecorded) and not self.cfg.resume:
-            raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+            raise InputError(
+                f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output"
+            )
         if self.cfg.resume and not latest and unrecorded:
             raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
                              "pickled its state): it cannot be resumed safely; move it away or choose a new --output")

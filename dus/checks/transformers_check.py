@@ -6,16 +6,16 @@ model it builds from a config, on the meta device, must find every weight it
 needs among the tensor names: after the renames, fusions and splits its loader
 applies, with tied weights counted once (extra tensors are fine).
 
-These need torch; dus/plan/checks.py runs them (with the structural check of
-dus/plan/equivalence.py) in a child process where the build has not loaded it.
+These need torch; dus/checks/run.py runs them (with the structural check of
+dus/checks/equivalence.py) in a child process where the build has not loaded it.
 """
 
 from __future__ import annotations
 
 import re
 
+from dus.checks.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
 from dus.errors import InputError
-from dus.read.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
 
 
 def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:
@@ -55,7 +55,7 @@ def _check_dtypes(config: dict, where: str) -> None:
 
 def check_covers(model, names, where: str) -> None:
     """Every weight of the (meta) model must come from a tensor in `names`."""
-    loaded = _loaded_names(model, names)
+    loaded = loaded_names(model, names)
     if loaded is None:  # a transformers without the loading conversions: nothing to compare by name
         return
     ignored = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
@@ -101,7 +101,7 @@ def _meta(hf_config, where: str):
         raise InputError(f"{where}: transformers cannot build a causal LM from its config ({reason(e)})") from None
 
 
-def _loaded_names(model, names) -> set[str] | None:
+def loaded_names(model, names) -> set[str] | None:
     """The model parameters that checkpoint tensors `names` load into, as from_pretrained maps them."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
