@@ -110,3 +110,39 @@ def test_checkpoints_and_the_model_hold_no_pickle(data, tmp_path, run_dus):
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert _pickles(out) == []
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_save_leaves_the_previous_model_or_none(data, tmp_path):
+    """The final model is published into OUTPUT as one model (dus/write/output.atomic_model_files):
+    a save that fails after the weights are written leaves no model at all, or the previous one whole."""
+    from dus.instruct.options import TrainOptions, finish
+    from dus.manifest import MANIFEST_FILE
+    from dus.instruct.sft import sft_trainer
+
+    out = tmp_path / "sft"
+    opts = TrainOptions(tiny_model_dir(), [str(data / "sft.jsonl")], str(out), max_steps=1, dtype="float32",
+                        gradient_checkpointing=False)
+    trainer, report = sft_trainer(opts)
+    tokenizer_save = trainer.processing_class.save_pretrained
+
+    def fail(*args, **kwargs):  # Trainer._save writes the weights and config first, the tokenizer after
+        raise OSError("the disk went away")
+
+    trainer.processing_class.save_pretrained = fail
+    with pytest.raises(OSError, match="went away"):
+        finish(trainer, opts, report, "sft", {})
+    assert _files(out) == {}  # no weights, no config, no staging directory, no lock
+    assert [p.name for p in out.parent.iterdir() if p.name != "sft"] == []
+
+    trainer.processing_class.save_pretrained = tokenizer_save
+    finish(trainer, opts, report, "sft", {})
+    before = _files(out)
+    assert {"model.safetensors", "config.json", MANIFEST_FILE, "training_args.json"} <= set(before)
+    trainer.processing_class.save_pretrained = fail
+    with pytest.raises(OSError, match="went away"):
+        finish(trainer, opts, report, "sft", {})
+    assert _files(out) == before
