@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -114,6 +115,32 @@ def test_plan_build_verify_from_cache(tmp_path, monkeypatch, run_dus, sharded, b
     code, out, err = run_dus("verify", tmp_path / "out")
     assert code == 0, err
     assert out.startswith(f"verified {tmp_path / 'out'}")
+
+
+def test_verify_reads_the_revision_the_build_recorded(tmp_path, monkeypatch, run_dus):
+    """The repo moves on after the build (a new commit on main, other weights): verify still reads the
+    commit dus_plan.json records, and a missing recorded commit is one error line, not another snapshot."""
+    snapshot = _cache_model(tmp_path, monkeypatch, sharded=False)
+    code, _, err = run_dus("build", REPO, tmp_path / "out", "--overlap", "1")
+    assert code == 0, err
+    repo = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
+    newer = repo / "snapshots" / ("f" * 40)
+    shutil.copytree(snapshot, newer)  # links followed: plain files inside the repo's cache folder
+    weights = bytearray((newer / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF  # the last byte of the last tensor changed upstream
+    (newer / "model.safetensors").unlink()
+    (newer / "model.safetensors").write_bytes(weights)
+    (repo / "refs" / "main").write_text("f" * 40)
+    code, out, err = run_dus("verify", tmp_path / "out")
+    assert code == 0, err
+    assert out.startswith(f"verified {tmp_path / 'out'}")
+
+    code, _, err = run_dus("build", REPO, tmp_path / "out2", "--overlap", "1")  # the new main, recorded as such
+    assert code == 0, err
+    assert json.loads((tmp_path / "out2/dus_plan.json").read_text())["sources"]["base"]["revision"] == "f" * 40
+    shutil.rmtree(repo / "snapshots" / COMMIT)
+    code, _, err = run_dus("verify", tmp_path / "out")
+    _one_line_error(code, err, REPO, f"at revision {COMMIT}")
 
 
 @pytest.mark.slow  # ~14 s
