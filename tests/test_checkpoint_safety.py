@@ -252,3 +252,59 @@ def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path)
     assert done.returncode != 0 and done.stderr.count(refusal) == 2, done.stderr[-3000:]
     assert done.stderr.count("error:") == 2, done.stderr[-3000:]
     assert snapshot(out) == before
+
+
+def test_a_failure_of_the_run_while_loading_is_not_bad_input(paused, monkeypatch):
+    """Out of memory or a failed collective while loading (RuntimeError, alone or inside DCP's
+    CheckpointException) is the run's failure and propagates; a malformed state is still an InputError."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    import dus.train.checkpoint as checkpoint
+
+    path = paused / "checkpoints" / "step_00000004"
+    ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
+    ckpt.check(path)
+    for raised, expected in [(RuntimeError("CUDA out of memory"), RuntimeError),
+                             (CheckpointException("load", {0: (RuntimeError("gloo: connection reset"), None)}),
+                              RuntimeError),
+                             (CheckpointException("load", {0: (ValueError("bad size"), None)}), InputError)]:
+        def fail(*args, raised=raised, **kwargs):
+            raise raised
+        monkeypatch.setattr(checkpoint.dcp, "load", fail)
+        with pytest.raises(BaseException) as caught:  # CheckpointException is a BaseException
+            ckpt.load_shared(path)
+        assert type(caught.value) is expected, caught.value
+
+
+def test_out_of_memory_while_resuming_is_exit_1_not_does_not_fit(resume, monkeypatch):
+    import dus.train.checkpoint as checkpoint
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(checkpoint, "set_state_dict", out_of_memory)
+    code, err = resume()
+    assert code == 1 and err.startswith("error: RuntimeError: CUDA out of memory"), err
+    assert "does not fit" not in err
+
+
+def test_a_saved_state_of_another_shape_is_refused(paused, tmp_path):
+    """Same entries, another hidden size: refused by shape before DCP or torch raise anything."""
+    from dus.train.checkpoint import _check_fit
+
+    path = paused / "checkpoints" / "step_00000004"
+    ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
+    ckpt.check(path)
+    metadata = ckpt._metadata(path)
+    tensors = sorted(k for k, v in metadata.state_dict_metadata.items() if type(v).__name__ == "TensorStorageMetadata")
+    state = {key: torch.zeros(7, 3) if key in tensors else 0 for key in metadata.state_dict_metadata}
+    name = tensors[0]
+    with pytest.raises(InputError, match=f"{name!r} is .* there, \\[7, 3\\] in this run"):
+        _check_fit(path, metadata, state)
+
+
+def test_an_rng_state_of_the_wrong_size_is_malformed():
+    state = json.loads(json.dumps(rng_state()))
+    state["torch"] = state["torch"][:8]
+    with pytest.raises(ValueError, match="RNG state"):
+        set_rng_state(state)
