@@ -197,3 +197,20 @@ def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):
     run(out, model=str(grown), max_tokens=2 * 4 * 64, freeze="original")
     changed = _changed(weights(grown), weights(out))
     assert changed and {_layer(k) for k in changed} == new_layers
+
+
+@pytest.mark.parametrize("step, last, max_steps, every, final, due", [
+    (4, 10, 10, 2, True, True),    # on the period
+    (5, 10, 10, 2, True, False),   # off it
+    (3, 10, 10, 0, True, False),   # no periodic checkpoints
+    (10, 10, 10, 3, True, True),   # the end, off the period: the final checkpoint
+    (10, 10, 10, 2, False, False),  # the end, no final checkpoint asked: not even on the period
+    (10, 10, 10, 0, True, False),  # the end, checkpoints off
+    (4, 4, 10, 0, False, True),    # --stop-after leaves early: always a checkpoint to resume from
+    (4, 4, 10, 3, False, True),
+    (4, 4, 10, 2, False, True),
+])
+def test_save_due(step, last, max_steps, every, final, due):
+    from dus.train.loop import save_due
+
+    assert save_due(step, last, max_steps, every, final) is due

@@ -190,11 +190,10 @@ def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
 
 def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
     index_path = directory / INDEX_FILE
-    try:
-        weight_map = strict_json.loads(index_path.read_bytes(), str(index_path))["weight_map"]
-        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-    except (KeyError, AssertionError, TypeError):
-        raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)") from None
+    index = strict_json.loads(index_path.read_bytes(), str(index_path))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)")
     tensors: dict[str, TensorInfo] = {}
     for filename in sorted(set(weight_map.values())):
         shard = _inside(directory, filename)
