@@ -106,11 +106,35 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
     assert not (tmp_path / "solar").exists()  # a dry run writes nothing
 
 
-def test_the_solar_recipe_still_builds_and_plans(tmp_path):
+# Mistral-7B-v0.1's published config.json (the Hub is not reached in tests).
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "max_position_embeddings": 32768, "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-05,
+              "vocab_size": 32000, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+              "bos_token_id": 1, "eos_token_id": 2}
+
+
+def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
+    """The recipe's build section, planned on Mistral-7B's config, is SOLAR-10.7B as published:
+    48 layers (0-23 then 8-31), 10,731,524,096 parameters, a float16 Llama without sliding window."""
     from dus.plan.make import load_recipe_file
 
-    keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
-    assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys
+    recipe = ROOT / "configs" / "solar-10.7b.yaml"
+    keys = load_recipe_file(recipe)
+    assert keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys  # the later stages are not build keys
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(MISTRAL_7B))
+    code, out, err = run_dus("plan", config, "--config", recipe, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["source_num_parameters"] == 7_241_732_096 and plan["num_parameters"] == 10_731_524_096
+    assert [layer["source_layer"] for layer in plan["layers"]] == [*range(24), *range(8, 32)]
+    assert plan["dtype"] == "float16"
+    assert {k: plan["config"].get(k) for k in ("architectures", "model_type", "num_hidden_layers",
+                                                "max_position_embeddings", "sliding_window")} == {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 48,
+        "max_position_embeddings": 4096, "sliding_window": None}
+    assert "sliding_window" not in plan["config"]
 
 
 def test_bad_recipes_are_one_line(tmp_path, run_dus):
