@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from instruct_fixtures import facts, tiny_model_dir, write_jsonl
+from refusal import assert_refused
 from safetensors.torch import load_file
 
 from dus.instruct.template import builtin_template
@@ -80,7 +81,7 @@ def test_sft_packing_runs(data, tmp_path, run_dus):
 
 def test_bad_input_is_one_line(data, tmp_path, run_dus):
     code, _, err = run_dus("sft", tiny_model_dir(), "--data", tmp_path / "none.jsonl", "-o", tmp_path / "x")
-    assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert_refused(code, err, "none.jsonl", outputs=tmp_path / "x")
 
 
 def _pickles(root: Path) -> list[str]:
