@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from models import bpe_tokenizer, tiny_llama
+from refusal import assert_refused
 
 from dus.analyze import analyze, recommend_overlap
 from dus.analyze.data import token_windows
@@ -186,19 +187,14 @@ def test_bad_input_is_exit_2_and_one_line(tiny, tmp_path, capsys, args, message)
     args = [a.format(tmp=tmp_path, text=tiny / "text.txt") for a in args]
     with pytest.raises(SystemExit) as e:
         main(["analyze", str(tiny), *args, "--output", str(tmp_path / "out"), "--device", "cpu"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not (tmp_path / "out").exists()
+    assert_refused(e.value.code, capsys.readouterr().err, message, outputs=tmp_path / "out")
 
 
 def test_not_a_model_directory(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("some text " * 50)
     with pytest.raises(SystemExit) as e:
         main(["analyze", str(tmp_path), "--text", str(tmp_path / "t.txt")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "no config.json" in err[0]
+    assert_refused(e.value.code, capsys.readouterr().err, "no config.json")
 
 
 @pytest.mark.real_model

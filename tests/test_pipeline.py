@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from instruct_fixtures import tiny_model_dir
+from refusal import assert_refused
 
 from dus.cli.pipeline import command_flags
 from dus.manifest import manifest_digest, read_manifest
@@ -137,16 +138,18 @@ def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
     assert "sliding_window" not in plan["config"]
 
 
-def test_bad_recipes_are_one_line(tmp_path, run_dus):
+def test_bad_recipes_are_one_line(tmp_path, run_dus, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"learning-rate": 1}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "unknown option 'learning-rate' for `dus sft`" in err
+    assert_refused(code, err, "unknown option 'learning-rate' for `dus sft`", outputs=tmp_path / "w")
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"output": "elsewhere"}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "set by the pipeline" in err
-    code, _, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--only", "chat")
-    assert code == 2 and "no such stage" in err
+    assert_refused(code, err, "set by the pipeline", outputs=tmp_path / "w")
+    recipe = tiny_recipe(tmp_path / "r.yaml")
+    capsys.readouterr()  # the progress bar of making its model
+    code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--only", "chat")
+    assert_refused(code, err, "no such stage", outputs=tmp_path / "w")
 
 
 def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):

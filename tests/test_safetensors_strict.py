@@ -7,6 +7,7 @@ import shutil
 import struct
 
 import pytest
+from refusal import assert_refused
 from models import save_model
 from safetensors import deserialize
 
@@ -177,7 +178,7 @@ def test_plan_refuses_bad_json_in_one_line(target, edit, fragment, pristine, tmp
     shutil.copytree(pristine, src)
     _rewrite_json(src / target, edit)
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+    assert_refused(code, err, fragment)
 
 
 def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
@@ -190,7 +191,7 @@ def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
     assert header != raw[8:8 + n]
     shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and "has the key '__metadata__' twice" in err and err.count("\n") == 1, err
+    assert_refused(code, err, "has the key '__metadata__' twice")
 
 
 def test_error_lines_stay_short(tmp_path):
