@@ -1,12 +1,9 @@
 """The digest of each shard recorded in dus_plan.json, and the one `dus verify` checks.
 
-BLAKE3 by default: reading 1 MiB at a time from the page cache, as the build
-does, one thread hashes 2.4-2.8 GB per CPU-second with BLAKE3 and 1.0-1.3 with
-SHA-256 (a 2-vCPU Xeon with SHA-NI, 2026-11-28), and a kernel copy from the page
-cache runs at 1.3-1.6 GB/s on such VMs (docs/benchmarks.md): SHA-256 made hashing
-the build's long pole there, BLAKE3 keeps ahead of the copy. More than one
-BLAKE3 thread per shard would only take the copy's core on 2 vCPUs. SHA-256 on
-request (`dus build --file-sha256`): the file hash the Hub shows. A build
+BLAKE3 by default: one BLAKE3 thread keeps ahead of a kernel copy from the
+page cache where one SHA-256 thread falls behind it and becomes the build's
+long pole (measured in docs/benchmarks.md, "Hashing beside the copy"). SHA-256
+on request (`dus build --file-sha256`): the file hash the Hub shows. A build
 records one of them per shard, `{"blake3": hex, "bytes": n}` or
 `{"sha256": hex, "bytes": n}`; manifests written before BLAKE3 hold sha256.
 """

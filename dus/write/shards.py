@@ -24,7 +24,7 @@ from dus.write.digest import DEFAULT, DIGESTS
 from dus.write.output import NO_SPACE, out_of_space
 
 CHUNK = 64 * 1024 * 1024
-HASH_CHUNK = 1024 * 1024  # stays in L2 between read and hash: ~15% faster than 8 MiB here
+HASH_CHUNK = 1024 * 1024  # stays in L2 between read and hash: faster than 8 MiB (docs/benchmarks.md)
 METADATA = {"format": "pt"}
 
 
@@ -156,7 +156,7 @@ def hash_workers(shards: int) -> int:
 
     Not one fewer to leave the copy a core: with SHA-256 hashing, not the copy,
     is the longest pole, and a second thread hashing the last shard while the
-    first still hashes the one before cut a 2-vCPU build from 1.19x to 1.12x the
+    first still hashes the one before brings a 2-vCPU build closer to the
     byte-copy floor (docs/benchmarks.md). BLAKE3 keeps up with the copy on one
     thread, so the others mostly wait, costing nothing.
     """
@@ -173,9 +173,9 @@ class ShardHasher:
     cache with the worker's own descriptors), `add_bytes` hands over bytes.
     A digest is sequential within a shard, so each shard goes to one of `workers`
     threads, in order: with one worker hashing trails the writer shard by shard,
-    with more, shards are hashed at once where cores allow (one SHA-256 runs at
-    ~1.1-1.5 GB/s, slower than a page-cache copy on a fast machine; BLAKE3, one
-    thread each, ~2.5 GB/s: the other core is the copy's). At most
+    with more, shards are hashed at once where cores allow (one SHA-256 thread
+    is slower than a page-cache copy on a fast machine, one BLAKE3 thread is
+    not: docs/benchmarks.md). At most
     `max_pending_bytes_items` handed-over byte strings wait in memory:
     `add_bytes` blocks when the workers fall that far behind.
     """
