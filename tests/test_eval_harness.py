@@ -198,7 +198,7 @@ def test_offline_hub_task_stops_before_loading(offline_index, tmp_path, run_dus,
     monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", None)
     code, out, err = _eval(run_dus, offline_index, tmp_path / "out")
     assert_refused(code, err, "offline (HF_HUB_OFFLINE is set)", "gsm8k need", "openai/gsm8k", "--include-path",
-                   "docs/pipeline.md", exit_code=1)
+                   "docs/pipeline/eval.md", exit_code=1)
     assert "Retry" not in err
     assert "arc_challenge" not in err  # the local ones are not blamed
 
