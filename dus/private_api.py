@@ -5,7 +5,9 @@ its nested-state flattening and element setting, which its own planner uses to
 key `.metadata`, in private modules, and names the storage entries of a
 `.metadata` pickle with a private class. transformers' renames, fusions and
 splits of checkpoint names on loading (`conversion_mapping`,
-`core_model_loading`) are internals of `from_pretrained`. pyproject.toml bounds
+`core_model_loading`), its decoding of special floats in config.json, and the
+model attributes naming the weights it may leave missing and the blocks it
+never splits are internals of `from_pretrained` and of accelerate's wrapping. pyproject.toml bounds
 both dependencies to the versions these were checked against, and
 tests/test_private_api.py checks that no other module reaches for them and that
 they still behave as dus relies on; a new torch or transformers is admitted by
@@ -51,3 +53,21 @@ def weight_conversions(model):
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
     return renamings, converters, rename_source_key
+
+
+def decode_special_floats(config: dict) -> dict:
+    """config.json as from_pretrained reads it: {"__float__": "Infinity"} (the only way JSON can spell
+    inf and nan) decoded to floats."""
+    import transformers
+
+    return transformers.PreTrainedConfig._decode_special_floats(config)
+
+
+def ignored_when_missing(model) -> tuple[str, ...]:
+    """Patterns of the weights from_pretrained lets a checkpoint leave out (initialised instead)."""
+    return tuple(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+
+
+def unsplit_blocks(model) -> set[str]:
+    """Class names of the blocks a model says must not be split (its decoder layers, for most)."""
+    return set(getattr(model, "_no_split_modules", None) or ())

@@ -13,11 +13,12 @@ from packaging.requirements import Requirement
 
 import dus
 from dus.errors import BuildError
-from dus.private_api import DCP_STORAGE_INFO, dcp_flatten, dcp_set_element, dcp_storage_info, weight_conversions
+from dus.private_api import (DCP_STORAGE_INFO, dcp_flatten, dcp_set_element, dcp_storage_info, decode_special_floats,
+                             ignored_when_missing, unsplit_blocks, weight_conversions)
 
 ROOT = Path(dus.__file__).parent
 PRIVATE = re.compile(r"torch\.distributed\.checkpoint\._|_StorageInfo|transformers\.(conversion_mapping|core_model_loading)"
-                     r"|from (torch|transformers)[\w.]* import _")
+                     r"|from (torch|transformers)[\w.]* import _|getattr\([^)]*\"_[a-z]|PreTrainedConfig\._")
 
 
 def test_no_other_module_uses_the_internals():
@@ -67,3 +68,13 @@ def test_without_the_conversions_the_coverage_check_refuses(monkeypatch):
     assert weight_conversions(model) is None
     with pytest.raises(BuildError, match="cannot check that the checkpoint holds every weight"):
         check_covers(model, [n for n, _ in model.named_parameters()], "model.safetensors")
+
+
+def test_transformers_model_internals_behave_as_dus_relies_on():
+    from dus.read.transformers_check import meta_model
+
+    assert decode_special_floats({"a": {"__float__": "Infinity"}, "b": 1})["a"] == float("inf")
+    model = meta_model({"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64})
+    assert unsplit_blocks(model) == {"LlamaDecoderLayer"}
+    assert isinstance(ignored_when_missing(model), tuple)

@@ -62,7 +62,9 @@ def check_covers(model, names, where: str) -> None:
         raise BuildError(f"transformers {transformers.__version__} lacks the weight conversion mapping dus "
                          "reads (dus/private_api.py): cannot check that the checkpoint holds every weight; "
                          "install a transformers within the bounds of dus's pyproject.toml")
-    ignored = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
+    from dus.private_api import ignored_when_missing
+
+    ignored = ignored_when_missing(model)
     tied: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         tied.setdefault(id(param), []).append(name)
@@ -76,10 +78,9 @@ def check_covers(model, names, where: str) -> None:
 def _decoded(config: dict) -> dict:
     """The config as from_pretrained reads it: config.json spells inf and nan as
     {"__float__": "Infinity"} (the only way JSON can), and transformers decodes them."""
-    import transformers
+    from dus.private_api import decode_special_floats
 
-    config = {k: v for k, v in config.items() if k != "quantization_config"}
-    return getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
+    return decode_special_floats({k: v for k, v in config.items() if k != "quantization_config"})
 
 
 def meta_model(config: dict, where: str = "config.json"):
