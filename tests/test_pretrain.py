@@ -168,7 +168,7 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     data = [] if "--data" in args else ["--data", str(corpus["train"])]
     code, _, err = run_dus("pretrain", tiny_model, *data, "--output", tmp_path / "o", "--seq-len", "64",
                            "--max-steps", "1", "--cache-dir", tmp_path / "cache", *args)
-    assert_refused(code, err, message)
+    assert_refused(code, err, message, outputs=tmp_path / "o")
 
 
 def test_bad_input_from_a_real_process(tiny_model, tmp_path):

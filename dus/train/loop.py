@@ -127,6 +127,8 @@ class Trainer:
         resume_from = self._checkpoint_to_resume()
         self.tokenizer = load_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
+        if d.is_main:  # only once the data is read: bad input leaves no OUTPUT behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
 
@@ -170,8 +172,6 @@ class Trainer:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
         if latest:
             self.ckpt.check(latest)  # every file against its record, before anything is built or loaded
-        if self.d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         return latest
 
     def _layout(self) -> dict:
