@@ -190,7 +190,8 @@ def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
     shallower = make_model(tmp_path / "two-layers", layers=2)
     before = snapshot(resume.out)
     code, err = resume(shallower)
-    assert_refused(code, err, "step_00000004 holds another model", "model.model.layers.2.", unchanged=(resume.out, before))
+    assert_refused(code, err, "step_00000004 holds another model", "model.model.layers.2.",
+                   unchanged=(resume.out, before))
 
 
 def test_record_lists_every_file_and_state_loads_weights_only(paused):

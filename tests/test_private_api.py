@@ -17,7 +17,8 @@ from dus.private_api import (DCP_STORAGE_INFO, dcp_flatten, dcp_set_element, dcp
                              ignored_when_missing, unsplit_blocks, weight_conversions)
 
 ROOT = Path(dus.__file__).parent
-PRIVATE = re.compile(r"torch\.distributed\.checkpoint\._|_StorageInfo|transformers\.(conversion_mapping|core_model_loading)"
+PRIVATE = re.compile(r"torch\.distributed\.checkpoint\._|_StorageInfo"
+                     r"|transformers\.(conversion_mapping|core_model_loading)"
                      r"|from (torch|transformers)[\w.]* import _|getattr\([^)]*\"_[a-z]|PreTrainedConfig\._")
 
 
@@ -38,8 +39,9 @@ def test_the_installed_versions_are_within_the_bounds():
 
 
 def test_dcp_internals_behave_as_dus_relies_on():
-    state = {"model": {"layer.weight": torch.ones(2)}, "optim": {"state": {"layer.weight": {"step": torch.tensor(3.0)}},
-                                                                "param_groups": [{"lr": 0.1, "params": ["layer.weight"]}]}}
+    optim = {"state": {"layer.weight": {"step": torch.tensor(3.0)}},
+             "param_groups": [{"lr": 0.1, "params": ["layer.weight"]}]}
+    state = {"model": {"layer.weight": torch.ones(2)}, "optim": optim}
     flat = dcp_flatten(state)
     assert "model.layer.weight" in flat and "optim.state.layer.weight.step" in flat
     dcp_set_element(state, ("model", "layer.weight"), torch.zeros(2))
