@@ -143,9 +143,11 @@ def decoder_layers(model):
     ModuleList as long as the config's layer count."""
     from torch import nn
 
+    from dus.private_api import unsplit_blocks
+
     n = num_layers(model.config)
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = unsplit_blocks(model)
     named = [m for _, m in lists if blocks and all(type(layer).__name__ in blocks for layer in m)]
     if named:
         return named[0]

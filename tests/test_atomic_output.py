@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from refusal import assert_refused
 
 import dus.core.publish as output
 
@@ -67,10 +68,7 @@ def hidden(directory: Path) -> list[str]:
 
 
 def one_error_line(code, err, expected_code) -> str:
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    return assert_refused(code, err, exit_code=expected_code)
 
 
 def exchange_supported(directory: Path) -> bool:

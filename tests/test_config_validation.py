@@ -7,6 +7,7 @@ import shutil
 import pytest
 import yaml
 from models import save_model
+from refusal import assert_refused
 from safetensors.torch import load_file, save_file
 
 import dus.api
@@ -28,11 +29,7 @@ def _source(llama_source, tmp_path, **patch):
 
 def _assert_refused(result, fragment, tmp_path):
     code, _, err = result
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
-    assert not (tmp_path / "out").exists()
+    assert_refused(code, err, fragment, outputs=tmp_path / "out")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory either
 
 

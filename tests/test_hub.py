@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from models import save_model
+from refusal import assert_refused
 
 REPO = "dus-test/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -57,6 +58,5 @@ def test_plan_and_build_from_repo_id(tmp_path):
 def test_unknown_repo_offline_is_one_line(tmp_path):
     env = _populate_cache(tmp_path)
     result = _dus(env, "build", "nobody/nothing", tmp_path / "out")
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: nobody/nothing: cannot get it") and result.stderr.count("\n") == 1
-    assert not (tmp_path / "out").exists()
+    line = assert_refused(result.returncode, result.stderr, outputs=tmp_path / "out")
+    assert line.startswith("error: nobody/nothing: cannot get it")

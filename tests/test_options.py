@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from refusal import assert_refused
 
 import dus.cli  # noqa: F401 (registers every command)
 from dus.cli.options import COMMANDS
@@ -135,7 +136,7 @@ def test_cli_list_options_from_config_unless_given(tmp_path, run_dus, monkeypatc
 )
 def test_missing_or_bad_options_are_one_line(args, message, run_dus):
     code, _, err = run_dus(*args)
-    assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and message in err, err
+    assert_refused(code, err, message)
 
 
 def test_no_private_typer_api():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from instruct_fixtures import tiny_model_dir
+from refusal import assert_refused
 
 from dus.cli.pipeline import command_flags
 from dus.manifest import manifest_digest, read_manifest
@@ -155,23 +156,49 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
     assert not (tmp_path / "solar").exists()  # a dry run writes nothing
 
 
-def test_the_solar_recipe_still_builds_and_plans(tmp_path):
+# Mistral-7B-v0.1's published config.json (the Hub is not reached in tests).
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "max_position_embeddings": 32768, "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-05,
+              "vocab_size": 32000, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+              "bos_token_id": 1, "eos_token_id": 2}
+
+
+def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
+    """The recipe's build section, planned on Mistral-7B's config, is SOLAR-10.7B as published:
+    48 layers (0-23 then 8-31), 10,731,524,096 parameters, a float16 Llama without sliding window."""
     from dus.plan.options import load_recipe_file
 
-    keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
-    assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys
+    recipe = ROOT / "configs" / "solar-10.7b.yaml"
+    keys = load_recipe_file(recipe)
+    assert keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys  # the later stages are not build keys
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(MISTRAL_7B))
+    code, out, err = run_dus("plan", config, "--config", recipe, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["source_num_parameters"] == 7_241_732_096 and plan["num_parameters"] == 10_731_524_096
+    assert [layer["source_layer"] for layer in plan["layers"]] == [*range(24), *range(8, 32)]
+    assert plan["dtype"] == "float16"
+    assert {k: plan["config"].get(k) for k in ("architectures", "model_type", "num_hidden_layers",
+                                                "max_position_embeddings", "sliding_window")} == {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 48,
+        "max_position_embeddings": 4096, "sliding_window": None}
+    assert "sliding_window" not in plan["config"]
 
 
-def test_bad_recipes_are_one_line(tmp_path, run_dus):
+def test_bad_recipes_are_one_line(tmp_path, run_dus, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"learning-rate": 1}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "unknown option 'learning-rate' for `dus sft`" in err
+    assert_refused(code, err, "unknown option 'learning-rate' for `dus sft`", outputs=tmp_path / "w")
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"output": "elsewhere"}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "set by the pipeline" in err
-    code, _, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--only", "chat")
-    assert code == 2 and "no such stage" in err
+    assert_refused(code, err, "set by the pipeline", outputs=tmp_path / "w")
+    recipe = tiny_recipe(tmp_path / "r.yaml")
+    capsys.readouterr()  # the progress bar of making its model
+    code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--only", "chat")
+    assert_refused(code, err, "no such stage", outputs=tmp_path / "w")
 
 
 def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 import yaml
+from figures import assert_drawn, coloured_share
 from models import VOCAB, assert_verified, save_model
 from safetensors.torch import load_file
 
@@ -135,7 +136,28 @@ def test_plot(tmp_path, run_dus):
         "plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png"
     )
     assert code == 0, err
-    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_drawn(tmp_path / "map.png")
+
+
+def test_a_blank_figure_is_not_drawn(tmp_path):
+    """What the plot tests reject: an empty canvas, and axes with a title and a legend but no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    figure.savefig(tmp_path / "blank.png")
+    axes.set_title("expand: 4 -> 6 layers")
+    axes.plot([], [], color="tab:blue", label="copy")
+    axes.plot([], [], color="tab:red", label="zero")
+    axes.legend()
+    figure.savefig(tmp_path / "legend.png")
+    plt.close(figure)
+    for name in ("blank.png", "legend.png"):
+        assert coloured_share(tmp_path / name) < 0.003
+        with pytest.raises(AssertionError, match="blank figure"):
+            assert_drawn(tmp_path / name)
 
 
 def test_recipe_file_shard_size_and_override(tmp_path, run_dus):

@@ -8,6 +8,7 @@ import struct
 
 import pytest
 from models import save_model
+from refusal import assert_refused
 from safetensors import deserialize
 
 from dus.errors import InputError
@@ -227,7 +228,7 @@ def test_plan_refuses_bad_json_in_one_line(target, edit, fragment, pristine, tmp
     shutil.copytree(pristine, src)
     _rewrite_json(src / target, edit)
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+    assert_refused(code, err, fragment)
 
 
 def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
@@ -240,7 +241,7 @@ def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
     assert header != raw[8:8 + n]
     shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and "has the key '__metadata__' twice" in err and err.count("\n") == 1, err
+    assert_refused(code, err, "has the key '__metadata__' twice")
 
 
 def test_error_lines_stay_short(tmp_path):
@@ -249,3 +250,24 @@ def test_error_lines_stay_short(tmp_path):
     with pytest.raises(InputError) as e:
         read_header(str(path))
     assert "(1000002 characters)" in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_malformed_index_is_refused_under_python_O(tmp_path):
+    """The index checks are real checks, not asserts: `python -O` (which drops asserts) still refuses."""
+    import subprocess
+    import sys
+
+    cases = {"a-list": [], "no-weight-map": {"metadata": {}}, "map-is-a-list": {"weight_map": ["a.safetensors"]},
+             "file-not-a-string": {"weight_map": {"lm_head.weight": 3}}}
+    for name, index in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors.index.json").write_text(json.dumps(index))
+    script = ("import sys\nfrom pathlib import Path\nfrom dus.errors import InputError\n"
+              "from dus.read.source import local_tensors\n"
+              "for d in sys.argv[1:]:\n"
+              "    try:\n        local_tensors(Path(d))\n    except InputError as e:\n"
+              "        print('refused', 'not a valid safetensors index' in str(e))\n")
+    result = subprocess.run([sys.executable, "-O", "-c", script, *(str(tmp_path / n) for n in cases)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == ["refused True"] * len(cases)

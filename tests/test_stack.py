@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 from models import load_tensors
+from refusal import assert_refused
 
 import dus.api
 from dus.errors import InputError
@@ -123,8 +124,8 @@ def test_several_stacks_refused_without_stack(source):
 
 def test_wrong_stack_refused_in_one_line(source, run_dus):
     code, out, err = run_dus("plan", source[0], "--overlap", "1", "--stack", "model.language_model.layers.")
-    assert code == 2 and out == ""
-    assert err.startswith("error: --stack model.language_model.layers.: no stack") and err.count("\n") == 1
+    assert out == ""
+    assert assert_refused(code, err).startswith("error: --stack model.language_model.layers.: no stack")
     assert TEXT in err and VISION in err  # the prefixes there are, to choose from
 
 

@@ -14,7 +14,7 @@ def analyze_command(opts: AnalyzeOptions) -> None:
     from dus.analyze.run import run
     from dus.quiet import quiet
 
-    quiet(opts.verbose)  # stderr stays clean: progress bars would bury an `error:` line
-    result, paths = run(opts)
+    with quiet(opts.verbose):  # stderr stays clean: progress bars would bury an `error:` line
+        result, paths = run(opts)
     print(summary(result))
     print(f"\nwrote {paths['json']}, {paths['influence']}, {paths['distance']}")

@@ -1,12 +1,9 @@
 """The digest of each shard recorded in dus_plan.json, and the one `dus verify` checks.
 
-BLAKE3 by default: reading 1 MiB at a time from the page cache, as the build
-does, one thread hashes 2.4-2.8 GB per CPU-second with BLAKE3 and 1.0-1.3 with
-SHA-256 (a 2-vCPU Xeon with SHA-NI, 2026-11-28), and a kernel copy from the page
-cache runs at 1.3-1.6 GB/s on such VMs (docs/benchmarks.md): SHA-256 made hashing
-the build's long pole there, BLAKE3 keeps ahead of the copy. More than one
-BLAKE3 thread per shard would only take the copy's core on 2 vCPUs. SHA-256 on
-request (`dus build --file-sha256`): the file hash the Hub shows. A build
+BLAKE3 by default: one BLAKE3 thread keeps ahead of a kernel copy from the
+page cache where one SHA-256 thread falls behind it and becomes the build's
+long pole (measured in docs/benchmarks.md, "Hashing beside the copy"). SHA-256
+on request (`dus build --file-sha256`): the file hash the Hub shows. A build
 records one of them per shard, `{"blake3": hex, "bytes": n}` or
 `{"sha256": hex, "bytes": n}`; manifests written before BLAKE3 hold sha256.
 """
@@ -26,7 +23,7 @@ from dus.errors import BuildError
 
 DIGESTS: dict[str, Callable] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
 DEFAULT = "blake3"
-HASH_CHUNK = 1024 * 1024  # stays in L2 between read and hash: ~15% faster than 8 MiB here
+HASH_CHUNK = 1024 * 1024  # stays in L2 between read and hash: faster than 8 MiB (docs/benchmarks.md)
 
 
 def build_digest(file_sha256: bool = False) -> str:
@@ -71,7 +68,7 @@ def hash_workers(shards: int) -> int:
 
     Not one fewer to leave the copy a core: with SHA-256 hashing, not the copy,
     is the longest pole, and a second thread hashing the last shard while the
-    first still hashes the one before cut a 2-vCPU build from 1.19x to 1.12x the
+    first still hashes the one before brings a 2-vCPU build closer to the
     byte-copy floor (docs/benchmarks.md). BLAKE3 keeps up with the copy on one
     thread, so the others mostly wait, costing nothing.
     """
@@ -88,9 +85,9 @@ class ShardHasher:
     cache with the worker's own descriptors), `add_bytes` hands over bytes.
     A digest is sequential within a shard, so each shard goes to one of `workers`
     threads, in order: with one worker hashing trails the writer shard by shard,
-    with more, shards are hashed at once where cores allow (one SHA-256 runs at
-    ~1.1-1.5 GB/s, slower than a page-cache copy on a fast machine; BLAKE3, one
-    thread each, ~2.5 GB/s: the other core is the copy's). At most
+    with more, shards are hashed at once where cores allow (one SHA-256 thread
+    is slower than a page-cache copy on a fast machine, one BLAKE3 thread is
+    not: docs/benchmarks.md). At most
     `max_pending_bytes_items` handed-over byte strings wait in memory:
     `add_bytes` blocks when the workers fall that far behind.
     """

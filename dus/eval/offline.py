@@ -21,7 +21,7 @@ from dus.read.source import is_repo_id
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 TRUE = {"1", "ON", "YES", "TRUE"}
-DOCS = 'docs/pipeline.md, "Offline evaluation"'
+DOCS = 'docs/pipeline/eval.md, "Offline evaluation"'
 PROBE_SECONDS = 3.0
 
 

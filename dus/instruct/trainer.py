@@ -124,18 +124,22 @@ class _TorchSavingNoArguments:
 
 def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict:
     """Save a plain Hugging Face model directory (weights, config, tokenizer with its chat template),
-    the training arguments as JSON (pickle_free) and the manifest."""
-    from dus.core.publish import follow_umask
-    from dus.manifest import stage_manifest, write_manifest
-
-    trainer.save_model(opts.output)  # with training_args.json (pickle_free)
+    the training arguments as JSON (pickle_free) and the manifest, published into OUTPUT as one model
+    (dus.core.publish.atomic_model_files): a failed save leaves OUTPUT's previous model, or none."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {"output": opts.output, "losses": losses, "steps": trainer.state.global_step, "data": vars(report)}
-    if trainer.is_world_process_zero():
-        out = Path(opts.output)
-        follow_umask(out)  # safetensors writes model.safetensors 0600
+    if not trainer.is_world_process_zero():
+        trainer.save_model(opts.output)  # joins the gather of sharded weights; writes nothing off the main process
+        return result
+    from dus.core.publish import atomic_model_files, follow_umask
+    from dus.manifest import stage_manifest, write_manifest
+
+    out = Path(opts.output)
+    with atomic_model_files(out) as staging:
+        trainer.save_model(str(staging))  # with training_args.json (pickle_free)
         data = [*opts.data, opts.exclude_tasks, *opts.decontaminate]
-        record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
+        record = stage_manifest(stage, staging, opts.model, {**asdict(opts), **extra}, data)
         record["result"] = {k: result[k] for k in ("steps", "losses")}
-        write_manifest(out, record)
+        write_manifest(staging, record)
+    follow_umask(out)  # the checkpoint-N the trainer saved in OUTPUT: safetensors writes them 0600
     return result

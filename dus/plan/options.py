@@ -57,7 +57,7 @@ class PlanOptions:
     def recorded(self) -> dict:
         """The options given, in the order given, as dus_plan.json records them (`dus pipeline` compares
         them with its recipe): a preset as the values it set; --allow-index-dependent has its own field."""
-        given = getattr(self, "_given", None)
+        given = self.__dict__.get("given_order")  # set by plan_options
         if given is None:  # made in Python, not by plan_options: what is set
             given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         return {k: getattr(self, k) for k in given if k not in NOT_RECORDED and _jsonable(getattr(self, k))}
@@ -75,7 +75,7 @@ def plan_options(values: dict, config: str | Path | None = None) -> PlanOptions:
         merged.update(preset(given["preset"]))
     merged.update({k: v for k, v in given.items() if k != "preset"})
     options = from_mapping(PlanOptions, merged, str(config) if config else "options")
-    options._given = [names(PlanOptions)[k] for k in merged]
+    options.given_order = [names(PlanOptions)[k] for k in merged]
     return options
 
 

@@ -127,6 +127,8 @@ class Trainer:
         resume_from = self._checkpoint_to_resume()
         self.tokenizer = load_training_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
+        if d.is_main:  # only once the data is read: bad input leaves no OUTPUT behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
 
@@ -174,8 +176,6 @@ class Trainer:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
         if latest:
             self.ckpt.check(latest)  # every file against its record, before anything is built or loaded
-        if self.d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         return latest
 
     def _layout(self) -> dict:
@@ -306,10 +306,7 @@ class Trainer:
                 f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
 
     def _save_due(self, last: int) -> bool:
-        every = self.cfg.save_every
-        if self.step == last:  # a run that stops early must leave a checkpoint to resume from
-            return bool(every) and self.cfg.final_checkpoint or last < self.max_steps
-        return bool(every) and self.step % every == 0
+        return save_due(self.step, last, self.max_steps, self.cfg.save_every, self.cfg.final_checkpoint)
 
     def _save(self) -> Path:
         shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),
@@ -342,6 +339,14 @@ class Trainer:
         if self.d.is_main:
             export_hf(full, self.cfg.model, self.out, self.tokenizer, self.cfg)
         barrier(self.d)
+
+
+def save_due(step: int, last: int, max_steps: int, every: int, final_checkpoint: bool) -> bool:
+    """Whether to checkpoint after `step` of a run that stops after `last` of `max_steps`."""
+    if step == last:
+        stops_early = last < max_steps  # (--stop-after) it must leave a checkpoint to resume from
+        return stops_early or (every > 0 and final_checkpoint)
+    return every > 0 and step % every == 0
 
 
 def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainConfig | None = None) -> None:

@@ -102,10 +102,12 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     except InputError as e:  # a damaged header is a failed verification, not a bad argument
         raise VerifyError(str(e)) from None
     plan = Plan.from_json(record["plan"])
-    refs = {name: s["ref"] for name, s in record["sources"].items()}
+    # A Hub source is read at the revision the build recorded: a repo changed since is not a failure.
+    refs = {name: (s["ref"], s.get("revision")) for name, s in record["sources"].items()}
     if source:
-        refs[plan.base] = source
-    sources = {name: open_source(ref, stack=plan.recipe.get("stack")) for name, ref in refs.items()}
+        refs[plan.base] = (source, None)
+    sources = {name: open_source(ref, stack=plan.recipe.get("stack"), revision=revision)
+               for name, (ref, revision) in refs.items()}
     expected = layout(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
