@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,3 +186,16 @@ def test_the_python_api_takes_the_plan_options_as_keywords(llama_source):
     assert dus.api.plan(options=PlanOptions(source=llama_source, overlap=1)).plan == by_keywords.plan
     with pytest.raises(InputError, match="unknown option 'overlapp'"):
         dus.api.plan(llama_source, overlapp=1)
+
+
+def test_dus_plan_is_callable_before_and_after_the_plan_package_is_imported(llama_source):
+    """The README's `dus.plan(...)`: Python rebinds `dus.plan` to the package on any import of dus.plan.*,
+    so it must keep working after the CLI or the plan modules are imported, in a fresh process."""
+    code = ("import sys, dus\n"
+            "first = dus.plan(sys.argv[1], overlap=1)\n"
+            "import dus.cli, dus.plan.options, dus.api\n"
+            "again = dus.plan(sys.argv[1], layers='0:4,1:4')\n"
+            "print(len(first.plan.layers), len(again.plan.layers), dus.plan.options.PlanOptions.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(llama_source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["6", "7", "PlanOptions"]
