@@ -1,61 +1,16 @@
-"""Turn user options, a preset or a recipe file into a Plan.
-
-Precedence: a recipe file (--config) or preset gives the defaults; options
-given explicitly on the command line or in the API call override them.
-"""
+"""Turn the plan options (dus/plan/options.py: flags, a preset, a recipe file) into a Plan."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
 from dus.plan import insert, recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
-from dus.plan.growth_options import GROWTH_KEYS, growth_options
-from dus.plan.presets import PRESETS
+from dus.plan.options import PlanOptions
 from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
-from dus.read.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
-from dus.yamlfile import read_mapping
-
-RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset", "stack", *GROWTH_KEYS}
-
-
-# Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
-PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
-
-
-def load_recipe_file(path: str | Path) -> dict:
-    data = {k: v for k, v in read_mapping(path).items() if k not in PIPELINE_SECTIONS}
-    unknown = sorted(set(data) - RECIPE_KEYS)
-    if unknown:
-        raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
-    if "preset" in data:
-        data = {**preset(data.pop("preset")), **data}
-    return data
-
-
-def preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return dict(PRESETS[name])
-
-
-def resolve_options(options: dict, recipe_file: str | None = None, preset_name: str | None = None) -> dict:
-    """Merge recipe file, preset and explicit options (None = not given)."""
-    merged: dict = {}
-    if recipe_file:
-        merged.update(load_recipe_file(recipe_file))
-    if preset_name:
-        merged.update(preset(preset_name))
-    merged.update({k: v for k, v in options.items() if v is not None})
-    if isinstance(merged.get("layers"), str) and "recipe" not in options:
-        merged["recipe"] = "layers"  # an explicit stack beats a preset's recipe
-    return merged
-
 
 # Each recipe's parameters and defaults (None: required), and how it makes layers.
 RECIPE_PARAMS = {
@@ -64,22 +19,22 @@ RECIPE_PARAMS = {
 }
 
 
-def make_plan(sources: dict[str, Source], options: dict) -> Plan:
+def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    options = {**options, **growth_options({k: options.get(k) for k in GROWTH_KEYS})}  # a recipe file's, typed
     width = width_options(options)  # checked first: a bad factor is the error to report
+    recipe = options.recipe or ("layers" if options.layers is not None else "dus")
+    given = {key: getattr(options, key) for key in ("overlap", "layers", "factor", "group", "new_layers")}
     if _width_only(options):  # `--width 2` alone keeps the depth
-        options = {**options, "recipe": "layers", "layers": f"0:{n}"}
-    recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
-    init, insert_at = insert.check_init(options.get("init")), options.get("insert_at")
+        recipe, given["layers"] = "layers", f"0:{n}"
+    init, insert_at = insert.check_init(options.init), options.insert_at
     if insert_at is not None:  # placement belongs to the expand family
-        if options.get("recipe") not in (None, "expand"):
+        if options.recipe not in (None, "expand"):
             raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
         recipe = "expand"
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
-    params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
+    params = {key: _given(given[key], default) for key, default in RECIPE_PARAMS[recipe].items()}
     for key, value in params.items():
         if value is None and insert_at is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
@@ -111,20 +66,26 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     if init:
         described["init"] = insert.init_record(init, layers)
         if width and init in insert.NEIGHBOUR_INITS:
-            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, then widen it")
+            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, "
+                             "then widen it")
     if width:
         described["width"] = width
-    overrides = options.get("config_overrides") or {}
+    overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
     return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
-                dtype_name(options.get("dtype")))
+                dtype_name(options.dtype))
 
 
-def _width_only(options: dict) -> bool:
+def _given(value, default):
+    """A recipe parameter: the option given, else the recipe's default (None: not given)."""
+    return default if value is None else value
+
+
+def _width_only(options: PlanOptions) -> bool:
     depth = ("recipe", "overlap", "layers", "factor", "group", "new_layers", "init", "insert_at")
-    return (options.get("width") is not None or options.get("mlp_width") is not None) and all(
-        options.get(k) is None for k in depth)
+    return (options.width is not None or options.mlp_width is not None) and all(
+        getattr(options, k) is None for k in depth)
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
@@ -175,5 +136,7 @@ def _blend_ref(item, default_source: str, default_weight: float) -> LayerRef:
     if isinstance(item, int):
         return LayerRef(item, default_source, default_weight)
     if isinstance(item, dict) and "layer" in item:
-        return LayerRef(int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight)))
+        return LayerRef(
+            int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight))
+        )
     raise InputError(f"blend item {item!r} must be a mapping with layer, weight and optional source")

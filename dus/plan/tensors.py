@@ -3,9 +3,9 @@ plan records (dus/plan/width_tensors.py). dus.api.plan and `dus verify` both der
 
 from __future__ import annotations
 
+from dus.plan.init_tensors import initialised
 from dus.plan.layout import TensorSpec, layout
 from dus.plan.model import Plan
-from dus.plan.init_tensors import initialised
 from dus.plan.width_tensors import widen
 
 

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 
 from dus.errors import InputError
+from dus.plan.options import PlanOptions
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 GEMMA = ("gemma", "gemma2", "gemma3_text")
-def width_options(options: dict) -> dict | None:
+def width_options(options: PlanOptions) -> dict | None:
     """The plan's width record from the options (None: no width growth)."""
-    width, mlp, noise = options.get("width"), options.get("mlp_width"), options.get("width_noise")
+    width, mlp, noise = options.width, options.mlp_width, options.width_noise
     if width is None and mlp is None:
         if noise is not None:
             raise InputError("--width-noise needs --width or --mlp-width")
@@ -45,7 +46,7 @@ def width_options(options: dict) -> dict | None:
     noise = float(noise or 0.0)
     if not math.isfinite(noise) or noise < 0:
         raise InputError(f"--width-noise must be a finite number >= 0, got {noise:g}")
-    return {"factor": factor, "mlp_factor": mlp_factor, "noise": noise, "seed": int(options.get("width_seed") or 0)}
+    return {"factor": factor, "mlp_factor": mlp_factor, "noise": noise, "seed": int(options.width_seed or 0)}
 
 
 def _integer(value, flag: str) -> int:

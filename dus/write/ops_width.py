@@ -1,7 +1,7 @@
 """The width-growth operator (dus/plan/width.py plans it): a source tensor tiled, scaled, optionally noised.
 
-Deterministic on a CPU: the blend is summed in float32 (float64 for a float64 input) in a fixed order, the noise comes from a
-torch.Generator seeded by the recorded per-tensor seed. So `dus verify` recomputes the same bytes
+Deterministic on a CPU: the blend is summed in float32 (float64 for a float64 input) in a fixed order, the
+noise comes from a torch.Generator seeded by the recorded per-tensor seed. So `dus verify` recomputes the same bytes
 and compares them exactly (with the same torch version; see docs/recipes.md).
 """
 
