@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
 from dus.manifest import fingerprint, manifest_digest, read_manifest
+from dus.pipeline.check import check_recipe, recipe_problems
 from dus.pipeline.recipe import (MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
                                  shell_line)
 
@@ -49,10 +51,20 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     for flag, name in (("--only", only), ("--from", start)):
         if name is not None and name not in names:
             raise InputError(f"{flag} {name}: the recipe has no such stage (it has: {', '.join(names)})")
-    if recipe.prepare and not dry_run:
-        from dus.pipeline.tinydata import prepare
+    problems = recipe_problems(recipe, workdir_path, flags)
+    if dry_run:
+        for problem in problems:
+            print(f"warning: {problem} (a real run stops here)", file=sys.stderr)
+    else:
+        check_recipe(recipe, workdir_path, flags)
+        workdir_path.mkdir(parents=True, exist_ok=True)  # a fresh --workdir is made, not a crash
+    if recipe.prepare:
+        from dus.pipeline.tinydata import prepare, prepare_argv
 
-        prepare(recipe.prepare, workdir_path / "data")
+        if dry_run:
+            say(shell_line(prepare_argv(recipe.prepare, workdir_path / "data")))
+        else:
+            prepare(recipe.prepare, workdir_path / "data")
     steps, parent = [], None
     for stage in recipe.stages:
         step = _step(recipe, stage, workdir_path, parent, flags)
