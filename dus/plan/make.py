@@ -12,6 +12,7 @@ from dus.errors import InputError
 from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.presets import PRESETS
+from dus.plan.recipe_options import RECIPE_PARAMS, check_recipe_options, recipe_name
 from dus.read.architecture import residual_output_modules
 from dus.read.config_check import check_output_layers
 from dus.read.source import Source
@@ -46,26 +47,24 @@ def resolve_options(options: dict, recipe_file: str | None = None, preset_name: 
     """Merge recipe file, preset and explicit options (None = not given)."""
     merged: dict = {}
     if recipe_file:
-        merged.update(load_recipe_file(recipe_file))
+        from_file = load_recipe_file(recipe_file)
+        check_recipe_options(recipe_name(from_file), from_file, f"{recipe_file}: ")
+        merged.update(from_file)
     if preset_name:
         merged.update(preset(preset_name))
     merged.update({k: v for k, v in options.items() if v is not None})
-    if isinstance(merged.get("layers"), str) and "recipe" not in options:
+    if isinstance(merged.get("layers"), str) and options.get("recipe") is None:
         merged["recipe"] = "layers"  # an explicit stack beats a preset's recipe
+    check_recipe_options(recipe_name(merged), options)  # a preset's values are not the user's choice
     return merged
 
 
-# Each recipe's parameters and defaults (None: required), and how it makes layers.
-RECIPE_PARAMS = {
-    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
-    "expand": {"new_layers": None}, "layers": {"layers": None},
-}
 
 
 def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+    recipe = recipe_name(options)
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
     params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
