@@ -83,13 +83,13 @@ def check_model(ref: str | Path) -> str:
     checkpoints (.bin, .pt, ...) are refused, never loaded."""
     ref = str(ref)
     path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{ref}: not a Hugging Face model directory (no config.json)")
+    if path.is_dir() and (path / "config.json").is_file():
         return ref
-    if is_repo_id(ref):
+    if not path.exists() and is_repo_id(ref):
         return ref
-    raise InputError(f"{ref}: no such model directory (nor an owner/name Hub id)")
+    from dus.model_dir import model_dir_error
+
+    raise model_dir_error(ref, hub_id=True)
 
 
 def check_weights(ref: str | Path) -> str:
