@@ -158,6 +158,7 @@ def test_split_output_and_split_source(smollm2_gguf, tmp_path, run_dus):
     firsts = sorted(tmp_path.glob("split-*-of-*.gguf"))
     count = len(firsts)
     assert count >= 3 and firsts[0].name == f"split-00001-of-{count:05d}.gguf"
+    assert stdout.startswith(f"wrote {', '.join(map(str, firsts))}: 44 layers")  # not split.gguf, never written
     assert fields(firsts[1]) == {"split.no": 1, "split.count": count, "split.tensors.count": 398}
     assert run_dus("verify", tmp_path / "split.gguf")[0] == 0
 
