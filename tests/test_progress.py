@@ -30,6 +30,10 @@ def test_pretrain_says_what_it_reads_before_it_tokenizes(tiny_model, corpus, tmp
     assert re.fullmatch(rf"pretrain {re.escape(str(tiny_model))} \(4 layers\): tokenizing 1 data file\(s\), "
                         rf"{size / 1e3:.1f} kB, into 64-token blocks, then loading the model", lines[0]), lines[0]
     assert lines[1].startswith("pretraining ") and lines[1].endswith("128 tokens/step (128 tokens)")
+    from huggingface_hub import ModelCard  # the exported model's card: a finetune of its parent (item 9)
+
+    card = ModelCard.load(tmp_path / "r" / "README.md")
+    assert card.data.base_model == [tiny_model.name] and card.data.base_model_relation == "finetune"
 
 
 def test_the_bar_shows_done_of_total_and_the_time_left():

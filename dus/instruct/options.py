@@ -195,4 +195,8 @@ def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict
         record = stage_manifest(stage, out, opts.model, {**asdict(opts), **extra}, data)
         record["result"] = {k: result[k] for k in ("steps", "losses")}
         write_manifest(out, record)
+        from dus.write.card import stage_card
+
+        (out / "README.md").write_text(stage_card(stage, opts.model, f"Trained with `dus {stage}` on "
+                                                  f"{len(opts.data)} data file(s) (the options are in dus_plan.json)."))
     return result

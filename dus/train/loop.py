@@ -64,6 +64,7 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
+from dus.write.card import stage_card
 from dus.write.output import atomic_model_files
 
 
@@ -380,6 +381,8 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
         cfg = cfg or PretrainConfig(model=model_dir, output=str(out))
         write_manifest(staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg),
                                                [*cfg.data, *cfg.eval_data]))
+        (staging / "README.md").write_text(stage_card("pretrain", model_dir, "Continued pretraining with `dus "
+                                                      "pretrain` (its options are in dus_plan.json)."))
 
 
 def _plan_line(cfg: PretrainConfig, layers: int) -> str:
