@@ -63,10 +63,6 @@ def quiet_lm_eval() -> None:
     import lm_eval.evaluator
     import tqdm
 
-    def hidden_bar(*args, **kwargs):
-        kwargs["disable"] = True
-        return tqdm.tqdm(*args, **kwargs)
-
     def git_hash_quietly():
         try:
             out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
@@ -76,5 +72,18 @@ def quiet_lm_eval() -> None:
 
     for name, module in list(sys.modules.items()):
         if name.startswith("lm_eval") and getattr(module, "tqdm", None) is tqdm.tqdm:
-            module.tqdm = hidden_bar
+            module.tqdm = _hidden_bar
     lm_eval.evaluator.get_git_commit_hash = git_hash_quietly
+
+
+def _hidden_bar(*args, **kwargs):
+    import tqdm
+
+    kwargs["disable"] = True
+    return tqdm.tqdm(*args, **kwargs)
+
+
+def quiet_tqdm(module) -> None:
+    """A library module that draws its own tqdm bars with no switch (transformers' GGUF de-quantizer)."""
+    if not _verbose:
+        module.tqdm = _hidden_bar

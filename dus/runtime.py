@@ -94,6 +94,9 @@ def check_model(ref: str | Path) -> str:
 
 def check_weights(ref: str | Path) -> str:
     """`check_model`, and a local directory must have safetensors weights (a pickle-only one is refused)."""
+    if str(ref).endswith(".gguf"):
+        raise InputError(f"{ref}: a .gguf file; this command reads a model directory (`dus eval --perplexity` and "
+                         "`dus chat` read .gguf files)")
     ref = check_model(ref)
     path = Path(ref).expanduser()
     if path.is_dir() and local_tensors(path) is None:
@@ -104,6 +107,10 @@ def check_weights(ref: str | Path) -> str:
 def load_tokenizer(ref: str | Path):
     from transformers import AutoTokenizer
 
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "tokenizer")
     ref = check_model(ref)
     try:
         return AutoTokenizer.from_pretrained(ref)
@@ -113,9 +120,14 @@ def load_tokenizer(ref: str | Path):
 
 def load_model(ref: str | Path, device: str = "auto", dtype: str = "auto", *, attention: str | None = None):
     """A causal LM from safetensors weights only, in eval mode on `device`: (model, device used).
-    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept."""
-    ref = check_weights(ref)
+    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept.
+    A .gguf file is read through transformers (dequantized)."""
     device = resolve_device(device)
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "model", dtype=resolve_dtype(dtype, device)).to(device).eval(), device
+    ref = check_weights(ref)
     kwargs = {"dtype": resolve_dtype(dtype, device), "use_safetensors": True}
     try:
         model = _from_pretrained(ref, kwargs, attention)
