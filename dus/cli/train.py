@@ -28,9 +28,11 @@ def pretrain_command(config: PretrainConfig) -> None:
 
 
 @app.command("report")
-def report(run_dir: Path = typer.Argument(..., help="a `dus pretrain` output directory"),
-           output: Path | None = typer.Option(None, "--output", "-o", help="PNG path [default: RUN_DIR/loss.png]")) -> None:
-    """Plot a run's train and eval loss from its metrics.jsonl as a PNG."""
+def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN...", help="`dus pretrain` output directories"),
+           output: Path | None = typer.Option(None, "--output", "-o", help="PNG path [default: RUN/loss.png; for "
+                                                                               "several runs, loss.png in the folder "
+                                                                               "holding them]")) -> None:
+    """Plot runs' train and eval loss from their metrics.jsonl in one PNG, each run labelled in its colour."""
     from dus.train.report import plot_loss
 
-    print(f"wrote {plot_loss(run_dir, output)}")
+    print(f"wrote {plot_loss(run_dirs, output)}")
