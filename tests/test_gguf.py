@@ -394,7 +394,7 @@ def test_split_set_must_be_whole_and_consistent(tmp_path, run_dus):
     assert code == 2 and "first file" in err
     shutil.move(parts[-1], tmp_path / "gone")
     code, _, err = run_dus("plan", parts[0])
-    assert code == 2 and "no such GGUF file" in err
+    assert code == 2 and f"{parts[-1]}: does not exist" in err
 
 
 def test_alignment_must_be_a_power_of_two(tmp_path):
