@@ -26,10 +26,11 @@ def _script():
 
 
 def test_every_command_with_options_is_built_from_a_dataclass():
-    assert set(COMMANDS) == {"pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze"}
+    assert set(COMMANDS) == {"pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare"}
 
 
-@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze",
+                                     "compare"])
 def test_every_field_is_a_flag(command, run_dus):
     code, out, _ = run_dus(command, "--help")
     assert code == 0 and "--config" in out
@@ -94,12 +95,14 @@ def test_cli_reads_config_and_flags_win(tmp_path, run_dus, monkeypatch):
 
     seen = []
     paths = {"json": "a.json", "influence": "b.png", "distance": "c.png"}
-    monkeypatch.setattr(dus.analyze.options, "run", lambda opts: seen.append(opts) or ({}, paths))
+    result = {"model": "m", "recommendation": {"overlap": 3, "layers": 10}}
+    monkeypatch.setattr(dus.analyze.options, "run", lambda opts: seen.append(opts) or (result, paths))
     monkeypatch.setattr(dus.analyze, "summary", lambda result: "summary", raising=False)
     config = tmp_path / "analyze.yaml"
     config.write_text("model: m\ntext: t.txt\nseq-len: 32\nmax_tokens: 100\n")
     code, out, err = run_dus("analyze", "--config", config, "--seq-len", "64", "--device", "cpu")
     assert code == 0 and out.startswith("summary") and "wrote a.json" in out, err
+    assert out.splitlines()[-1] == "build it: dus build m m-dus10 --overlap 3"
     [opts] = seen
     assert (opts.model, opts.text, opts.seq_len, opts.max_tokens, opts.device) == ("m", "t.txt", 64, 100, "cpu")
 

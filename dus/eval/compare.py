@@ -15,7 +15,7 @@ PROMPT = "What is the capital of France? Answer in one sentence."
 @dataclass
 class CompareOptions:
     models: list[str] = option([], "BASE first, then the models to compare with it: model directories, Hub ids "
-                                   "or .gguf files.", positional=True, metavar="BASE GROWN...")
+                                   "or .gguf files", positional=True, metavar="BASE GROWN...")
     text: str | None = option(None, "Text file for the perplexity [default: Python's pydoc_data.topics].")
     prompt: str = option(PROMPT, "The user message every model replies to (greedy, through its chat template).")
     max_tokens: int = option(4096, "Perplexity: at most this many tokens of the text.")
