@@ -54,7 +54,8 @@ def test_the_table(models, run_dus):
 
 def test_bad_input_is_one_line(models, tmp_path, run_dus):
     code, _, err = run_dus("compare", models[0])
-    assert code == 2 and err == "error: give BASE and at least one model to compare with it: dus compare BASE GROWN...\n"
+    assert code == 2
+    assert err == "error: give BASE and at least one model to compare with it: dus compare BASE GROWN...\n"
     code, _, err = run_dus("compare", *models, "--text", tmp_path / "none.txt")
     assert code == 2 and err == f"error: {tmp_path / 'none.txt'}: does not exist\n"
     code, _, err = run_dus("compare", models[0], tmp_path / "nothing")

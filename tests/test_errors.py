@@ -204,7 +204,8 @@ def test_one_message_per_cause_in_every_command(tmp_path, llama_source, run_dus)
               bare: f"{bare}: has no config.json (not a Hugging Face model directory)"}
     for path, message in causes.items():
         for command in (["verify", path], ["chat", path, "-p", "hi"], ["eval", path, "--perplexity", text],
-                        ["analyze", path, "--text", text], ["pretrain", path, "--data", text, "--output", tmp_path / "o"]):
+                        ["analyze", path, "--text", text],
+                        ["pretrain", path, "--data", text, "--output", tmp_path / "o"]):
             code, _, err = run_dus(*command)
             assert (code, err.strip()) == (2, f"error: {message}"), (command, err)
     code, _, err = run_dus("verify", llama_source)

@@ -6,7 +6,7 @@ import re
 from instruct_fixtures import tiny_model_dir
 from rich.console import Console
 
-from dus.cli.progress import CountBar
+from dus.bars import CountBar
 
 
 def test_eval_perplexity_says_tokens_and_windows_first(tmp_path, run_dus):

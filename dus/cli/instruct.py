@@ -91,7 +91,7 @@ def eval_command(opts: EvalOptions) -> None:
     from dus.eval.results import markdown
     from dus.eval.run import evaluate
 
-    from dus.cli.progress import CountBar
+    from dus.bars import CountBar
 
     quiet(opts.verbose)
     report = evaluate(opts, say=lambda line: print(line, file=sys.stderr, flush=True), bar=CountBar)

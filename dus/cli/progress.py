@@ -1,5 +1,4 @@
-"""Progress bars on a terminal (bytes written; steps or windows done, with the time left), nothing when
-stderr is not a TTY."""
+"""A bytes-written progress bar on a terminal, nothing when output is not a TTY."""
 
 from __future__ import annotations
 
@@ -17,36 +16,3 @@ def byte_progress(label: str):
     with Progress(f"[bold]{label}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda nbytes: bar.advance(task, nbytes)
-
-
-class CountBar:
-    """Done/total with the time elapsed and left, as a rich bar on a terminal (nothing otherwise). Lines
-    printed to stdout while it runs appear above it, so a log keeps its lines and the bar stays last."""
-
-    def __init__(self, label: str, total: int, completed: int = 0, console=None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-        console = console or Console(stderr=True)
-        self.progress = None
-        if console.is_terminal:
-            self.progress = Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "left",
-                                     TimeRemainingColumn(), console=console, transient=True,
-                                     redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
-            self.task = self.progress.add_task(label, total=total, completed=completed)
-            self.progress.start()
-
-    def advance(self, count: int = 1) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task, count)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def __enter__(self) -> CountBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -57,7 +57,8 @@ def model_fingerprint(model: str) -> str | None:
     path = Path(model).expanduser()
     if not path.exists():
         return None
-    files = [path] if path.is_file() else sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    files = [path] if path.is_file() else sorted(  # a .gguf is one file
+        {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()

@@ -18,7 +18,7 @@ def main_process() -> bool:
 def evaluate(opts: EvalOptions, say=None, bar=None):
     """lm-eval tasks and/or perplexity; rank 0 writes results.json, results.md (and perplexity.json) to --output.
     `say(line)` is told what a perplexity will measure before the model loads; `bar(label, total)` makes a
-    progress bar (dus.cli.progress.CountBar)."""
+    progress bar (dus.bars.CountBar)."""
     from dus.eval import harness
     from dus.eval.results import Report, model_fingerprint, write
 

@@ -83,7 +83,7 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-        from dus.cli.progress import CountBar
+        from dus.bars import CountBar
 
         self.bar = CountBar("training", max_steps, completed=resume_step or 0)
 
