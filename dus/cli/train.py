@@ -22,6 +22,12 @@ def pretrain_command(config: PretrainConfig) -> None:
     One process: `dus pretrain MODEL_DIR --data corpus/ --output runs/cpt`.
     Many GPUs: `torchrun --nproc-per-node 8 -m dus pretrain ...` (FSDP2).
     The trained model is saved as a Hugging Face directory in OUTPUT."""
+    import os
+
+    from dus.train.files import reading_line
+
+    if os.environ.get("RANK", "0") == "0":  # before torch's import: a run says at once what it reads
+        print(reading_line(config.model, config.data, config.seq_len, config.streaming), flush=True)
     from dus.train import pretrain
 
     pretrain(config)

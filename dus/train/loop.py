@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from rich import filesize
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -37,7 +36,7 @@ from dus.train.advice import (SourceTensors, checkpoint_bytes, checkpoint_warnin
                               warmup_warning)
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
-from dus.train.data import block_hash, build_data, resolve_files
+from dus.train.data import block_hash, build_data
 from dus.manifest import stage_manifest, write_manifest
 from dus.train.freeze import apply_freeze, trainable_layers
 from dus.train.metrics import (
@@ -127,8 +126,6 @@ class Trainer:
         quiet_libraries(d.is_main)
         self.hf_config = load_hf_config(cfg.model)
         self._check_seq_len()
-        if d.is_main:  # tokenizing and loading take a while: say what comes first
-            print(_plan_line(cfg, num_layers(self.hf_config)), flush=True)
         self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
         self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
         resume_from = self._checkpoint_to_resume()
@@ -383,14 +380,6 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
                                                [*cfg.data, *cfg.eval_data]))
         (staging / "README.md").write_text(stage_card("pretrain", model_dir, "Continued pretraining with `dus "
                                                       "pretrain` (its options are in dus_plan.json)."))
-
-
-def _plan_line(cfg: PretrainConfig, layers: int) -> str:
-    files = [f for group in resolve_files(cfg.data).values() for f in group]
-    size = sum(Path(f).stat().st_size for f in files)
-    how = "streaming" if cfg.streaming else "tokenizing"
-    return (f"pretrain {cfg.model} ({layers} layers): {how} {len(files):,} data file(s), {filesize.decimal(size)}, "
-            f"into {cfg.seq_len:,}-token blocks, then loading the model")
 
 
 def _summary_line(s: dict, out: Path) -> str:
