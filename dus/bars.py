@@ -19,7 +19,7 @@ class CountBar:
         if console.is_terminal:
             self.progress = Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "left",
                                      TimeRemainingColumn(), console=console, transient=True,
-                                     redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
+                                     redirect_stdout=sys.stdout.isatty())  # warnings on stderr go above it too
             self.task = self.progress.add_task(label, total=total, completed=completed)
             self.progress.start()
 
