@@ -19,6 +19,6 @@ def compare_command(opts: CompareOptions) -> None:
     from dus.eval.compare import compare_models, table
     from dus.quiet import quiet
 
-    quiet(opts.verbose)
-    result = compare_models(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
+    with quiet(opts.verbose):
+        result = compare_models(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if opts.json else table(result))

@@ -34,10 +34,15 @@ def pretrain_command(config: PretrainConfig) -> None:
 
 
 @app.command("report")
-def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN...", help="`dus pretrain` output directories"),
-           output: Path | None = typer.Option(None, "--output", "-o", help="PNG path [default: RUN/loss.png; for "
-                                                                               "several runs, loss.png in the folder "
-                                                                               "holding them]")) -> None:
+def report(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN...", help="`dus pretrain` output directories"),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="PNG path [default: RUN/loss.png; for several runs, loss.png in the folder holding them]",
+    ),
+) -> None:
     """Plot runs' train and eval loss from their metrics.jsonl in one PNG, each run labelled in its colour."""
     from dus.train.report import plot_loss
 

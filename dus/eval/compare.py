@@ -52,10 +52,10 @@ def compare_models(opts: CompareOptions, say=None) -> dict:
 
 def _load(ref: str, device: str, dtype: str):
     """As `dus chat` loads: the tokenizer's chat template, SOLAR's where it has none."""
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
-    tokenizer = load_tokenizer(ref)
+    tokenizer = load_chat_tokenizer(ref)
     return load_model(ref, device, dtype)[0], tokenizer
 
 

@@ -42,14 +42,14 @@ def _perplexity(opts: EvalOptions, out: str | None, say=None, bar=None) -> dict:
     from contextlib import nullcontext
 
     from dus.eval.perplexity import text_windows, windows_perplexity
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
     path = Path(opts.perplexity)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
-    windows = text_windows(load_tokenizer(opts.model), text, opts.max_tokens, opts.window)
+    windows = text_windows(load_chat_tokenizer(opts.model), text, opts.max_tokens, opts.window)
     if say:
         say(f"perplexity of {opts.model} on {path} ({len(text):,} characters): {windows.numel():,} tokens in "
             f"{len(windows):,} windows of {windows.shape[1]:,}")

@@ -17,9 +17,9 @@ RECIPE_PARAMS = {
 ALL_PARAMS = {key for params in RECIPE_PARAMS.values() for key in params}
 
 
-def recipe_name(options: dict) -> str:
-    """The recipe the options ask for: `recipe:` when given, an explicit `layers` stack, else SOLAR's dus."""
-    return options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+def recipe_name(recipe: str | None, layers: object = None) -> str:
+    """The recipe the options ask for: `recipe` when given, an explicit `layers` stack, else SOLAR's dus."""
+    return recipe or ("layers" if layers is not None else "dus")
 
 
 def _flag(key: str) -> str:
