@@ -30,6 +30,13 @@ def recipe_problems(recipe: Recipe, workdir: Path, flags) -> list[str]:
     return problems
 
 
+def check_commands(recipe: Recipe, flags) -> None:
+    """Every stage's keys make a command line (known options, none the pipeline sets): a dry run that
+    cannot print a stage's command stops with the reason instead of warning about it."""
+    for stage in recipe.stages:
+        command_argv(Stage(stage.name, _options(stage), stage.nproc), [], None, flags)
+
+
 def check_recipe(recipe: Recipe, workdir: Path, flags) -> None:
     problems = recipe_problems(recipe, workdir, flags)
     if problems:
@@ -39,7 +46,7 @@ def check_recipe(recipe: Recipe, workdir: Path, flags) -> None:
 
 def _check_options(stage: Stage, flags) -> None:
     """The stage's keys are the command's options and each value converts to the option's type."""
-    options = {k: v for k, v in stage.options.items() if k != "model"}  # `model:` is the first stage's argument
+    options = _options(stage)
     command_argv(Stage(stage.name, options, stage.nproc), [], None, flags)
     params = flags(stage.name)
     for key, value in options.items():
@@ -52,6 +59,10 @@ def _check_options(stage: Stage, flags) -> None:
             except Exception as e:  # click's BadParameter; typer keeps its click private
                 message = str(getattr(e, "message", e)).rstrip(".")
                 raise InputError(f"{stage.name}: bad value for `{key}`: {message}") from None
+
+
+def _options(stage: Stage) -> dict:
+    return {k: v for k, v in stage.options.items() if k != "model"}  # `model:` is the first stage's argument
 
 
 def _made_by_pipeline(path: Path, made: list[Path]) -> bool:

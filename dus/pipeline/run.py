@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dus.errors import BuildError, InputError
 from dus.manifest import fingerprint, manifest_digest, read_manifest, stage_record
-from dus.pipeline.check import check_recipe, recipe_problems
+from dus.pipeline.check import check_commands, check_recipe, recipe_problems
 from dus.pipeline.recipe import MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe, shell_line
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
@@ -50,9 +50,9 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     for flag, name in (("--only", only), ("--from", start)):
         if name is not None and name not in names:
             raise InputError(f"{flag} {name}: the recipe has no such stage (it has: {', '.join(names)})")
-    problems = recipe_problems(recipe, workdir_path, flags)
     if dry_run:
-        for problem in problems:
+        check_commands(recipe, flags)
+        for problem in recipe_problems(recipe, workdir_path, flags):
             print(f"warning: {problem} (a real run stops here)", file=sys.stderr)
     else:
         check_recipe(recipe, workdir_path, flags)
