@@ -33,7 +33,7 @@ def test_other_commands_name_what_reads_a_gguf(tmp_path, run_dus):
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_a_grown_gguf_scores_like_the_in_memory_dus_of_its_source(smollm2_gguf, tmp_path, run_dus):
+def test_a_grown_gguf_scores_like_the_in_memory_dus_of_its_source(smollm2_gguf, tmp_path, run_dus, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     grown = tmp_path / "grown.gguf"
@@ -54,5 +54,6 @@ def test_a_grown_gguf_scores_like_the_in_memory_dus_of_its_source(smollm2_gguf, 
                       window=256)["perplexity"]
     assert abs(got - want) < 1e-3 * want, (got, want)  # the same de-quantized blocks, in the planned order
 
+    capsys.readouterr()  # the de-quantizer bar of the reference load above, outside any dus command
     code, out, err = run_dus("chat", grown, "-p", "What is 2+2?", "--max-new-tokens", "8", "--device", "cpu")
     assert code == 0 and out.strip() and "de-quantizing" not in err, err
