@@ -115,6 +115,7 @@ def test_predicted_extrapolates_a_stack_that_changes_linearly(tmp_path):
     (["--init", "aligned-average", "--overlap", "1"], "use it with --recipe expand"),
     (["--init", "average"], "--init must be one of"),
     (["--insert-at", "1", "--recipe", "stack"], "--insert-at places"),
+    (["--insert-at", "1", "--overlap", "1"], "--overlap is not an option of --recipe expand"),  # implied expand
     (["--init", "aligned-average", "--insert-at", "1", "--width", "2"], "not supported"),
 ])
 def test_bad_initialiser_options_are_one_error_line_and_write_nothing(tmp_path, run_dus, llama_source, args, message):
@@ -154,6 +155,15 @@ def test_init_and_insert_at_from_a_recipe_file_and_the_plan_record(tmp_path, run
     assert code == 0, err
     info = json.loads(out)
     assert info["recipe"]["init"] == {"name": "predicted", "layers": [3], "predictor": {"rank": 8, "ridge": 0.001}}
+
+
+def test_insert_at_flags_plan_expand_with_its_new_layers(run_dus, llama_source):
+    """--insert-at implies --recipe expand before the options are checked against the recipe: --new-layers is
+    expand's own option, not one the default recipe (dus) would ignore."""
+    code, out, err = run_dus("plan", llama_source, "--insert-at", "top-half", "--new-layers", "1", "--json")
+    assert code == 0, err
+    recipe = json.loads(out)["recipe"]
+    assert recipe["name"] == "expand" and recipe["new_layers"] == 1 and recipe["insert_at"] == "top-half"
 
 
 def test_growth_keys_of_a_recipe_file_are_typed_and_checked(tmp_path, run_dus, llama_source):

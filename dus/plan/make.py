@@ -7,31 +7,24 @@ from dus.errors import InputError
 from dus.plan import insert, recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.options import PlanOptions
+from dus.plan.recipe_options import RECIPE_PARAMS, recipe_name
 from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
 from dus.runtime import dtype_name
-
-# Each recipe's parameters and defaults (None: required), and how it makes layers.
-RECIPE_PARAMS = {
-    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
-    "expand": {"new_layers": None}, "layers": {"layers": None},
-}
 
 
 def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
     width = width_options(options)  # checked first: a bad factor is the error to report
-    recipe = options.recipe or ("layers" if options.layers is not None else "dus")
+    recipe = recipe_name(options.recipe, options.layers, options.insert_at)
     given = {key: getattr(options, key) for key in ("overlap", "layers", "factor", "group", "new_layers")}
     if _width_only(options):  # `--width 2` alone keeps the depth
         recipe, given["layers"] = "layers", f"0:{n}"
     init, insert_at = insert.check_init(options.init), options.insert_at
-    if insert_at is not None:  # placement belongs to the expand family
-        if options.recipe not in (None, "expand"):
-            raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
-        recipe = "expand"
+    if insert_at is not None and recipe != "expand":  # placement belongs to the expand family
+        raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
     params = {key: _given(given[key], default) for key, default in RECIPE_PARAMS[recipe].items()}
