@@ -17,10 +17,10 @@ from dus.errors import InputError
 # Re-exported for API users: the plan-file name and its reader live with the manifest.
 from dus.manifest import MANIFEST_FILE as PLAN_FILE  # noqa: E402,F401
 from dus.plan.config import equivalence_request, planned_config
-from dus.plan.layout import layout
 from dus.plan.make import make_plan
 from dus.plan.options import PlanOptions, plan_options
 from dus.plan.resolved import ResolvedPlan
+from dus.plan.tensors import planned_tensors
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
@@ -30,7 +30,8 @@ def plan(source: str | None = None, *, config: str | None = None, options: PlanO
     """Resolve a plan from headers only (no weights are read).
 
     The plan options are PlanOptions' fields (dus/plan/options.py: overlap=, layers=, recipe=, factor=,
-    group=, new_layers=, dtype=, preset=, sources=, config_overrides=, stack=, allow_index_dependent=...),
+    group=, new_layers=, dtype=, preset=, sources=, config_overrides=, stack=, allow_index_dependent=, width=,
+    mlp_width=, width_noise=, width_seed=, init=, insert_at=...),
     as keywords over the recipe file `config`, or one PlanOptions as `options`.
 
     Refuses a plan whose output layers transformers would build differently from
@@ -52,7 +53,7 @@ def plan(source: str | None = None, *, config: str | None = None, options: PlanO
         from dus.plan.gguf import resolve_gguf
 
         return resolve_gguf(the_plan, opened, options)
-    tensors = layout(the_plan, opened)
+    tensors = planned_tensors(the_plan, opened)
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)

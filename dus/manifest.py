@@ -15,6 +15,8 @@ of them the same way. Fields:
     plan         the layer map: a build's own, carried to everything trained
                  from it (`--freeze original` reads it)
     sources      build only: what `dus verify` re-reads for the byte-for-byte proof
+    computed     build only, when some tensors are computed (width growth, initialisers):
+                 {tensor: {"op", "inputs": ["source:tensor", ...], "params"}}
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class PretrainConfig:
     dtype: str = option("auto", "compute dtype: bfloat16, float32, or auto (bfloat16 on GPU, float32 on CPU)")
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
-    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new), or layers:SPEC "
-                                  "(e.g. layers:0:4,7)")
+    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new; on a widened model "
+                                  "only the added width), or layers:SPEC (e.g. layers:0:4,7)")
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-OPERATOR_MODULES: tuple[str, ...] = ()
+OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_width", "dus.write.ops_init")
 _REGISTRY: dict[str, Callable] = {}
 
 
