@@ -12,8 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 from dus.read.source import is_repo_id, local_tensors
+
 
 def cache_root() -> Path:
     """dus's own cache ($DUS_CACHE, else ~/.cache/dus): the fetched SmolLM2, the remembered plan checks."""
@@ -83,17 +85,20 @@ def check_model(ref: str | Path) -> str:
     checkpoints (.bin, .pt, ...) are refused, never loaded."""
     ref = str(ref)
     path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{ref}: not a Hugging Face model directory (no config.json)")
+    if path.is_dir() and (path / "config.json").is_file():
         return ref
-    if is_repo_id(ref):
+    if not path.exists() and is_repo_id(ref):
         return ref
-    raise InputError(f"{ref}: no such model directory (nor an owner/name Hub id)")
+    from dus.model_dir import model_dir_error
+
+    raise model_dir_error(ref, hub_id=True)
 
 
 def check_weights(ref: str | Path) -> str:
     """`check_model`, and a local directory must have safetensors weights (a pickle-only one is refused)."""
+    if str(ref).endswith(".gguf"):
+        raise InputError(f"{ref}: a .gguf file; this command reads a model directory (`dus eval --perplexity` and "
+                         "`dus chat` read .gguf files)")
     ref = check_model(ref)
     path = Path(ref).expanduser()
     if path.is_dir() and local_tensors(path) is None:
@@ -104,6 +109,10 @@ def check_weights(ref: str | Path) -> str:
 def load_tokenizer(ref: str | Path):
     from transformers import AutoTokenizer
 
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "tokenizer")
     ref = check_model(ref)
     try:
         return AutoTokenizer.from_pretrained(ref)
@@ -113,9 +122,14 @@ def load_tokenizer(ref: str | Path):
 
 def load_model(ref: str | Path, device: str = "auto", dtype: str = "auto", *, attention: str | None = None):
     """A causal LM from safetensors weights only, in eval mode on `device`: (model, device used).
-    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept."""
-    ref = check_weights(ref)
+    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept.
+    A .gguf file is read through transformers (dequantized)."""
     device = resolve_device(device)
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "model", dtype=resolve_dtype(dtype, device)).to(device).eval(), device
+    ref = check_weights(ref)
     kwargs = {"dtype": resolve_dtype(dtype, device), "use_safetensors": True}
     try:
         model = _from_pretrained(ref, kwargs, attention)
@@ -141,9 +155,11 @@ def decoder_layers(model):
     ModuleList as long as the config's layer count."""
     from torch import nn
 
+    from dus.private_api import unsplit_blocks
+
     n = num_layers(model.config)
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = unsplit_blocks(model)
     named = [m for _, m in lists if blocks and all(type(layer).__name__ in blocks for layer in m)]
     if named:
         return named[0]
@@ -154,7 +170,7 @@ def decoder_layers(model):
 
 def num_layers(config) -> int:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(text, key, None), int):
             return getattr(text, key)
     raise InputError(f"{type(config).__name__} has no layer count (num_hidden_layers)")

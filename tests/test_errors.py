@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from refusal import assert_refused, snapshot
 
 
 def _header(path):
@@ -96,23 +97,15 @@ CORRUPTIONS = {
 }
 
 
-def _assert_one_line_error(code, err, expected_code, fragment):
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0]
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_corrupt_source(name, llama_source, tmp_path, run_dus):
     src = tmp_path / "src"
     shutil.copytree(llama_source, src)
     corrupt, fragment = CORRUPTIONS[name]
     corrupt(src)
+    before = snapshot(tmp_path)  # the source and, for one corruption, the shard it points out of it to
     code, out, err = run_dus("build", src, tmp_path / "out")
-    _assert_one_line_error(code, err, 2, fragment)
-    assert sorted(os.listdir(tmp_path)) == sorted(p for p in os.listdir(tmp_path) if p in ("src", "evil.safetensors"))
+    assert_refused(code, err, fragment, outputs=tmp_path / "out", unchanged=(tmp_path, before))
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -128,16 +121,15 @@ def test_corrupt_source(name, llama_source, tmp_path, run_dus):
 ])
 def test_bad_plan_options(args, fragment, llama_source, tmp_path, run_dus):
     code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
-    _assert_one_line_error(code, err, 2, fragment)
-    assert not (tmp_path / "out").exists()
+    assert_refused(code, err, fragment, outputs=tmp_path / "out")
 
 
 def test_missing_source_and_existing_output(llama_source, tmp_path, run_dus):
     code, _, err = run_dus("build", tmp_path / "nowhere", tmp_path / "out")
-    _assert_one_line_error(code, err, 2, "no such model directory")
+    assert_refused(code, err, "nowhere: does not exist", outputs=tmp_path / "out")
     (tmp_path / "out").mkdir()
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1")
-    _assert_one_line_error(code, err, 2, "already exists")
+    assert_refused(code, err, "already exists", unchanged=(tmp_path / "out", {}))
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1", "--force")
     assert code == 0, err
     assert (tmp_path / "out/model.safetensors").is_file()
@@ -167,7 +159,7 @@ def test_subprocess_error_has_no_traceback_and_debug_shows_it(tmp_path):
     cmd = [sys.executable, "-m", "dus", "plan", str(tmp_path / "missing")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such model directory or file"
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: does not exist"
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert "Traceback" in debug.stderr and debug.returncode != 0
 
@@ -179,8 +171,16 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
 
     from dus.testing.synthetic import write_synthetic
 
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
-              "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    }
     write_synthetic(tmp_path / "src", config, "float32", shard_bytes=50 * 10**6)
     # A shard size of one tensor makes many small steps, so the signal lands mid-write.
     proc = subprocess.Popen([sys.executable, "-m", "dus", "build", str(tmp_path / "src"), str(tmp_path / "out"),
@@ -193,3 +193,22 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "error: interrupted"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_one_message_per_cause_in_every_command(tmp_path, llama_source, run_dus):
+    """`not a model` in one wording per cause, whichever command reads the path (issue 25, item 7)."""
+    missing, text, bare = tmp_path / "nonexistent", tmp_path / "notes.txt", tmp_path / "bare"
+    text.write_text("notes")
+    bare.mkdir()
+    causes = {missing: f"{missing}: does not exist", text: f"{text}: is a file, not a model directory",
+              bare: f"{bare}: has no config.json (not a Hugging Face model directory)"}
+    for path, message in causes.items():
+        for command in (["verify", path], ["chat", path, "-p", "hi"], ["eval", path, "--perplexity", text],
+                        ["analyze", path, "--text", text],
+                        ["pretrain", path, "--data", text, "--output", tmp_path / "o"]):
+            code, _, err = run_dus(*command)
+            assert (code, err.strip()) == (2, f"error: {message}"), (command, err)
+    code, _, err = run_dus("verify", llama_source)
+    assert (code, err.strip()) == (2, f"error: {llama_source}: has no dus_plan.json (not written by dus)")
+    code, _, err = run_dus("plan", "nobody/nothing-here-xyz")
+    assert code == 2 and "nobody/nothing-here-xyz" in err

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 import yaml
+from models import assert_verified, load_tensors, save_model
+from refusal import assert_refused
 
 import dus.api
-from models import assert_verified, load_tensors, save_model
 
 SCALE = [{"filter": "o_proj", "value": 0.0}, {"filter": "down_proj", "value": 0.5}, {"value": 1.0}]
 
@@ -132,10 +133,8 @@ def test_bad_recipes_refused_in_one_line(change, message, models, tmp_path, run_
         capsys.readouterr()
     path = write(tmp_path, change(RECIPES["solar"](a, b), a, b))
     code, out, err = run_dus("build", path, tmp_path / "out")
-    errors = [line for line in err.splitlines() if not line.startswith("warning:")]
-    assert code == 2 and out == "" and len(errors) == 1 and errors[0].startswith("error: "), err
-    assert message in errors[0], errors[0]
-    assert not (tmp_path / "out").exists()
+    assert out == ""
+    assert_refused(code, err, message, outputs=tmp_path / "out")
 
 
 def test_mergekit_yaml_round_trip(models, tmp_path, run_dus):
@@ -158,7 +157,8 @@ def test_mergekit_yaml_refused_for_a_blend(models, tmp_path, run_dus):
     a, _ = models
     recipe_file = write(tmp_path, {"source": str(a), "layers": [{"range": [0, 4]}, {"blend": [2, 3]}]}, "r.yml")
     code, out, err = run_dus("plan", "--config", recipe_file, "--mergekit-yaml")
-    assert code == 2 and out == "" and err.startswith("error: this plan has no mergekit passthrough recipe: it blends")
+    assert out == ""
+    assert_refused(code, err, "error: this plan has no mergekit passthrough recipe: it blends")
 
 
 @pytest.mark.parametrize("kind", sorted(RECIPES))

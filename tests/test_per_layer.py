@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
+from models import assert_verified, load_tensors
+from refusal import assert_refused
 
 import dus.api
 from dus.errors import InputError
 from dus.testing import architectures
-from models import assert_verified, load_tensors
 
 PLAN = [0, 1, 2, 3, 2, 3, 4, 5]  # --overlap 2 of 6 layers
 PACKED = {"model.embed_tokens_per_layer.weight": 1, "model.per_layer_model_projection.weight": 0}
@@ -41,8 +42,9 @@ def test_blocks_follow_the_plan_and_verify_proves_them(gemma3n, tmp_path):
 
 def test_verify_catches_a_misplaced_block(gemma3n, tmp_path, run_dus):
     """A block moved inside the embedding, the shard's hash rewritten to match: the bytes still differ."""
-    from dus.read.safetensors import read_header
     from test_verify import _rehash
+
+    from dus.read.safetensors import read_header
 
     out = tmp_path / "out"
     dus.api.build(str(gemma3n), out, overlap=2)
@@ -54,7 +56,7 @@ def test_verify_catches_a_misplaced_block(gemma3n, tmp_path, run_dus):
     shard.write_bytes(bytes(data))
     _rehash(out, shard)
     code, _, err = run_dus("verify", out)
-    assert code == 1 and "'model.embed_tokens_per_layer.weight' bytes differ" in err, err
+    assert_refused(code, err, "'model.embed_tokens_per_layer.weight' bytes differ", exit_code=1)
 
 
 def test_small_chunks_give_the_same_bytes(gemma3n):
@@ -104,14 +106,15 @@ def test_the_rearrangement_is_recorded_and_checked(gemma3n, tmp_path, run_dus):
     entry["blocks"][2] = ["base", 3]
     (out / "dus_plan.json").write_text(json.dumps(record))
     code, _, err = run_dus("verify", out)
-    assert code == 1 and "rearranged block by block differs" in err
+    assert_refused(code, err, "rearranged block by block differs", exit_code=1)
 
 
 def test_projection_blocks_are_kernel_copies_and_checked(gemma3n, tmp_path, run_dus):
     """The projection's blocks of rows are contiguous: copied range by range, and verify compares each range."""
+    from test_verify import _rehash
+
     from dus.read.safetensors import read_header
     from dus.write.gather import block_ranges
-    from test_verify import _rehash
 
     name = "model.per_layer_model_projection.weight"
     resolved = dus.api.plan(str(gemma3n), overlap=2)
@@ -128,4 +131,4 @@ def test_projection_blocks_are_kernel_copies_and_checked(gemma3n, tmp_path, run_
     shard.write_bytes(bytes(data))
     _rehash(out, shard)
     code, _, err = run_dus("verify", out)
-    assert code == 1 and f"'{name}' bytes differ" in err, err
+    assert_refused(code, err, f"'{name}' bytes differ", exit_code=1)

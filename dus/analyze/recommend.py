@@ -47,8 +47,8 @@ def apply_budget(rows: list[dict], target_params: int | None = None, target_laye
     if not within:
         smallest = rows[-1]
         raise InputError(
-            f"{flag} {limit} is smaller than the smallest DUS of this {n}-layer model "
-            f"({smallest['layers']} layers, {smallest['params']} params at overlap {smallest['overlap']})"
+            f"{flag} {limit:,} is smaller than the smallest DUS of this {n}-layer model "
+            f"({smallest['layers']} layers, {smallest['params']:,} params at overlap {smallest['overlap']})"
         )
     top = max(r["layers"] for r in within)
     for r in rows:
@@ -78,7 +78,8 @@ def explain(rec: dict) -> str:
     n, b = rec["base_layers"], rec["budget"]
     lines = [
         f"DUS overlap m stacks layers [0, n-m) + [m, n) of the n={n}-layer base ({rec['base_params']:,} params);",
-        "the seam feeds the output of layer n-m-1 into layer m: seam distance = distance(hidden_states[n-m], hidden_states[m]).",
+        "the seam feeds the output of layer n-m-1 into layer m: "
+        "seam distance = distance(hidden_states[n-m], hidden_states[m]).",
         f"budget: {b['by']} <= {b['limit']:,} ({b['option']})"
         + (f", slack {b['slack_layers']} layers" if b["slack_layers"] else "")
         + "; smoothest seam among the allowed rows wins.",

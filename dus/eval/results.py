@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dus.core.publish import atomic_write_text
 from dus.eval.h6 import H6, Benchmark
 
 MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*")
@@ -55,9 +55,10 @@ class Report:
 def model_fingerprint(model: str) -> str | None:
     """Names, sizes and times of a local model's weights, config and tokenizer: a retrained model reads as new."""
     path = Path(model).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         return None
-    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    files = [path] if path.is_file() else sorted(  # a .gguf is one file
+        {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()
@@ -97,15 +98,8 @@ def markdown(report: Report) -> str:
 def write(report: Report, out_dir: str | Path) -> None:
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
-    _replace(path / "results.json", json.dumps(to_json(report), indent=2) + "\n")
-    _replace(path / "results.md", markdown(report) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write beside, then rename: a run killed mid-write leaves the previous file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path / "results.json", json.dumps(to_json(report), indent=2) + "\n")
+    atomic_write_text(path / "results.md", markdown(report) + "\n")
 
 
 def finished(out_dir: str | Path, report: Report) -> dict[str, Score]:

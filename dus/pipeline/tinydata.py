@@ -23,11 +23,19 @@ MC = {"output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\n
       "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
       "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                       {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
-GSM = {"output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answer}}",
-       "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 8},
-       "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-       "filter_list": [{"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
-                                                          {"function": "take_first"}]}]}
+GSM = {
+    "output_type": "generate_until",
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_target": "{{answer}}",
+    "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 8},
+    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    "filter_list": [
+        {
+            "name": "strict-match",
+            "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}],
+        }
+    ],
+}
 MC_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande")
 TEST_ITEMS, POOL_ITEMS = 10, 30  # the pool holds more than H6's largest shot count (ARC, 25)
 
@@ -61,6 +69,11 @@ def prepare(kind: str, directory: Path) -> Path:
                 **(GSM if task == "gsm8k" else MC)}
         _write(directory / f"tasks/{task}.yaml", json.dumps(body, indent=2) + "\n")  # JSON is YAML
     return directory
+
+
+def prepare_argv(kind: str, directory: Path) -> list[str]:
+    """The command that makes the data set by hand (what `dus pipeline --dry-run` prints for `prepare:`)."""
+    return ["python", "-m", "dus.pipeline.tinydata", kind, str(directory)]
 
 
 def _opening(text: str, words: int = 40) -> str:
@@ -102,3 +115,14 @@ def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
+
+
+if __name__ == "__main__":  # python -m dus.pipeline.tinydata pydoc-topics DIR
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m dus.pipeline.tinydata pydoc-topics DIR")
+    try:
+        print(f"wrote {prepare(sys.argv[1], Path(sys.argv[2]))}")
+    except InputError as e:
+        sys.exit(f"error: {e}")

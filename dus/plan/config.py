@@ -8,7 +8,7 @@ reindexed by each output layer's source layer; index lists (`mlp_only_layers`,
 given by a formula (period and offset, every k-th layer, first k layers, a
 start/end/interval range) get new parameters when some value expresses the new
 stack, and are refused otherwise rather than written into a model that
-silently differs from its plan. dus.plan.equivalence then checks the result
+silently differs from its plan. dus.checks.equivalence then checks the result
 against what transformers builds.
 """
 
@@ -17,42 +17,18 @@ from __future__ import annotations
 import copy
 import itertools
 
+from dus.core.vocabulary import (
+    EXTRA_COUNT_KEYS,
+    INDEX_LIST_KEYS,
+    INDEX_LIST_SUFFIXES,
+    LAYER_FORMULAS,
+    LAYER_MAP_KEYS,
+    PER_LAYER_KEYS,
+    PER_LAYER_STRING_KEYS,
+)
 from dus.errors import InputError
-from dus.read.architecture import LAYER_COUNT_KEYS, layer_count_key
+from dus.read.architecture import layer_count_key
 
-PER_LAYER_KEYS = {
-    "layer_types", "mlp_layer_types", "no_rope_layers", "attention_types_per_layer", "block_types",
-    "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
-    "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
-    "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
-    "indexer_types",  # GLM-5 / DeepSeek sparse attention: each layer's token indexer (full or shared)
-}
-# Per-layer strings, one character a layer (Nemotron-H: "M-M*-": Mamba, MLP, attention).
-PER_LAYER_STRING_KEYS = {"hybrid_override_pattern"}
-INDEX_LIST_KEYS = {
-    "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
-    "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",
-}
-INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_layer_ids")  # other lists of ints so named are indices too
-# Maps keyed by layer index ("5", "05" or 5 -> settings of that layer).
-LAYER_MAP_KEYS = {"per_layer_config"}
-# Fields that count the stack's layers besides the layer-count key (xLSTM: num_blocks).
-EXTRA_COUNT_KEYS = (*LAYER_COUNT_KEYS, "num_blocks")
-# Formulas that say which layers are special: name -> (keys needed, predicate(i, config)).
-LAYER_FORMULAS = {
-    "attn_layer_period/attn_layer_offset": (
-        ("attn_layer_period", "attn_layer_offset"), lambda i, c: i % c["attn_layer_period"] == c["attn_layer_offset"]),
-    "expert_layer_period/expert_layer_offset": (
-        ("expert_layer_period", "expert_layer_offset"), lambda i, c: i % c["expert_layer_period"] == c["expert_layer_offset"]),
-    "decoder_sparse_step": (("decoder_sparse_step",), lambda i, c: (i + 1) % max(c["decoder_sparse_step"], 1) == 0),
-    "first_k_dense_replace": (("first_k_dense_replace",), lambda i, c: i >= c["first_k_dense_replace"]),
-    "moe_layer_freq": (("moe_layer_freq",), lambda i, c: i % max(c["moe_layer_freq"], 1) == 0),
-    "num_dense_layers": (("num_dense_layers",), lambda i, c: i >= c["num_dense_layers"]),
-    "moe_layer_start_index/moe_layer_end_index/moe_layer_interval": (
-        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
-        lambda i, c: ((i + 1) % max(c["moe_layer_interval"], 1) == 0 and c["moe_layer_start_index"] <= i
-                      and (c["moe_layer_end_index"] < 0 or i <= c["moe_layer_end_index"]))),
-}
 # Formula parameters that may take a new value, with its candidates for an m-layer stack
 # whose special layers are `wanted`.
 FREE_PARAMETERS = {
@@ -111,9 +87,20 @@ def planned_config(plan, base_config: dict) -> dict:
     dtype = None if plan.dtype == "auto" else plan.dtype
     source_layers = [layer.source_layer for layer in plan.layers]
     if plan.recipe.get("stack_config"):
+        if plan.recipe.get("width"):
+            raise InputError("width growth of a nested (multimodal) stack is not supported")
         return nested_output_config(base_config, plan.recipe["stack_config"], source_layers, dtype,
                                     plan.config_overrides)
-    return output_config(base_config, source_layers, dtype, plan.config_overrides)
+    return output_config(widened_source_config(plan, base_config), source_layers, dtype, plan.config_overrides)
+
+
+def widened_source_config(plan, base_config: dict) -> dict:
+    """The base config, widened when the plan grows width (dus/plan/width.py): what each layer is compared with."""
+    if not plan.recipe.get("width"):
+        return base_config
+    from dus.plan.width import widened_config
+
+    return widened_config(base_config, plan.recipe["width"])
 
 
 def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> list:
@@ -124,7 +111,7 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
         return [copy.deepcopy(value[src]) for src in source_layers]
     if name in PER_LAYER_KEYS and 1 < len(value) < n:
         # a shorter pattern repeats (RecurrentGemma's block_types); written out in full, which
-        # dus.plan.equivalence then checks against the layers transformers builds
+        # dus.checks.equivalence then checks against the layers transformers builds
         return [copy.deepcopy(value[src % len(value)]) for src in source_layers]
     if (name in PER_LAYER_KEYS or name in PER_LAYER_STRING_KEYS) and len(value) != n and len(value) > 1:
         raise InputError(f"config field {name!r} has {len(value)} entries for {n} layers")
@@ -225,3 +212,15 @@ def apply_overrides(config: dict, overrides: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def equivalence_request(plan, base, output_config: dict, allow_index_dependent: bool = False) -> dict:
+    """dus.checks.equivalence.check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
+    recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
+    sides: they are the user's choice, not a difference the copy introduces."""
+    scalars = {k: v for k, v in plan.config_overrides.items()
+               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
+    source_config = apply_overrides(widened_source_config(plan, base.config), scalars)
+    return {"source_config": source_config, "output_config": output_config,
+            "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
+            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}

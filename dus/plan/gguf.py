@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus import __version__
-from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
-from dus.read.gguf import ARRAY, BOOL, SCALARS, STRING, U32, GGUFSource, Value
-from dus.write.gguf import make_value
+from dus.plan.options import PlanOptions
+from dus.plan.resolved import ResolvedPlan
+from dus.read.gguf import GGUFSource
+from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, make_value
 
 PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")
@@ -69,45 +70,52 @@ class GGUFPlan(ResolvedPlan):
         return self.base.files[0].alignment
 
 
-def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, record: str | None = None) -> GGUFPlan:
+def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOptions,
+                 record: str | None = None) -> GGUFPlan:
     """Bind `plan` to its GGUF source; `record` (from a built file) replaces the lineage record."""
     _check_copy_only(plan, sources)
     base = sources[plan.base]
     tensors = layout(plan, sources)
     source_layers = [layer.source_layer for layer in plan.layers]
     resolved = GGUFPlan(plan, sources, tensors, {}, options)
-    record = record or json.dumps(plan_record(resolved), sort_keys=True)
+    record = record or json.dumps(gguf_record(resolved), sort_keys=True)
     resolved.metadata = output_metadata(base, source_layers, record, resolved.num_parameters)
     resolved.config = {k: v.value for k, v in resolved.metadata.items()
                        if not k.startswith("tokenizer.") and k != PLAN_KEY}
     return resolved
 
 
-def check_gguf_options(options: dict, refs: dict[str, str]) -> None:
+def check_gguf_options(options: PlanOptions, refs: dict[str, str]) -> None:
     """What a GGUF build cannot do, refused before any file is opened."""
     if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
-    if options.get("dtype") not in (None, "auto"):
-        raise InputError(f"dtype {options['dtype']} (from --dtype, a preset or a recipe) does not apply to a GGUF "
+    if options.dtype not in (None, "auto"):
+        raise InputError(f"dtype {options.dtype} (from --dtype, a preset or a recipe) does not apply to a GGUF "
                          "build: every tensor keeps its ggml type")
-    if options.get("config_overrides"):
+    if options.config_overrides:
         raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
                          "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
-    if options.get("recipe") == "expand":
+    if any(getattr(options, key) is not None for key in ("width", "mlp_width", "width_noise")):
+        raise InputError("width growth computes every tensor, which in a quantized GGUF would need de-quantization "
+                         "(not supported): build from safetensors")
+    if options.recipe == "expand":
         raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
                          "(not supported): a GGUF build copies layers byte for byte")
 
 
 def _check_copy_only(plan: Plan, sources: dict) -> None:
-    check_gguf_options({"dtype": plan.dtype}, sources)
+    check_gguf_options(PlanOptions(dtype=plan.dtype), sources)
     for index, layer in enumerate(plan.layers):
         if layer.op != "copy":
-            raise InputError(f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
-                             "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)")
+            raise InputError(
+                f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
+                "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)"
+            )
 
 
-def plan_record(resolved: GGUFPlan) -> dict:
-    """What `dus.plan` holds: the sources and the plan, enough to re-derive every byte."""
+def gguf_record(resolved: GGUFPlan) -> dict:
+    """What a GGUF build's `dus.plan` metadata holds (its dus_plan.json): the sources and the plan, enough to
+    re-derive every byte."""
     return {
         "dus_version": __version__,
         "sources": {name: {"ref": str(Path(s.ref).expanduser().resolve()), "num_layers": s.num_layers,
@@ -168,9 +176,11 @@ def _sliding_window_pattern(out: dict, meta: dict, arch: str, n: int, source_lay
 def _check_swa_layer_count(arch: str, n: int, out_n: int) -> None:
     count = SWA_LAYER_COUNT.get(arch)
     if count is not None and (n == count) != (out_n == count):
-        raise InputError(f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
-                         f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
-                         "model that differs from its plan")
+        raise InputError(
+            f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
+            f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
+            "model that differs from its plan"
+        )
 
 
 def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -> None:
@@ -181,8 +191,10 @@ def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -
     dense = [s < meta[key].value for s in source_layers]
     count = sum(dense)
     if dense != [i < count for i in range(len(source_layers))]:
-        raise InputError(f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
-                         "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan")
+        raise InputError(
+            f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
+            "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan"
+        )
     out[key] = make_value(meta[key].type, count)
 
 
@@ -206,9 +218,11 @@ def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> N
     steps = (n, len(source_layers)) if arch == "llama4" and window is not None and window.value == 0 else (step, step)
     bad = next((i for i, s in enumerate(source_layers) if ((i + 1) % steps[1] == 0) != ((s + 1) % steps[0] == 0)), None)
     if bad is not None:
-        raise InputError(f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
-                         f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
-                         "refusing to write a model that differs from its plan")
+        raise InputError(
+            f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
+            f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+            "refusing to write a model that differs from its plan"
+        )
 
 
 def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:

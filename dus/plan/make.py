@@ -1,80 +1,36 @@
-"""Turn user options, a preset or a recipe file into a Plan.
-
-Precedence: a recipe file (--config) or preset gives the defaults; options
-given explicitly on the command line or in the API call override them.
-"""
+"""Turn the plan options (dus/plan/options.py: flags, a preset, a recipe file) into a Plan."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
-from dus.plan import recipes
-from dus.plan.mergekit import MergekitLayers, is_mergekit, recipe_options
+from dus.plan import insert, recipes
+from dus.plan.mergekit import MergekitLayers
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
-from dus.plan.presets import PRESETS
+from dus.plan.options import PlanOptions
+from dus.plan.recipe_options import RECIPE_PARAMS, recipe_name
+from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
-from dus.read.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
-from dus.yamlfile import read_mapping
-
-RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset", "stack"}
 
 
-# Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
-PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
-
-
-def load_recipe_file(path: str | Path) -> dict:
-    mapping = read_mapping(path)
-    if is_mergekit(mapping):  # a mergekit passthrough recipe (dus/plan/mergekit.py)
-        return recipe_options(mapping, path)
-    data = {k: v for k, v in mapping.items() if k not in PIPELINE_SECTIONS}
-    unknown = sorted(set(data) - RECIPE_KEYS)
-    if unknown:
-        raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
-    if "preset" in data:
-        data = {**preset(data.pop("preset")), **data}
-    return data
-
-
-def preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return dict(PRESETS[name])
-
-
-def resolve_options(options: dict, recipe_file: str | None = None, preset_name: str | None = None) -> dict:
-    """Merge recipe file, preset and explicit options (None = not given)."""
-    merged: dict = {}
-    if recipe_file:
-        merged.update(load_recipe_file(recipe_file))
-    if preset_name:
-        merged.update(preset(preset_name))
-    merged.update({k: v for k, v in options.items() if v is not None})
-    if isinstance(merged.get("layers"), str) and "recipe" not in options:
-        merged["recipe"] = "layers"  # an explicit stack beats a preset's recipe
-    return merged
-
-
-# Each recipe's parameters and defaults (None: required), and how it makes layers.
-RECIPE_PARAMS = {
-    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
-    "expand": {"new_layers": None}, "layers": {"layers": None},
-}
-
-
-def make_plan(sources: dict[str, Source], options: dict) -> Plan:
+def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+    width = width_options(options)  # checked first: a bad factor is the error to report
+    recipe = recipe_name(options.recipe, options.layers, options.insert_at)
+    given = {key: getattr(options, key) for key in ("overlap", "layers", "factor", "group", "new_layers")}
+    if _width_only(options):  # `--width 2` alone keeps the depth
+        recipe, given["layers"] = "layers", f"0:{n}"
+    init, insert_at = insert.check_init(options.init), options.insert_at
+    if insert_at is not None and recipe != "expand":  # placement belongs to the expand family
+        raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
-    params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
+    params = {key: _given(given[key], default) for key, default in RECIPE_PARAMS[recipe].items()}
     for key, value in params.items():
-        if value is None:
+        if value is None and insert_at is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
     if "factor" in params:  # the one multiplier of n: bound it before the list is made
         check_output_layers(n * int(params["factor"]))
@@ -87,6 +43,11 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
         layers = layer_entries(params["layers"], sources)
         if not isinstance(params["layers"], str):
             described["layers"] = "explicit"
+    elif recipe == "expand" and (init or insert_at):  # dus/plan/insert.py: placement and initialiser
+        modules = residual_output_modules(base.layer_tensors[0])
+        new_layers = None if params["new_layers"] is None else int(params["new_layers"])
+        layers = insert.expand(n, insert.insertion_points(n, insert_at, new_layers), init or "zero-out", modules)
+        described.update(new_layers=sum(layer.new for layer in layers), insert_at=insert_at, zeroed=list(modules))
     elif recipe == "expand":
         modules = residual_output_modules(base.layer_tensors[0])
         layers = recipes.expand(n, int(params["new_layers"]), modules)
@@ -94,11 +55,31 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     check_output_layers(len(layers))
-    overrides = options.get("config_overrides") or {}
+    if init and recipe != "expand":
+        layers = insert.mark_repeats(layers, init, residual_output_modules(base.layer_tensors[0]))
+    if init:
+        described["init"] = insert.init_record(init, layers)
+        if width and init in insert.NEIGHBOUR_INITS:
+            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, "
+                             "then widen it")
+    if width:
+        described["width"] = width
+    overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
     return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
-                dtype_name(options.get("dtype")))
+                dtype_name(options.dtype))
+
+
+def _given(value, default):
+    """A recipe parameter: the option given, else the recipe's default (None: not given)."""
+    return default if value is None else value
+
+
+def _width_only(options: PlanOptions) -> bool:
+    depth = ("recipe", "overlap", "layers", "factor", "group", "new_layers", "init", "insert_at")
+    return (options.width is not None or options.mlp_width is not None) and all(
+        getattr(options, k) is None for k in depth)
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
@@ -151,5 +132,7 @@ def _blend_ref(item, default_source: str, default_weight: float) -> LayerRef:
     if isinstance(item, int):
         return LayerRef(item, default_source, default_weight)
     if isinstance(item, dict) and "layer" in item:
-        return LayerRef(int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight)))
+        return LayerRef(
+            int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight))
+        )
     raise InputError(f"blend item {item!r} must be a mapping with layer, weight and optional source")

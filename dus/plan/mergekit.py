@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import InputError
-from dus.plan.model import Edit, OutputLayer, LayerRef, Plan
+from dus.plan.model import Edit, LayerRef, OutputLayer, Plan
 from dus.read.architecture import split_layer_name
 from dus.read.source import Source
 

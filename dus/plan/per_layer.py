@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dus.errors import InputError
+from dus.read.architecture import packed_axis
 from dus.read.safetensors import DTYPE_BITS, TensorInfo
-
-# Name ending -> the axis that packs one block per layer.
-PACKED = {"embed_tokens_per_layer.weight": 1, "per_layer_model_projection.weight": 0}
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,6 @@ class Blocks:
             info = parts[part]
             row_bytes = info.nbytes // self.rows
             yield part, info.start + row * row_bytes + block * self.block_bytes, self.block_bytes
-
-
-def packed_axis(name: str) -> int | None:
-    return next((axis for suffix, axis in PACKED.items() if name.endswith(suffix)), None)
 
 
 def per_layer_tensor(name: str, sources: dict, plan_layers: list) -> tuple[tuple[int, ...], tuple, Blocks] | None:
@@ -82,21 +76,6 @@ def _block_shape(info: TensorInfo, axis: int, n: int, name: str) -> tuple:
         raise InputError(f"{name} is {list(info.shape)}: its axis {axis} should hold one block per layer "
                          f"({n} layers), which it does not divide into")
     return (info.dtype, *(d // n if a == axis else d for a, d in enumerate(info.shape)))
-
-
-def per_layer_widths(view: dict, stack_len: int) -> dict:
-    """An outside-the-stack module view (dus.plan.equivalence) with packed tensors' per-layer axis divided by
-    the stack's length: a source and an output of different depths then agree where dus rearranges blocks."""
-    out = {}
-    for path, (cls, tensors, settings) in view.items():
-        fixed = {}
-        for name, shape in tensors.items():
-            axis = packed_axis(f"{path}.{name}")
-            if axis is not None and len(shape) > axis and shape[axis] % stack_len == 0:
-                shape = tuple(d // stack_len if a == axis else d for a, d in enumerate(shape))
-            fixed[name] = shape
-        out[path] = (cls, fixed, settings)
-    return out
 
 
 def rearranged(specs: list, plan_layers: list) -> dict:

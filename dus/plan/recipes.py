@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dus.errors import InputError
 from dus.plan.model import Edit, LayerRef, OutputLayer, copy_of
+from dus.plan.recipe_options import check_dus_grows
 
 
 def parse_layer_spec(spec: str, n: int) -> list[int]:
@@ -24,7 +25,9 @@ def parse_layer_spec(spec: str, n: int) -> list[int]:
                 if stop <= start:
                     raise InputError(f"layer range {part!r} is empty (stop must be greater than start)")
                 if start < 0 or stop > n:
-                    raise InputError(f"layer range {part!r} is out of range: valid layers are 0..{n - 1} (ranges {0}:{n})")
+                    raise InputError(
+                        f"layer range {part!r} is out of range: valid layers are 0..{n - 1} (ranges {0}:{n})"
+                    )
                 indices.extend(range(start, stop))
             else:
                 index = int(part)
@@ -42,6 +45,7 @@ def dus(n: int, overlap: int = 8) -> list[OutputLayer]:
         raise InputError(f"--overlap must be >= 0, got {overlap}")
     if overlap >= n:
         raise InputError(f"--overlap {overlap} leaves nothing of a {n}-layer copy: use 0..{n - 1}")
+    check_dus_grows(n, overlap)
     return _copies(list(range(n - overlap)) + list(range(overlap, n)))
 
 

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _FIRST_INDEX = re.compile(r"^((?:[^.]+\.)*?)(\d+)\.(.+)$")
 
 # Residual-branch output projections, zeroed to make an identity block (LLaMA-Pro).
 _ATTN_OUT = re.compile(r"^(?:self_attn|attn|attention|self_attention|mixer)\.(?:o_proj|c_proj|dense|out_proj|wo)$")
-_MLP_OUT = re.compile(r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:down_proj|c_proj|dense_4h_to_h|fc2|w2|fc_out)$")
+_MLP_OUT = re.compile(
+    r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:down_proj|c_proj|dense_4h_to_h|fc2|w2|fc_out)$"
+)
 
 
 def refuse_encoder_decoder(config: dict) -> None:
     if config.get("is_encoder_decoder") or "encoder_layers" in config:
-        raise InputError(f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model")
+        raise InputError(
+            f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model"
+        )
 
 
 # Per-layer lists that are a config's only layer count: transformers derives num_hidden_layers from their length
@@ -135,6 +139,15 @@ def nested_layer_counts(config: dict) -> dict[str, int]:
             if count is not None and not isinstance(count, bool):
                 counts[key] = count
     return counts
+
+
+# Tensors outside the stack packed one block per layer (Gemma-3n, Gemma-4 per-layer embeddings): the axis of
+# the blocks (dus/plan/per_layer.py rearranges them in plan order).
+PACKED = {"embed_tokens_per_layer.weight": 1, "per_layer_model_projection.weight": 0}
+
+
+def packed_axis(name: str) -> int | None:
+    return next((axis for suffix, axis in PACKED.items() if name.endswith(suffix)), None)
 
 
 def split_layer_name(name: str, prefix: str) -> tuple[int, str] | None:

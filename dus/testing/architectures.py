@@ -39,7 +39,8 @@ TINY = {
     "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
     "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
     "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
-    "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32, "proj_factor_ffn": 1.5,
+    "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32,
+    "proj_factor_ffn": 1.5,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
     "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
 }
@@ -116,7 +117,8 @@ EXTRA = {
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
     "dots3_note": {"text_config": {"num_key_value_heads": 4},
-                   "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32, "adapter_out_dim": 32},
+                   "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32,
+                                     "adapter_out_dim": 32},
                    "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16}},
     "dots3_note_text": {"num_key_value_heads": 4},
     # Nemotron-H: the layer count is the per-layer list's length (its default has 4); Mamba, MoE, attention, MLP
@@ -157,7 +159,8 @@ def _tiny(config: dict) -> dict:
 
 
 def _without_per_layer(config: dict) -> dict:
-    counts = {v for k, v in config.items() if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)}
+    counts = {v for k, v in config.items()
+              if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)}
     return {k: v for k, v in config.items()
             if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)}
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from dus.testing import multimodal
 from dus.testing.architectures import DOC, LAYERS, OVERLAP, TIMEOUT_S, rows, run_isolated
 
-
 MULTIMODAL_HEADING = "## Multimodal models through `--stack`"
 
 
@@ -95,7 +94,7 @@ def _causal_intro(stamp: str, results: list[dict]) -> str:
         "greedy generation compared bit for bit with an in-memory reference (`dus/testing/reference.py`): transformers "
         "builds it from the output config, then its decoder layers are replaced by deep copies of the source's in "
         "plan order (the output config's per-layer fields are checked entry by entry against the source's by dus's "
-        "structural check, `dus/plan/equivalence.py`). Where the tiny plan is refused but a plan users build is "
+        "structural check, `dus/checks/equivalence.py`). Where the tiny plan is refused but a plan users build is "
         "not (a formula that keeps the dense layers first, KV-sharing layers kept last), a second row names that "
         "plan and shows its result.", "",
         *outcomes(results), *table(results)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from itertools import chain, islice
-from pathlib import Path
 
 import datasets
 import torch
@@ -25,39 +24,8 @@ from datasets.distributed import split_dataset_by_node
 
 from dus.errors import InputError
 from dus.train.config import PretrainConfig
+from dus.train.files import resolve_files
 from dus.train.parallel import Dist, main_first
-
-BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
-
-
-def _builder(path: Path) -> str | None:
-    suffixes = [s for s in path.suffixes if s not in COMPRESSION]
-    return BUILDERS.get(suffixes[-1].lower()) if suffixes else None
-
-
-def resolve_files(paths: list[str]) -> dict[str, list[str]]:
-    """Files by datasets builder ('text', 'json', 'parquet'); a directory contributes all its data files."""
-    found: dict[str, list[str]] = {}
-    for name in paths:
-        path = Path(name)
-        if not path.exists():
-            raise InputError(f"data path not found: {name}")
-        if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and _builder(p)
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
-            if not files:
-                raise InputError(f"no .txt, .jsonl, .json or .parquet files under {name}")
-        elif _builder(path):
-            files = [path]
-        else:
-            raise InputError(f"unsupported data file {name}: use .txt, .md, .jsonl, .json or .parquet")
-        for f in files:
-            if f.stat().st_size:  # datasets cannot read an empty file; it holds no text anyway
-                found.setdefault(_builder(f), []).append(str(f))
-    if not found:
-        raise InputError(f"empty corpus: every file in {', '.join(paths)} is empty")
-    return found
 
 
 def load_documents(paths: list[str], cfg: PretrainConfig) -> Dataset | IterableDataset:
@@ -155,7 +123,9 @@ class StreamLoader:
                 return block
             except StopIteration:
                 if self._fresh:
-                    raise InputError("empty corpus: no complete --seq-len block in this rank's share of the stream") from None
+                    raise InputError(
+                        "empty corpus: no complete --seq-len block in this rank's share of the stream"
+                    ) from None
                 self.epoch, self._it = self.epoch + 1, None
 
     def next_batch(self) -> torch.Tensor:
@@ -181,7 +151,9 @@ class Data:
 def build_data(cfg: PretrainConfig, tokenizer, d: Dist) -> Data:
     def prepare():
         train = pack(load_documents(cfg.data, cfg), tokenizer, cfg.seq_len, cfg.num_proc)
-        held_out = pack(load_documents(cfg.eval_data, cfg), tokenizer, cfg.seq_len, cfg.num_proc) if cfg.eval_data else None
+        held_out = (
+            pack(load_documents(cfg.eval_data, cfg), tokenizer, cfg.seq_len, cfg.num_proc) if cfg.eval_data else None
+        )
         return _split(train, cfg.eval_fraction, cfg.seed) if cfg.eval_fraction else (train, held_out)
 
     train, held_out = main_first(d, prepare)  # rank 0 tokenizes into the cache, the others then read it
@@ -192,7 +164,9 @@ def build_data(cfg: PretrainConfig, tokenizer, d: Dist) -> Data:
             raise InputError(f"empty corpus: no complete {cfg.seq_len}-token block in {', '.join(cfg.data)}")
         loader = BlockLoader(train, cfg.batch_size, d, cfg.seed)
         steps = loader.batches_per_epoch // cfg.grad_accum
-    eval_batches = _eval_batches(held_out, cfg.eval_batches * cfg.batch_size * d.world, cfg.batch_size, d) if held_out else []
+    eval_batches = (
+        _eval_batches(held_out, cfg.eval_batches * cfg.batch_size * d.world, cfg.batch_size, d) if held_out else []
+    )
     return Data(loader, eval_batches, steps)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,13 +30,23 @@ from transformers import (
     set_seed,
 )
 
+from dus.core.publish import atomic_model_files
 from dus.errors import InputError
+from dus.manifest import stage_manifest, write_manifest
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
+from dus.train.advice import (
+    SourceTensors,
+    checkpoint_bytes,
+    checkpoint_warning,
+    export_warning,
+    rounded_away,
+    warmup_warning,
+)
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
-from dus.manifest import stage_manifest, write_manifest
 from dus.train.freeze import apply_freeze, trainable_layers
+from dus.train.freeze_width import freeze_source_width, keep_fixed, width_record
 from dus.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -46,7 +57,7 @@ from dus.train.metrics import (
 from dus.train.model import (
     build_model,
     load_hf_config,
-    load_tokenizer,
+    load_training_tokenizer,
     max_positions,
     param_counts,
     prepare_model,
@@ -60,7 +71,7 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
-from dus.write.output import atomic_model_files
+from dus.write.card import stage_card
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:
@@ -125,8 +136,10 @@ class Trainer:
         self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
         self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
         resume_from = self._checkpoint_to_resume()
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_training_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
+        if d.is_main:  # only once the data is read: bad input leaves no OUTPUT behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
 
@@ -136,7 +149,10 @@ class Trainer:
         self.model = prepare_model(model, source, d, self.dtype, cfg.grad_checkpointing, cfg.compile)
         del model, source
         apply_freeze(self.model, decoder_layers(self.model), self.train_layers)
+        width = width_record(cfg.model) if cfg.freeze == "original" else None
+        kept = freeze_source_width(self.model, width, d.world) if width else []
         self.optimizer = build_optimizer(self.model, cfg, d.device)
+        keep_fixed(self.optimizer, kept)
         self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, self.max_steps, cfg.min_lr_ratio)
         self.step = self.tokens = 0
         if resume_from:
@@ -156,13 +172,17 @@ class Trainer:
     def _check_seq_len(self) -> None:
         limit = max_positions(self.hf_config)
         if limit and self.cfg.seq_len > limit:
-            raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
+            raise InputError(
+                f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})"
+            )
 
     def _checkpoint_to_resume(self) -> Path | None:
         # rank 0 decides, so all ranks agree
         latest, unrecorded = broadcast_object((self.ckpt.latest(), self.ckpt.unrecorded()), self.d)
         if (latest or unrecorded) and not self.cfg.resume:
-            raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+            raise InputError(
+                f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output"
+            )
         if self.cfg.resume and not latest and unrecorded:
             raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
                              "pickled its state): it cannot be resumed safely; move it away or choose a new --output")
@@ -170,8 +190,6 @@ class Trainer:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
         if latest:
             self.ckpt.check(latest)  # every file against its record, before anything is built or loaded
-        if self.d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         return latest
 
     def _layout(self) -> dict:
@@ -269,6 +287,7 @@ class Trainer:
         cfg, start = self.cfg, self.step
         last = min(self.max_steps, cfg.stop_after) if cfg.stop_after > start else self.max_steps
         self.log.print(self._banner(start, last))
+        self._warn_short_run(start, last)
         evals = []
         if self.data.eval and start == 0:  # the starting point: how much did the surgery cost?
             evals.append(self.evaluate())
@@ -299,13 +318,22 @@ class Trainer:
         c, n = self.counts, len(self.train_layers) if self.train_layers is not None else "all"
         return (f"pretraining {self.cfg.model}: {_count(c['total'])} params, {_count(c['trainable'])} trainable "
                 f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
-                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
+                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step "
+                f"({(last - start) * self.tokens_per_step:,} tokens)")
+
+    def _warn_short_run(self, start: int, last: int) -> None:
+        if not self.d.is_main or start:
+            return
+        cfg = self.cfg
+        last_lr = cfg.lr * self.scheduler.lr_lambdas[0](self.max_steps - 1)
+        final = bool(cfg.save_every) and cfg.final_checkpoint and last == self.max_steps
+        for line in (warmup_warning(self.max_steps, cfg.warmup_steps, cfg.lr, last_lr),
+                     checkpoint_warning(last, checkpoint_bytes(self.model), final)):
+            if line:
+                print(line, file=sys.stderr, flush=True)
 
     def _save_due(self, last: int) -> bool:
-        every = self.cfg.save_every
-        if self.step == last:  # a run that stops early must leave a checkpoint to resume from
-            return bool(every) and self.cfg.final_checkpoint or last < self.max_steps
-        return bool(every) and self.step % every == 0
+        return save_due(self.step, last, self.max_steps, self.cfg.save_every, self.cfg.final_checkpoint)
 
     def _save(self) -> Path:
         shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),
@@ -340,11 +368,25 @@ class Trainer:
         barrier(self.d)
 
 
+def save_due(step: int, last: int, max_steps: int, every: int, final_checkpoint: bool) -> bool:
+    """Whether to checkpoint after `step` of a run that stops after `last` of `max_steps`."""
+    if step == last:
+        stops_early = last < max_steps  # (--stop-after) it must leave a checkpoint to resume from
+        return stops_early or (every > 0 and final_checkpoint)
+    return every > 0 and step % every == 0
+
+
 def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainConfig | None = None) -> None:
     """Weights in the input model's dtype, its config and tokenizer, and a manifest naming the
     input model as parent (dus/manifest.py)."""
     config = load_hf_config(model_dir)
     dtype = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
+    if cfg is not None and cfg.export_dtype != "auto":
+        dtype = config.dtype = getattr(torch, cfg.export_dtype)
+    if dtype != torch.float32:  # an update below the dtype's resolution is lost in the cast: say so
+        warning = export_warning(*rounded_away(state, SourceTensors(model_dir), dtype), dtype)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
@@ -355,6 +397,8 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
         cfg = cfg or PretrainConfig(model=model_dir, output=str(out))
         write_manifest(staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg),
                                                [*cfg.data, *cfg.eval_data]))
+        (staging / "README.md").write_text(stage_card("pretrain", model_dir, "Continued pretraining with `dus "
+                                                      "pretrain` (its options are in dus_plan.json)."))
 
 
 def _summary_line(s: dict, out: Path) -> str:

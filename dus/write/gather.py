@@ -9,7 +9,7 @@ row joins its blocks: memory is one chunk of rows, not the tensor.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from dus.plan.layout import TensorSpec
 

@@ -9,9 +9,9 @@ operators are listed in OPERATOR_MODULES and imported on first use (keeps torch 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
-OPERATOR_MODULES: tuple[str, ...] = ()
+OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_width", "dus.write.ops_init")
 _REGISTRY: dict[str, Callable] = {}
 
 
