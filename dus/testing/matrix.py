@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from dus.quiet import quiet
 from dus.testing import multimodal
 from dus.testing.architectures import DOC, LAYERS, OVERLAP, TIMEOUT_S, rows, run_isolated
 
@@ -141,20 +142,17 @@ def main(argv=None, doc: Path = DOC) -> int:
 
         chosen, all_types = rows, lambda: list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     stamp, results = _stamp(doc), []  # the commit the rows are made at, before anything is written
-    for row in chosen(args.model_types or all_types()):
-        results.append(run_isolated(row, args.timeout))
-        name = row.model_type + (f" ({row.variant})" if row.variant else "")
-        print(f"{name:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
+    with quiet():  # no transformers progress bars from the tiny models' saves and loads
+        for row in chosen(args.model_types or all_types()):
+            results.append(run_isolated(row, args.timeout))
+            name = row.model_type + (f" ({row.variant})" if row.variant else "")
+            print(f"{name:30} {results[-1]['verdict']:18} {results[-1]['detail']}", flush=True)
     if args.merge:
         results = merged(read_doc(doc, args.multimodal), results)
         stamp = f"{_recorded_stamp(doc, args.multimodal)} (rows rerun {stamp}: {', '.join(args.model_types)})"
     if args.merge or not args.model_types:
         write_doc(results, doc, args.multimodal, stamp)
     return 1 if any(r["verdict"] in ("WRONG", "crash") for r in results) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def section_intro(stamp: str, results: list[dict]) -> str:
@@ -167,3 +165,7 @@ def section_intro(stamp: str, results: list[dict]) -> str:
         "the tiny model takes a generic one (the detail says `text and image`, or why text only).", "",
         *outcomes(results), *table(results)]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
