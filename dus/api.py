@@ -30,16 +30,22 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          dtype: str | None = None, preset: str | None = None, config: str | None = None,
          sources: dict[str, str] | None = None, need_weights: bool = False,
          allow_index_dependent: bool = False, stack: str | None = None,
-         _checks_in_background: bool = False) -> ResolvedPlan:
+         experts: int | None = None, top_k: int | None = None, expert_init: str | None = None,
+         expert_seed: int | None = None, drop_ratio: float | None = None, noise_scale: float | None = None,
+         router_std: float | None = None, _checks_in_background: bool = False) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     Refuses a plan whose output layers transformers would build differently from
     their source layers; allow_index_dependent accepts (and records) differences
     that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
-    where a checkpoint holds several (a multimodal model's language model beside its vision tower)."""
+    where a checkpoint holds several (a multimodal model's language model beside its vision tower).
+    `experts` (with top_k, expert_init copy|drop|split|noise, expert_seed, drop_ratio, noise_scale,
+    router_std) also upcycles every output layer's MLP into a mixture of experts (docs/upcycle.md)."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
-         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack},
+         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack,
+         "experts": experts, "top_k": top_k, "expert_init": expert_init, "expert_seed": expert_seed,
+         "drop_ratio": drop_ratio, "noise_scale": noise_scale, "router_std": router_std},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):
@@ -51,6 +57,10 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         if not is_gguf(ref):  # a GGUF's reader checks its own metadata
             check_source(source)
     the_plan = make_plan(opened, options)
+    if options.get("experts") is not None:
+        from dus.plan.upcycle import upcycle_plan
+
+        upcycle_plan(the_plan, opened[the_plan.base], options)
     if is_gguf(refs[the_plan.base]):
         from dus.plan.gguf import resolve_gguf
 
@@ -110,6 +120,14 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
 
         verify_model(Path(output))
     return record
+
+
+def upcycle(source: str, output: str | Path, *, experts: int, top_k: int = 2, expert_init: str = "copy",
+            **build_options) -> dict:
+    """`dus upcycle`: OUTPUT is SOURCE with every layer's MLP grown into `experts` experts (docs/upcycle.md)."""
+    build_options.setdefault("recipe", "stack")  # every layer once, in order: the depth plan that changes nothing
+    build_options.setdefault("factor", 1)
+    return build(source, output, experts=experts, top_k=top_k, expert_init=expert_init, **build_options)
 
 
 def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, verify: bool, progress) -> dict:

@@ -37,6 +37,20 @@ DTYPE = typer.Option(None, "--dtype", help="auto | bfloat16 | float16 | float32 
 PRESET = typer.Option(None, "--preset", help="A published recipe: solar (SOLAR-10.7B from Mistral-7B).", rich_help_panel=_PLAN_HELP)
 CONFIG = typer.Option(None, "--config", help="A YAML recipe file (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
 STACK = typer.Option(None, "--stack", help="PREFIX[:CONFIG]: the numbered tensor-name prefix to grow where the checkpoint holds several stacks (a language model beside a vision tower), and the nested config counting its layers when the count cannot tell (see docs/recipes.md).", rich_help_panel=_PLAN_HELP)
+_MOE_HELP = "Experts (sparse upcycling: docs/upcycle.md)"
+EXPERTS = typer.Option(None, "--experts", help="Also grow every layer's MLP into E experts and a router (dense -> MoE).", rich_help_panel=_MOE_HELP)
+TOP_K = typer.Option(None, "--top-k", help="Experts each token uses K (1..E) [default: 2].", rich_help_panel=_MOE_HELP)
+EXPERT_INIT = typer.Option(None, "--expert-init", help="copy | drop | split | noise [default: copy, which keeps the function].", rich_help_panel=_MOE_HELP)
+EXPERT_SEED = typer.Option(None, "--expert-seed", help="Seed of the router and of drop/noise draws [default: 0].", rich_help_panel=_MOE_HELP)
+DROP_RATIO = typer.Option(None, "--drop-ratio", help="--expert-init drop: share of each expert's neurons re-initialised [default: 0.5].", rich_help_panel=_MOE_HELP)
+NOISE_SCALE = typer.Option(None, "--noise-scale", help="--expert-init noise: noise std as a multiple of each matrix's std [default: 0.01].", rich_help_panel=_MOE_HELP)
+
+
+def _expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale) -> dict:
+    return dict(experts=experts, top_k=top_k, expert_init=expert_init, expert_seed=expert_seed,
+                drop_ratio=drop_ratio, noise_scale=noise_scale)
+
+
 ALLOW_INDEX = typer.Option(False, "--allow-index-dependent", help="Build even where the architecture computes part of a layer from its index (the copies then differ from their sources); recorded in dus_plan.json and the model card.", rich_help_panel=_PLAN_HELP)
 
 
@@ -47,6 +61,9 @@ def plan_command(
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
     allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
+    experts: Optional[int] = EXPERTS, top_k: Optional[int] = TOP_K, expert_init: Optional[str] = EXPERT_INIT,
+    expert_seed: Optional[int] = EXPERT_SEED, drop_ratio: Optional[float] = DROP_RATIO,
+    noise_scale: Optional[float] = NOISE_SCALE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
 ):
@@ -57,7 +74,8 @@ def plan_command(
     import dus.api
 
     resolved = dus.api.plan(source, **_plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
-                                                    str(config) if config else None, allow_index_dependent, stack))
+                                                    str(config) if config else None, allow_index_dependent, stack),
+                               **_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale))
     _warn_index_dependent(resolved.index_dependent)
     if plot:
         from dus.plan.plot import plot_plan
@@ -76,6 +94,10 @@ def format_plan(resolved) -> str:
              f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
              f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
              "layer map (output <- source):"]
+    if "moe" in info:  # upcycled: the expert layout before the layer map
+        from dus.plan.upcycle import summary_lines
+
+        lines[-1:-1] = summary_lines(info["moe"])
     for out_range, src_text in _runs(resolved.plan.layers):
         lines.append(f"  {out_range:>9}  <-  {src_text}")
     return "\n".join(lines)
@@ -114,6 +136,9 @@ def build_command(
     factor: Optional[int] = FACTOR, group: Optional[int] = GROUP, new_layers: Optional[int] = NEW_LAYERS,
     dtype: Optional[str] = DTYPE, preset: Optional[str] = PRESET, config: Optional[Path] = CONFIG,
     allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
+    experts: Optional[int] = EXPERTS, top_k: Optional[int] = TOP_K, expert_init: Optional[str] = EXPERT_INIT,
+    expert_seed: Optional[int] = EXPERT_SEED, drop_ratio: Optional[float] = DROP_RATIO,
+    noise_scale: Optional[float] = NOISE_SCALE,
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
@@ -134,6 +159,7 @@ def build_command(
         source, output = None, Path(source)
     resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
                                   str(config) if config else None, allow_index_dependent, stack)
+    resolved_opts.update(_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale))
     with byte_progress("building") as progress:
         record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress,
                                file_sha256=file_sha256, **resolved_opts)

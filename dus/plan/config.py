@@ -105,6 +105,10 @@ def planned_config(plan, base_config: dict) -> dict:
     plan.recipe["stack_config"] remapped, when the plan grows a multimodal model's text stack)."""
     dtype = None if plan.dtype == "auto" else plan.dtype
     source_layers = [layer.source_layer for layer in plan.layers]
+    if plan.moe:  # sparse upcycling: the dense output config (overrides applied) made MoE
+        from dus.plan.upcycle import moe_config
+
+        return moe_config(output_config(base_config, source_layers, dtype, plan.config_overrides), plan.moe)
     if plan.recipe.get("stack_config"):
         return nested_output_config(base_config, plan.recipe["stack_config"], source_layers, dtype,
                                     plan.config_overrides)

@@ -38,6 +38,7 @@ seen here; scripts/architectures.py compares real logits for those.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from dus.errors import InputError
@@ -66,7 +67,10 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
     """check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
     recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
     sides: they are the user's choice, not a difference the copy introduces."""
-    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides
+    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides, planned_config
+
+    if plan.moe:  # the layers are compared as dense copies; dus/plan/upcycle.py makes their MLPs MoE
+        output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
 
     scalars = {k: v for k, v in plan.config_overrides.items()
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}

@@ -19,7 +19,8 @@ from dus.runtime import dtype_name
 from dus.yamlfile import read_mapping
 
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset", "stack"}
+               "dtype", "config_overrides", "shard_size", "preset", "stack",
+               "experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std"}
 
 
 # Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-OPERATOR_MODULES: tuple[str, ...] = ()
+OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
 _REGISTRY: dict[str, Callable] = {}
 
 
