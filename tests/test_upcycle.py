@@ -1,0 +1,208 @@
+"""Sparse upcycling (dus upcycle, dus build --experts): dense -> MoE, exact for copy, as documented otherwise."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import dus.api
+from models import ARCHITECTURES, assert_verified, load_tensors, reference_model, save_model
+
+TARGETS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo2": "flex_olmo"}
+IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 90, 44, 3, 27], [70, 9, 14, 55, 21, 36, 6, 81, 48, 30]])
+
+
+def _load(directory):
+    return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _greedy(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(IDS[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True,
+                              pad_token_id=0, eos_token_id=None)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Tiny random dense models of every supported family (Qwen3 with a head_dim apart from hidden/heads,
+    Llama with tied embeddings as SmolLM2 has)."""
+    ARCHITECTURES.setdefault("qwen3_wide_heads", lambda: transformers.Qwen3Config(
+        **{**ARCHITECTURES["qwen3"]().to_dict(), "head_dim": 16}))
+    ARCHITECTURES.setdefault("llama_tied", lambda: transformers.LlamaConfig(
+        **{**ARCHITECTURES["llama"]().to_dict(), "tie_word_embeddings": True}))
+    root = tmp_path_factory.mktemp("dense")
+    return {arch: (root / arch, save_model(arch, root / arch))
+            for arch in (*TARGETS, "qwen3_wide_heads", "llama_tied")}
+
+
+@pytest.mark.parametrize("arch", [*TARGETS, "qwen3_wide_heads", "llama_tied"])
+def test_copy_upcycling_computes_the_dense_model(arch, sources, tmp_path):
+    source, dense = sources[arch]
+    out = tmp_path / "moe"
+    record = dus.api.upcycle(str(source), out, experts=4, top_k=2)
+    # computed: the four routers (and Qwen2-MoE's zero shared down projection and gate); every expert a byte copy
+    assert_verified(out, 4, computed=12 if arch == "qwen2" else 4)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == TARGETS.get(arch, TARGETS[arch.split("_")[0]])
+    moe = _load(out)
+    with torch.no_grad():
+        assert _relative(moe(IDS).logits, dense(IDS).logits) < 1e-5
+    assert torch.equal(_greedy(moe), _greedy(dense))
+    written, original = load_tensors(out), load_tensors(source)
+    experts = [name for name in written if ".experts." in name]
+    assert len(experts) == 4 * 4 * 3
+    for name, entry in record["provenance"].items():
+        if "copy" in entry:
+            assert torch.equal(written[name], original[entry["copy"]]), name
+    assert record["output"]["active_parameters"] < record["output"]["total_parameters"]
+
+
+def test_depth_and_experts_in_one_plan_equal_the_in_memory_reference(sources, tmp_path):
+    source, dense = sources["llama"]
+    out = tmp_path / "dus-moe"
+    dus.api.build(str(source), out, overlap=1, experts=8, top_k=2)  # 4 layers -> 0..2 + 1..3
+    assert_verified(out, 6, computed=6)
+    reference = reference_model(dense, [0, 1, 2, 1, 2, 3])
+    with torch.no_grad():
+        assert _relative(_load(out)(IDS).logits, reference(IDS).logits) < 1e-5
+
+
+def test_split_with_every_expert_active_computes_the_dense_model(sources, tmp_path):
+    source, dense = sources["mistral"]
+    out = tmp_path / "split"
+    record = dus.api.upcycle(str(source), out, experts=4, top_k=4, expert_init="split")
+    config = json.loads((out / "config.json").read_text())
+    assert config["intermediate_size"] == 48 // 4
+    # gate/up rows are byte ranges of the dense tensors (copies); down columns and the zero router are computed
+    assert_verified(out, 4, computed=4 * 4 + 4)
+    assert record["provenance"]["model.layers.0.block_sparse_moe.experts.1.w1.weight"] == {
+        "copy": "model.layers.0.mlp.gate_proj.weight", "rows": [12, 24]}
+    with torch.no_grad():
+        assert _relative(_load(out)(IDS).logits, dense(IDS).logits) < 1e-5
+
+
+def test_split_refuses_an_expert_count_that_does_not_divide_the_neurons(sources, tmp_path):
+    with pytest.raises(dus.api.InputError, match="divides"):
+        dus.api.upcycle(str(sources["llama"][0]), tmp_path / "x", experts=5, top_k=5, expert_init="split")
+    assert not (tmp_path / "x").exists()
+
+
+def test_drop_reinitialises_the_recorded_share_of_neurons_seeded(sources, tmp_path):
+    source, dense = sources["llama"]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    record = dus.api.upcycle(str(source), a, experts=4, top_k=2, expert_init="drop", drop_ratio=0.25, expert_seed=7)
+    dus.api.upcycle(str(source), b, experts=4, top_k=2, expert_init="drop", drop_ratio=0.25, expert_seed=7)
+    dus.api.upcycle(str(source), c, experts=4, top_k=2, expert_init="drop", drop_ratio=0.25, expert_seed=8)
+    assert_verified(a, 4, computed=4 + 4 * 4 * 3)  # verify recomputes every seeded tensor
+    ta, tb, tc, original = load_tensors(a), load_tensors(b), load_tensors(c), load_tensors(source)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # the same seed: the same model
+    gate = ta["model.layers.0.block_sparse_moe.experts.2.w1.weight"]
+    down = ta["model.layers.0.block_sparse_moe.experts.2.w2.weight"]
+    dense_gate, dense_down = original["model.layers.0.mlp.gate_proj.weight"], original["model.layers.0.mlp.down_proj.weight"]
+    changed_rows = (gate != dense_gate).any(dim=1)
+    assert changed_rows.sum().item() == 12  # 25 % of 48 neurons
+    assert torch.equal(changed_rows, (down != dense_down).any(dim=0))  # the same neurons in down's columns
+    assert not torch.equal(gate, ta["model.layers.0.block_sparse_moe.experts.3.w1.weight"])  # experts differ
+    assert not torch.equal(gate, tc["model.layers.0.block_sparse_moe.experts.2.w1.weight"])  # seeds differ
+    entry = record["provenance"]["model.layers.0.block_sparse_moe.experts.2.w1.weight"]
+    assert entry["op"] == "moe_drop" and entry["params"]["ratio"] == 0.25 and entry["params"]["seed"] == 7
+    assert record["plan"]["moe"]["function_preserved"] == "no"
+    assert "no longer computes" in (a / "README.md").read_text()
+    with torch.no_grad():
+        assert _relative(_load(a)(IDS).logits, dense(IDS).logits) > 1e-3
+
+
+def test_noise_adds_seeded_noise_of_the_stated_scale(sources, tmp_path):
+    source, _ = sources["qwen3"]
+    out = tmp_path / "noise"
+    dus.api.upcycle(str(source), out, experts=2, top_k=1, expert_init="noise", noise_scale=0.1)
+    assert_verified(out, 4, computed=4 + 4 * 2 * 3)
+    written, original = load_tensors(out), load_tensors(source)
+    dense = original["model.layers.1.mlp.up_proj.weight"]
+    delta = written["model.layers.1.mlp.experts.0.up_proj.weight"] - dense
+    assert 0.07 < (delta.std() / (0.1 * dense.std())).item() < 1.3
+
+
+def test_qwen2_moe_keeps_the_function_through_a_zero_shared_expert(sources, tmp_path):
+    out = tmp_path / "q2"
+    record = dus.api.upcycle(str(sources["qwen2"][0]), out, experts=2, top_k=1)
+    provenance = record["provenance"]
+    assert provenance["model.layers.0.mlp.shared_expert.down_proj.weight"] == {"zero": True}
+    assert provenance["model.layers.0.mlp.shared_expert_gate.weight"] == {"zero": True}
+    assert provenance["model.layers.0.mlp.shared_expert.gate_proj.weight"] == {"copy": "model.layers.0.mlp.gate_proj.weight"}
+    assert json.loads((out / "config.json").read_text())["norm_topk_prob"] is True
+
+
+def test_plan_shows_the_expert_layout_and_active_parameters(sources, run_dus):
+    code, out, err = run_dus("plan", sources["llama"][0], "--layers", "0:4", "--experts", "8", "--top-k", "2")
+    assert code == 0, err
+    assert "experts:     8 per layer, top-2, init copy" in out
+    assert "model.layers.N.block_sparse_moe.experts.{0..7}.{w1,w3,w2}.weight" in out
+    code, out, err = run_dus("plan", sources["llama"][0], "--layers", "0:4", "--experts", "8", "--json")
+    info = json.loads(out)["moe"]
+    # each layer: 8 experts of 3 x 32 x 48 weights, 2 active; so 6 x 4608 x 4 layers fewer active
+    assert info["total_parameters"] - info["active_parameters"] == 6 * 3 * 32 * 48 * 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experts", "1"], "--experts must be at least 2"),
+    (["--experts", "4", "--top-k", "5"], "--top-k must be between 1 and the number of experts"),
+    (["--experts", "4", "--init", "magic"], "unknown expert initialisation"),
+])
+def test_bad_options_are_one_error_line_and_nothing_written(args, message, sources, run_dus, tmp_path):
+    code, out, err = run_dus("upcycle", sources["llama"][0], tmp_path / "out", *args)
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("mixtral", "already a mixture of experts"),
+    ("gpt2", "cannot upcycle gpt2"),
+    ("gemma2", "cannot upcycle gemma2"),
+])
+def test_sources_without_an_moe_counterpart_are_refused(arch, message, run_dus, tmp_path):
+    save_model(arch, tmp_path / "src")
+    code, out, err = run_dus("upcycle", tmp_path / "src", tmp_path / "out", "--experts", "4")
+    last = err.strip().splitlines()[-1]  # (saving the source printed a progress bar)
+    assert code == 2 and last.startswith("error: ") and message in last and err.count("error") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_layer_without_a_gated_mlp_is_refused():
+    from dus.plan.upcycle import mlp_suffixes
+
+    with pytest.raises(dus.api.InputError, match="no recognisable gated MLP"):
+        mlp_suffixes({"mlp.fc1.weight": "x", "mlp.fc2.weight": "y", "self_attn.q_proj.weight": "z"})
+
+
+def test_llama_with_attention_bias_is_refused_for_mixtral(tmp_path, run_dus):
+    ARCHITECTURES.setdefault("llama_bias", lambda: transformers.LlamaConfig(
+        **{**ARCHITECTURES["llama"]().to_dict(), "attention_bias": True}))
+    save_model("llama_bias", tmp_path / "src")
+    code, out, err = run_dus("upcycle", tmp_path / "src", tmp_path / "out", "--experts", "4")
+    assert code == 2 and "attention_bias = True" in err, err
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_upcycles_into_an_exact_mixtral(smollm2, tmp_path):
+    out = tmp_path / "smol-moe"
+    # 4 experts keep the float32 MoE under 2 GB; each expert is the same byte copy whatever their number
+    dus.api.upcycle(str(smollm2), out, experts=4, top_k=2, verify=True)  # bf16 byte copies
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2)
+    ids = tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
+    kwargs = dict(max_new_tokens=12, do_sample=False, use_cache=True)
+    dense = _load(smollm2)
+    with torch.no_grad():
+        want, want_tokens = dense(ids).logits, dense.generate(ids, **kwargs)
+    del dense  # one model in memory at a time
+    moe = _load(out)
+    assert type(moe).__name__ == "MixtralForCausalLM"
+    with torch.no_grad():
+        assert _relative(moe(ids).logits, want) < 1e-5
+        assert torch.equal(moe.generate(ids, **kwargs), want_tokens)
