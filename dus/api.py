@@ -14,7 +14,7 @@ from dus.errors import InputError
 from dus.plan.checks import start_checks
 from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
-from dus.plan.layout import layout
+from dus.plan.upcycle import planned_tensors
 from dus.plan.make import make_plan, resolve_options
 from dus.plan.resolved import ResolvedPlan
 from dus.read.config_check import check_output, check_source
@@ -65,7 +65,7 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         from dus.plan.gguf import resolve_gguf
 
         return resolve_gguf(the_plan, opened, options)
-    tensors = layout(the_plan, opened)
+    tensors = planned_tensors(the_plan, opened)
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)

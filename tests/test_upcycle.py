@@ -206,3 +206,12 @@ def test_smollm2_upcycles_into_an_exact_mixtral(smollm2, tmp_path):
     with torch.no_grad():
         assert _relative(moe(ids).logits, want) < 1e-5
         assert torch.equal(moe.generate(ids, **kwargs), want_tokens)
+
+
+def test_docs_family_table_is_generated_from_the_code():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "upcycle_table.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run scripts/upcycle_table.py"

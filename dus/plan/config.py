@@ -106,7 +106,7 @@ def planned_config(plan, base_config: dict) -> dict:
     dtype = None if plan.dtype == "auto" else plan.dtype
     source_layers = [layer.source_layer for layer in plan.layers]
     if plan.moe:  # sparse upcycling: the dense output config (overrides applied) made MoE
-        from dus.plan.upcycle import moe_config
+        from dus.plan.moe_family import moe_config
 
         return moe_config(output_config(base_config, source_layers, dtype, plan.config_overrides), plan.moe)
     if plan.recipe.get("stack_config"):

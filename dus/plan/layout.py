@@ -89,10 +89,6 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
             if factor == 0.0:
                 parts = ()
             layers.append(TensorSpec(f"{prefix}{index}.{suffix}", dtype, info.shape, parts, factor))
-    if plan.moe:  # sparse upcycling: each layer's MLP becomes a router and experts
-        from dus.plan.upcycle import upcycled_layers
-
-        layers = upcycled_layers(plan.moe, base.config, prefix, layers)
     return head + layers + tail
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from dus.errors import DusError, InputError
 from dus.manifest import MANIFEST_FILE, file_digest, lineage, read_manifest, stage_of
 from dus.plan.config import planned_config
-from dus.plan.layout import TensorSpec, layout
+from dus.plan.layout import TensorSpec
+from dus.plan.upcycle import planned_tensors
 from dus.plan.model import Plan
 from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
@@ -106,7 +107,7 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     if source:
         refs[plan.base] = source
     sources = {name: open_source(ref, stack=plan.recipe.get("stack")) for name, ref in refs.items()}
-    expected = layout(plan, sources)
+    expected = planned_tensors(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
     config = _check_config(output, plan, sources[plan.base].config)
