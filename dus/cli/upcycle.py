@@ -24,8 +24,8 @@ def upcycle_command(opts: UpcycleOptions) -> None:
     with byte_progress("upcycling") as progress:
         record = dus.api.upcycle(opts.source, opts.output, progress=progress, **build)
     out = record["output"]
-    print(f"wrote {opts.output}: {out['num_layers']} layers x {record['plan']['moe']['experts']} experts, "
-          f"{out['num_parameters']:,} parameters ({out['active_parameters']:,} active), "
-          f"{len(out['shards'])} shard(s)")
+    active = f" ({out['active_parameters']:,} active)" if "active_parameters" in out else ""
+    print(f"wrote {opts.output}: {out['num_layers']} layers x {opts.experts} experts (top-{opts.top_k}), "
+          f"{out['num_parameters']:,} parameters{active}, {len(out['shards'])} file(s)")
     if verify:
         verify_command(opts.output, None)

@@ -13,6 +13,7 @@ into `dus.plan`, from which `dus verify` re-derives the whole file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
 from dus.read.gguf import ARRAY, BOOL, SCALARS, STRING, U32, GGUFSource, Value
-from dus.write.gguf import make_value
+from dus.write.gguf import make_value, placed
 
 PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")
@@ -58,11 +59,11 @@ class GGUFPlan(ResolvedPlan):
 
     @property
     def num_parameters(self) -> int:
-        return sum(spec.parts[0][0].numel for spec in self.tensors)
+        return sum(math.prod(spec.shape) for spec in self.tensors)
 
     @property
     def output_bytes(self) -> int:
-        return sum(spec.parts[0][0].nbytes for spec in self.tensors)
+        return sum(placed(spec).nbytes for spec in self.tensors)
 
     @property
     def alignment(self) -> int:
@@ -74,10 +75,18 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, reco
     _check_copy_only(plan, sources)
     base = sources[plan.base]
     tensors = layout(plan, sources)
+    if plan.moe:  # llama -> llama with experts (dus/plan/upcycle_gguf.py)
+        from dus.plan.upcycle_gguf import expert_tensors
+
+        tensors = expert_tensors(plan.moe, base, tensors)
     source_layers = [layer.source_layer for layer in plan.layers]
     resolved = GGUFPlan(plan, sources, tensors, {}, options)
     record = record or json.dumps(plan_record(resolved), sort_keys=True)
     resolved.metadata = output_metadata(base, source_layers, record, resolved.num_parameters)
+    if plan.moe:
+        from dus.plan.upcycle_gguf import expert_metadata
+
+        resolved.metadata = expert_metadata(plan.moe, base, resolved.metadata)
     resolved.config = {k: v.value for k, v in resolved.metadata.items()
                        if not k.startswith("tokenizer.") and k != PLAN_KEY}
     return resolved

@@ -84,16 +84,7 @@ def family_of(config: dict) -> Family:
 def upcycle_settings(options: dict, config: dict, layer_tensors: dict[str, str]) -> dict:
     """The plan's `moe` entry from the options (experts, top_k, expert_init, ...), checked."""
     family = family_of(config)
-    experts, top_k = options.get("experts"), options.get("top_k")
-    init = options.get("expert_init") or "copy"
-    if not isinstance(experts, int) or experts < 2:
-        raise InputError(f"--experts must be at least 2, got {experts!r}")
-    if top_k is None:
-        top_k = min(2, experts)
-    if not isinstance(top_k, int) or not 1 <= top_k <= experts:
-        raise InputError(f"--top-k must be between 1 and the number of experts ({experts}), got {top_k!r}")
-    if init not in INITS:
-        raise InputError(f"unknown expert initialisation {init!r} (known: {', '.join(INITS)})")
+    experts, top_k, init = expert_counts(options)
     mlp_suffixes(layer_tensors)  # a recognisable MLP, or the refusal
     settings = {"family": family.target, "architecture": family.architecture, "experts": experts, "top_k": top_k,
                 "init": init, "seed": int(options.get("expert_seed") or 0),
@@ -113,6 +104,21 @@ def upcycle_settings(options: dict, config: dict, layer_tensors: dict[str, str])
         raise InputError(f"--expert-init split partitions the {config.get('intermediate_size')} intermediate neurons "
                          f"into {experts} equal experts: choose an expert count that divides it")
     return settings
+
+
+def expert_counts(options: dict) -> tuple[int, int, str]:
+    """(experts, top_k, init) from the options, checked."""
+    experts, top_k = options.get("experts"), options.get("top_k")
+    init = options.get("expert_init") or "copy"
+    if not isinstance(experts, int) or experts < 2:
+        raise InputError(f"--experts must be at least 2, got {experts!r}")
+    if top_k is None:
+        top_k = min(2, experts)
+    if not isinstance(top_k, int) or not 1 <= top_k <= experts:
+        raise InputError(f"--top-k must be between 1 and the number of experts ({experts}), got {top_k!r}")
+    if init not in INITS:
+        raise InputError(f"unknown expert initialisation {init!r} (known: {', '.join(INITS)})")
+    return experts, top_k, init
 
 
 def mlp_suffixes(layer_tensors: dict[str, str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ output layer's MLP tensors by the router and experts of the chosen initialisatio
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from dus.errors import InputError
 from dus.plan.layout import Computed, TensorSpec, layout
@@ -125,9 +126,9 @@ def _split(dense: TensorSpec, info: TensorInfo, axis: int, expert: int, experts:
 def parameter_counts(moe: dict, specs: list[TensorSpec]) -> dict:
     """Total parameters, and those one token uses (the routed experts count top_k / experts)."""
     def count(spec: TensorSpec) -> int:
-        return spec.nbytes * 8 // DTYPE_BITS[spec.dtype]
+        return math.prod(spec.shape)
 
-    marker = f".{family_of_target(moe).block}.experts."
+    marker = "_exps." if moe.get("format") == "gguf" else f".{family_of_target(moe).block}.experts."
     total = sum(count(s) for s in specs)
     routed = sum(count(s) for s in specs if marker in s.name)
     return {"total_parameters": total,
@@ -136,6 +137,11 @@ def parameter_counts(moe: dict, specs: list[TensorSpec]) -> dict:
 
 def upcycle_plan(plan, base, options: dict) -> None:
     """Give a (depth) plan over its base Source the `moe` entry that makes its MLPs experts."""
+    if getattr(base, "files", None) is not None:  # a GGUFSource
+        from dus.plan.upcycle_gguf import gguf_settings
+
+        plan.moe = gguf_settings(options, base)
+        return
     if base.stack_config:
         raise InputError("upcycling grows a text model's MLPs; a multimodal checkpoint's stack is not supported")
     from dus.plan.config import apply_overrides
@@ -177,6 +183,11 @@ def provenance(specs: list[TensorSpec], sources: dict) -> dict[str, dict]:
 
 def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
     """The `moe` entry of `dus plan --json` and of the record: settings, layout, parameter counts."""
+    if moe.get("format") == "gguf":
+        return {**moe, "layout": {"router": f"{layer_prefix}N.ffn_gate_inp.weight (F32, zero)",
+                                  "experts": f"{layer_prefix}N.ffn_{{gate,up,down}}_exps.weight ({moe['experts']} "
+                                             "stacked byte copies of the dense tensor)"},
+                **parameter_counts(moe, specs)}
     family = family_of_target(moe)
     block = f"{layer_prefix}N.{family.block}."
     layout = {"router": f"{block}gate.weight",
@@ -189,7 +200,7 @@ def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
 
 def summary_lines(info: dict) -> list[str]:
     """`dus plan`'s lines for an upcycled plan."""
-    return [f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {info['seed']}), "
+    return [f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {info.get('seed', '-')}), "
             f"{info['family']} ({info['architecture']}); function preserved: {info['function_preserved']}",
             f"parameters:  {info['active_parameters']:,} active of {info['total_parameters']:,} total",
             f"router:      {info['layout']['router']}",

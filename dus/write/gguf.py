@@ -51,19 +51,49 @@ def make_value(vtype: int, value, item_type: int | None = None) -> Value:
     return Value(vtype, value, raw, item_type)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """An output tensor's bytes: its source ranges back to back (E of them for stacked experts,
+    dus/plan/upcycle_gguf.py), or `zeros` bytes of zeros when it has no source (a zero router)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    pieces: tuple[TensorInfo, ...]
+    zeros: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.zeros + sum(piece.nbytes for piece in self.pieces)
+
+
+def placed(spec) -> Placed:
+    """A plan's TensorSpec as GGUF bytes: one source range (a copy), several (a stack), or none (zeros)."""
+    if not spec.parts:
+        return Placed(spec.dtype, spec.shape, (), ggml_nbytes(spec.dtype, spec.shape))
+    return Placed(spec.parts[0][0].dtype, spec.shape, tuple(info for info, _ in spec.parts))
+
+
+def ggml_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
+    (block, size), = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
+    count = 1
+    for d in shape:
+        count *= d
+    return count // block * size
+
+
 @dataclass
 class FilePlan:
-    """One output file: its header and, per tensor, (offset in the data section, source bytes)."""
+    """One output file: its header and, per tensor, (offset in the data section, its bytes)."""
 
     name: str
     header: bytes
-    tensors: list[tuple[int, TensorInfo]]
+    tensors: list[tuple[int, Placed]]
     size: int
 
 
 def plan_files(resolved, output: Path, counts: list[int]) -> list[FilePlan]:
     """Output files holding counts[i] tensors each, in plan order."""
-    specs = [(spec.name, spec.parts[0][0]) for spec in resolved.tensors]
+    specs = [(spec.name, placed(spec)) for spec in resolved.tensors]
     names = split_names(output, len(counts))
     files, start = [], 0
     for index, count in enumerate(counts):
@@ -84,7 +114,7 @@ def split_counts(resolved, max_bytes: int | None) -> list[int]:
     """Tensors per file, each file at most max_bytes of tensor data (one tensor at least)."""
     counts, size = [0], 0
     for spec in resolved.tensors:
-        nbytes = spec.parts[0][0].nbytes
+        nbytes = placed(spec).nbytes
         if max_bytes and counts[-1] and size + nbytes > max_bytes:
             counts.append(0)
             size = 0
@@ -101,7 +131,7 @@ def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensor
             "split.tensors.count": make_value(I32, n_tensors)}
 
 
-def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, TensorInfo]], alignment: int) -> FilePlan:
+def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int) -> FilePlan:
     type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
     parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
     for key, value in metadata.items():
@@ -163,13 +193,14 @@ def _write_file(file: FilePlan, path: Path, progress: Callable[[int], None]) -> 
             out.write(file.header)
             out.flush()
             fd, position = out.fileno(), len(file.header)
-            for offset, info in file.tensors:
-                os.write(fd, b"\0" * (len(file.header) + offset - position))  # alignment padding
-                if info.path not in sources:
-                    sources[info.path] = os.open(info.path, os.O_RDONLY)
-                copy_range(sources[info.path], fd, info.start, info.nbytes)
-                position = len(file.header) + offset + info.nbytes
-                progress(info.nbytes)
+            for offset, tensor in file.tensors:
+                os.write(fd, b"\0" * (len(file.header) + offset - position + tensor.zeros))  # padding, zeros
+                for info in tensor.pieces:
+                    if info.path not in sources:
+                        sources[info.path] = os.open(info.path, os.O_RDONLY)
+                    copy_range(sources[info.path], fd, info.start, info.nbytes)
+                position = len(file.header) + offset + tensor.nbytes
+                progress(tensor.nbytes)
             os.write(fd, b"\0" * (file.size - position))
     finally:
         for fd in sources.values():
