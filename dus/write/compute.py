@@ -32,6 +32,12 @@ def read_tensor(info: TensorInfo):
 
 def tensor_bytes(spec: TensorSpec) -> bytes:
     """The output bytes of a tensor that is not a plain byte copy."""
+    if spec.computed is not None:
+        from dus.write.operators import bytes_operator
+
+        write = bytes_operator(spec.computed.op)
+        if write is not None:  # computed without torch
+            return write(spec)
     import torch
 
     if spec.computed is not None:

@@ -20,14 +20,6 @@ def generator(*coordinates) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-@register("moe_router")
-def router(inputs, *, experts: int, hidden: int, layer: int, seed: int, std: float) -> torch.Tensor:
-    """A router of N(0, std) logits weights: with identical experts any router keeps the function,
-    and a random one sends tokens to different experts so that training tells them apart."""
-    draw = torch.randn((experts, hidden), generator=generator("router", seed, layer), dtype=torch.float32)
-    return draw * std
-
-
 @register("moe_drop")
 def drop(inputs, *, axis: int, expert: int, layer: int, projection: str, seed: int, ratio: float) -> torch.Tensor:
     """Drop-Upcycling: the neurons this expert re-initialises (the same ones in gate, up and down:
