@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Lazy, so `import dus` (and the CLI's start-up) stays light.
-    if name in ("plan", "build", "verify"):
+    if name in ("plan", "build", "verify", "upcycle"):
         import dus.api
 
         return getattr(dus.api, name)
