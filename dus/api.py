@@ -16,6 +16,7 @@ from dus.plan.config import planned_config
 from dus.plan.equivalence import equivalence_request
 from dus.plan.upcycle import planned_tensors
 from dus.plan.make import make_plan, resolve_options
+from dus.plan.moe_family import EXPERT_OPTIONS
 from dus.plan.resolved import ResolvedPlan
 from dus.read.config_check import check_output, check_source
 from dus.read.gguf import is_gguf
@@ -57,7 +58,7 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
         if not is_gguf(ref):  # a GGUF's reader checks its own metadata
             check_source(source)
     the_plan = make_plan(opened, options)
-    if options.get("experts") is not None:
+    if any(options.get(key) is not None for key in EXPERT_OPTIONS):
         from dus.plan.upcycle import upcycle_plan
 
         upcycle_plan(the_plan, opened[the_plan.base], options)

@@ -173,6 +173,25 @@ def test_sources_without_an_moe_counterpart_are_refused(arch, message, run_dus, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"top_k": 2}, "--top-k is an upcycling option: it needs --experts E"),
+    ({"experts": 4, "drop_ratio": 0.3}, "--drop-ratio is for --expert-init drop, not copy"),
+])
+def test_expert_options_that_would_be_ignored_are_refused(options, message, sources, tmp_path):
+    with pytest.raises(dus.api.InputError, match=message):
+        dus.api.build(str(sources["llama"][0]), tmp_path / "out", layers="0:4", **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_file_grows_depth_and_experts(sources, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"source: {sources['llama'][0]}\noverlap: 1\nexperts: 4\ntop_k: 1\nexpert_init: noise\n"
+                      "noise_scale: 0.05\n")
+    record = dus.api.build(None, tmp_path / "out", config=str(recipe))
+    assert record["plan"]["moe"]["noise_scale"] == 0.05 and record["output"]["num_layers"] == 6
+    assert_verified(tmp_path / "out", 6, computed=6 + 6 * 4 * 3)
+
+
 def test_a_layer_without_a_gated_mlp_is_refused():
     from dus.plan.upcycle import mlp_suffixes
 

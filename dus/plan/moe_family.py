@@ -106,10 +106,22 @@ def upcycle_settings(options: dict, config: dict, layer_tensors: dict[str, str])
     return settings
 
 
+# The plan options of upcycling: any of them asks for experts.
+EXPERT_OPTIONS = ("experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std")
+# The options that only one initialisation reads.
+INIT_OPTIONS = {"drop_ratio": "drop", "noise_scale": "noise"}
+
+
 def expert_counts(options: dict) -> tuple[int, int, str]:
     """(experts, top_k, init) from the options, checked."""
     experts, top_k = options.get("experts"), options.get("top_k")
     init = options.get("expert_init") or "copy"
+    if experts is None:
+        given = [k for k in EXPERT_OPTIONS if options.get(k) is not None]
+        raise InputError(f"--{given[0].replace('_', '-')} is an upcycling option: it needs --experts E")
+    for key, wanted in INIT_OPTIONS.items():
+        if options.get(key) is not None and init != wanted:
+            raise InputError(f"--{key.replace('_', '-')} is for --expert-init {wanted}, not {init}")
     if not isinstance(experts, int) or experts < 2:
         raise InputError(f"--experts must be at least 2, got {experts!r}")
     if top_k is None:

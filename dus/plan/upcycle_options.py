@@ -28,5 +28,6 @@ class UpcycleOptions:
     def build_options(self) -> dict:
         """dus.api.build's keywords: the identity layer plan with the experts added."""
         return dict(experts=self.experts, top_k=self.top_k, expert_init=self.init, expert_seed=self.seed,
-                    drop_ratio=self.drop_ratio, noise_scale=self.noise_scale, router_std=self.router_std,
+                    drop_ratio=self.drop_ratio if self.init == "drop" else None,
+                    noise_scale=self.noise_scale if self.init == "noise" else None, router_std=self.router_std,
                     dtype=self.dtype, shard_size=self.shard_size, force=self.force, verify=self.verify)
