@@ -192,6 +192,24 @@ def test_a_recipe_file_grows_depth_and_experts(sources, tmp_path):
     assert_verified(tmp_path / "out", 6, computed=6 + 6 * 4 * 3)
 
 
+def test_an_moe_config_that_computes_a_layer_differently_is_refused(sources):
+    """The build asks transformers whether the MoE model matches the dense one outside the MLPs."""
+    from dus.plan.make import make_plan
+    from dus.plan.upcycle import upcycle_plan
+    from dus.plan.upcycle_check import check_moe, moe_request
+    from dus.read.source import open_source
+
+    source = open_source(str(sources["qwen3_wide_heads"][0]))
+    options = {"source": source.ref, "recipe": "stack", "factor": 1, "experts": 4, "top_k": 2}
+    plan = make_plan({"base": source}, options)
+    upcycle_plan(plan, source, options)
+    request = moe_request(plan, source)
+    check_moe(**request)  # as planned: the same attention, norms and rotary embedding
+    del request["moe_config"]["head_dim"]  # qwen3_moe would then derive hidden/heads = 8, not 16
+    with pytest.raises(dus.api.InputError, match="refusing to upcycle"):
+        check_moe(**request)
+
+
 def test_a_layer_without_a_gated_mlp_is_refused():
     from dus.plan.upcycle import mlp_suffixes
 

@@ -69,14 +69,18 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
     sides: they are the user's choice, not a difference the copy introduces."""
     from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides, planned_config
 
-    if plan.moe:  # the layers are compared as dense copies; dus/plan/upcycle.py makes their MLPs MoE
+    upcycled = {}
+    if plan.moe:  # the layers are compared as dense copies; dus/plan/upcycle_check.py compares the MoE with them
+        from dus.plan.upcycle_check import moe_request
+
         output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
+        upcycled = {"moe": moe_request(plan, base)}
 
     scalars = {k: v for k, v in plan.config_overrides.items()
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
     return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
             "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}
+            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
 
 
 def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
