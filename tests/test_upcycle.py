@@ -103,7 +103,8 @@ def test_drop_reinitialises_the_recorded_share_of_neurons_seeded(sources, tmp_pa
     assert all(torch.equal(ta[k], tb[k]) for k in ta)  # the same seed: the same model
     gate = ta["model.layers.0.block_sparse_moe.experts.2.w1.weight"]
     down = ta["model.layers.0.block_sparse_moe.experts.2.w2.weight"]
-    dense_gate, dense_down = original["model.layers.0.mlp.gate_proj.weight"], original["model.layers.0.mlp.down_proj.weight"]
+    dense_gate = original["model.layers.0.mlp.gate_proj.weight"]
+    dense_down = original["model.layers.0.mlp.down_proj.weight"]
     changed_rows = (gate != dense_gate).any(dim=1)
     assert changed_rows.sum().item() == 12  # 25 % of 48 neurons
     assert torch.equal(changed_rows, (down != dense_down).any(dim=0))  # the same neurons in down's columns
@@ -134,7 +135,8 @@ def test_qwen2_moe_keeps_the_function_through_a_zero_shared_expert(sources, tmp_
     provenance = record["provenance"]
     assert provenance["model.layers.0.mlp.shared_expert.down_proj.weight"] == {"zero": True}
     assert provenance["model.layers.0.mlp.shared_expert_gate.weight"] == {"zero": True}
-    assert provenance["model.layers.0.mlp.shared_expert.gate_proj.weight"] == {"copy": "model.layers.0.mlp.gate_proj.weight"}
+    shared_gate = provenance["model.layers.0.mlp.shared_expert.gate_proj.weight"]
+    assert shared_gate == {"copy": "model.layers.0.mlp.gate_proj.weight"}
     assert json.loads((out / "config.json").read_text())["norm_topk_prob"] is True
 
 
@@ -195,8 +197,8 @@ def test_a_recipe_file_grows_depth_and_experts(sources, tmp_path):
 def test_an_moe_config_that_computes_a_layer_differently_is_refused(sources):
     """The build asks transformers whether the MoE model matches the dense one outside the MLPs."""
     from dus.plan.make import make_plan
-    from dus.plan.upcycle import upcycle_plan
-    from dus.plan.upcycle_check import check_moe, moe_request
+    from dus.plan.upcycle import moe_request, upcycle_plan
+    from dus.plan.upcycle_check import check_moe
     from dus.read.source import open_source
 
     source = open_source(str(sources["qwen3_wide_heads"][0]))

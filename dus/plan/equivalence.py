@@ -71,7 +71,7 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
 
     upcycled = {}
     if plan.moe:  # the layers are compared as dense copies; dus/plan/upcycle_check.py compares the MoE with them
-        from dus.plan.upcycle_check import moe_request
+        from dus.plan.upcycle import moe_request
 
         output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
         upcycled = {"moe": moe_request(plan, base)}

@@ -77,7 +77,8 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
     else:
         params = (("experts", experts), ("hidden", hidden), ("layer", index), ("seed", moe["seed"]),
                   ("std", moe["router_std"]))
-        tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), (), computed=Computed("moe_router", (), params))]
+        router = Computed("moe_router", (), params)
+        tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), (), computed=router)]
     for e in range(experts):
         for projection, name in zip(PROJECTIONS, family.expert_names):
             spec = _expert(moe, dense[projection], projection, index, e)
@@ -200,9 +201,21 @@ def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
 
 def summary_lines(info: dict) -> list[str]:
     """`dus plan`'s lines for an upcycled plan."""
-    return [f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {info.get('seed', '-')}), "
+    seed = info.get("seed", "-")
+    return [f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {seed}), "
             f"{info['family']} ({info['architecture']}); function preserved: {info['function_preserved']}",
             f"parameters:  {info['active_parameters']:,} active of {info['total_parameters']:,} total",
             f"router:      {info['layout']['router']}",
             f"experts at:  {info['layout']['experts']}",
             *([f"shared:      {info['layout']['shared_expert']}"] if "shared_expert" in info["layout"] else [])]
+
+
+def moe_request(plan, base) -> dict | None:
+    """dus.plan.upcycle_check.check_moe's arguments for an upcycled plan (JSON, for the checks' child process)."""
+    if not plan.moe or plan.moe.get("format") == "gguf":
+        return None
+    from dus.plan.config import planned_config
+
+    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
+            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
+            "layer_prefix": base.layer_prefix}

@@ -13,21 +13,7 @@ plan is refused rather than written as a model that silently differs from the de
 
 from __future__ import annotations
 
-import dataclasses
-
 from dus.errors import InputError
-
-
-def moe_request(plan, base) -> dict | None:
-    """check_moe's arguments for an upcycled plan (JSON, for the checks' child process)."""
-    if not plan.moe or plan.moe.get("format") == "gguf":
-        return None
-    from dus.plan.config import planned_config
-    from dus.plan.moe_family import family_of_target
-
-    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
-            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
-            "layer_prefix": base.layer_prefix}
 
 
 def check_moe(dense_config: dict, moe_config: dict, block: str, layer_prefix: str) -> None:
