@@ -24,11 +24,11 @@ def table() -> str:
     for dense, f in FAMILIES.items():
         names = "/".join(f.expert_names)
         why = "top-k weights always renormalised" if f.norm_topk == "always" else "`norm_topk_prob: true` written"
-        if f.shared_expert:
-            why += "; shared expert's down projection and gate zero"
+        if f.shared:
+            why += f"; shared expert (`{f.shared}`) down projection{' and gate' if f.shared_gate else ''} zero"
         must = ", ".join(f"`{k}: {str(v).lower()}`" for k, v in f.must) or "—"
         rows.append(f"| `{dense}` | `{f.target}` ({f.architecture}) | `{f.block}.experts.E.{{{names}}}.weight`, "
-                    f"router `{f.block}.gate.weight` | {why} | {must} |")
+                    f"router `{f.block}.{f.router}.weight` | {why} | {must} |")
     rows += ["", "| dense `model_type` | refused because |", "|---|---|"]
     rows += [f"| `{dense}` | {reason} |" for dense, reason in REFUSED.items()]
     return "\n".join(rows)

@@ -9,7 +9,8 @@ import transformers
 import dus.api
 from models import ARCHITECTURES, assert_verified, load_tensors, reference_model, save_model
 
-TARGETS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo2": "flex_olmo"}
+TARGETS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo2": "flex_olmo",
+           "hunyuan_v1_dense": "hunyuan_v1_moe"}
 IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 90, 44, 3, 27], [70, 9, 14, 55, 21, 36, 6, 81, 48, 30]])
 
 
@@ -35,6 +36,8 @@ def sources(tmp_path_factory):
         **{**ARCHITECTURES["qwen3"]().to_dict(), "head_dim": 16}))
     ARCHITECTURES.setdefault("llama_tied", lambda: transformers.LlamaConfig(
         **{**ARCHITECTURES["llama"]().to_dict(), "tie_word_embeddings": True}))
+    ARCHITECTURES.setdefault("hunyuan_v1_dense", lambda: transformers.HunYuanDenseV1Config(
+        **{**ARCHITECTURES["llama"]().to_dict(), "model_type": "hunyuan_v1_dense"}))
     root = tmp_path_factory.mktemp("dense")
     return {arch: (root / arch, save_model(arch, root / arch))
             for arch in (*TARGETS, "qwen3_wide_heads", "llama_tied")}
@@ -46,9 +49,9 @@ def test_copy_upcycling_computes_the_dense_model(arch, sources, tmp_path):
     out = tmp_path / "moe"
     record = dus.api.upcycle(str(source), out, experts=4, top_k=2)
     # computed: the four routers (and Qwen2-MoE's zero shared down projection and gate); every expert a byte copy
-    assert_verified(out, 4, computed=12 if arch == "qwen2" else 4)
+    assert_verified(out, 4, computed={"qwen2": 12, "hunyuan_v1_dense": 8}.get(arch, 4))
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == TARGETS.get(arch, TARGETS[arch.split("_")[0]])
+    assert config["model_type"] == (TARGETS.get(arch) or TARGETS[arch.split("_")[0]])
     moe = _load(out)
     with torch.no_grad():
         assert _relative(moe(IDS).logits, dense(IDS).logits) < 1e-5
@@ -90,6 +93,11 @@ def test_split_refuses_an_expert_count_that_does_not_divide_the_neurons(sources,
     with pytest.raises(dus.api.InputError, match="divides"):
         dus.api.upcycle(str(sources["llama"][0]), tmp_path / "x", experts=5, top_k=5, expert_init="split")
     assert not (tmp_path / "x").exists()
+
+
+def test_split_is_refused_where_the_shared_expert_shares_the_experts_size(sources, tmp_path):
+    with pytest.raises(dus.api.InputError, match="shared MLP"):
+        dus.api.upcycle(str(sources["hunyuan_v1_dense"][0]), tmp_path / "x", experts=4, top_k=4, expert_init="split")
 
 
 def test_drop_reinitialises_the_recorded_share_of_neurons_seeded(sources, tmp_path):

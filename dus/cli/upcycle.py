@@ -11,9 +11,10 @@ from dus.plan.upcycle_options import UpcycleOptions
 def upcycle_command(opts: UpcycleOptions) -> None:
     """Upcycle a dense model into a mixture of experts: every layer's MLP becomes E experts and a router.
 
-    Llama/Mistral -> Mixtral, Qwen2 -> Qwen2-MoE, Qwen3 -> Qwen3-MoE, OLMo-2 -> FlexOlmo, written in the
-    Hub's per-expert layout. `--init copy` keeps the function exactly (docs/upcycle.md). The same options
-    on `dus build` (--experts, --top-k, --expert-init) combine experts with a depth plan.
+    Llama/Mistral -> Mixtral, Qwen2 -> Qwen2-MoE, Qwen3 -> Qwen3-MoE, OLMo-2 -> FlexOlmo, HunYuan -> HunYuan-MoE,
+    written in the Hub's per-expert layout; a llama GGUF -> llama with experts. `--init copy` keeps the
+    function exactly (docs/upcycle.md). The same options on `dus build` (--experts, --top-k,
+    --expert-init) combine experts with a depth plan.
     """
     import dus.api
     from dus.cli.progress import byte_progress

@@ -29,8 +29,17 @@ class Family:
     fixed: tuple[tuple[str, object], ...] = ()  # MoE config fields with the values upcycling needs
     must: tuple[tuple[str, object], ...] = ()   # dense fields that must have this value (or be absent)
     dropped: tuple[str, ...] = ()      # dense-only fields, removed once `must` holds
-    shared_expert: bool = False        # Qwen2-MoE: a shared expert beside the routed ones
+    shared: str | None = None          # a shared expert beside the routed ones: `{block}.{shared}.{proj}.weight`
+    shared_gate: str | None = None     # its sigmoid gate, `{block}.{shared_gate}.weight` (Qwen2-MoE)
+    shared_size_key: str | None = None  # config: the shared expert's intermediate size, if its own
     norm_topk: str = "always"          # how its routing weights sum to one: "always" or norm_topk_prob
+    router: str = "gate"               # the router's module in the block
+    topk_key: str = "num_experts_per_tok"
+    split: bool = True                 # False: experts and the shared expert share one size field
+
+    @property
+    def shared_expert(self) -> bool:
+        return self.shared is not None
 
 
 _QWEN_MOE = (("decoder_sparse_step", 1), ("mlp_only_layers", []), ("norm_topk_prob", True))
@@ -41,10 +50,14 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("mixtral", "MixtralForCausalLM", "block_sparse_moe", ("w1", "w3", "w2"), "num_local_experts",
                       "intermediate_size"),
     "qwen2": Family("qwen2_moe", "Qwen2MoeForCausalLM", "mlp", PROJECTIONS, "num_experts", "moe_intermediate_size",
-                    fixed=_QWEN_MOE, shared_expert=True, norm_topk="norm_topk_prob"),
+                    fixed=_QWEN_MOE, shared="shared_expert", shared_gate="shared_expert_gate",
+                    shared_size_key="shared_expert_intermediate_size", norm_topk="norm_topk_prob"),
     "qwen3": Family("qwen3_moe", "Qwen3MoeForCausalLM", "mlp", PROJECTIONS, "num_experts", "moe_intermediate_size",
                     fixed=_QWEN_MOE, must=(("use_sliding_window", False),),
                     dropped=("layer_types", "max_window_layers"), norm_topk="norm_topk_prob"),
+    "hunyuan_v1_dense": Family("hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "mlp", PROJECTIONS, "num_experts",
+                               "intermediate_size", shared="shared_mlp", router="gate.wg", topk_key="moe_topk",
+                               split=False),
     "olmo2": Family("flex_olmo", "FlexOlmoForCausalLM", "mlp", PROJECTIONS, "num_experts", "intermediate_size",
                     fixed=(("norm_topk_prob", True),), norm_topk="norm_topk_prob"),
 }
@@ -100,6 +113,9 @@ def upcycle_settings(options: dict, config: dict, layer_tensors: dict[str, str])
         if not scale > 0.0:
             raise InputError(f"--noise-scale must be positive, got {scale}")
         settings["noise_scale"] = scale
+    if init == "split" and not family.split:
+        raise InputError(f"--expert-init split needs experts smaller than the dense MLP, and {family.target}'s shared "
+                         "MLP has the experts' size field: use copy, drop or noise")
     if init == "split" and config.get("intermediate_size", 0) % experts:
         raise InputError(f"--expert-init split partitions the {config.get('intermediate_size')} intermediate neurons "
                          f"into {experts} equal experts: choose an expert count that divides it")
@@ -148,13 +164,14 @@ def moe_config(dense: dict, moe: dict) -> dict:
     family = family_of(dense)
     out = {k: v for k, v in dense.items() if k not in family.dropped}
     size = dense["intermediate_size"] // (moe["experts"] if moe["init"] == "split" else 1)
-    out.update(model_type=family.target, architectures=[family.architecture], num_experts_per_tok=moe["top_k"],
-               output_router_logits=False, router_aux_loss_coef=float(moe.get("router_aux_loss_coef", 0.001)))
+    out.update(model_type=family.target, architectures=[family.architecture], output_router_logits=False,
+               router_aux_loss_coef=float(moe.get("router_aux_loss_coef", 0.001)))
+    out[family.topk_key] = moe["top_k"]
     out[family.experts_key] = moe["experts"]
     out[family.size_key] = size
     out.update(dict(family.fixed))
-    if family.shared_expert:
-        out["shared_expert_intermediate_size"] = dense["intermediate_size"]
+    if family.shared_size_key:
+        out[family.shared_size_key] = dense["intermediate_size"]
     if family.target == "mixtral":
         out["router_jitter_noise"] = 0.0
     return out

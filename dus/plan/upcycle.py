@@ -71,7 +71,7 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
     block = f"{layer}{family.block}."
     gate = dense["gate_proj"]
     hidden = gate.shape[1]
-    router_name = f"{block}gate.weight"
+    router_name = f"{block}{family.router}.weight"
     if init == "split":
         tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), ())]  # zero: every weight 1/E
     else:
@@ -83,13 +83,14 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
         for projection, name in zip(PROJECTIONS, family.expert_names):
             spec = _expert(moe, dense[projection], projection, index, e)
             tensors.append(dataclasses.replace(spec, name=f"{block}experts.{e}.{name}.weight"))
-    if family.shared_expert:  # Qwen2-MoE adds sigmoid(gate(x)) * shared(x): down zero makes that term zero
+    if family.shared:  # the MoE adds (a gate times) a shared expert: its down projection zero makes that zero
         for projection in PROJECTIONS:
             spec = dense[projection]
             if projection == "down_proj":
                 spec = dataclasses.replace(spec, parts=(), computed=None)
-            tensors.append(dataclasses.replace(spec, name=f"{block}shared_expert.{projection}.weight"))
-        tensors.append(TensorSpec(f"{block}shared_expert_gate.weight", gate.dtype, (1, hidden), ()))
+            tensors.append(dataclasses.replace(spec, name=f"{block}{family.shared}.{projection}.weight"))
+    if family.shared_gate:
+        tensors.append(TensorSpec(f"{block}{family.shared_gate}.weight", gate.dtype, (1, hidden), ()))
     return tensors
 
 
@@ -191,11 +192,11 @@ def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
                 **parameter_counts(moe, specs)}
     family = family_of_target(moe)
     block = f"{layer_prefix}N.{family.block}."
-    layout = {"router": f"{block}gate.weight",
+    layout = {"router": f"{block}{family.router}.weight",
               "experts": f"{block}experts.{{0..{moe['experts'] - 1}}}.{{{','.join(family.expert_names)}}}.weight"}
-    if family.shared_expert:
-        layout["shared_expert"] = f"{block}shared_expert.{{gate_proj,up_proj,down_proj}}.weight (down zero), " \
-                                  f"{block}shared_expert_gate.weight (zero)"
+    if family.shared:
+        layout["shared_expert"] = f"{block}{family.shared}.{{gate_proj,up_proj,down_proj}}.weight (down zero)" + (
+            f", {block}{family.shared_gate}.weight (zero)" if family.shared_gate else "")
     return {**moe, "layout": layout, **parameter_counts(moe, specs)}
 
 

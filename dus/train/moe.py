@@ -17,8 +17,8 @@ from torch import nn
 
 from dus.errors import InputError
 
-ROUTER = re.compile(r"\.(mlp|block_sparse_moe)\.gate\.weight$")  # the routed-expert routers, not a shared gate
-EXPERTS = re.compile(r"\.(experts|shared_expert|shared_expert_gate)\.")
+ROUTER = re.compile(r"\.(mlp|block_sparse_moe)\.gate(\.wg)?\.weight$")  # the routers, not a shared expert's gate
+EXPERTS = re.compile(r"\.(experts|shared_expert|shared_expert_gate|shared_mlp)\.")
 PARTS = {"router": ROUTER, "experts": EXPERTS}
 
 
@@ -55,7 +55,7 @@ class MoeTraining:
         config.output_router_logits = self.coef > 0
         self.experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
         for module in model.modules():
-            if type(module).__name__.endswith("Router"):  # MixtralTopKRouter, Qwen2MoeTopKRouter, ...
+            if type(module).__name__.endswith(("Router", "MoEV1Gate")):  # MixtralTopKRouter, HunYuanMoEV1Gate, ...
                 self.hooks.append(module.register_forward_hook(self._count))
 
     def _count(self, module, inputs, output) -> None:
