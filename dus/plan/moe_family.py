@@ -68,6 +68,12 @@ REFUSED: dict[str, str] = {
     "olmo3": "OLMo-3 interleaves sliding-window layers; FlexOlmo and OLMoE have no sliding window",
     "phi3": "PhiMoE routes with sparsemixer, whose weights do not sum to one, and normalises with LayerNorm "
             "(Phi-3 uses RMSNorm)",
+    "ernie4_5": "Ernie-4.5-MoE places experts by moe_layer_start_index/interval and adds moe_num_shared_experts "
+                "shared experts of the experts' size: not supported yet",
+    "exaone4": "EXAONE-MoE routes DeepSeek-style (expert groups, a routed scaling factor, a per-layer dense/sparse "
+               "list): not supported yet",
+    "cohere2": "Cohere2-MoE combines shared experts by a configurable strategy and keeps prefix dense layers: "
+               "not supported yet",
     "granite": "GraniteMoE's released checkpoints store experts fused (input_linear/output_linear), "
                "not per expert, and it has no normalised top-k flag to make copies exact: not supported yet",
 }
