@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe", "dus.write.ops_router")
+OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
 # Operators that also write their output bytes without torch, `(spec) -> bytes`: the build and verify
-# use these first, so a plan whose only computed tensors are these (an upcycled router) never imports torch.
-BYTES_OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_router",)
+# use these first, so a plan whose computed tensors all have one (an upcycled MoE) never imports torch.
+BYTES_OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
 _REGISTRY: dict[str, Callable] = {}
 _BYTES: dict[str, Callable] = {}
 
