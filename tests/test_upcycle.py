@@ -262,3 +262,18 @@ def test_docs_family_table_is_generated_from_the_code():
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "upcycle_table.py"
     assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run scripts/upcycle_table.py"
+
+
+def test_upcycling_and_verifying_never_import_torch(sources, tmp_path):
+    """Every upcycled tensor is a byte copy, zeros, or a numpy operator (dus/write/ops_moe.py): the build
+    stays on the torch-free copy path (transformers' checks run in their own child process)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, dus.api\n"
+              f"dus.api.upcycle({str(sources['qwen2'][0])!r}, {str(tmp_path / 'out')!r}, experts=4, top_k=2, "
+              "expert_init='drop', verify=True)\n"
+              "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
