@@ -78,3 +78,22 @@ def test_the_router_loss_is_added_to_the_training_loss_only(train, tmp_path):
     first = [read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("off", "on")]
     assert on["loss"] > off["loss"] + 0.5  # + 1.0 x the load-balancing loss (about top_k for a fresh router)
     assert first[0][0]["eval_loss"] == first[1][0]["eval_loss"]  # eval: the language-model loss alone
+
+
+def test_a_family_without_a_router_loss_still_logs_tokens_per_expert():
+    import torch
+    import transformers
+
+    from dus.train.moe import MoeTraining, is_moe
+
+    config = transformers.HunYuanMoEV1Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, num_experts=4, moe_topk=2)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    assert is_moe(model.config)
+    with pytest.raises(InputError, match="defines no router load-balancing loss"):
+        MoeTraining(model, 0.1)
+    moe = MoeTraining(model, None)
+    model.train()
+    model(input_ids=torch.randint(0, 64, (2, 8)))
+    record = moe.record(lambda t: t)
+    assert sum(record["tokens_per_expert"]) == 2 * 8 * 2 * 2 and moe.coef == 0.0

@@ -36,6 +36,7 @@ class Family:
     router: str = "gate"               # the router's module in the block
     topk_key: str = "num_experts_per_tok"
     split: bool = True                 # False: experts and the shared expert share one size field
+    aux_loss: bool = True              # transformers adds router_aux_loss_coef x a load-balancing loss
 
     @property
     def shared_expert(self) -> bool:
@@ -57,7 +58,7 @@ FAMILIES: dict[str, Family] = {
                     dropped=("layer_types", "max_window_layers"), norm_topk="norm_topk_prob"),
     "hunyuan_v1_dense": Family("hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "mlp", PROJECTIONS, "num_experts",
                                "intermediate_size", shared="shared_mlp", router="gate.wg", topk_key="moe_topk",
-                               split=False),
+                               split=False, aux_loss=False),
     "olmo2": Family("flex_olmo", "FlexOlmoForCausalLM", "mlp", PROJECTIONS, "num_experts", "intermediate_size",
                     fixed=(("norm_topk_prob", True),), norm_topk="norm_topk_prob"),
 }
@@ -170,8 +171,9 @@ def moe_config(dense: dict, moe: dict) -> dict:
     family = family_of(dense)
     out = {k: v for k, v in dense.items() if k not in family.dropped}
     size = dense["intermediate_size"] // (moe["experts"] if moe["init"] == "split" else 1)
-    out.update(model_type=family.target, architectures=[family.architecture], output_router_logits=False,
-               router_aux_loss_coef=float(moe.get("router_aux_loss_coef", 0.001)))
+    out.update(model_type=family.target, architectures=[family.architecture])
+    if family.aux_loss:
+        out.update(output_router_logits=False, router_aux_loss_coef=0.001)
     out[family.topk_key] = moe["top_k"]
     out[family.experts_key] = moe["experts"]
     out[family.size_key] = size

@@ -1,9 +1,9 @@
 """Training a mixture of experts (an upcycled model, docs/upcycle.md): the router's load-balancing loss,
 tokens per expert, and freezing the router or the experts.
 
-The auxiliary loss is the family's own (transformers adds router_aux_loss_coef x its load-balancing
-loss to the causal-LM loss when output_router_logits is on); it is on while training and off for
-eval, so eval loss and perplexity stay the language-model loss. Tokens per expert are counted by a
+The auxiliary loss is the family's own, where it defines one (transformers adds router_aux_loss_coef x
+its load-balancing loss to the causal-LM loss when output_router_logits is on; HunYuan-MoE has none);
+it is on while training and off for eval, so eval loss and perplexity stay the language-model loss. Tokens per expert are counted by a
 forward hook on every router (its top-k indices), all layers together, between two log records.
 """
 
@@ -23,7 +23,9 @@ PARTS = {"router": ROUTER, "experts": EXPERTS}
 
 
 def is_moe(config) -> bool:
-    return hasattr(config.get_text_config(), "router_aux_loss_coef")
+    text = config.get_text_config()
+    return any(isinstance(getattr(text, key, None), int) and getattr(text, key) > 1
+               for key in ("num_local_experts", "num_experts"))
 
 
 def freeze_parts(model: nn.Module, part: str) -> None:
@@ -43,14 +45,17 @@ class MoeTraining:
     def __init__(self, model: nn.Module, coef: float | None):
         self.model, self.counts, self.hooks = model, None, []
         config = model.config.get_text_config()
+        has_loss = hasattr(config, "router_aux_loss_coef")
         if coef is not None:
             if coef < 0:
                 raise InputError(f"--router-aux-loss-coef must not be negative, got {coef}")
+            if not has_loss:
+                raise InputError(f"--router-aux-loss-coef: {config.model_type} defines no router load-balancing loss")
             config.router_aux_loss_coef = coef
             for module in model.modules():  # the causal LM read it from its config when it was built
                 if hasattr(module, "router_aux_loss_coef"):
                     module.router_aux_loss_coef = coef
-        self.coef = config.router_aux_loss_coef
+        self.coef = config.router_aux_loss_coef if has_loss else 0.0
         self.config = config
         config.output_router_logits = self.coef > 0
         self.experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
