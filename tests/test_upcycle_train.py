@@ -87,7 +87,8 @@ def test_a_family_without_a_router_loss_still_logs_tokens_per_expert():
     from dus.train.moe import MoeTraining, is_moe
 
     config = transformers.HunYuanMoEV1Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, num_experts=4, moe_topk=2)
+                                             num_attention_heads=4, num_key_value_heads=2, num_experts=4, moe_topk=2,
+                                             head_dim=8)
     model = transformers.AutoModelForCausalLM.from_config(config)
     assert is_moe(model.config)
     with pytest.raises(InputError, match="defines no router load-balancing loss"):
