@@ -42,20 +42,7 @@ FLOOR = textwrap.dedent("""
     plan = make_plan(sources, options)
     upcycle_plan(plan, sources["base"], options)
     specs = [s for s in planned_tensors(plan, sources) if s.is_byte_copy]
-    os.makedirs(sys.argv[2], exist_ok=True)
-    fds = {}
-    for i, shard in enumerate(split_shards(specs, 5 * 10**9)):
-        out = os.open(os.path.join(sys.argv[2], f"{i}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        for spec in shard:
-            info = spec.parts[0][0]
-            fd = fds.setdefault(info.path, os.open(info.path, os.O_RDONLY))
-            offset, left = info.start, info.nbytes
-            while left:
-                moved = os.copy_file_range(fd, out, left, offset)
-                offset += moved
-                left -= moved
-        os.close(out)
-""")
+""") + bench_build.FLOOR_COPY
 
 
 def source(args, work: Path) -> Path:
