@@ -277,3 +277,12 @@ def test_upcycling_and_verifying_never_import_torch(sources, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_mistral_7b_upcycles_into_mixtral_8x7b_parameter_for_parameter():
+    """From the config alone: Mistral-7B with 8 experts, top-2, is Mixtral-8x7B's published 46.7B / 12.9B."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "mistral-7b-v0.1.json"
+    info = dus.api.plan(str(config), layers="0:32", experts=8, top_k=2).to_json()["moe"]
+    assert (info["total_parameters"], info["active_parameters"]) == (46_702_792_704, 12_879_925_248)
