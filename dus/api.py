@@ -33,7 +33,8 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
          allow_index_dependent: bool = False, stack: str | None = None,
          experts: int | None = None, top_k: int | None = None, expert_init: str | None = None,
          expert_seed: int | None = None, drop_ratio: float | None = None, noise_scale: float | None = None,
-         router_std: float | None = None, _checks_in_background: bool = False) -> ResolvedPlan:
+         router_std: float | None = None, calibration: str | None = None,
+         _checks_in_background: bool = False) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     Refuses a plan whose output layers transformers would build differently from
@@ -41,12 +42,13 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
     where a checkpoint holds several (a multimodal model's language model beside its vision tower).
     `experts` (with top_k, expert_init copy|drop|split|noise, expert_seed, drop_ratio, noise_scale,
-    router_std) also upcycles every output layer's MLP into a mixture of experts (docs/upcycle.md)."""
+    router_std, calibration) also upcycles every output layer's MLP into a mixture of experts (docs/upcycle.md)."""
     options = resolve_options(
         {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
          "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack,
          "experts": experts, "top_k": top_k, "expert_init": expert_init, "expert_seed": expert_seed,
-         "drop_ratio": drop_ratio, "noise_scale": noise_scale, "router_std": router_std},
+         "drop_ratio": drop_ratio, "noise_scale": noise_scale, "router_std": router_std,
+         "calibration": calibration},
         recipe_file=config, preset_name=preset)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):

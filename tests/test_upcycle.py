@@ -1,6 +1,7 @@
 """Sparse upcycling (dus upcycle, dus build --experts): dense -> MoE, exact for copy, as documented otherwise."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -286,3 +287,28 @@ def test_mistral_7b_upcycles_into_mixtral_8x7b_parameter_for_parameter():
     config = Path(__file__).resolve().parent.parent / "configs" / "mistral-7b-v0.1.json"
     info = dus.api.plan(str(config), layers="0:32", experts=8, top_k=2).to_json()["moe"]
     assert (info["total_parameters"], info["active_parameters"]) == (46_702_792_704, 12_879_925_248)
+
+
+def test_calibrated_split_groups_neurons_that_fire_together_and_keeps_the_function(sources, tmp_path):
+    from pydoc_data.topics import topics
+
+    from models import bpe_tokenizer
+
+    source, dense = sources["llama"]
+    calibrated = tmp_path / "src"
+    shutil.copytree(source, calibrated)
+    texts = [topics[k] for k in sorted(topics)[:20]]
+    tokenizer = bpe_tokenizer(texts, 96, {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
+    tokenizer.save_pretrained(calibrated)
+    text = tmp_path / "calibration.txt"
+    text.write_text("\n".join(texts))
+    out = tmp_path / "split"
+    record = dus.api.upcycle(str(calibrated), out, experts=4, top_k=4, expert_init="split", calibration=str(text))
+    clusters = record["plan"]["moe"]["clusters"]
+    assert sorted(clusters) == ["0", "1", "2", "3"]
+    for cluster in clusters.values():  # every expert exactly a quarter of the 48 neurons
+        assert sorted(cluster.count(e) for e in range(4)) == [12, 12, 12, 12]
+    assert any(cluster != sorted(cluster) for cluster in clusters.values())  # not the contiguous split
+    assert_verified(out, 4, computed=4 + 4 * 4 * 3)  # verify slices by the recorded clusters
+    with torch.no_grad():
+        assert _relative(_load(out)(IDS).logits, dense(IDS).logits) < 1e-5

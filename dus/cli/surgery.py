@@ -44,11 +44,12 @@ EXPERT_INIT = typer.Option(None, "--expert-init", help="copy | drop | split | no
 EXPERT_SEED = typer.Option(None, "--expert-seed", help="Seed of the router and of drop/noise draws [default: 0].", rich_help_panel=_MOE_HELP)
 DROP_RATIO = typer.Option(None, "--drop-ratio", help="--expert-init drop: share of each expert's neurons re-initialised [default: 0.5].", rich_help_panel=_MOE_HELP)
 NOISE_SCALE = typer.Option(None, "--noise-scale", help="--expert-init noise: noise std as a multiple of each matrix's std [default: 0.01].", rich_help_panel=_MOE_HELP)
+CALIBRATION = typer.Option(None, "--calibration", help="--expert-init split: group neurons that fire together on this text file, not by position.", rich_help_panel=_MOE_HELP)
 
 
-def _expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale) -> dict:
+def _expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale, calibration) -> dict:
     return dict(experts=experts, top_k=top_k, expert_init=expert_init, expert_seed=expert_seed,
-                drop_ratio=drop_ratio, noise_scale=noise_scale)
+                drop_ratio=drop_ratio, noise_scale=noise_scale, calibration=calibration)
 
 
 ALLOW_INDEX = typer.Option(False, "--allow-index-dependent", help="Build even where the architecture computes part of a layer from its index (the copies then differ from their sources); recorded in dus_plan.json and the model card.", rich_help_panel=_PLAN_HELP)
@@ -63,7 +64,7 @@ def plan_command(
     allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
     experts: Optional[int] = EXPERTS, top_k: Optional[int] = TOP_K, expert_init: Optional[str] = EXPERT_INIT,
     expert_seed: Optional[int] = EXPERT_SEED, drop_ratio: Optional[float] = DROP_RATIO,
-    noise_scale: Optional[float] = NOISE_SCALE,
+    noise_scale: Optional[float] = NOISE_SCALE, calibration: Optional[str] = CALIBRATION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
 ):
@@ -75,7 +76,8 @@ def plan_command(
 
     resolved = dus.api.plan(source, **_plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
                                                     str(config) if config else None, allow_index_dependent, stack),
-                               **_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale))
+                               **_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale,
+                                                calibration))
     _warn_index_dependent(resolved.index_dependent)
     if plot:
         from dus.plan.plot import plot_plan
@@ -138,7 +140,7 @@ def build_command(
     allow_index_dependent: bool = ALLOW_INDEX, stack: Optional[str] = STACK,
     experts: Optional[int] = EXPERTS, top_k: Optional[int] = TOP_K, expert_init: Optional[str] = EXPERT_INIT,
     expert_seed: Optional[int] = EXPERT_SEED, drop_ratio: Optional[float] = DROP_RATIO,
-    noise_scale: Optional[float] = NOISE_SCALE,
+    noise_scale: Optional[float] = NOISE_SCALE, calibration: Optional[str] = CALIBRATION,
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB, or the recipe's shard_size]."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     verify: bool = typer.Option(False, "--verify", help="Run `dus verify` on the result."),
@@ -159,7 +161,8 @@ def build_command(
         source, output = None, Path(source)
     resolved_opts = _plan_options(overlap, layers, recipe, factor, group, new_layers, dtype, preset,
                                   str(config) if config else None, allow_index_dependent, stack)
-    resolved_opts.update(_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale))
+    resolved_opts.update(_expert_options(experts, top_k, expert_init, expert_seed, drop_ratio, noise_scale,
+                                         calibration))
     with byte_progress("building") as progress:
         record = dus.api.build(source, output, shard_size=shard_size, force=force, progress=progress,
                                file_sha256=file_sha256, **resolved_opts)

@@ -20,7 +20,8 @@ from dus.yamlfile import read_mapping
 
 RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
                "dtype", "config_overrides", "shard_size", "preset", "stack",
-               "experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std"}
+               "experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std",
+               "calibration"}
 
 
 # Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.

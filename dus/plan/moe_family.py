@@ -130,9 +130,10 @@ def upcycle_settings(options: dict, config: dict, layer_tensors: dict[str, str])
 
 
 # The plan options of upcycling: any of them asks for experts.
-EXPERT_OPTIONS = ("experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std")
+EXPERT_OPTIONS = ("experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std",
+                  "calibration")
 # The options that only one initialisation reads.
-INIT_OPTIONS = {"drop_ratio": "drop", "noise_scale": "noise"}
+INIT_OPTIONS = {"drop_ratio": "drop", "noise_scale": "noise", "calibration": "split"}
 
 
 def expert_counts(options: dict) -> tuple[int, int, str]:

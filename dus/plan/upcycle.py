@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from dus.errors import InputError
 from dus.plan.layout import Computed, TensorSpec, layout
@@ -39,10 +40,12 @@ def planned_tensors(plan, sources: dict) -> list[TensorSpec]:
     base = sources[plan.base]
     in_layers = [i for i, s in enumerate(tensors) if split_layer_name(s.name, base.layer_prefix) is not None]
     first, last = in_layers[0], in_layers[-1] + 1  # layout puts the decoder layers together
-    return tensors[:first] + upcycled_layers(plan.moe, base.layer_prefix, tensors[first:last]) + tensors[last:]
+    sources_of = [layer.source_layer for layer in plan.layers]
+    return (tensors[:first] + upcycled_layers(plan.moe, base.layer_prefix, tensors[first:last], sources_of)
+            + tensors[last:])
 
 
-def upcycled_layers(moe: dict, prefix: str, specs: list[TensorSpec]) -> list[TensorSpec]:
+def upcycled_layers(moe: dict, prefix: str, specs: list[TensorSpec], sources_of: list[int]) -> list[TensorSpec]:
     """Layer tensors in order, each output layer's MLP replaced (in place) by its router and experts."""
     family = family_of_target(moe)
     out: list[TensorSpec] = []
@@ -55,13 +58,14 @@ def upcycled_layers(moe: dict, prefix: str, specs: list[TensorSpec]) -> list[Ten
         dense = {p: layer[s] for p, s in mlp.items()}
         for suffix, spec in layer.items():
             if suffix == mlp["gate_proj"]:
-                out.extend(_moe_block(moe, family, f"{prefix}{index}.", index, dense))
+                out.extend(_moe_block(moe, family, f"{prefix}{index}.", index, dense, sources_of[index]))
             elif suffix not in mlp.values():
                 out.append(spec)
     return out
 
 
-def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[str, TensorSpec]) -> list[TensorSpec]:
+def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[str, TensorSpec],
+               source_layer: int) -> list[TensorSpec]:
     init, experts = moe["init"], moe["experts"]
     if init != "copy":
         for spec in dense.values():
@@ -81,7 +85,7 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
         tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), (), computed=router)]
     for e in range(experts):
         for projection, name in zip(PROJECTIONS, family.expert_names):
-            spec = _expert(moe, dense[projection], projection, index, e)
+            spec = _expert(moe, dense[projection], projection, index, e, source_layer)
             tensors.append(dataclasses.replace(spec, name=f"{block}experts.{e}.{name}.weight"))
     if family.shared:  # the MoE adds (a gate times) a shared expert: its down projection zero makes that zero
         for projection in PROJECTIONS:
@@ -94,12 +98,20 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
     return tensors
 
 
-def _expert(moe: dict, dense: TensorSpec, projection: str, layer: int, expert: int) -> TensorSpec:
+def _expert(moe: dict, dense: TensorSpec, projection: str, layer: int, expert: int, source_layer: int) -> TensorSpec:
     init = moe["init"]
     if init == "copy":
         return dense  # the same bytes: a byte copy where the dtype is kept
     info = dense.parts[0][0]
     axis = 1 if projection == "down_proj" else 0  # the intermediate neurons: columns of down, rows of gate/up
+    if init == "split" and "clusters" in moe:  # --calibration: the neurons that fire together
+        cluster = moe["clusters"][str(source_layer)]
+        neurons = tuple(i for i, c in enumerate(cluster) if c == expert)
+        shape = list(info.shape)
+        shape[axis] = len(neurons)
+        op, params = ("moe_split_down", (("expert", expert), ("experts", moe["experts"]), ("neurons", neurons))) \
+            if axis == 1 else ("moe_split_rows", (("neurons", neurons),))
+        return dataclasses.replace(dense, shape=tuple(shape), computed=Computed(op, (info,), params))
     if init == "split":
         return _split(dense, info, axis, expert, moe["experts"])
     where = (("expert", expert), ("layer", layer), ("projection", projection), ("seed", moe["seed"]))
@@ -150,6 +162,15 @@ def upcycle_plan(plan, base, options: dict) -> None:
 
     config = apply_overrides(base.config, plan.config_overrides)
     plan.moe = upcycle_settings(options, config, base.layer_tensors[0])
+    if options.get("calibration"):
+        from dus.plan.upcycle_calibrate import neuron_clusters
+
+        if base.directory is None:
+            raise InputError("--calibration runs the dense model: give a model directory or Hub id, not a config")
+        layers = [layer.source_layer for layer in plan.layers]
+        plan.moe["calibration"] = str(Path(options["calibration"]).expanduser().resolve())
+        plan.moe["clusters"] = neuron_clusters(str(base.directory), options["calibration"], plan.moe["experts"],
+                                               layers, plan.moe["seed"])
 
 
 def provenance(specs: list[TensorSpec], sources: dict) -> dict[str, dict]:

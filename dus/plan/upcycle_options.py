@@ -18,6 +18,8 @@ class UpcycleOptions:
     seed: int = option(0, "Seed of the router and of drop/noise draws (recorded in dus_plan.json).")
     drop_ratio: float = option(0.5, "--init drop: share of each expert's intermediate neurons re-initialised.")
     noise_scale: float = option(0.01, "--init noise: noise std as a multiple of each dense matrix's std.")
+    calibration: str | None = option(None, "--init split: group neurons that fire together on this text file "
+                                           "(balanced k-means), not by position.")
     router_std: float | None = option(None, "Std of the seeded router weights [default: the config's "
                                              "initializer_range, else 0.02].")
     dtype: str = option("auto", "auto | bfloat16 | float16 | float32 [auto: keep the source's].")
@@ -30,4 +32,5 @@ class UpcycleOptions:
         return dict(experts=self.experts, top_k=self.top_k, expert_init=self.init, expert_seed=self.seed,
                     drop_ratio=self.drop_ratio if self.init == "drop" else None,
                     noise_scale=self.noise_scale if self.init == "noise" else None, router_std=self.router_std,
+                    calibration=self.calibration,
                     dtype=self.dtype, shard_size=self.shard_size, force=self.force, verify=self.verify)

@@ -93,14 +93,23 @@ def noise(weight: np.ndarray, expert: int, layer: int, projection: str, seed: in
     return weight + normal(weight.shape, "noise", seed, layer, expert, projection) * (scale * weight.std(ddof=1))
 
 
-def split_down(weight: np.ndarray, expert: int, experts: int) -> np.ndarray:
-    """Expert e's columns of the dense down projection, times E: its routing weight is 1/E when all
-    E experts are active, so their sum is the dense MLP (exactly where E is a power of two)."""
+def split_down(weight: np.ndarray, expert: int, experts: int, neurons: tuple[int, ...] | None = None) -> np.ndarray:
+    """Expert e's columns of the dense down projection (contiguous, or the `neurons` of its cluster), times
+    E: its routing weight is 1/E when all E experts are active, so their sum is the dense MLP (exactly
+    where E is a power of two)."""
+    if neurons is not None:
+        return weight[:, list(neurons)] * experts
     size = weight.shape[1] // experts
     return weight[:, expert * size:(expert + 1) * size] * experts
 
 
-OPERATORS = {"moe_router": router, "moe_drop": drop, "moe_noise": noise, "moe_split_down": split_down}
+def split_rows(weight: np.ndarray, neurons: tuple[int, ...]) -> np.ndarray:
+    """The rows of gate or up for a cluster's neurons (--calibration)."""
+    return weight[list(neurons), :]
+
+
+OPERATORS = {"moe_router": router, "moe_drop": drop, "moe_noise": noise, "moe_split_down": split_down,
+             "moe_split_rows": split_rows}
 
 
 def values(op: str, inputs: list[np.ndarray], params: dict) -> np.ndarray:
