@@ -7,35 +7,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from dus.checks.config_check import check_output, check_source
+from dus.checks.run import start_checks
 from dus.errors import InputError
-from dus.plan.checks import start_checks
-from dus.plan.config import planned_config
-from dus.plan.equivalence import equivalence_request
-from dus.plan.upcycle import planned_tensors
-from dus.plan.make import make_plan, resolve_options
-from dus.plan.moe_family import EXPERT_OPTIONS
+
+# Re-exported for API users: the plan-file name and its reader live with the manifest.
+from dus.manifest import MANIFEST_FILE as PLAN_FILE  # noqa: E402,F401
+from dus.plan.config import equivalence_request, planned_config
+from dus.plan.make import make_plan
+from dus.plan.options import PlanOptions, plan_options
 from dus.plan.resolved import ResolvedPlan
-from dus.read.config_check import check_output, check_source
+from dus.plan.upcycle import planned_tensors
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
-# Re-exported for API users: the plan-file name and its reader live with the manifest.
-from dus.manifest import MANIFEST_FILE as PLAN_FILE, read_manifest as read_plan_record  # noqa: E402,F401
 
-
-def plan(source: str | None = None, *, overlap: int | None = None, layers=None, recipe: str | None = None,
-         factor: int | None = None, group: int | None = None, new_layers: int | None = None,
-         dtype: str | None = None, preset: str | None = None, config: str | None = None,
-         sources: dict[str, str] | None = None, need_weights: bool = False,
-         allow_index_dependent: bool = False, stack: str | None = None,
-         experts: int | None = None, top_k: int | None = None, expert_init: str | None = None,
-         expert_seed: int | None = None, drop_ratio: float | None = None, noise_scale: float | None = None,
-         router_std: float | None = None, calibration: str | None = None,
-         _checks_in_background: bool = False) -> ResolvedPlan:
+def plan(source: str | None = None, *, config: str | None = None, options: PlanOptions | None = None,
+         need_weights: bool = False, _checks_in_background: bool = False, **keywords) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
+
+    The plan options are PlanOptions' fields (dus/plan/options.py: overlap=, layers=, recipe=, factor=,
+    group=, new_layers=, dtype=, preset=, sources=, config_overrides=, stack=, allow_index_dependent=...),
+    as keywords over the recipe file `config`, or one PlanOptions as `options`.
 
     Refuses a plan whose output layers transformers would build differently from
     their source layers; allow_index_dependent accepts (and records) differences
@@ -43,27 +39,17 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     where a checkpoint holds several (a multimodal model's language model beside its vision tower).
     `experts` (with top_k, expert_init copy|drop|split|noise, expert_seed, drop_ratio, noise_scale,
     router_std, calibration) also upcycles every output layer's MLP into a mixture of experts (docs/upcycle.md)."""
-    options = resolve_options(
-        {"source": source, "overlap": overlap, "layers": layers, "recipe": recipe, "factor": factor,
-         "group": group, "new_layers": new_layers, "dtype": dtype, "sources": sources, "stack": stack,
-         "experts": experts, "top_k": top_k, "expert_init": expert_init, "expert_seed": expert_seed,
-         "drop_ratio": drop_ratio, "noise_scale": noise_scale, "router_std": router_std,
-         "calibration": calibration},
-        recipe_file=config, preset_name=preset)
+    options = _options(source, config, options, keywords)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):
         from dus.plan.gguf import check_gguf_options
 
         check_gguf_options(options, refs)
-    opened = {name: _open(ref, need_weights, options.get("stack")) for name, ref in refs.items()}
+    opened = {name: _open(ref, need_weights, options.stack) for name, ref in refs.items()}
     for ref, source in zip(refs.values(), opened.values()):
         if not is_gguf(ref):  # a GGUF's reader checks its own metadata
             check_source(source)
     the_plan = make_plan(opened, options)
-    if any(options.get(key) is not None for key in EXPERT_OPTIONS):
-        from dus.plan.upcycle import upcycle_plan
-
-        upcycle_plan(the_plan, opened[the_plan.base], options)
     if is_gguf(refs[the_plan.base]):
         from dus.plan.gguf import resolve_gguf
 
@@ -73,11 +59,19 @@ def plan(source: str | None = None, *, overlap: int | None = None, layers=None, 
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)
     checks = start_checks(opened, config_out, [t.name for t in tensors],
-                          layers=equivalence_request(the_plan, base, config_out, allow_index_dependent))
+                          layers=equivalence_request(the_plan, base, config_out, options.allow_index_dependent))
     resolved = ResolvedPlan(the_plan, opened, tensors, config_out, options, checks=checks)
     if not _checks_in_background:
         resolved.finish_checks()
     return resolved
+
+
+def _options(source, config, options: PlanOptions | None, keywords: dict) -> PlanOptions:
+    if options is None:
+        return plan_options({"source": source, **keywords}, config)
+    if source is not None or config is not None or keywords:
+        raise TypeError("give the plan options either as one PlanOptions or as keywords, not both")
+    return options
 
 
 def _open(ref: str, need_weights: bool, stack: str | None = None) -> Source:
@@ -90,32 +84,35 @@ def _open(ref: str, need_weights: bool, stack: str | None = None) -> Source:
     return open_source(ref, need_weights=need_weights, stack=stack)
 
 
-def _source_refs(options: dict) -> dict[str, str]:
-    if options.get("sources"):
-        refs = dict(options["sources"])
-        if options.get("source") and options["source"] not in refs.values():
-            refs = {"base": options["source"], **{k: v for k, v in refs.items() if k != "base"}}
+def _source_refs(options: PlanOptions) -> dict[str, str]:
+    if options.sources:
+        if not isinstance(options.sources, dict):
+            raise InputError(f"sources must be a mapping of name: model, got {options.sources!r}")
+        refs = dict(options.sources)
+        if options.source and options.source not in refs.values():
+            refs = {"base": options.source, **{k: v for k, v in refs.items() if k != "base"}}
         return refs
-    if not options.get("source"):
+    if not options.source:
         raise InputError("no SOURCE given (as an argument or `source:` in the recipe file)")
-    return {"base": str(options["source"])}
+    return {"base": str(options.source)}
 
 
 def build(source: str | None, output: str | Path, *, shard_size: str | int | None = None, force: bool = False,
           verify: bool = False, progress: Callable[[int], None] | None = None, file_sha256: bool = False,
           **plan_options) -> dict:
-    """Build OUTPUT from SOURCE by the plan; return the written dus_plan.json record.
+    """Build OUTPUT from SOURCE by the plan (`plan_options`: as for `plan`); return the written dus_plan.json
+    record. `shard_size` wins over the recipe's.
 
     Each shard's BLAKE3 is recorded for `dus verify`; `file_sha256` records its SHA-256
     instead (the Hub's file hash; slower to compute than the copy on some CPUs)."""
+    from dus.core.digest import build_digest
     from dus.write.build import write_model
-    from dus.write.digest import build_digest
 
     # transformers' checks run beside the copy; nothing is published before they pass
     resolved = plan(source, need_weights=True, _checks_in_background=True, **plan_options)
     if is_gguf(resolved.base.ref) or is_gguf(output):
         return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
-    shard_size = shard_size or resolved.options.get("shard_size") or "5GB"
+    shard_size = shard_size or resolved.options.shard_size or "5GB"
     record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress,
                          digest=build_digest(file_sha256))
     if verify:
@@ -138,10 +135,13 @@ def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, v
     from dus.write.gguf import write_gguf
 
     if not (is_gguf(resolved.base.ref) and is_gguf(output)):
-        raise InputError("a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
-                         "de-quantization)" if is_gguf(resolved.base.ref) else
-                         "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)")
-    shard_size = shard_size or resolved.options.get("shard_size")
+        raise InputError(
+            "a GGUF source builds a GGUF: give an OUTPUT ending in .gguf (a safetensors output would need "
+            "de-quantization)"
+            if is_gguf(resolved.base.ref)
+            else "a .gguf OUTPUT needs a .gguf SOURCE (convert the model with llama.cpp's convert_hf_to_gguf.py)"
+        )
+    shard_size = shard_size or resolved.options.shard_size
     record = write_gguf(resolved, output, parse_size(shard_size) if shard_size else None, force, progress)
     if verify:
         from dus.verify.gguf import verify_gguf

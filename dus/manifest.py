@@ -11,7 +11,7 @@ of them the same way. Fields:
                  dus_plan.json} -- for a build, its base source
     data         {absolute path: content fingerprint} of every data file used
     output       {"shards": {name: {"blake3": hex, "bytes": n}}, ...}: the digests
-                 of its own shards, the scheme the build uses (dus/write/digest.py)
+                 of its own shards, the scheme the build uses (dus/core/digest.py)
     plan         the layer map: a build's own, carried to everything trained
                  from it (`--freeze original` reads it)
     sources      build only: what `dus verify` re-reads for the byte-for-byte proof
@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dus.core.digest import DEFAULT, DIGESTS, file_digest, shard_digests
 from dus.errors import InputError
 from dus.read import strict_json
-from dus.write.digest import DEFAULT, DIGESTS
 
 MANIFEST_FILE = "dus_plan.json"
-CHUNK = 1 << 20  # the read size the build hashes with
 
 _command: list[str] | None = None
 
@@ -42,20 +41,6 @@ def set_command(argv: list[str]) -> None:
 def command() -> list[str]:
     """The `dus` command line being run; empty when called from Python (dus.api)."""
     return list(_command) if _command is not None else []
-
-
-def file_digest(path: Path, kind: str = DEFAULT) -> dict:
-    """`{kind: hex, "bytes": n}` of a file on disk, the entry a build records per shard."""
-    h, n = DIGESTS[kind](), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return {kind: h.hexdigest(), "bytes": n}
-
-
-def shard_digests(directory: Path, kind: str = DEFAULT) -> dict[str, dict]:
-    return {p.name: file_digest(p, kind) for p in sorted(Path(directory).glob("*.safetensors"))}
 
 
 def fingerprint(paths) -> dict[str, dict]:
@@ -112,13 +97,26 @@ def parent_entry(ref: str) -> dict:
     return entry
 
 
-def stage_manifest(stage: str, directory: Path, parent: str, options: dict, data: list) -> dict:
-    """The manifest of a model `stage` wrote into `directory` (its shards already there)."""
+def stage_record(stage: str, parent: dict, *, command_line: list[str] | None = None, options: dict | None = None,
+                 **fields) -> dict:
+    """The record every stage writes (a model's dus_plan.json, a pipeline stage's record), its shared
+    fields first: dus_version, stage, command (this run's, unless given), options, parent; then `fields`."""
     from dus import __version__
 
-    record = {"dus_version": __version__, "stage": stage, "command": command(), "options": options,
-              "parent": parent_entry(parent), "data": fingerprint(data),
-              "output": {"shards": shard_digests(directory)}}
+    record = {
+        "dus_version": __version__,
+        "stage": stage,
+        "command": command() if command_line is None else command_line,
+    }
+    if options is not None:
+        record["options"] = options
+    return {**record, "parent": parent, **fields}
+
+
+def stage_manifest(stage: str, directory: Path, parent: str, options: dict, data: list) -> dict:
+    """The manifest of a model `stage` wrote into `directory` (its shards already there)."""
+    record = stage_record(stage, parent_entry(parent), options=options, data=fingerprint(data),
+                          output={"shards": shard_digests(directory)})
     if record["parent"]["manifest"] is not None and "plan" in (up := read_manifest(parent)):
         record["plan"] = up["plan"]  # the layers are still the planned ones: --freeze original needs the map
     return record

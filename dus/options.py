@@ -17,10 +17,12 @@ from dus.yamlfile import read_mapping
 
 
 def option(default, help: str, *, aliases: tuple[str, ...] = (), short: str | None = None,
-           positional: bool = False, required: bool = False, metavar: str | None = None, panel: str | None = None):
-    """A dataclass field that is also a flag: `--name` (and `--alias`, `-s`), or the command's argument."""
+           positional: bool = False, required: bool = False, metavar: str | None = None, panel: str | None = None,
+           cli: bool = True):
+    """A dataclass field that is also a flag: `--name` (and `--alias`, `-s`), or the command's argument.
+    `cli=False`: a --config key (and API keyword) only, for values no flag can spell (a mapping)."""
     meta = {"help": help, "aliases": aliases, "short": short, "positional": positional, "required": required,
-            "metavar": metavar, "panel": panel}
+            "metavar": metavar, "panel": panel, "cli": cli}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,8 +84,8 @@ def load(cls, config: str | Path | None, flags: dict):
 def coerce(name: str, hint, value, source: str):
     """YAML gives strings for '3e-5' and scalars for one-item lists; accept both."""
     kind, optional = base_type(hint)
-    if value is None and optional:
-        return None
+    if (value is None and optional) or kind is object:  # object: any YAML value, checked where it is used
+        return value
     try:
         if kind == list[str]:
             return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]

@@ -12,8 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 from dus.read.source import is_repo_id, local_tensors
+
 
 def cache_root() -> Path:
     """dus's own cache ($DUS_CACHE, else ~/.cache/dus): the fetched SmolLM2, the remembered plan checks."""
@@ -141,9 +143,11 @@ def decoder_layers(model):
     ModuleList as long as the config's layer count."""
     from torch import nn
 
+    from dus.private_api import unsplit_blocks
+
     n = num_layers(model.config)
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = unsplit_blocks(model)
     named = [m for _, m in lists if blocks and all(type(layer).__name__ in blocks for layer in m)]
     if named:
         return named[0]
@@ -154,7 +158,7 @@ def decoder_layers(model):
 
 def num_layers(config) -> int:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(text, key, None), int):
             return getattr(text, key)
     raise InputError(f"{type(config).__name__} has no layer count (num_hidden_layers)")

@@ -66,11 +66,12 @@ FLOOR_PLAN = textwrap.dedent("""
     import os, sys
     from dus.plan.layout import layout
     from dus.plan.make import make_plan
+    from dus.plan.options import PlanOptions
     from dus.read.source import open_source
     from dus.write.shards import split_shards
     # the plan from headers alone: none of the build's checks (transformers, in a child process)
     sources = {"base": open_source(sys.argv[1])}
-    specs = layout(make_plan(sources, {"source": sys.argv[1], "overlap": 8}), sources)
+    specs = layout(make_plan(sources, PlanOptions(source=sys.argv[1], overlap=8)), sources)
 """)
 FLOOR_COPY = textwrap.dedent("""
     os.makedirs(sys.argv[2], exist_ok=True)
@@ -223,10 +224,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="mid")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", default=None, help="where to write checkpoints (the source and one output at a time: ~2.5x the source; checked first)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where to write checkpoints (the source and one output at a time: ~2.5x the source; checked first)",
+    )
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="path of mergekit-yaml, if installed")
     parser.add_argument("--dus-sha256", action="store_true", help="also time dus build --file-sha256")
-    parser.add_argument("--machine", action="store_true", help="only measure and print this machine's hash and copy speeds")
+    parser.add_argument(
+        "--machine", action="store_true", help="only measure and print this machine's hash and copy speeds"
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -262,7 +269,7 @@ def main() -> None:
                                    "--lazy-unpickle", "--out-shard-size", "5B"]
     outputs = {name: Path(out(name)) for name in tools}
     results = {name: [] for name in tools}
-    cache = work / "dus-cache"  # dus's check cache (dus/plan/check_cache.py): the first warm-up run fills it
+    cache = work / "dus-cache"  # dus's check cache (dus/checks/cache.py): the first warm-up run fills it
     fresh = {name: name == "dus, first build" for name in tools}
     shutil.rmtree(cache, ignore_errors=True)
     for name in tools:  # warm the page cache and the interpreters; not counted
@@ -291,7 +298,9 @@ def report(args, config, source_bytes, results, machine: str) -> None:
     print(f"\n{machine}")
     print(f"\nsource {source_bytes / 1e9:.2f} GB ({config['num_hidden_layers']} layers), median of {args.repeats} "
           "alternating runs, warm page cache\n")
-    print("| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |")
+    print(
+        "| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results:
         wall, rss, written = med(name, 0), med(name, 1), med(name, 2)

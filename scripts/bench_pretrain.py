@@ -24,8 +24,8 @@ import torch
 from transformers import LlamaConfig
 
 from dus.plan.recipes import dus
-from dus.train.config import PretrainConfig
 from dus.runtime import DTYPES, resolve_dtype
+from dus.train.config import PretrainConfig
 from dus.train.loop import build_optimizer, cosine_schedule, train_step
 from dus.train.metrics import flops_per_token, peak_flops
 from dus.train.model import model_from_config, param_counts, prepare_model
@@ -79,7 +79,9 @@ def main() -> None:
         optimizer = build_optimizer(model, PretrainConfig(lr=3e-4), d.device)
         scheduler = cosine_schedule(optimizer, 10, 1000, 0.1)
         counts = param_counts(model)
-        batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(d.rank))
+        batch = torch.randint(
+            0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(d.rank)
+        )
 
         for _ in range(args.warmup):
             train_step(model, optimizer, scheduler, [batch], d, dtype, 1.0)

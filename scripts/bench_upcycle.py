@@ -33,14 +33,14 @@ import bench_build  # noqa: E402  (run, measure_machine, the Mistral shapes)
 FLOOR = textwrap.dedent("""
     import os, sys
     from dus.plan.make import make_plan
-    from dus.plan.upcycle import planned_tensors, upcycle_plan
+    from dus.plan.options import PlanOptions
+    from dus.plan.upcycle import planned_tensors
     from dus.read.source import open_source
     from dus.write.shards import split_shards
     # the upcycled plan from headers alone: none of the build's checks, no computed tensors
     sources = {"base": open_source(sys.argv[1])}
-    options = {"source": sys.argv[1], "recipe": "stack", "factor": 1, "experts": int(sys.argv[3]), "top_k": 2}
-    plan = make_plan(sources, options)
-    upcycle_plan(plan, sources["base"], options)
+    options = PlanOptions(source=sys.argv[1], recipe="stack", factor=1, experts=int(sys.argv[3]), top_k=2)
+    plan = make_plan(sources, options)  # with the experts: make_plan reads them
     specs = [s for s in planned_tensors(plan, sources) if s.is_byte_copy]
 """) + bench_build.FLOOR_COPY
 

@@ -27,7 +27,9 @@ def updated(text: str) -> str:
 
 def stale() -> list[Path]:
     """The docs pages whose option tables differ from the dataclasses."""
-    return [p for p in sorted(DOCS.glob("*.md")) if updated(p.read_text(encoding="utf-8")) != p.read_text(encoding="utf-8")]
+    return [
+        p for p in sorted(DOCS.glob("*.md")) if updated(p.read_text(encoding="utf-8")) != p.read_text(encoding="utf-8")
+    ]
 
 
 def main(argv: list[str]) -> int:

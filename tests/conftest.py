@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Remembered plan checks (dus/plan/check_cache.py) go to a folder of this run's own, not ~/.cache.
+# Remembered plan checks (dus/checks/cache.py) go to a folder of this run's own, not ~/.cache.
 os.environ["DUS_CHECK_CACHE"] = tempfile.mkdtemp(prefix="dus-test-cache-")
 atexit.register(shutil.rmtree, os.environ["DUS_CHECK_CACHE"], True)
 # Tiny models on a 2-core machine: one thread is far faster than two threads

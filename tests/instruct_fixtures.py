@@ -54,14 +54,14 @@ def save(model, tokenizer, directory) -> str:
     return str(directory)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _root() -> Path:
     root = tempfile.mkdtemp(prefix="dus-instruct-tests-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # shared across test files, gone with the process
     return Path(root)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model_dir(seed: int = 0) -> str:
     """A saved random tiny model (no chat template), built once per test process."""
     tokenizer = make_tokenizer()

@@ -22,15 +22,33 @@ ARCHITECTURES = {
     "qwen2": lambda: transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=6, max_window_layers=2),
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=8),
     "gemma2": lambda: transformers.Gemma2Config(**COMMON, head_dim=8, sliding_window=6),
-    "gemma3_text": lambda: transformers.Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=6, sliding_window_pattern=2),
-    "gpt2": lambda: transformers.GPT2Config(**TOKENS, vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(**TOKENS, vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                                                   num_attention_heads=4, max_position_embeddings=128),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(
+        **COMMON, head_dim=8, sliding_window=6, sliding_window_pattern=2
+    ),
+    "gpt2": lambda: transformers.GPT2Config(
+        **TOKENS, vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128
+    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        **TOKENS,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    ),
     "olmo2": lambda: transformers.Olmo2Config(**COMMON),
     "starcoder2": lambda: transformers.Starcoder2Config(**COMMON, sliding_window=8),
     "cohere2": lambda: transformers.Cohere2Config(**COMMON, sliding_window=6),
-    "phi": lambda: transformers.PhiConfig(**TOKENS, vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                                          num_attention_heads=4, max_position_embeddings=128),
+    "phi": lambda: transformers.PhiConfig(
+        **TOKENS,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    ),
     "granite": lambda: transformers.GraniteConfig(**COMMON),
 }
 

@@ -7,7 +7,9 @@ import math
 
 import pytest
 import torch
+from figures import assert_drawn
 from models import bpe_tokenizer, tiny_llama
+from refusal import assert_refused
 
 from dus.analyze import analyze, recommend_overlap
 from dus.analyze.data import token_windows
@@ -16,7 +18,6 @@ from dus.cli import main
 from dus.errors import InputError
 
 N = 8
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _text() -> str:
@@ -141,12 +142,8 @@ def test_printed_table_fills_the_allowed_column():
 
 
 def test_plots_are_pngs(result):
-    from matplotlib.image import imread
-
     for name in ("influence.png", "distance.png"):
-        path = result["_out"] / name
-        assert path.read_bytes()[:8] == PNG
-        assert imread(path).shape[0] > 100
+        assert_drawn(result["_out"] / name)
 
 
 def test_windows_start_with_bos_and_fill_seq_len(tiny):
@@ -172,33 +169,40 @@ def test_cli_writes_outputs_and_explains(tiny, tmp_path, capsys):
     assert f"recommended overlap m={rec['overlap']}" in stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--text", "{tmp}/missing.txt"], "no such file"),
-    (["--text", "{text}", "--target-layers", "9"], "smaller than the smallest DUS"),
-    (["--text", "{text}", "--target-params", "1000"], "smaller than the smallest DUS"),
-    (["--text", "{text}", "--target-layers", "12", "--target-params", "1M"], "not both"),
-    (["--text", "{text}", "--target-params", "lots"], "--target-params"),
-    (["--text", "{text}", "--seq-len", "1"], "--seq-len"),
-    (["--text", "{tmp}/empty.txt"], "need at least 2"),
-], ids=["missing-text", "layers-too-small", "params-too-small", "two-budgets", "bad-count", "bad-seq-len", "empty-text"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--text", "{tmp}/missing.txt"], "no such file"),
+        (["--text", "{text}", "--target-layers", "9"], "smaller than the smallest DUS"),
+        (["--text", "{text}", "--target-params", "1000"], "smaller than the smallest DUS"),
+        (["--text", "{text}", "--target-layers", "12", "--target-params", "1M"], "not both"),
+        (["--text", "{text}", "--target-params", "lots"], "--target-params"),
+        (["--text", "{text}", "--seq-len", "1"], "--seq-len"),
+        (["--text", "{tmp}/empty.txt"], "need at least 2"),
+    ],
+    ids=[
+        "missing-text",
+        "layers-too-small",
+        "params-too-small",
+        "two-budgets",
+        "bad-count",
+        "bad-seq-len",
+        "empty-text",
+    ],
+)
 def test_bad_input_is_exit_2_and_one_line(tiny, tmp_path, capsys, args, message):
     (tmp_path / "empty.txt").write_text("")
     args = [a.format(tmp=tmp_path, text=tiny / "text.txt") for a in args]
     with pytest.raises(SystemExit) as e:
         main(["analyze", str(tiny), *args, "--output", str(tmp_path / "out"), "--device", "cpu"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not (tmp_path / "out").exists()
+    assert_refused(e.value.code, capsys.readouterr().err, message, outputs=tmp_path / "out")
 
 
 def test_not_a_model_directory(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("some text " * 50)
     with pytest.raises(SystemExit) as e:
         main(["analyze", str(tmp_path), "--text", str(tmp_path / "t.txt")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "no config.json" in err[0]
+    assert_refused(e.value.code, capsys.readouterr().err, "no config.json")
 
 
 @pytest.mark.real_model

@@ -1,7 +1,7 @@
 """OUTPUT is whole or absent through kills, races and full disks; one build per OUTPUT; dead builds' leftovers go.
 
 Kills are real: a `python -m dus`-like subprocess sends itself SIGKILL at a
-named publishing step (`dus.write.output.on_step`), the worst instants.
+named publishing step (`dus.core.publish.on_step`), the worst instants.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import fcntl
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from refusal import assert_refused
 
-import dus.write.output as output
+import dus.core.publish as output
 
 OLD, NEW = ["--overlap", "1"], ["--overlap", "2"]  # 6 and 4 output layers: tells the two models apart
 
@@ -26,7 +28,7 @@ OLD, NEW = ["--overlap", "1"], ["--overlap", "2"]  # 6 and 4 output layers: tell
 # for WAIT/go. With "rename", the file system is taken to lack renameat2, so --force uses two renames.
 HARNESS = """
 import os, signal, sys, time
-import dus.write.output as output
+import dus.core.publish as output
 step, action, rename, wait = sys.argv[1:5]
 if rename == "rename":
     output._renameat2 = None
@@ -66,10 +68,7 @@ def hidden(directory: Path) -> list[str]:
 
 
 def one_error_line(code, err, expected_code) -> str:
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    return assert_refused(code, err, exit_code=expected_code)
 
 
 def exchange_supported(directory: Path) -> bool:
@@ -264,7 +263,7 @@ def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):
 MOVE = """
 import os, signal, sys
 from pathlib import Path
-import dus.write.output as output
+import dus.core.publish as output
 out, step = Path(sys.argv[1]), sys.argv[2]
 output.on_step = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == step else None
 with output.atomic_model_files(out) as staging:
@@ -349,3 +348,50 @@ def test_a_file_system_without_locks_builds_unlocked(llama_source, parent, run_d
     code, _, err = run_dus("build", llama_source, parent / "out", *OLD)
     assert code == 0, err
     assert os.listdir(parent) == ["out"] and run_dus("verify", parent / "out")[0] == 0
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then put the old one back."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_a_build_follows_the_umask_like_an_ordinary_file(mask, file_mode, dir_mode, llama_source, parent, run_dus,
+                                                         umask):
+    umask(mask)
+    out = parent / "out"
+    assert run_dus("build", llama_source, out, *OLD)[0] == 0
+    assert stat.S_IMODE(os.stat(out).st_mode) == dir_mode
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in out.iterdir()}
+    assert "model.safetensors" in modes and "dus_plan.json" in modes
+    assert modes == dict.fromkeys(modes, file_mode)
+
+
+def test_model_files_written_0600_are_published_by_the_umask(tmp_path, umask):
+    """safetensors' save_file (what save_pretrained calls, so `dus pretrain`'s export) creates files 0600."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    umask(0o022)
+    with output.atomic_model_files(tmp_path / "run") as staging:
+        save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+        assert stat.S_IMODE(os.stat(staging / "model.safetensors").st_mode) == 0o600  # what is being fixed
+    assert stat.S_IMODE(os.stat(tmp_path / "run" / "model.safetensors").st_mode) == 0o644
+
+
+def test_atomic_write_text_replaces_whole_and_follows_the_umask(tmp_path, umask, monkeypatch):
+    umask(0o027)
+    path = tmp_path / "results.json"
+    output.atomic_write_text(path, "old\n")
+    assert path.read_text() == "old\n" and stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        output.atomic_write_text(path, "new\n")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["results.json"]  # no temporary file left

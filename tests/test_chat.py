@@ -49,7 +49,9 @@ def test_greedy_is_deterministic_and_sampling_seeded(tok):
     chat = build_messages("what colour is the apple")
     greedy = [generate(model, tok, chat, max_new_tokens=8, stream=False).text for _ in range(2)]
     assert greedy[0] == greedy[1]
-    sampled = [generate(model, tok, chat, max_new_tokens=8, temperature=2.0, seed=3, stream=False).text for _ in range(2)]
+    sampled = [
+        generate(model, tok, chat, max_new_tokens=8, temperature=2.0, seed=3, stream=False).text for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
     # Sampling really samples: on a random tiny model at a high temperature the next-token distribution is
     # near-uniform over ~400 ids, so the seeded draw leaves greedy's path, and another seed draws another reply.

@@ -1,12 +1,13 @@
-"""Remembered plan checks (dus/plan/check_cache.py): reused only for the same request and code."""
+"""Remembered plan checks (dus/checks/cache.py): reused only for the same request and code."""
 
 import json
 
 import pytest
 
 import dus.api
+from dus.checks import cache as check_cache
+from dus.checks import run as checks
 from dus.errors import InputError
-from dus.plan import check_cache, checks
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from pretrain_helpers import make_model, read_jsonl
+from refusal import assert_refused, snapshot
 
-from dus.train import pretrain
 from dus.errors import InputError
+from dus.train import pretrain
 from dus.train.checkpoint import RECORD, Checkpointer, MetadataUnpickler, rng_state, set_rng_state, write_record
 from dus.train.parallel import Dist
 
@@ -69,24 +70,12 @@ def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):
     return resume
 
 
-def snapshot(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def rerecord(checkpoint: Path, name: str) -> None:
     """What an attacker who can write the checkpoint can do: make the record match the changed file."""
     record = json.loads((checkpoint / RECORD).read_text())
     data = (checkpoint / name).read_bytes()
     record["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (checkpoint / RECORD).write_text(json.dumps(record))
-
-
-def assert_refused(resume, before: dict, code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    assert all(n in err for n in needles), err
-    assert snapshot(resume.out) == before  # nothing trained, logged or saved
 
 
 @pytest.mark.parametrize("rewrite_record", [False, True], ids=["digest-differs", "digest-rewritten"])
@@ -102,7 +91,7 @@ def test_pickled_call_in_metadata_never_runs(resume, tmp_path, rewrite_record):
     code, err = resume()
     assert not marker.exists()
     why = "refusing to unpickle posix.system" if rewrite_record else "the checkpoint is modified"
-    assert_refused(resume, before, code, err, str(checkpoint / ".metadata"), why)
+    assert_refused(code, err, str(checkpoint / ".metadata"), why, unchanged=(resume.out, before))
 
 
 def test_bare_payload_as_metadata_never_runs(resume, tmp_path):
@@ -113,7 +102,7 @@ def test_bare_payload_as_metadata_never_runs(resume, tmp_path):
     before = snapshot(resume.out)
     code, err = resume()
     assert not marker.exists()
-    assert_refused(resume, before, code, err, "refusing to unpickle posix.system")
+    assert_refused(code, err, "refusing to unpickle posix.system", unchanged=(resume.out, before))
 
 
 @pytest.mark.parametrize("obj", [eval, os.system, torch.load, shutil.rmtree, torch.Tensor, RunsCode],
@@ -133,7 +122,9 @@ def test_saved_items_load_weights_only(tmp_path):
     write_record(checkpoint, 1)
     ckpt = Checkpointer(checkpoint.parent, Dist(), keep=2)
     ckpt.check(checkpoint)
-    with pytest.raises(InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"):
+    with pytest.raises(
+        InputError, match="refusing to unpickle item 'trainer': only tensors and plain data .*posix.system"
+    ):
         ckpt.load_shared(checkpoint)
     assert not marker.exists()
 
@@ -162,7 +153,7 @@ def test_damaged_shard_is_one_line_and_nothing_runs(resume, damage):
     why = damage(checkpoint)
     before = snapshot(resume.out)
     code, err = resume()
-    assert_refused(resume, before, code, err, str(checkpoint / SHARD), why)
+    assert_refused(code, err, str(checkpoint / SHARD), why, unchanged=(resume.out, before))
 
 
 @pytest.mark.parametrize("record", ["{not json", '{"format": "dus-checkpoint/1", "step": 4, "step": 4}',
@@ -173,7 +164,7 @@ def test_damaged_record_is_refused(resume, record):
     (checkpoint / RECORD).write_text(record)
     before = snapshot(resume.out)
     code, err = resume()
-    assert_refused(resume, before, code, err, str(checkpoint / RECORD), "not a valid checkpoint record")
+    assert_refused(code, err, str(checkpoint / RECORD), "not a valid checkpoint record", unchanged=(resume.out, before))
 
 
 def test_checkpoint_without_record_is_skipped(resume):
@@ -193,7 +184,7 @@ def test_no_recorded_checkpoint_is_refused(resume):
         record.unlink()
     before = snapshot(resume.out)
     code, err = resume()
-    assert_refused(resume, before, code, err, "step_00000004", f"has no {RECORD}")
+    assert_refused(code, err, "step_00000004", f"has no {RECORD}", unchanged=(resume.out, before))
 
 
 def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
@@ -201,7 +192,8 @@ def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
     shallower = make_model(tmp_path / "two-layers", layers=2)
     before = snapshot(resume.out)
     code, err = resume(shallower)
-    assert_refused(resume, before, code, err, "step_00000004 holds another model", "model.model.layers.2.")
+    assert_refused(code, err, "step_00000004 holds another model", "model.model.layers.2.",
+                   unchanged=(resume.out, before))
 
 
 def test_record_lists_every_file_and_state_loads_weights_only(paused):
@@ -234,10 +226,34 @@ def test_rng_state_round_trips_through_json():
 def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):
     """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
     out = tmp_path / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dus", "pretrain", str(tiny_model), "--device", "cpu", "--data", str(corpus["train"]), "--output", str(out),
-           "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2",
-           "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "dus",
+        "pretrain",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--data",
+        str(corpus["train"]),
+        "--output",
+        str(out),
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     run = {"check": False, "capture_output": True, "text": True, "timeout": 300,
            "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
     first = subprocess.run(cmd + ["--stop-after", "2"], **run)
@@ -252,3 +268,59 @@ def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path)
     assert done.returncode != 0 and done.stderr.count(refusal) == 2, done.stderr[-3000:]
     assert done.stderr.count("error:") == 2, done.stderr[-3000:]
     assert snapshot(out) == before
+
+
+def test_a_failure_of_the_run_while_loading_is_not_bad_input(paused, monkeypatch):
+    """Out of memory or a failed collective while loading (RuntimeError, alone or inside DCP's
+    CheckpointException) is the run's failure and propagates; a malformed state is still an InputError."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    import dus.train.checkpoint as checkpoint
+
+    path = paused / "checkpoints" / "step_00000004"
+    ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
+    ckpt.check(path)
+    for raised, expected in [(RuntimeError("CUDA out of memory"), RuntimeError),
+                             (CheckpointException("load", {0: (RuntimeError("gloo: connection reset"), None)}),
+                              RuntimeError),
+                             (CheckpointException("load", {0: (ValueError("bad size"), None)}), InputError)]:
+        def fail(*args, raised=raised, **kwargs):
+            raise raised
+        monkeypatch.setattr(checkpoint.dcp, "load", fail)
+        with pytest.raises(BaseException) as caught:  # CheckpointException is a BaseException
+            ckpt.load_shared(path)
+        assert type(caught.value) is expected, caught.value
+
+
+def test_out_of_memory_while_resuming_is_exit_1_not_does_not_fit(resume, monkeypatch):
+    import dus.train.checkpoint as checkpoint
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(checkpoint, "set_state_dict", out_of_memory)
+    code, err = resume()
+    line = assert_refused(code, err, "RuntimeError: CUDA out of memory", exit_code=1)
+    assert "does not fit" not in line
+
+
+def test_a_saved_state_of_another_shape_is_refused(paused, tmp_path):
+    """Same entries, another hidden size: refused by shape before DCP or torch raise anything."""
+    from dus.train.checkpoint import _check_fit
+
+    path = paused / "checkpoints" / "step_00000004"
+    ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
+    ckpt.check(path)
+    metadata = ckpt._metadata(path)
+    tensors = sorted(k for k, v in metadata.state_dict_metadata.items() if type(v).__name__ == "TensorStorageMetadata")
+    state = {key: torch.zeros(7, 3) if key in tensors else 0 for key in metadata.state_dict_metadata}
+    name = tensors[0]
+    with pytest.raises(InputError, match=f"{name!r} is .* there, \\[7, 3\\] in this run"):
+        _check_fit(path, metadata, state)
+
+
+def test_an_rng_state_of_the_wrong_size_is_malformed():
+    state = json.loads(json.dumps(rng_state()))
+    state["torch"] = state["torch"][:8]
+    with pytest.raises(ValueError, match="RNG state"):
+        set_rng_state(state)

@@ -38,10 +38,22 @@ def test_memorised_benchmark_is_flagged(toy):
 
 
 def test_deterministic_with_seed(toy):
+    """The same seed gives the same scores; another seed picks other examples and samples other
+    neighbours (the target's own NLL of an example does not depend on it); scores vary by example."""
     d, tok, m = toy
-    s = Settings(examples=4, neighbours=4, seed=7, batch_size=3)
-    runs = [score_file(str(d / "bench.jsonl"), m["clean"], tok, m["ref"], tok, s).scores for _ in range(2)]
-    assert runs[0] == runs[1]
+
+    def run(seed: int, examples: int = 4) -> list[dict]:
+        s = Settings(examples=examples, neighbours=4, seed=seed, batch_size=3)
+        return score_file(str(d / "bench.jsonl"), m["clean"], tok, m["ref"], tok, s).scores
+
+    first = run(7)
+    assert first == run(7)
+    assert [x["index"] for x in run(8)] != [x["index"] for x in first]
+    assert len({x["nll"] for x in first}) == len(first) and len({x["neighbour_nll_mean"] for x in first}) > 1
+    every7, every8 = ({x["index"]: x for x in run(seed, examples=12)} for seed in (7, 8))
+    assert set(every7) == set(every8) == set(range(12))
+    assert [every7[i]["nll"] for i in range(12)] == pytest.approx([every8[i]["nll"] for i in range(12)], rel=1e-5)
+    assert any(every7[i]["neighbour_nll_mean"] != every8[i]["neighbour_nll_mean"] for i in range(12))
 
 
 def test_cli_writes_scores(toy, tmp_path, run_dus):
@@ -68,7 +80,9 @@ def test_record_fields():
     assert example_text({"text": "t"}) == "t"
     assert example_text({"question": "q", "answer": "a"}) == "q a"
     assert example_text({"question": "q", "choices": ["x", "y"], "answer": 1}) == "q y"
-    assert example_text({"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}) == "q y"
+    assert (
+        example_text({"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}) == "q y"
+    )
     assert example_text({"question": "q", "mc1_targets": {"choices": ["x", "y"], "labels": [0, 1]}}) == "q y"
     with pytest.raises(InputError):
         example_text({"prompt": "p"})

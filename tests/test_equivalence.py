@@ -1,14 +1,15 @@
-"""The structural check (dus.plan.equivalence) and the config shapes it confirms."""
+"""The structural check (dus.checks.equivalence) and the config shapes it confirms."""
 
 import json
 
 import pytest
 import transformers
 from models import COMMON
+from refusal import assert_refused
 
+from dus.checks.equivalence import check_layers, layer_differences
 from dus.errors import InputError
 from dus.plan.config import output_config
-from dus.plan.equivalence import check_layers, layer_differences
 
 PREFIX = "model.layers."
 OVERLAP1 = [0, 1, 2, 1, 2, 3]  # --overlap 1 of 4 layers
@@ -29,11 +30,11 @@ def test_copied_layers_of_a_plain_decoder_are_equal():
     assert layer_differences(config, output_config(config, OVERLAP1), OVERLAP1, PREFIX) == []
 
 
-def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path, run_dus):
+def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path, run_dus, capsys):
     _save("diffllama", tmp_path / "src")  # DiffLlama: lambda_init = 0.8 - 0.6 exp(-0.3 layer_idx)
+    capsys.readouterr()  # save_pretrained's progress bar
     code, out, err = run_dus("plan", tmp_path / "src", "--overlap", "1")
-    assert code == 2
-    err = err.splitlines()[-1]  # after save_pretrained's progress bar
+    err = assert_refused(code, err)
     assert err.startswith("error: output layer 3 (from source layer 1) would differ: self_attn.lambda_init 0.556058 != "
                           "0.355509; this architecture computes it from the layer index")
     assert err.endswith("(2 more difference(s)); pass --allow-index-dependent to build it anyway")
@@ -47,7 +48,10 @@ def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path,
     record = json.loads((tmp_path / "out/dus_plan.json").read_text())
     assert record["allow_index_dependent"] is True
     assert [d.split(" would")[0] for d in record["index_dependent"]] == [
-        "output layer 3 (from source layer 1)", "output layer 4 (from source layer 2)", "output layer 5 (from source layer 3)"]
+        "output layer 3 (from source layer 1)",
+        "output layer 4 (from source layer 2)",
+        "output layer 5 (from source layer 3)",
+    ]
     card = (tmp_path / "out/README.md").read_text()
     assert "--allow-index-dependent" in card and "self_attn.lambda_init" in card
     code, out, err = run_dus("verify", tmp_path / "out")
@@ -97,7 +101,9 @@ def test_layer_index_maps_are_remapped_in_their_key_style():
                                        "19": {"head_dim": 512}}
     assert out["global_layers"] == {"3": "x"}  # unpadded stays unpadded (layer 3 appears once)
     assert out["id2label"] == config["id2label"] and out["mtp_layer_map"] == config["mtp_layer_map"]
-    assert output_config({"num_hidden_layers": 4, "per_layer_config": {3: {"a": 1}}}, OVERLAP1)["per_layer_config"] == {5: {"a": 1}}
+    assert output_config({"num_hidden_layers": 4, "per_layer_config": {3: {"a": 1}}}, OVERLAP1)["per_layer_config"] == {
+        5: {"a": 1}
+    }
 
 
 def test_a_second_layer_count_follows_the_first():
@@ -105,18 +111,31 @@ def test_a_second_layer_count_follows_the_first():
     assert (out["num_hidden_layers"], out["num_blocks"], out["num_layers_other"]) == (6, 6, 4)
 
 
-@pytest.mark.parametrize("config, plan, expected", [
-    # the offset moves with a dropped first layer: source attention layers 2, 6 land at 1, 5
-    ({"num_hidden_layers": 8, "attn_layer_period": 4, "attn_layer_offset": 2}, list(range(1, 8)), {"attn_layer_offset": 1}),
-    # first k dense: source 0,1 dense; plan 0,1,0,1,2,3 makes the first 4 dense
-    ({"num_hidden_layers": 4, "first_k_dense_replace": 2}, [0, 1, 0, 1, 2, 3], {"first_k_dense_replace": 4}),
-    ({"num_hidden_layers": 4, "num_dense_layers": 1}, OVERLAP1, {"num_dense_layers": 1}),
-    # MoE from start to end: the range grows with the stack
-    ({"num_hidden_layers": 4, "moe_layer_start_index": 1, "moe_layer_end_index": 3, "moe_layer_interval": 1},
-     OVERLAP1, {"moe_layer_start_index": 1, "moe_layer_end_index": 5}),
-    ({"num_hidden_layers": 4, "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 1},
-     [1, 2, 3, 0], {"moe_layer_start_index": 0, "moe_layer_end_index": 2}),
-])
+@pytest.mark.parametrize(
+    "config, plan, expected",
+    [
+        # the offset moves with a dropped first layer: source attention layers 2, 6 land at 1, 5
+        (
+            {"num_hidden_layers": 8, "attn_layer_period": 4, "attn_layer_offset": 2},
+            list(range(1, 8)),
+            {"attn_layer_offset": 1},
+        ),
+        # first k dense: source 0,1 dense; plan 0,1,0,1,2,3 makes the first 4 dense
+        ({"num_hidden_layers": 4, "first_k_dense_replace": 2}, [0, 1, 0, 1, 2, 3], {"first_k_dense_replace": 4}),
+        ({"num_hidden_layers": 4, "num_dense_layers": 1}, OVERLAP1, {"num_dense_layers": 1}),
+        # MoE from start to end: the range grows with the stack
+        (
+            {"num_hidden_layers": 4, "moe_layer_start_index": 1, "moe_layer_end_index": 3, "moe_layer_interval": 1},
+            OVERLAP1,
+            {"moe_layer_start_index": 1, "moe_layer_end_index": 5},
+        ),
+        (
+            {"num_hidden_layers": 4, "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 1},
+            [1, 2, 3, 0],
+            {"moe_layer_start_index": 0, "moe_layer_end_index": 2},
+        ),
+    ],
+)
 def test_formula_parameters_are_solved_for_the_new_stack(config, plan, expected):
     out = output_config(config, plan)
     assert {k: out[k] for k in expected} == expected
@@ -140,13 +159,20 @@ def test_encoders_are_refused(model_type, extra, message):
 
 
 def test_a_bert_used_as_decoder_is_checked_not_refused():
-    config = transformers.AutoConfig.for_model("bert", vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                                               num_hidden_layers=4, is_decoder=True).to_dict()
+    config = transformers.AutoConfig.for_model(
+        "bert",
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_hidden_layers=4,
+        is_decoder=True,
+    ).to_dict()
     assert check_layers(config, output_config(config, OVERLAP1), OVERLAP1, "bert.encoder.layer.") == []
 
 
 def test_special_floats_in_config_json_are_decoded_as_transformers_does():
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     config = {**_config("llama"), "rms_norm_eps": {"__float__": "Infinity"}}  # Bamba's time_step_limit has one
     assert meta_model(config).config.rms_norm_eps == float("inf")
@@ -159,6 +185,8 @@ def test_an_index_list_naming_every_layer_is_not_a_per_layer_list():
 
 
 def test_a_repeating_pattern_is_written_out_in_full():
-    out = output_config({"num_hidden_layers": 6, "block_types": ["recurrent", "recurrent", "attention"]}, [0, 1, 2, 3, 2, 3, 4, 5])
+    out = output_config(
+        {"num_hidden_layers": 6, "block_types": ["recurrent", "recurrent", "attention"]}, [0, 1, 2, 3, 2, 3, 4, 5]
+    )
     assert out["block_types"] == ["recurrent", "recurrent", "attention", "recurrent", "attention", "recurrent",
                                   "recurrent", "attention"]

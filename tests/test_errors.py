@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from refusal import assert_refused, snapshot
 
 
 def _header(path):
@@ -96,23 +97,15 @@ CORRUPTIONS = {
 }
 
 
-def _assert_one_line_error(code, err, expected_code, fragment):
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0]
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_corrupt_source(name, llama_source, tmp_path, run_dus):
     src = tmp_path / "src"
     shutil.copytree(llama_source, src)
     corrupt, fragment = CORRUPTIONS[name]
     corrupt(src)
+    before = snapshot(tmp_path)  # the source and, for one corruption, the shard it points out of it to
     code, out, err = run_dus("build", src, tmp_path / "out")
-    _assert_one_line_error(code, err, 2, fragment)
-    assert sorted(os.listdir(tmp_path)) == sorted(p for p in os.listdir(tmp_path) if p in ("src", "evil.safetensors"))
+    assert_refused(code, err, fragment, outputs=tmp_path / "out", unchanged=(tmp_path, before))
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -128,16 +121,15 @@ def test_corrupt_source(name, llama_source, tmp_path, run_dus):
 ])
 def test_bad_plan_options(args, fragment, llama_source, tmp_path, run_dus):
     code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
-    _assert_one_line_error(code, err, 2, fragment)
-    assert not (tmp_path / "out").exists()
+    assert_refused(code, err, fragment, outputs=tmp_path / "out")
 
 
 def test_missing_source_and_existing_output(llama_source, tmp_path, run_dus):
     code, _, err = run_dus("build", tmp_path / "nowhere", tmp_path / "out")
-    _assert_one_line_error(code, err, 2, "no such model directory")
+    assert_refused(code, err, "no such model directory", outputs=tmp_path / "out")
     (tmp_path / "out").mkdir()
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1")
-    _assert_one_line_error(code, err, 2, "already exists")
+    assert_refused(code, err, "already exists", unchanged=(tmp_path / "out", {}))
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1", "--force")
     assert code == 0, err
     assert (tmp_path / "out/model.safetensors").is_file()
@@ -179,8 +171,16 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
 
     from dus.testing.synthetic import write_synthetic
 
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1536,
-              "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    }
     write_synthetic(tmp_path / "src", config, "float32", shard_bytes=50 * 10**6)
     # A shard size of one tensor makes many small steps, so the signal lands mid-write.
     proc = subprocess.Popen([sys.executable, "-m", "dus", "build", str(tmp_path / "src"), str(tmp_path / "out"),

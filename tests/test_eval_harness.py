@@ -10,6 +10,7 @@ import json
 import pytest
 import yaml
 from instruct_fixtures import tiny_model_dir, write_jsonl
+from refusal import assert_refused
 
 from dus.errors import BuildError, InputError
 from dus.eval import harness
@@ -48,13 +49,28 @@ def tasks(tmp_path_factory):
         "group": "mmlu", "task": ["mmlu_small", "mmlu_large"],
         "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 1}}))
     gsm = [{"question": "one plus two", "answer": "#### 3"}]
-    _task(d, "gsm8k", gsm, {
-        "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answer}}",
-        "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 6},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "filter_list": [{"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
-                                                           {"function": "take_first"}]}]},
-          pool=[{"question": f"{i} plus 0", "answer": f"#### {i}"} for i in range(30)])
+    _task(
+        d,
+        "gsm8k",
+        gsm,
+        {
+            "output_type": "generate_until",
+            "doc_to_text": "Question: {{question}}\nAnswer:",
+            "doc_to_target": "{{answer}}",
+            "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 6},
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+            "filter_list": [
+                {
+                    "name": "strict-match",
+                    "filter": [
+                        {"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
+                        {"function": "take_first"},
+                    ],
+                }
+            ],
+        },
+        pool=[{"question": f"{i} plus 0", "answer": f"#### {i}"} for i in range(30)],
+    )
     return d
 
 
@@ -139,7 +155,13 @@ def test_limit_is_recorded_and_marked(tasks, tmp_path, run_dus, monkeypatch):
     assert result["limit"] == 1 and result["comparable"] is False
     assert [s["limit"] for s in result["scores"]] == [1, 1]
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| 100.00† |" in md and "**50.00**†" in md and "--limit 1" in md and "not comparable" in md and "not comparable" in out
+    assert (
+        "| 100.00† |" in md
+        and "**50.00**†" in md
+        and "--limit 1" in md
+        and "not comparable" in md
+        and "not comparable" in out
+    )
 
     calls.clear()  # a full run into the same directory does not take the smoke scores
     code, out, err = _eval(run_dus, tasks, tmp_path / "out", tasks="arc_challenge,hellaswag")
@@ -155,9 +177,8 @@ def test_few_shot_split_too_small_fails_before_loading(tmp_path, run_dus, monkey
     monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", None)  # loading the model would fail differently
     _task(tmp_path, "arc_challenge", _docs(2, 0), MC, pool=_docs(10, 0))
     code, _, err = _eval(run_dus, tmp_path, tmp_path / "out", tasks="arc_challenge")
-    assert code == 2, err
-    assert "arc_challenge: 25-shot evaluation needs 25 few-shot examples" in err and "has 10" in err
-    assert len(err.strip().splitlines()) == 1
+    assert_refused(code, err, "arc_challenge: 25-shot evaluation needs 25 few-shot examples", "has 10",
+                   outputs=tmp_path / "out")
 
 
 @pytest.fixture
@@ -197,10 +218,9 @@ def test_offline_hub_task_stops_before_loading(offline_index, tmp_path, run_dus,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", None)
     code, out, err = _eval(run_dus, offline_index, tmp_path / "out")
-    assert code == 1
-    assert len(err.strip().splitlines()) == 1 and "Retry" not in err
-    assert "offline (HF_HUB_OFFLINE is set)" in err and "gsm8k need" in err and "openai/gsm8k" in err
-    assert "--include-path" in err and "docs/pipeline.md" in err
+    assert_refused(code, err, "offline (HF_HUB_OFFLINE is set)", "gsm8k need", "openai/gsm8k", "--include-path",
+                   "docs/pipeline/eval.md", exit_code=1)
+    assert "Retry" not in err
     assert "arc_challenge" not in err  # the local ones are not blamed
 
 

@@ -23,8 +23,8 @@ from safetensors import deserialize
 
 import dus.api
 from dus.errors import InputError
-from dus.read.safetensors import DTYPE_BITS, read_header
 from dus.read import strict_json
+from dus.read.safetensors import DTYPE_BITS, read_header
 
 HEADER_CASES, CONFIG_CASES, PLAN_CASES = 3000, 1000, 300  # plan cases per file mutated
 SECONDS_PER_CASE = 10  # a hang guard on a slow shared machine, not a speed requirement
@@ -116,7 +116,9 @@ def mutate_bytes(rng, blob: bytes, start: int) -> bytes:
     elif edit == 1:
         del blob[at:]
     elif edit == 2:
-        blob[at:at] = rng.choice((b"\xff", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\x00", b" ", b"}", b"{", b'"', b",", b"\\"))
+        blob[at:at] = rng.choice(
+            (b"\xff", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\x00", b" ", b"}", b"{", b'"', b",", b"\\")
+        )
     elif edit == 3:
         del blob[at:at + rng.randrange(1, 4)]
     else:
@@ -125,7 +127,17 @@ def mutate_bytes(rng, blob: bytes, start: int) -> bytes:
 
 
 # A tiny valid file: four tensors and metadata.
-TENSOR_KEYS = ["x", "dtype", "shape", "data_offsets", "__metadata__", "w.weight", "", Raw('"\\ud800"'), Raw('"\\u0064type"')]
+TENSOR_KEYS = [
+    "x",
+    "dtype",
+    "shape",
+    "data_offsets",
+    "__metadata__",
+    "w.weight",
+    "",
+    Raw('"\\ud800"'),
+    Raw('"\\u0064type"'),
+]
 DTYPES = [*DTYPE_BITS, "F13", "f32", "", "float32"]
 
 
@@ -168,7 +180,10 @@ def mutate_tensor(rng, header):
     elif edit == 3 and all(k in fields for k in ("dtype", "shape", "data_offsets")):
         # The list form serde also accepts; now and then one item too many.
         i = next(i for i, (_, v) in enumerate(header) if v is entry)
-        header[i] = (header[i][0], [fields["dtype"], fields["shape"], fields["data_offsets"]] + [1] * (rng.random() < 0.2))
+        header[i] = (
+            header[i][0],
+            [fields["dtype"], fields["shape"], fields["data_offsets"]] + [1] * (rng.random() < 0.2),
+        )
         return
     else:
         header[:] = [(k, rng.choice((None, [], Obj(), "x", Obj([("k", 1)]), Obj([("k", "v"), ("k", "w")]))))

@@ -16,6 +16,7 @@ import struct
 
 import numpy as np
 import pytest
+from refusal import assert_refused
 
 gguf = pytest.importorskip("gguf")
 
@@ -153,7 +154,9 @@ def test_logits_equal_an_in_memory_reference(smollm2_gguf, tmp_path):
 
 @pytest.mark.real_model
 def test_split_output_and_split_source(smollm2_gguf, tmp_path, run_dus):
-    code, stdout, err = run_dus("build", smollm2_gguf, tmp_path / "split.gguf", "--overlap", "8", "--shard-size", "40MB")
+    code, stdout, err = run_dus(
+        "build", smollm2_gguf, tmp_path / "split.gguf", "--overlap", "8", "--shard-size", "40MB"
+    )
     assert code == 0, err
     firsts = sorted(tmp_path.glob("split-*-of-*.gguf"))
     count = len(firsts)
@@ -182,7 +185,7 @@ def test_verify_catches_tampering(smollm2_gguf, tmp_path, run_dus):
     data[start + 7] ^= 1
     out.write_bytes(bytes(data))
     code, _, err = run_dus("verify", out)
-    assert code == 1 and "blk.30.ffn_up.weight" in err and err.count("\n") == 1
+    assert_refused(code, err, "blk.30.ffn_up.weight", exit_code=1)
 
     data[start + 7] ^= 1  # restore, then change the metadata instead
     name = b"Smollm2 135M 8k"
@@ -241,7 +244,7 @@ def test_default_periods_follow_llama_cpp(tmp_path, run_dus):
     exaone = write_tiny(tmp_path / "e.gguf", arch="exaone4", n=64)
     assert run_dus("plan", exaone, "--layers", "0:32,0:32")[0] == 0
     code, _, err = run_dus("plan", exaone, "--overlap", "8")
-    assert code == 2 and "only for 64-layer models" in err and err.count("\n") == 1
+    assert_refused(code, err, "only for 64-layer models")
     afmoe = write_tiny(tmp_path / "a.gguf", arch="afmoe", n=8)  # no RoPE in layers 3 and 7, by index
     assert run_dus("plan", afmoe, "--layers", "0:8,4:8")[0] == 0
     code, _, err = run_dus("plan", afmoe, "--layers", "0:6,3:8")
@@ -255,7 +258,7 @@ def test_index_derived_layers_are_refused_when_the_plan_breaks_them(tmp_path, ru
     code, _, err = run_dus("plan", dense, "--overlap", "1")  # 0,1,2 then 1,2,3: fine; 0:4,0:4 is not
     assert code == 0, err
     code, _, err = run_dus("plan", dense, "--layers", "0:4,0:4")
-    assert code == 2 and "leading_dense_block_count" in err and err.count("\n") == 1
+    assert_refused(code, err, "leading_dense_block_count")
 
     step = write_tiny(tmp_path / "s.gguf", n=4, metadata={"llama.interleave_moe_layer_step": (2, U32, None)})
     assert run_dus("plan", step, "--layers", "0:4,0:4")[0] == 0  # keeps every index's parity
@@ -271,7 +274,7 @@ def test_only_byte_copies_and_gguf_outputs(tmp_path, run_dus):
                         (("--layers", "0:4,0:2,1"), "OUTPUT ending in .gguf")]:
         out = tmp_path / ("out" if args[0] == "--layers" else "out.gguf")
         code, _, err = run_dus("build", src, out, *args)
-        assert code == 2 and words in err and err.count("\n") == 1, (args, err)
+        assert_refused(code, err, words, outputs=out)
     from models import save_model
 
     save_model("llama", tmp_path / "hf")
@@ -318,7 +321,7 @@ def test_force_replaces_the_whole_output_set(tmp_path, run_dus):
 
 
 def test_gguf_output_is_locked_and_dead_runs_are_swept(tmp_path, run_dus):
-    from dus.write.output import output_lock
+    from dus.core.publish import output_lock
 
     src = write_tiny(tmp_path / "f.gguf", quantized=False)
     out = tmp_path / "out.gguf"
@@ -380,8 +383,7 @@ def test_bad_gguf_is_refused_in_one_line(case, tmp_path, run_dus):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(corrupt(good.read_bytes(), good))
     code, out, err = run_dus("plan", bad)
-    assert code == 2 and err.startswith("error: bad.gguf: ") and err.count("\n") == 1, err
-    assert fragment in err
+    assert assert_refused(code, err, fragment).startswith("error: bad.gguf: ")
 
 
 def test_split_set_must_be_whole_and_consistent(tmp_path, run_dus):

@@ -22,9 +22,10 @@ import transformers
 llama_cpp = pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
+from models import reference_model  # noqa: E402
+
 import dus.api  # noqa: E402
 import dus.plan.gguf  # noqa: E402
-from models import reference_model  # noqa: E402
 
 GGML_F32 = 0  # ggml_type of the KV cache: float32, so an f32 model is compared without f16 rounding
 

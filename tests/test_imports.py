@@ -1,9 +1,24 @@
-"""The package's layering: no import cycles among dus's modules (lazy imports included)."""
+"""The package's layering: every module imports only modules of its own layer or below (lazy imports
+included), and no import cycles among dus's modules."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dus"
+
+# The floors of the house, bottom first (docs/design.md). A module may import its own floor and those below.
+LAYERS = [
+    ("ground", ["dus.errors", "dus.core", "dus.yamlfile", "dus.options", "dus.quiet", "dus.private_api"]),
+    ("read", ["dus.read", "dus.checks", "dus.runtime"]),  # a source is checked as it is opened
+    ("plan", ["dus.plan"]),
+    ("manifest", ["dus.manifest"]),
+    ("write", ["dus.write"]),
+    ("verify", ["dus.verify"]),
+    ("stages", ["dus.train", "dus.instruct", "dus.eval", "dus.analyze", "dus.testing"]),
+    ("pipeline", ["dus.pipeline"]),
+    ("api", ["dus.api"]),
+    ("cli", ["dus.cli", "dus.__main__", "dus"]),
+]
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -35,6 +50,20 @@ def module_graph() -> dict[str, set[str]]:
                     imported.add(target)
         graph[name] = imported
     return graph
+
+
+def layer(module: str) -> int:
+    """The floor of a module: the longest prefix LAYERS names (dus itself is the top: it re-exports the API)."""
+    found = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+             if module == prefix or (prefix != "dus" and module.startswith(prefix + "."))]
+    assert found, f"{module} is on no floor of LAYERS: add it there"
+    return max(found)[1]
+
+
+def back_edges(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a module from a higher floor than the importer's."""
+    return sorted(f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+                  for m, targets in graph.items() for t in targets if layer(t) > layer(m))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -76,3 +105,15 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_imports_one_above_it():
+    graph = module_graph()
+    assert back_edges(graph) == []
+    ground = {t for m, targets in graph.items() if m.startswith("dus.core") for t in targets}
+    assert ground <= {"dus.errors", *(m for m in graph if m.startswith("dus.core"))}  # core: nothing but errors
+
+
+def test_the_layer_check_finds_a_back_edge():
+    graph = {"dus.plan.make": {"dus.write.gguf", "dus.read.source"}, "dus.core.digest": {"dus.errors"}}
+    assert back_edges(graph) == ["dus.plan.make (plan) imports dus.write.gguf (write)"]

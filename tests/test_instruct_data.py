@@ -20,11 +20,19 @@ def test_chat_becomes_prompt_and_reply(tok):
 
 
 def test_preference_pairs(tok):
-    user, good, bad = [{"role": "user", "content": "Q"}], {"role": "assistant", "content": "G"}, {"role": "assistant", "content": "B"}
+    user, good, bad = (
+        [{"role": "user", "content": "Q"}],
+        {"role": "assistant", "content": "G"},
+        {"role": "assistant", "content": "B"},
+    )
     expected = {"prompt": "### User:\nQ\n\n### Assistant:\n", "chosen": "G", "rejected": "B"}
     assert dpo_text({"prompt": user, "chosen": [good], "rejected": [bad]}, tok) == expected
     assert dpo_text({"chosen": user + [good], "rejected": user + [bad]}, tok) == expected
-    assert dpo_text({"prompt": "p", "chosen": "c", "rejected": "r"}, tok) == {"prompt": "p", "chosen": "c", "rejected": "r"}
+    assert dpo_text({"prompt": "p", "chosen": "c", "rejected": "r"}, tok) == {
+        "prompt": "p",
+        "chosen": "c",
+        "rejected": "r",
+    }
 
 
 def test_unknown_format_and_files(tok, tmp_path):

@@ -1,11 +1,14 @@
 """SFT then DPO on a tiny model through TRL: masks, EOS, weights move, loss falls."""
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 from instruct_fixtures import facts, tiny_model_dir, write_jsonl
+from refusal import assert_refused
 from safetensors.torch import load_file
 
 from dus.instruct.template import builtin_template
@@ -50,7 +53,9 @@ def test_sft_masks_the_prompt_and_ends_with_eos(data, tmp_path):
 
 def test_sft_then_dpo(data, tmp_path, run_dus):
     base = tiny_model_dir()
-    code, out, err = run_dus("sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST)
+    code, out, err = run_dus(
+        "sft", base, "--data", data / "sft.jsonl", "-o", tmp_path / "sft", "--max-steps", "12", *FAST
+    )
     assert code == 0, err
     first, last = _losses(out)
     assert last < first - 0.5
@@ -80,7 +85,7 @@ def test_sft_packing_runs(data, tmp_path, run_dus):
 
 def test_bad_input_is_one_line(data, tmp_path, run_dus):
     code, _, err = run_dus("sft", tiny_model_dir(), "--data", tmp_path / "none.jsonl", "-o", tmp_path / "x")
-    assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert_refused(code, err, "none.jsonl", outputs=tmp_path / "x")
 
 
 def _pickles(root: Path) -> list[str]:
@@ -110,3 +115,44 @@ def test_checkpoints_and_the_model_hold_no_pickle(data, tmp_path, run_dus):
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert _pickles(out) == []
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o666 & ~mask)  # readable as any file
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_save_leaves_the_previous_model_or_none(data, tmp_path):
+    """The final model is published into OUTPUT as one model (dus.core.publish.atomic_model_files):
+    a save that fails after the weights are written leaves no model at all, or the previous one whole."""
+    from dus.instruct.options import TrainOptions
+    from dus.instruct.sft import sft_trainer
+    from dus.instruct.trainer import finish
+    from dus.manifest import MANIFEST_FILE
+
+    out = tmp_path / "sft"
+    opts = TrainOptions(tiny_model_dir(), [str(data / "sft.jsonl")], str(out), max_steps=1, dtype="float32",
+                        gradient_checkpointing=False)
+    trainer, report = sft_trainer(opts)
+    tokenizer_save = trainer.processing_class.save_pretrained
+
+    def fail(*args, **kwargs):  # Trainer._save writes the weights and config first, the tokenizer after
+        raise OSError("the disk went away")
+
+    trainer.processing_class.save_pretrained = fail
+    with pytest.raises(OSError, match="went away"):
+        finish(trainer, opts, report, "sft", {})
+    assert _files(out) == {}  # no weights, no config, no staging directory, no lock
+    assert [p.name for p in out.parent.iterdir() if p.name != "sft"] == []
+
+    trainer.processing_class.save_pretrained = tokenizer_save
+    finish(trainer, opts, report, "sft", {})
+    before = _files(out)
+    assert {"model.safetensors", "config.json", MANIFEST_FILE, "training_args.json"} <= set(before)
+    trainer.processing_class.save_pretrained = fail
+    with pytest.raises(OSError, match="went away"):
+        finish(trainer, opts, report, "sft", {})
+    assert _files(out) == before

@@ -29,11 +29,29 @@ def chain(tmp_path_factory):
     write_jsonl(root / "text.jsonl", [{"text": topics[k]} for k in sorted(topics)[:40]])
     write_jsonl(root / "sft.jsonl", [{"prompt": r["question"], "completion": r["answer"]} for r in rows])
     write_jsonl(root / "dpo.jsonl", [{"prompt": r["question"], "chosen": r["answer"], "rejected": "no"} for r in rows])
-    runs = [["build", tiny_model_dir(), root / "build", "--recipe", "stack"],
-            ["pretrain", root / "build", "--data", root / "text.jsonl", "--output", root / "pretrain", "--seq-len", "64",
-             "--batch-size", "2", "--max-steps", "2", "--save-every", "0", "--cache-dir", root / "cache"],
-            ["sft", root / "pretrain", "--data", root / "sft.jsonl", "-o", root / "sft", *FAST],
-            ["dpo", root / "sft", "--data", root / "dpo.jsonl", "-o", root / "dpo", *FAST]]
+    runs = [
+        ["build", tiny_model_dir(), root / "build", "--recipe", "stack"],
+        [
+            "pretrain",
+            root / "build",
+            "--data",
+            root / "text.jsonl",
+            "--output",
+            root / "pretrain",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--save-every",
+            "0",
+            "--cache-dir",
+            root / "cache",
+        ],
+        ["sft", root / "pretrain", "--data", root / "sft.jsonl", "-o", root / "sft", *FAST],
+        ["dpo", root / "sft", "--data", root / "dpo.jsonl", "-o", root / "dpo", *FAST],
+    ]
     for args in runs:
         try:
             main([str(a) for a in args])

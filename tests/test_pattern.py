@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dus.plan.pattern import broken_pattern_note, period
 from models import save_model
+
+from dus.plan.pattern import broken_pattern_note, period
 
 GEMMA3 = ["sliding_attention"] * 5 + ["full_attention"]
 

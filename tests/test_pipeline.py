@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from instruct_fixtures import tiny_model_dir
+from refusal import assert_refused
 
 from dus.cli.pipeline import command_flags
 from dus.manifest import manifest_digest, read_manifest
@@ -20,16 +21,40 @@ TRAIN = {"batch-size": 2, "max-steps": 2, "seq-len": 64, "lr": 1e-3, "logging-st
 def tiny_recipe(path: Path, sft_lr: float = 1e-3) -> Path:
     """The shape of configs/smollm2-tiny.yaml on a 2-layer random model."""
     recipe = {
-        "source": tiny_model_dir(), "recipe": "stack", "prepare": "pydoc-topics",
-        "pretrain": {"data": ["{workdir}/data/pretrain/train.jsonl"], "eval-data": ["{workdir}/data/pretrain/eval.jsonl"],
-                     "seq-len": 64, "batch-size": 2, "max-steps": 2, "save-every": 1, "eval-every": 1,
-                     "eval-batches": 2, "warmup-steps": 1, "log-every": 1, "cache-dir": "{workdir}/cache"},
+        "source": tiny_model_dir(),
+        "recipe": "stack",
+        "prepare": "pydoc-topics",
+        "pretrain": {
+            "data": ["{workdir}/data/pretrain/train.jsonl"],
+            "eval-data": ["{workdir}/data/pretrain/eval.jsonl"],
+            "seq-len": 64,
+            "batch-size": 2,
+            "max-steps": 2,
+            "save-every": 1,
+            "eval-every": 1,
+            "eval-batches": 2,
+            "warmup-steps": 1,
+            "log-every": 1,
+            "cache-dir": "{workdir}/cache",
+        },
         "sft": {"data": ["{workdir}/data/sft.jsonl"], **TRAIN, "lr": sft_lr},
         "dpo": {"data": ["{workdir}/data/dpo.jsonl"], **TRAIN},
-        "contamination": {"ref": "{workdir}/build", "data": ["{workdir}/data/bench/seen.jsonl",
-                                                             "{workdir}/data/bench/unseen.jsonl"],
-                          "examples": 2, "neighbours": 2, "batch-size": 4, "max-length": 32, "device": "cpu"},
-        "eval": {"tasks": "arc_challenge,gsm8k", "include-path": "{workdir}/data/tasks", "batch-size": "1", "device": "cpu", "limit": 2},
+        "contamination": {
+            "ref": "{workdir}/build",
+            "data": ["{workdir}/data/bench/seen.jsonl", "{workdir}/data/bench/unseen.jsonl"],
+            "examples": 2,
+            "neighbours": 2,
+            "batch-size": 4,
+            "max-length": 32,
+            "device": "cpu",
+        },
+        "eval": {
+            "tasks": "arc_challenge,gsm8k",
+            "include-path": "{workdir}/data/tasks",
+            "batch-size": "1",
+            "device": "cpu",
+            "limit": 2,
+        },
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -48,7 +73,9 @@ def test_run_skip_and_rerun_from_a_changed_option(tmp_path, run_dus):
     ran = statuses(out)
     assert list(ran) == ["build", "pretrain", "sft", "dpo", "contamination", "eval"]
     assert all(t.endswith(" s") for t in ran.values()), ran
-    assert "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
+    assert (
+        "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
+    )
     for stage in ("pretrain", "sft", "dpo"):
         assert read_manifest(work / stage)["parent"]["ref"] == str(work / {"pretrain": "build", "sft": "pretrain",
                                                                              "dpo": "sft"}[stage])
@@ -98,31 +125,80 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
     assert [shlex.split(line)[0] for line in lines] == ["dus", "torchrun", "accelerate", "accelerate", "dus",
                                                         "accelerate"]
     build, pretrain, sft, dpo, contamination, evaluate = (shlex.split(line) for line in lines)
-    assert build == ["dus", "build", str(tmp_path / "solar" / "build"), "--config", str(ROOT / "configs" / "solar-10.7b.yaml")]
-    assert pretrain[:7] == ["torchrun", "--nproc-per-node", "8", "-m", "dus", "pretrain", str(tmp_path / "solar" / "build")]
-    assert sft[:8] == ["accelerate", "launch", "--num_processes", "8", "-m", "dus", "sft", str(tmp_path / "solar" / "pretrain")]
+    assert build == [
+        "dus",
+        "build",
+        str(tmp_path / "solar" / "build"),
+        "--config",
+        str(ROOT / "configs" / "solar-10.7b.yaml"),
+    ]
+    assert pretrain[:7] == [
+        "torchrun",
+        "--nproc-per-node",
+        "8",
+        "-m",
+        "dus",
+        "pretrain",
+        str(tmp_path / "solar" / "build"),
+    ]
+    assert sft[:8] == [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "8",
+        "-m",
+        "dus",
+        "sft",
+        str(tmp_path / "solar" / "pretrain"),
+    ]
     assert dpo[7] == str(tmp_path / "solar" / "sft") and contamination[2] == str(tmp_path / "solar" / "dpo")
     assert evaluate[6:9] == ["eval", str(tmp_path / "solar" / "dpo"), "--output"] and "h6" in evaluate
     assert not (tmp_path / "solar").exists()  # a dry run writes nothing
 
 
-def test_the_solar_recipe_still_builds_and_plans(tmp_path):
-    from dus.plan.make import load_recipe_file
+# Mistral-7B-v0.1's published config.json (the Hub is not reached in tests).
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "max_position_embeddings": 32768, "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-05,
+              "vocab_size": 32000, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+              "bos_token_id": 1, "eos_token_id": 2}
 
-    keys = load_recipe_file(ROOT / "configs" / "solar-10.7b.yaml")
-    assert keys["overlap"] == 8 and keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys
+
+def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
+    """The recipe's build section, planned on Mistral-7B's config, is SOLAR-10.7B as published:
+    48 layers (0-23 then 8-31), 10,731,524,096 parameters, a float16 Llama without sliding window."""
+    from dus.plan.options import load_recipe_file
+
+    recipe = ROOT / "configs" / "solar-10.7b.yaml"
+    keys = load_recipe_file(recipe)
+    assert keys["source"] == "mistralai/Mistral-7B-v0.1" and "sft" not in keys  # the later stages are not build keys
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(MISTRAL_7B))
+    code, out, err = run_dus("plan", config, "--config", recipe, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["source_num_parameters"] == 7_241_732_096 and plan["num_parameters"] == 10_731_524_096
+    assert [layer["source_layer"] for layer in plan["layers"]] == [*range(24), *range(8, 32)]
+    assert plan["dtype"] == "float16"
+    assert {k: plan["config"].get(k) for k in ("architectures", "model_type", "num_hidden_layers",
+                                                "max_position_embeddings", "sliding_window")} == {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 48,
+        "max_position_embeddings": 4096, "sliding_window": None}
+    assert "sliding_window" not in plan["config"]
 
 
-def test_bad_recipes_are_one_line(tmp_path, run_dus):
+def test_bad_recipes_are_one_line(tmp_path, run_dus, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"learning-rate": 1}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "unknown option 'learning-rate' for `dus sft`" in err
+    assert_refused(code, err, "unknown option 'learning-rate' for `dus sft`", outputs=tmp_path / "w")
     bad.write_text(yaml.safe_dump({"source": "x", "sft": {"output": "elsewhere"}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w", "--dry-run")
-    assert code == 2 and "set by the pipeline" in err
-    code, _, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--only", "chat")
-    assert code == 2 and "no such stage" in err
+    assert_refused(code, err, "set by the pipeline", outputs=tmp_path / "w")
+    recipe = tiny_recipe(tmp_path / "r.yaml")
+    capsys.readouterr()  # the progress bar of making its model
+    code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--only", "chat")
+    assert_refused(code, err, "no such stage", outputs=tmp_path / "w")
 
 
 def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):

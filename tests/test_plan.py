@@ -113,10 +113,16 @@ def test_bad_plans_are_refused(call, message):
 
 
 def test_config_remaps_per_layer_and_index_lists():
-    config = {"num_hidden_layers": 4, "layer_types": ["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
-              "max_window_layers": 2, "no_rope_layers": [1, 0, 1, 0], "mlp_only_layers": [0, 3],
-              "intermediate_size": [10, 20, 30, 40], "torch_dtype": "bfloat16",
-              "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0]}
+    config = {
+        "num_hidden_layers": 4,
+        "layer_types": ["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
+        "max_window_layers": 2,
+        "no_rope_layers": [1, 0, 1, 0],
+        "mlp_only_layers": [0, 3],
+        "intermediate_size": [10, 20, 30, 40],
+        "torch_dtype": "bfloat16",
+        "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0],
+    }
     out = output_config(config, [0, 1, 2, 1, 2, 3], dtype="float16")
     assert out["num_hidden_layers"] == 6
     assert out["layer_types"] == ["full_attention", "full_attention", "sliding_attention", "full_attention",

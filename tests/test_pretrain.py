@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from pretrain_helpers import perplexity, read_jsonl, weights
+from refusal import assert_refused
 
 from dus.train import load_config, pretrain
 
@@ -167,9 +168,7 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     data = [] if "--data" in args else ["--data", str(corpus["train"])]
     code, _, err = run_dus("pretrain", tiny_model, *data, "--output", tmp_path / "o", "--seq-len", "64",
                            "--max-steps", "1", "--cache-dir", tmp_path / "cache", *args)
-    err = err.strip()
-    assert code == 2, err
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err and message in err
+    assert_refused(code, err, message, outputs=tmp_path / "o")
 
 
 def test_bad_input_from_a_real_process(tiny_model, tmp_path):
@@ -178,11 +177,31 @@ def test_bad_input_from_a_real_process(tiny_model, tmp_path):
     import sys
 
     (tmp_path / "short.txt").write_text("too short for a block")
-    done = subprocess.run([sys.executable, "-m", "dus", "pretrain", str(tiny_model), "--data", str(tmp_path / "short.txt"),
-                           "--output", str(tmp_path / "o"), "--seq-len", "64", "--cache-dir", str(tmp_path / "cache")],
-                          check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dus",
+            "pretrain",
+            str(tiny_model),
+            "--data",
+            str(tmp_path / "short.txt"),
+            "--output",
+            str(tmp_path / "o"),
+            "--seq-len",
+            "64",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"]
+    assert done.stderr.strip().splitlines() == [
+        f"error: empty corpus: no complete 64-token block in {tmp_path / 'short.txt'}"
+    ]
 
 
 def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):
@@ -197,3 +216,20 @@ def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):
     run(out, model=str(grown), max_tokens=2 * 4 * 64, freeze="original")
     changed = _changed(weights(grown), weights(out))
     assert changed and {_layer(k) for k in changed} == new_layers
+
+
+@pytest.mark.parametrize("step, last, max_steps, every, final, due", [
+    (4, 10, 10, 2, True, True),    # on the period
+    (5, 10, 10, 2, True, False),   # off it
+    (3, 10, 10, 0, True, False),   # no periodic checkpoints
+    (10, 10, 10, 3, True, True),   # the end, off the period: the final checkpoint
+    (10, 10, 10, 2, False, False),  # the end, no final checkpoint asked: not even on the period
+    (10, 10, 10, 0, True, False),  # the end, checkpoints off
+    (4, 4, 10, 0, False, True),    # --stop-after leaves early: always a checkpoint to resume from
+    (4, 4, 10, 3, False, True),
+    (4, 4, 10, 2, False, True),
+])
+def test_save_due(step, last, max_steps, every, final, due):
+    from dus.train.loop import save_due
+
+    assert save_due(step, last, max_steps, every, final) is due

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-
 pytestmark = pytest.mark.real_model
 
 

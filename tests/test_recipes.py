@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 import yaml
+from figures import assert_drawn, coloured_share
 from models import VOCAB, assert_verified, save_model
 from safetensors.torch import load_file
 
@@ -87,7 +88,9 @@ def test_blend_defaults_to_equal_weights_and_seam_average(tmp_path, run_dus):
     assert code == 0, err
     src, out = load_file(tmp_path / "src/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
     name = "mlp.gate_proj.weight"
-    assert torch.equal(out[f"model.layers.2.{name}"], 0.5 * src[f"model.layers.1.{name}"] + 0.5 * src[f"model.layers.2.{name}"])
+    assert torch.equal(
+        out[f"model.layers.2.{name}"], 0.5 * src[f"model.layers.1.{name}"] + 0.5 * src[f"model.layers.2.{name}"]
+    )
 
 
 def test_mismatched_sources_refused_before_writing(tmp_path):
@@ -106,7 +109,9 @@ def test_dtype_conversion_matches_torch(tmp_path):
     dus.api.build(str(tmp_path / "src"), tmp_path / "out", overlap=1, dtype="bfloat16")
     src, out = load_file(tmp_path / "src/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
     assert out["model.layers.3.mlp.up_proj.weight"].dtype == torch.bfloat16
-    assert torch.equal(out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16))
+    assert torch.equal(
+        out["model.layers.3.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16)
+    )
     config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.dtype == torch.bfloat16
     assert_verified(tmp_path / "out", layers=6, computed=len(out))  # every tensor converted, none copied
@@ -127,9 +132,32 @@ def test_every_recipe_builds_and_verifies(recipe, kwargs, layers, tmp_path):
 
 def test_plot(tmp_path, run_dus):
     save_model("llama", tmp_path / "src")
-    code, _, err = run_dus("plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png")
+    code, _, err = run_dus(
+        "plan", tmp_path / "src", "--recipe", "expand", "--new-layers", "2", "--plot", tmp_path / "map.png"
+    )
     assert code == 0, err
-    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_drawn(tmp_path / "map.png")
+
+
+def test_a_blank_figure_is_not_drawn(tmp_path):
+    """What the plot tests reject: an empty canvas, and axes with a title and a legend but no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    figure.savefig(tmp_path / "blank.png")
+    axes.set_title("expand: 4 -> 6 layers")
+    axes.plot([], [], color="tab:blue", label="copy")
+    axes.plot([], [], color="tab:red", label="zero")
+    axes.legend()
+    figure.savefig(tmp_path / "legend.png")
+    plt.close(figure)
+    for name in ("blank.png", "legend.png"):
+        assert coloured_share(tmp_path / name) < 0.003
+        with pytest.raises(AssertionError, match="blank figure"):
+            assert_drawn(tmp_path / name)
 
 
 def test_recipe_file_shard_size_and_override(tmp_path, run_dus):

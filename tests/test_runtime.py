@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from instruct_fixtures import tiny_model_dir
+from models import ARCHITECTURES, make_model, save_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dus import runtime
 from dus.errors import InputError
+from dus.options import dtype_option
 from dus.read.source import is_repo_id
-from instruct_fixtures import tiny_model_dir
-from models import ARCHITECTURES, make_model, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ACCEPTED = {
     "auto": "auto",
@@ -30,8 +36,34 @@ def test_dtype_names_accepted(name, canonical):
         assert runtime.resolve_dtype(name, "cpu") == getattr(torch, canonical)
 
 
+def _listed_dtypes(text: str) -> set[str]:
+    """The names of an "auto | bfloat16 | float16 | float32" list in a help text or a doc line."""
+    (listed,) = re.findall(r"auto(?: \| \w+)+", text)
+    return set(listed.split(" | "))
+
+
 def test_dtype_names_are_the_documented_set():
-    assert {k.lower() for k in ACCEPTED} == set(runtime.DTYPES)
+    """The canonical names are torch's own dtype names, exactly those the --dtype help and the recipe
+    docs list; every shorthand names a dtype of its stated width."""
+    import typer.main
+
+    from dus.cli import app
+
+    documented = _listed_dtypes(inspect.signature(dtype_option).parameters["help"].default)
+    commands = typer.main.get_command(app).commands
+    for command in ("plan", "build", "chat", "eval"):
+        (dtype,) = [p for p in commands[command].params if "--dtype" in p.opts]
+        assert _listed_dtypes(dtype.help) == documented, command
+    recipe_line = next(line for line in (ROOT / "docs" / "recipes.md").read_text().splitlines()
+                       if line.startswith("dtype:"))
+    assert documented == _listed_dtypes(recipe_line)
+    assert set(runtime.DTYPES.values()) == documented
+    for alias, canonical in runtime.DTYPES.items():
+        if canonical != "auto":
+            dtype = getattr(torch, canonical)
+            assert isinstance(dtype, torch.dtype) and str(dtype) == f"torch.{canonical}"
+            width = re.search(r"\d+", alias)
+            assert (int(width[0]) if width else getattr(torch, alias).itemsize * 8) == dtype.itemsize * 8, alias
 
 
 @pytest.mark.parametrize("name", ["float8", "int4", "fp64", "float64", "", "bfloat"])

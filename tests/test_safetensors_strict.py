@@ -8,6 +8,7 @@ import struct
 
 import pytest
 from models import save_model
+from refusal import assert_refused
 from safetensors import deserialize
 
 from dus.errors import InputError
@@ -45,12 +46,24 @@ def _library_accepts(path) -> bool:
 
 # name: (header, what the error says, does the library accept it)
 REFUSED = {
-    "repeated __metadata__": ('{"__metadata__":{},"__metadata__":{"k":"v"},%s}' % T, "the key '__metadata__' twice", False),
-    "repeated field": ('{"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}', "field a has the key 'dtype' twice", False),
+    "repeated __metadata__": (
+        '{"__metadata__":{},"__metadata__":{"k":"v"},%s}' % T,
+        "the key '__metadata__' twice",
+        False,
+    ),
+    "repeated field": (
+        '{"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        "field a has the key 'dtype' twice",
+        False,
+    ),
     # The library keeps the last of repeated tensor names and metadata keys; two
     # readers could then see different tensors, so dus refuses them.
-    "repeated tensor": ('{%s,%s}' % (T, T), "the key 'a' twice", True),
-    "repeated metadata key": ('{"__metadata__":{"k":"1","k":"2"},%s}' % T, "field __metadata__ has the key 'k' twice", True),
+    "repeated tensor": ("{%s,%s}" % (T, T), "the key 'a' twice", True),
+    "repeated metadata key": (
+        '{"__metadata__":{"k":"1","k":"2"},%s}' % T,
+        "field __metadata__ has the key 'k' twice",
+        True,
+    ),
     "__metadata__ []": ('{"__metadata__":[],%s}' % T, "__metadata__ must map strings to strings", False),
     "__metadata__ false": ('{"__metadata__":false,%s}' % T, "__metadata__ must map strings to strings", False),
     "metadata number": ('{"__metadata__":{"k":1},%s}' % T, "__metadata__ must map strings to strings", False),
@@ -63,23 +76,51 @@ REFUSED = {
     "128 deep": (_nest(128), "nested deeper than 127 levels", False),
     "500 deep": (_nest(500), "nested deeper than 127 levels", False),
     "5000 deep": (_nest(5000), "nested deeper than 127 levels", False),  # was RecursionError
-    "lone surrogate name": ('{"\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', "lone UTF-16 surrogate", False),
-    "lone surrogate value": ('{"__metadata__":{"k":"x\\udc00"},%s}' % T, "field __metadata__.k holds a lone UTF-16 surrogate", False),
-    "dtype list": ('{"a":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}}', "unknown dtype ['F32']", False),  # was TypeError
+    "lone surrogate name": (
+        '{"\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        "lone UTF-16 surrogate",
+        False,
+    ),
+    "lone surrogate value": (
+        '{"__metadata__":{"k":"x\\udc00"},%s}' % T,
+        "field __metadata__.k holds a lone UTF-16 surrogate",
+        False,
+    ),
+    "dtype list": (
+        '{"a":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}}',
+        "unknown dtype ['F32']",
+        False,
+    ),  # was TypeError
     "dtype map": ('{"a":{"dtype":{"F32":1},"shape":[1],"data_offsets":[0,4]}}', "unknown dtype {'F32': 1}", False),
     "dtype lower case": ('{"a":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}', "unknown dtype 'f32'", False),
-    "no shape": ('{"a":{"dtype":"F32","data_offsets":[0,4]}}', "needs an entry with dtype, shape and data_offsets", False),
+    "no shape": (
+        '{"a":{"dtype":"F32","data_offsets":[0,4]}}',
+        "needs an entry with dtype, shape and data_offsets",
+        False,
+    ),
     "entry list of 4": ('{"a":["F32",[1],[0,4],1]}', "needs an entry", False),
     "shape -0": ('{"a":{"dtype":"F32","shape":[-0],"data_offsets":[0,4]}}', "invalid shape [-0.0]", False),
     "shape 1.0": ('{"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}}', "invalid shape", False),
-    "shape 2**64": ('{"a":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]}}', "invalid shape", False),
+    "shape 2**64": (
+        '{"a":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]}}',
+        "invalid shape",
+        False,
+    ),
     "offsets 3 long": ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4,4]}}', "invalid data_offsets", False),
     "offsets reversed": ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}', "invalid data_offsets", False),
-    "overflow before a 0": ('{"a":{"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}', "overflows 64 bits", False),
-    "bytes overflow": ('{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}}', "overflows 64 bits", False),
+    "overflow before a 0": (
+        '{"a":{"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}',
+        "overflows 64 bits",
+        False,
+    ),
+    "bytes overflow": (
+        '{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}}',
+        "overflows 64 bits",
+        False,
+    ),
     "half a byte": ('{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', "does not fill whole bytes", False),
-    "trailing NUL": ('{%s}\0' % T, "invalid JSON", False),
-    "top-level list": ('[%s]' % T.split(":", 1)[1], "not a JSON object", False),
+    "trailing NUL": ("{%s}\0" % T, "invalid JSON", False),
+    "top-level list": ("[%s]" % T.split(":", 1)[1], "not a JSON object", False),
 }
 
 
@@ -166,18 +207,28 @@ def _rewrite_json(path, edit):
     path.write_text(edit(path.read_text()))
 
 
-@pytest.mark.parametrize("target, edit, fragment", [
-    ("config.json", lambda t: t.replace('"vocab_size"', '"vocab_size": NaN, "x"'), "field vocab_size is NaN"),
-    ("config.json", lambda t: t.replace('"vocab_size"', '"vocab_size": 1, "vocab_size"'), "has the key 'vocab_size' twice"),
-    ("model.safetensors.index.json", lambda t: t.replace('"weight_map": {', '"weight_map": {"lm_head.weight": "x", '),
-     "field weight_map has the key 'lm_head.weight' twice"),
-])
+@pytest.mark.parametrize(
+    "target, edit, fragment",
+    [
+        ("config.json", lambda t: t.replace('"vocab_size"', '"vocab_size": NaN, "x"'), "field vocab_size is NaN"),
+        (
+            "config.json",
+            lambda t: t.replace('"vocab_size"', '"vocab_size": 1, "vocab_size"'),
+            "has the key 'vocab_size' twice",
+        ),
+        (
+            "model.safetensors.index.json",
+            lambda t: t.replace('"weight_map": {', '"weight_map": {"lm_head.weight": "x", '),
+            "field weight_map has the key 'lm_head.weight' twice",
+        ),
+    ],
+)
 def test_plan_refuses_bad_json_in_one_line(target, edit, fragment, pristine, tmp_path, run_dus):
     src = tmp_path / "src"
     shutil.copytree(pristine, src)
     _rewrite_json(src / target, edit)
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+    assert_refused(code, err, fragment)
 
 
 def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
@@ -190,7 +241,7 @@ def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
     assert header != raw[8:8 + n]
     shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
     code, out, err = run_dus("plan", src, "--overlap", "1")
-    assert code == 2 and "has the key '__metadata__' twice" in err and err.count("\n") == 1, err
+    assert_refused(code, err, "has the key '__metadata__' twice")
 
 
 def test_error_lines_stay_short(tmp_path):
@@ -199,3 +250,24 @@ def test_error_lines_stay_short(tmp_path):
     with pytest.raises(InputError) as e:
         read_header(str(path))
     assert "(1000002 characters)" in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_malformed_index_is_refused_under_python_O(tmp_path):
+    """The index checks are real checks, not asserts: `python -O` (which drops asserts) still refuses."""
+    import subprocess
+    import sys
+
+    cases = {"a-list": [], "no-weight-map": {"metadata": {}}, "map-is-a-list": {"weight_map": ["a.safetensors"]},
+             "file-not-a-string": {"weight_map": {"lm_head.weight": 3}}}
+    for name, index in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors.index.json").write_text(json.dumps(index))
+    script = ("import sys\nfrom pathlib import Path\nfrom dus.errors import InputError\n"
+              "from dus.read.source import local_tensors\n"
+              "for d in sys.argv[1:]:\n"
+              "    try:\n        local_tensors(Path(d))\n    except InputError as e:\n"
+              "        print('refused', 'not a valid safetensors index' in str(e))\n")
+    result = subprocess.run([sys.executable, "-O", "-c", script, *(str(tmp_path / n) for n in cases)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == ["refused True"] * len(cases)

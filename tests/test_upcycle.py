@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 import transformers
+from models import ARCHITECTURES, assert_verified, load_tensors, reference_model, save_model
 
 import dus.api
-from models import ARCHITECTURES, assert_verified, load_tensors, reference_model, save_model
 
 TARGETS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo2": "flex_olmo",
            "hunyuan_v1_dense": "hunyuan_v1_moe"}
@@ -205,15 +205,15 @@ def test_a_recipe_file_grows_depth_and_experts(sources, tmp_path):
 
 def test_an_moe_config_that_computes_a_layer_differently_is_refused(sources):
     """The build asks transformers whether the MoE model matches the dense one outside the MLPs."""
+    from dus.checks.upcycle_check import check_moe
+    from dus.plan.config import moe_request
     from dus.plan.make import make_plan
-    from dus.plan.upcycle import moe_request, upcycle_plan
-    from dus.plan.upcycle_check import check_moe
+    from dus.plan.options import PlanOptions
     from dus.read.source import open_source
 
     source = open_source(str(sources["qwen3_wide_heads"][0]))
-    options = {"source": source.ref, "recipe": "stack", "factor": 1, "experts": 4, "top_k": 2}
-    plan = make_plan({"base": source}, options)
-    upcycle_plan(plan, source, options)
+    options = PlanOptions(source=source.ref, recipe="stack", factor=1, experts=4, top_k=2)
+    plan = make_plan({"base": source}, options)  # make_plan reads the expert options
     request = moe_request(plan, source)
     check_moe(**request)  # as planned: the same attention, norms and rotary embedding
     del request["moe_config"]["head_dim"]  # qwen3_moe would then derive hidden/heads = 8, not 16

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from pretrain_helpers import read_jsonl
 
 import dus.api
 from dus.errors import InputError
 from dus.train.loop import pretrain
-from pretrain_helpers import read_jsonl
 
 
 @pytest.fixture(scope="module")

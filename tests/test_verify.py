@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from models import save_model
+from refusal import assert_refused
 
 import dus.api
-from dus.write.digest import DIGESTS
+from dus.core.digest import DIGESTS
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +159,23 @@ def test_source_moved(built, tmp_path, run_dus):
     assert code == 0, err
 
 
-def test_build_verify_flag(built, tmp_path, run_dus):
+def test_build_verify_flag(built, tmp_path, run_dus, monkeypatch):
+    """--verify proves the output it just wrote: a byte changed between the build and the check fails it."""
     code, out, err = run_dus("build", built / "src", tmp_path / "v", "--layers", "0:4,3", "--verify")
     assert code == 0, err
-    assert "verified" in out
+    assert f"verified {tmp_path / 'v'}: " in out and "tensor names, dtypes and shapes match" in out
+    real = dus.api.verify
+
+    def flip_a_byte_then_verify(output, source=None):
+        shard = Path(output) / "model.safetensors"
+        data = bytearray(shard.read_bytes())
+        data[-1] ^= 1  # the last byte of the last tensor
+        shard.write_bytes(data)
+        return real(output, source)
+
+    monkeypatch.setattr(dus.api, "verify", flip_a_byte_then_verify)
+    code, out, err = run_dus("build", built / "src", tmp_path / "w", "--layers", "0:4,3", "--verify")
+    assert_refused(code, err, "verification failed", exit_code=1)
 
 
 def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):

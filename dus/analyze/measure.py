@@ -41,7 +41,9 @@ def hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
         handle.remove()
     states = list(out.hidden_states)
     if len(states) != model.config.num_hidden_layers + 1:
-        raise InputError(f"expected {model.config.num_hidden_layers + 1} hidden states, the model returned {len(states)}")
+        raise InputError(
+            f"expected {model.config.num_hidden_layers + 1} hidden states, the model returned {len(states)}"
+        )
     states[-1] = captured["last"]
     return torch.stack([s.float() for s in states], dim=2)
 

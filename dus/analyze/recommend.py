@@ -78,7 +78,8 @@ def explain(rec: dict) -> str:
     n, b = rec["base_layers"], rec["budget"]
     lines = [
         f"DUS overlap m stacks layers [0, n-m) + [m, n) of the n={n}-layer base ({rec['base_params']:,} params);",
-        "the seam feeds the output of layer n-m-1 into layer m: seam distance = distance(hidden_states[n-m], hidden_states[m]).",
+        "the seam feeds the output of layer n-m-1 into layer m: "
+        "seam distance = distance(hidden_states[n-m], hidden_states[m]).",
         f"budget: {b['by']} <= {b['limit']:,} ({b['option']})"
         + (f", slack {b['slack_layers']} layers" if b["slack_layers"] else "")
         + "; smoothest seam among the allowed rows wins.",

@@ -33,8 +33,8 @@ def sft_command(opts: SFTOptions) -> None:
     """
     from dus.instruct.sft import sft
 
-    quiet(opts.verbose)
-    _trained(sft(opts, packing=opts.packing))
+    with quiet(opts.verbose):
+        _trained(sft(opts, packing=opts.packing))
 
 
 @options_command(app, "dpo", DPOOptions)
@@ -46,28 +46,28 @@ def dpo_command(opts: DPOOptions) -> None:
     """
     from dus.instruct.dpo import dpo
 
-    quiet(opts.verbose)
-    _trained(dpo(opts, beta=opts.beta, loss_type=opts.loss_type))
+    with quiet(opts.verbose):
+        _trained(dpo(opts, beta=opts.beta, loss_type=opts.loss_type))
 
 
 @options_command(app, "chat", ChatOptions)
 def chat_command(opts: ChatOptions) -> None:
     """Single-turn chat: one prompt through the chat template, the reply streamed until EOS."""
     from dus.instruct.chat import build_messages, generate, read_messages
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
-    quiet(opts.verbose)
     prompt = opts.prompt
     if prompt is None and opts.messages is None:
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise InputError("no prompt: give --prompt, --messages or text on stdin")
     chat = build_messages(prompt, opts.system, read_messages(opts.messages) if opts.messages else None)
-    tokenizer = load_tokenizer(opts.model, opts.chat_template)
-    lm, _ = load_model(opts.model, opts.device, opts.dtype)
-    generate(lm, tokenizer, chat, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, seed=opts.seed,
-             stream=True)
+    with quiet(opts.verbose):
+        tokenizer = load_chat_tokenizer(opts.model, opts.chat_template)
+        lm, _ = load_model(opts.model, opts.device, opts.dtype)
+        generate(lm, tokenizer, chat, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                 seed=opts.seed, stream=True)
 
 
 @options_command(app, "contamination", ContaminationOptions)
@@ -80,8 +80,8 @@ def contamination_command(opts: ContaminationOptions) -> None:
     from dus.eval.contamination import table
     from dus.eval.run import check_contamination
 
-    quiet(opts.verbose)
-    results, settings = check_contamination(opts)
+    with quiet(opts.verbose):
+        results, settings = check_contamination(opts)
     print(table(results, settings.threshold))
 
 
@@ -91,7 +91,7 @@ def eval_command(opts: EvalOptions) -> None:
     from dus.eval.results import markdown
     from dus.eval.run import evaluate
 
-    quiet(opts.verbose)
-    report = evaluate(opts)
+    with quiet(opts.verbose):
+        report = evaluate(opts)
     if main_process():
         print(markdown(report))

@@ -30,16 +30,31 @@ _CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation
 COMMANDS: dict[str, type] = {}  # command name -> its options dataclass, for docs and pipelines
 
 
-def options_command(app: typer.Typer, name: str, options: type):
-    """Register `dus NAME` on `app`; the decorated function gets the filled `options` instance."""
+def options_command(app: typer.Typer, name: str, options: type, loader=None, config_help: str | None = None):
+    """Register `dus NAME` on `app`; the decorated function gets the filled `options` instance.
+
+    Parameters of the decorated function after the first are the command's own flags (typer
+    defaults), passed to it as given: what the command does with its options, not options.
+    `loader(config, values, own)` fills the instance where the command's --config is more than its
+    options (a recipe file); it may change the command's own flags `own` (a dict). By default
+    `dus.options.load`.
+    """
     def register(run):
         COMMANDS[name] = options
-        params = sorted(parameters(options), key=lambda p: p.kind)  # the argument first
+        own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
+        params = sorted(parameters(options) + own, key=lambda p: p.kind)  # the arguments first
         positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
-        params.insert(positional, _CONFIG)
+        config = _CONFIG
+        if config_help:
+            config = _CONFIG.replace(default=typer.Option(None, "--config", show_default=False, help=config_help,
+                                                          rich_help_panel=_panel(options)))
+        params.insert(positional, config)
+        load_options = loader or (lambda config, values, own: load(options, config, values))
 
         def command(**values) -> None:
-            run(load(options, values.pop("config"), values))
+            flags = {p.name: values.pop(p.name) for p in own}
+            opts = load_options(values.pop("config"), values, flags)
+            run(opts, **flags)
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -51,12 +66,17 @@ def options_command(app: typer.Typer, name: str, options: type):
 
 def parameters(options: type) -> list[inspect.Parameter]:
     types = hints(options)
-    return [_parameter(f, types[f.name]) for f in fields(options)]
+    return [_parameter(f, types[f.name]) for f in fields(options) if f.metadata.get("cli", True)]
+
+
+def _panel(options: type) -> str | None:
+    return next((f.metadata["panel"] for f in fields(options) if f.metadata.get("panel")), None)
 
 
 def _parameter(f, hint) -> inspect.Parameter:
     meta, default = f.metadata, default_of(f)
-    annotation = base_type(hint)[0] | None
+    kind = base_type(hint)[0]
+    annotation = (str if kind is object else kind) | None  # object: any YAML value; on the command line a string
     if meta["positional"]:
         info = typer.Argument(None, metavar=meta["metavar"] or f.name.upper(), help=meta["help"], show_default=False)
         return inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=info)

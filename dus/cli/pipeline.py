@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,8 +13,8 @@ from dus.cli import app
 def pipeline_command(
     recipe: Path = typer.Argument(..., help="A recipe YAML (configs/solar-10.7b.yaml, configs/smollm2-tiny.yaml)."),
     workdir: Path = typer.Option(..., "--workdir", help="Each stage writes WORKDIR/<stage>/."),
-    only: Optional[str] = typer.Option(None, "--only", help="Run this stage only."),
-    start: Optional[str] = typer.Option(None, "--from", help="Run this stage and the ones after it."),
+    only: str | None = typer.Option(None, "--only", help="Run this stage only."),
+    start: str | None = typer.Option(None, "--from", help="Run this stage and the ones after it."),
     force: bool = typer.Option(False, "--force", help="Re-run the --only/--from stage even if it is up to date."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands that would run (usable by hand)."),
 ):

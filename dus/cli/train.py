@@ -28,8 +28,10 @@ def pretrain_command(config: PretrainConfig) -> None:
 
 
 @app.command("report")
-def report(run_dir: Path = typer.Argument(..., help="a `dus pretrain` output directory"),
-           output: Path | None = typer.Option(None, "--output", "-o", help="PNG path [default: RUN_DIR/loss.png]")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="a `dus pretrain` output directory"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="PNG path [default: RUN_DIR/loss.png]"),
+) -> None:
     """Plot a run's train and eval loss from its metrics.jsonl as a PNG."""
     from dus.train.report import plot_loss
 

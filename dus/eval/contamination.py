@@ -136,7 +136,7 @@ def score_file(path: str, target, target_tok, ref, ref_tok, s: Settings) -> File
 
 def contamination(target_path: str, ref_path: str, data: list[str], s: Settings | None = None,
                   device: str = "auto", dtype: str = "auto") -> list[FileResult]:
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
     s = s or Settings()
@@ -144,7 +144,7 @@ def contamination(target_path: str, ref_path: str, data: list[str], s: Settings 
         raise InputError("give at least one --data file")
     target, _ = load_model(target_path, device, dtype)
     ref, _ = load_model(ref_path, device, dtype)
-    target_tok, ref_tok = load_tokenizer(target_path), load_tokenizer(ref_path)
+    target_tok, ref_tok = load_chat_tokenizer(target_path), load_chat_tokenizer(ref_path)
     return [score_file(p, target, target_tok, ref, ref_tok, s) for p in data]
 
 

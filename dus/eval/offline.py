@@ -21,7 +21,7 @@ from dus.read.source import is_repo_id
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 TRUE = {"1", "ON", "YES", "TRUE"}
-DOCS = 'docs/pipeline.md, "Offline evaluation"'
+DOCS = 'docs/pipeline/eval.md, "Offline evaluation"'
 PROBE_SECONDS = 3.0
 
 
@@ -89,7 +89,9 @@ def check_hub(model: str, tasks: list[str], index: dict) -> None:
     reason = hub_offline()
     if reason is None:
         return
-    missing = {t: [p or "a Python task's data" for p in paths if p is None or not cached(p)] for t, paths in remote.items()}
+    missing = {
+        t: [p or "a Python task's data" for p in paths if p is None or not cached(p)] for t, paths in remote.items()
+    }
     missing = {t: paths for t, paths in missing.items() if paths}
     if missing:
         data = sorted({p for paths in missing.values() for p in paths})

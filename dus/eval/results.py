@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dus.core.publish import atomic_write_text
 from dus.eval.h6 import H6, Benchmark
 
 MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*")
@@ -97,15 +97,8 @@ def markdown(report: Report) -> str:
 def write(report: Report, out_dir: str | Path) -> None:
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
-    _replace(path / "results.json", json.dumps(to_json(report), indent=2) + "\n")
-    _replace(path / "results.md", markdown(report) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write beside, then rename: a run killed mid-write leaves the previous file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path / "results.json", json.dumps(to_json(report), indent=2) + "\n")
+    atomic_write_text(path / "results.md", markdown(report) + "\n")
 
 
 def finished(out_dir: str | Path, report: Report) -> dict[str, Score]:

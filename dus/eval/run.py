@@ -38,15 +38,20 @@ def evaluate(opts: EvalOptions):
 
 def _perplexity(opts: EvalOptions, out: str | None) -> dict:
     from dus.eval.perplexity import perplexity
-    from dus.instruct.load import load_tokenizer
+    from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
     path = Path(opts.perplexity)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     lm, _ = load_model(opts.model, opts.device, opts.dtype)
-    result = perplexity(lm, load_tokenizer(opts.model), path.read_text(encoding="utf-8"), max_tokens=opts.max_tokens,
-                        window=opts.window)
+    result = perplexity(
+        lm,
+        load_chat_tokenizer(opts.model),
+        path.read_text(encoding="utf-8"),
+        max_tokens=opts.max_tokens,
+        window=opts.window,
+    )
     result = {"data": str(path), **result, "window": opts.window, "max_tokens": opts.max_tokens}
     if out:  # the file earlier versions wrote; results.json holds the same under "perplexity"
         Path(out).mkdir(parents=True, exist_ok=True)

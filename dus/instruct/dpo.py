@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dus.instruct.options import TrainOptions, config_kwargs, finish, pickle_free, prepare
+from dus.instruct.options import TrainOptions
+from dus.instruct.trainer import config_kwargs, finish, pickle_free, prepare
 from dus.runtime import check_weights
 
 
@@ -16,7 +17,9 @@ def dpo_trainer(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid
     # reference from the same directory (the SFT checkpoint on disk), which is
     # also what keeps it right under torchrun/accelerate.
     # TRL loads the weights itself; a pickle-only directory is refused first.
-    return pickle_free(DPOTrainer)(model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer), report
+    return pickle_free(DPOTrainer)(
+        model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer
+    ), report
 
 
 def dpo(opts: TrainOptions, beta: float = 0.1, loss_type: str = "sigmoid") -> dict:

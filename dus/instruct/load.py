@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dus.runtime import load_tokenizer as _load_tokenizer
+from dus.runtime import load_tokenizer
 
 
-def load_tokenizer(path: str, chat_template: str | None = None):
+def load_chat_tokenizer(path: str, chat_template: str | None = None):
+    """The runtime's tokenizer with the chat template (`chat_template`, else its own, else SOLAR's)."""
     from dus.instruct.template import set_chat_template
 
-    tokenizer = _load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
     set_chat_template(tokenizer, chat_template)
     return tokenizer

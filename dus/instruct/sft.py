@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dus.instruct.options import TrainOptions, config_kwargs, finish, pickle_free, prepare
+from dus.instruct.options import TrainOptions
+from dus.instruct.trainer import config_kwargs, finish, pickle_free, prepare
 from dus.runtime import check_weights
 
 
@@ -15,7 +16,9 @@ def sft_trainer(opts: TrainOptions, packing: bool = False):
     # (every chat, once rendered) and trains on all of plain `text` rows.
     config = SFTConfig(**config_kwargs(opts), packing=packing, completion_only_loss=None)
     # TRL loads the weights itself; a pickle-only directory is refused first.
-    return pickle_free(SFTTrainer)(model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer), report
+    return pickle_free(SFTTrainer)(
+        model=check_weights(opts.model), args=config, train_dataset=dataset, processing_class=tokenizer
+    ), report
 
 
 def sft(opts: TrainOptions, packing: bool = False) -> dict:

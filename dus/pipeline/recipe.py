@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dus.errors import InputError
-from dus.plan.make import PIPELINE_SECTIONS, RECIPE_KEYS
+from dus.plan.options import PIPELINE_SECTIONS, RECIPE_KEYS
 from dus.yamlfile import read_mapping
 
 STAGES = ("build", "pretrain", "sft", "dpo", "contamination", "eval")

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
-from dus.manifest import fingerprint, manifest_digest, read_manifest
-from dus.pipeline.recipe import (MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe,
-                                 shell_line)
+from dus.manifest import fingerprint, manifest_digest, read_manifest, stage_record
+from dus.pipeline.recipe import MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe, shell_line
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
 BUILD_RECIPE = "build.yaml"  # the recipe's build keys with placeholders filled in, for `dus build --config`
@@ -58,7 +57,9 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
         step = _step(recipe, stage, workdir_path, parent, flags)
         if stage.name in MODEL_STAGES:
             parent = str(step.output)
-        selected = (only is None or stage.name == only) and (start is None or names.index(stage.name) >= names.index(start))
+        selected = (only is None or stage.name == only) and (
+            start is None or names.index(stage.name) >= names.index(start)
+        )
         if not selected:
             step.status = "not selected"
         elif not (force and stage.name in (only, start)) and _current(step):
@@ -99,7 +100,7 @@ def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None, flags
 
 def _build_options(keys: dict) -> dict:
     """The options `dus build --config` resolves from the build keys (a preset expanded), as recorded."""
-    from dus.plan.make import preset
+    from dus.plan.options import preset
 
     keys = dict(keys)
     if "preset" in keys:
@@ -152,10 +153,8 @@ def _run(step: Step, workdir: Path) -> None:
         raise BuildError(f"stage {step.stage.name} failed (exit {done.returncode}); rerun the pipeline to continue "
                          f"from it")
     if step.stage.name not in MODEL_STAGES:
-        from dus import __version__
-
-        record = {"dus_version": __version__, "stage": step.stage.name, "command": argv,
-                  "parent": {"ref": step.parent, "manifest": step.expected["parent"]}, "data": step.expected["data"]}
+        record = stage_record(step.stage.name, {"ref": step.parent, "manifest": step.expected["parent"]},
+                              command_line=argv, data=step.expected["data"])
         (step.output / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     pending.unlink()
     step.status = "ran"

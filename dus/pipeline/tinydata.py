@@ -23,11 +23,19 @@ MC = {"output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\n
       "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
       "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                       {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
-GSM = {"output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answer}}",
-       "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 8},
-       "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-       "filter_list": [{"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
-                                                          {"function": "take_first"}]}]}
+GSM = {
+    "output_type": "generate_until",
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_target": "{{answer}}",
+    "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 8},
+    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    "filter_list": [
+        {
+            "name": "strict-match",
+            "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}],
+        }
+    ],
+}
 MC_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande")
 TEST_ITEMS, POOL_ITEMS = 10, 30  # the pool holds more than H6's largest shot count (ARC, 25)
 

@@ -8,48 +8,27 @@ reindexed by each output layer's source layer; index lists (`mlp_only_layers`,
 given by a formula (period and offset, every k-th layer, first k layers, a
 start/end/interval range) get new parameters when some value expresses the new
 stack, and are refused otherwise rather than written into a model that
-silently differs from its plan. dus.plan.equivalence then checks the result
+silently differs from its plan. dus.checks.equivalence then checks the result
 against what transformers builds.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
+from dus.core.vocabulary import (
+    EXTRA_COUNT_KEYS,
+    INDEX_LIST_KEYS,
+    INDEX_LIST_SUFFIXES,
+    LAYER_FORMULAS,
+    LAYER_MAP_KEYS,
+    PER_LAYER_KEYS,
+)
 from dus.errors import InputError
-from dus.read.architecture import LAYER_COUNT_KEYS, layer_count_key
+from dus.read.architecture import layer_count_key
 
-PER_LAYER_KEYS = {
-    "layer_types", "mlp_layer_types", "no_rope_layers", "attention_types_per_layer", "block_types",
-    "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
-    "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
-    "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
-}
-INDEX_LIST_KEYS = {
-    "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
-    "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",
-}
-INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_layer_ids")  # other lists of ints so named are indices too
-# Maps keyed by layer index ("5", "05" or 5 -> settings of that layer).
-LAYER_MAP_KEYS = {"per_layer_config"}
-# Fields that count the stack's layers besides the layer-count key (xLSTM: num_blocks).
-EXTRA_COUNT_KEYS = (*LAYER_COUNT_KEYS, "num_blocks")
-# Formulas that say which layers are special: name -> (keys needed, predicate(i, config)).
-LAYER_FORMULAS = {
-    "attn_layer_period/attn_layer_offset": (
-        ("attn_layer_period", "attn_layer_offset"), lambda i, c: i % c["attn_layer_period"] == c["attn_layer_offset"]),
-    "expert_layer_period/expert_layer_offset": (
-        ("expert_layer_period", "expert_layer_offset"), lambda i, c: i % c["expert_layer_period"] == c["expert_layer_offset"]),
-    "decoder_sparse_step": (("decoder_sparse_step",), lambda i, c: (i + 1) % max(c["decoder_sparse_step"], 1) == 0),
-    "first_k_dense_replace": (("first_k_dense_replace",), lambda i, c: i >= c["first_k_dense_replace"]),
-    "moe_layer_freq": (("moe_layer_freq",), lambda i, c: i % max(c["moe_layer_freq"], 1) == 0),
-    "num_dense_layers": (("num_dense_layers",), lambda i, c: i >= c["num_dense_layers"]),
-    "moe_layer_start_index/moe_layer_end_index/moe_layer_interval": (
-        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
-        lambda i, c: ((i + 1) % max(c["moe_layer_interval"], 1) == 0 and c["moe_layer_start_index"] <= i
-                      and (c["moe_layer_end_index"] < 0 or i <= c["moe_layer_end_index"]))),
-}
 # Formula parameters that may take a new value, with its candidates for an m-layer stack
 # whose special layers are `wanted`.
 FREE_PARAMETERS = {
@@ -123,7 +102,7 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
         return [copy.deepcopy(value[src]) for src in source_layers]
     if name in PER_LAYER_KEYS and 1 < len(value) < n:
         # a shorter pattern repeats (RecurrentGemma's block_types); written out in full, which
-        # dus.plan.equivalence then checks against the layers transformers builds
+        # dus.checks.equivalence then checks against the layers transformers builds
         return [copy.deepcopy(value[src % len(value)]) for src in source_layers]
     if name in PER_LAYER_KEYS and len(value) != n and len(value) > 1:
         raise InputError(f"config field {name!r} has {len(value)} entries for {n} layers")
@@ -224,3 +203,29 @@ def apply_overrides(config: dict, overrides: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def equivalence_request(plan, base, output_config: dict, allow_index_dependent: bool = False) -> dict:
+    """dus.checks.equivalence.check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
+    recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
+    sides: they are the user's choice, not a difference the copy introduces."""
+    upcycled = {}
+    if plan.moe:  # the layers are compared as dense copies; dus/checks/upcycle_check.py compares the MoE with them
+        output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
+        upcycled = {"moe": moe_request(plan, base)}
+    scalars = {k: v for k, v in plan.config_overrides.items()
+               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
+    return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
+            "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
+            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
+
+
+def moe_request(plan, base) -> dict | None:
+    """dus.checks.upcycle_check.check_moe's arguments for an upcycled plan (JSON, for the checks' child process)."""
+    if not plan.moe or plan.moe.get("format") == "gguf":
+        return None
+    from dus.plan.moe_family import family_of_target
+
+    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
+            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
+            "layer_prefix": base.layer_prefix}

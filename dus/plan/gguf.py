@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dus import __version__
-from dus.plan.resolved import ResolvedPlan
 from dus.errors import InputError
 from dus.plan.layout import layout
 from dus.plan.model import Plan
-from dus.read.gguf import ARRAY, BOOL, SCALARS, STRING, U32, GGUFSource, Value
-from dus.write.gguf import make_value, placed
+from dus.plan.options import PlanOptions
+from dus.plan.resolved import ResolvedPlan
+from dus.read.gguf import GGUFSource
+from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, ggml_types, make_value
+from dus.read.safetensors import TensorInfo
 
 PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")
@@ -51,6 +53,36 @@ PERIOD_SUFFIXES = ("_step", "_period", "_interval")
 TRAILING_KEYS = ("nextn_predict_layers", "attention.shared_kv_layers")
 
 
+@dataclass(frozen=True)
+class Placed:
+    """An output tensor's bytes: its source ranges back to back (E of them for stacked experts,
+    dus/plan/upcycle_gguf.py), or `zeros` bytes of zeros when it has no source (a zero router)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    pieces: tuple[TensorInfo, ...]
+    zeros: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.zeros + sum(piece.nbytes for piece in self.pieces)
+
+
+def placed(spec) -> Placed:
+    """A plan's TensorSpec as GGUF bytes: one source range (a copy), several (a stack), or none (zeros)."""
+    if not spec.parts:
+        return Placed(spec.dtype, spec.shape, (), ggml_nbytes(spec.dtype, spec.shape))
+    return Placed(spec.parts[0][0].dtype, spec.shape, tuple(info for info, _ in spec.parts))
+
+
+def ggml_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
+    (block, size), = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
+    count = 1
+    for d in shape:
+        count *= d
+    return count // block * size
+
+
 @dataclass
 class GGUFPlan(ResolvedPlan):
     """A ResolvedPlan whose tensors are ggml blocks: sizes come from the source tensors."""
@@ -70,7 +102,8 @@ class GGUFPlan(ResolvedPlan):
         return self.base.files[0].alignment
 
 
-def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, record: str | None = None) -> GGUFPlan:
+def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOptions,
+                 record: str | None = None) -> GGUFPlan:
     """Bind `plan` to its GGUF source; `record` (from a built file) replaces the lineage record."""
     _check_copy_only(plan, sources)
     base = sources[plan.base]
@@ -81,7 +114,7 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, reco
         tensors = expert_tensors(plan.moe, base, tensors)
     source_layers = [layer.source_layer for layer in plan.layers]
     resolved = GGUFPlan(plan, sources, tensors, {}, options)
-    record = record or json.dumps(plan_record(resolved), sort_keys=True)
+    record = record or json.dumps(gguf_record(resolved), sort_keys=True)
     resolved.metadata = output_metadata(base, source_layers, record, resolved.num_parameters)
     if plan.moe:
         from dus.plan.upcycle_gguf import expert_metadata
@@ -92,31 +125,34 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: dict, reco
     return resolved
 
 
-def check_gguf_options(options: dict, refs: dict[str, str]) -> None:
+def check_gguf_options(options: PlanOptions, refs: dict[str, str]) -> None:
     """What a GGUF build cannot do, refused before any file is opened."""
     if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
-    if options.get("dtype") not in (None, "auto"):
-        raise InputError(f"dtype {options['dtype']} (from --dtype, a preset or a recipe) does not apply to a GGUF "
+    if options.dtype not in (None, "auto"):
+        raise InputError(f"dtype {options.dtype} (from --dtype, a preset or a recipe) does not apply to a GGUF "
                          "build: every tensor keeps its ggml type")
-    if options.get("config_overrides"):
+    if options.config_overrides:
         raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
                          "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
-    if options.get("recipe") == "expand":
+    if options.recipe == "expand":
         raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
                          "(not supported): a GGUF build copies layers byte for byte")
 
 
 def _check_copy_only(plan: Plan, sources: dict) -> None:
-    check_gguf_options({"dtype": plan.dtype}, sources)
+    check_gguf_options(PlanOptions(dtype=plan.dtype), sources)
     for index, layer in enumerate(plan.layers):
         if layer.op != "copy":
-            raise InputError(f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
-                             "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)")
+            raise InputError(
+                f"output layer {index} is a {layer.op}: a GGUF build copies layers byte for byte, and "
+                "blending, scaling or zeroing quantized tensors would need de-quantization (not supported)"
+            )
 
 
-def plan_record(resolved: GGUFPlan) -> dict:
-    """What `dus.plan` holds: the sources and the plan, enough to re-derive every byte."""
+def gguf_record(resolved: GGUFPlan) -> dict:
+    """What a GGUF build's `dus.plan` metadata holds (its dus_plan.json): the sources and the plan, enough to
+    re-derive every byte."""
     return {
         "dus_version": __version__,
         "sources": {name: {"ref": str(Path(s.ref).expanduser().resolve()), "num_layers": s.num_layers,
@@ -177,9 +213,11 @@ def _sliding_window_pattern(out: dict, meta: dict, arch: str, n: int, source_lay
 def _check_swa_layer_count(arch: str, n: int, out_n: int) -> None:
     count = SWA_LAYER_COUNT.get(arch)
     if count is not None and (n == count) != (out_n == count):
-        raise InputError(f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
-                         f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
-                         "model that differs from its plan")
+        raise InputError(
+            f"llama.cpp turns {arch}'s sliding-window attention on only for {count}-layer models, and this "
+            f"plan goes from {n} to {out_n} layers; no GGUF key can keep it as planned: refusing to write a "
+            "model that differs from its plan"
+        )
 
 
 def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -> None:
@@ -190,8 +228,10 @@ def _leading_dense(out: dict, meta: dict, arch: str, source_layers: list[int]) -
     dense = [s < meta[key].value for s in source_layers]
     count = sum(dense)
     if dense != [i < count for i in range(len(source_layers))]:
-        raise InputError(f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
-                         "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan")
+        raise InputError(
+            f"{key} says the first {meta[key].value} layers are dense; this plan puts a dense layer after "
+            "an MoE layer, which no GGUF key can express: refusing to write a model that differs from its plan"
+        )
     out[key] = make_value(meta[key].type, count)
 
 
@@ -215,9 +255,11 @@ def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> N
     steps = (n, len(source_layers)) if arch == "llama4" and window is not None and window.value == 0 else (step, step)
     bad = next((i for i, s in enumerate(source_layers) if ((i + 1) % steps[1] == 0) != ((s + 1) % steps[0] == 0)), None)
     if bad is not None:
-        raise InputError(f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
-                         f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
-                         "refusing to write a model that differs from its plan")
+        raise InputError(
+            f"llama.cpp runs {arch} without RoPE in layers chosen by their index, and this plan changes "
+            f"which (output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+            "refusing to write a model that differs from its plan"
+        )
 
 
 def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.plan.model import Plan
-from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.architecture import split_layer_name
+from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.source import Source
 from dus.runtime import dtype_name
 
@@ -126,8 +126,10 @@ def _check_same_shapes(sources: dict[str, Source], want: tuple[str, int], got: t
     for suffix, name in got_layer.items():
         got_info, want_info = sources[got[0]].tensors[name], sources[want[0]].tensors[want_layer[suffix]]
         if got_info.shape != want_info.shape or got_info.dtype != want_info.dtype:
-            raise InputError(f"shape mismatch: {got[0]!r} layer {got[1]} {suffix} is {got_info.dtype}{list(got_info.shape)}, "
-                             f"but {want[0]!r} layer {want[1]} has {want_info.dtype}{list(want_info.shape)}")
+            raise InputError(
+                f"shape mismatch: {got[0]!r} layer {got[1]} {suffix} is {got_info.dtype}{list(got_info.shape)}, "
+                f"but {want[0]!r} layer {want[1]} has {want_info.dtype}{list(want_info.shape)}"
+            )
 
 
 def output_bytes(specs: list[TensorSpec]) -> int:

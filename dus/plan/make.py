@@ -1,61 +1,16 @@
-"""Turn user options, a preset or a recipe file into a Plan.
-
-Precedence: a recipe file (--config) or preset gives the defaults; options
-given explicitly on the command line or in the API call override them.
-"""
+"""Turn the plan options (dus/plan/options.py: flags, a preset, a recipe file) into a Plan."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
 from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
-from dus.plan.presets import PRESETS
+from dus.plan.moe_family import EXPERT_OPTIONS
+from dus.plan.options import PlanOptions
 from dus.read.architecture import residual_output_modules
-from dus.read.config_check import check_output_layers
 from dus.read.source import Source
 from dus.runtime import dtype_name
-from dus.yamlfile import read_mapping
-
-RECIPE_KEYS = {"source", "sources", "recipe", "overlap", "layers", "factor", "group", "new_layers",
-               "dtype", "config_overrides", "shard_size", "preset", "stack",
-               "experts", "top_k", "expert_init", "expert_seed", "drop_ratio", "noise_scale", "router_std",
-               "calibration"}
-
-
-# Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
-PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
-
-
-def load_recipe_file(path: str | Path) -> dict:
-    data = {k: v for k, v in read_mapping(path).items() if k not in PIPELINE_SECTIONS}
-    unknown = sorted(set(data) - RECIPE_KEYS)
-    if unknown:
-        raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
-    if "preset" in data:
-        data = {**preset(data.pop("preset")), **data}
-    return data
-
-
-def preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return dict(PRESETS[name])
-
-
-def resolve_options(options: dict, recipe_file: str | None = None, preset_name: str | None = None) -> dict:
-    """Merge recipe file, preset and explicit options (None = not given)."""
-    merged: dict = {}
-    if recipe_file:
-        merged.update(load_recipe_file(recipe_file))
-    if preset_name:
-        merged.update(preset(preset_name))
-    merged.update({k: v for k, v in options.items() if v is not None})
-    if isinstance(merged.get("layers"), str) and "recipe" not in options:
-        merged["recipe"] = "layers"  # an explicit stack beats a preset's recipe
-    return merged
-
 
 # Each recipe's parameters and defaults (None: required), and how it makes layers.
 RECIPE_PARAMS = {
@@ -64,13 +19,13 @@ RECIPE_PARAMS = {
 }
 
 
-def make_plan(sources: dict[str, Source], options: dict) -> Plan:
+def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    recipe = options.get("recipe") or ("layers" if options.get("layers") is not None else "dus")
+    recipe = options.recipe or ("layers" if options.layers is not None else "dus")
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
-    params = {key: options.get(key, default) for key, default in RECIPE_PARAMS[recipe].items()}
+    params = {key: _given(getattr(options, key), default) for key, default in RECIPE_PARAMS[recipe].items()}
     for key, value in params.items():
         if value is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
@@ -92,11 +47,22 @@ def make_plan(sources: dict[str, Source], options: dict) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     check_output_layers(len(layers))
-    overrides = options.get("config_overrides") or {}
+    overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
-    return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
-                dtype_name(options.get("dtype")))
+    plan = Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
+                dtype_name(options.dtype))
+    expert_options = {key: getattr(options, key) for key in EXPERT_OPTIONS}
+    if any(value is not None for value in expert_options.values()):  # sparse upcycling (dus/plan/upcycle.py)
+        from dus.plan.upcycle import upcycle_plan
+
+        upcycle_plan(plan, base, expert_options)
+    return plan
+
+
+def _given(value, default):
+    """A recipe parameter: the option given, else the recipe's default (None: not given)."""
+    return default if value is None else value
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
@@ -147,5 +113,7 @@ def _blend_ref(item, default_source: str, default_weight: float) -> LayerRef:
     if isinstance(item, int):
         return LayerRef(item, default_source, default_weight)
     if isinstance(item, dict) and "layer" in item:
-        return LayerRef(int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight)))
+        return LayerRef(
+            int(item["layer"]), item.get("source", default_source), float(item.get("weight", default_weight))
+        )
     raise InputError(f"blend item {item!r} must be a mapping with layer, weight and optional source")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dus.errors import InputError
 
+
 @dataclass(frozen=True)
 class LayerRef:
     layer: int
@@ -83,7 +84,7 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Plan":
+    def from_json(cls, data: dict) -> Plan:
         try:
             layers = [_layer_from_json(entry) for entry in data["layers"]]
             return cls(layers, dict(data["sources"]), data.get("recipe", {}),

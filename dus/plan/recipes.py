@@ -24,7 +24,9 @@ def parse_layer_spec(spec: str, n: int) -> list[int]:
                 if stop <= start:
                     raise InputError(f"layer range {part!r} is empty (stop must be greater than start)")
                 if start < 0 or stop > n:
-                    raise InputError(f"layer range {part!r} is out of range: valid layers are 0..{n - 1} (ranges {0}:{n})")
+                    raise InputError(
+                        f"layer range {part!r} is out of range: valid layers are 0..{n - 1} (ranges {0}:{n})"
+                    )
                 indices.extend(range(start, stop))
             else:
                 index = int(part)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dus.plan.checks import PendingChecks
+from dus.checks.run import PendingChecks
 from dus.plan.layout import TensorSpec, num_parameters, output_bytes
 from dus.plan.model import Plan
+from dus.plan.options import PlanOptions
 from dus.read.source import Source
 
 
@@ -21,7 +22,7 @@ class ResolvedPlan:
     sources: dict[str, Source]
     tensors: list[TensorSpec]
     config: dict
-    options: dict = field(default_factory=dict)
+    options: PlanOptions = field(default_factory=PlanOptions)
     index_dependent: list[str] = field(default_factory=list)  # differences accepted with allow_index_dependent
     checks: PendingChecks | None = field(default=None, repr=False)  # transformers' checks, until finished
 

@@ -230,14 +230,3 @@ def summary_lines(info: dict) -> list[str]:
             f"router:      {info['layout']['router']}",
             f"experts at:  {info['layout']['experts']}",
             *([f"shared:      {info['layout']['shared_expert']}"] if "shared_expert" in info["layout"] else [])]
-
-
-def moe_request(plan, base) -> dict | None:
-    """dus.plan.upcycle_check.check_moe's arguments for an upcycled plan (JSON, for the checks' child process)."""
-    if not plan.moe or plan.moe.get("format") == "gguf":
-        return None
-    from dus.plan.config import planned_config
-
-    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
-            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
-            "layer_prefix": base.layer_prefix}

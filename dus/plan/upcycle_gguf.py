@@ -16,8 +16,7 @@ import dataclasses
 from dus.errors import InputError
 from dus.plan.layout import TensorSpec
 from dus.plan.moe_family import expert_counts
-from dus.read.gguf import U32
-from dus.write.gguf import make_value
+from dus.read.gguf_format import U32, make_value
 
 PROJECTIONS = ("ffn_gate", "ffn_up", "ffn_down")
 

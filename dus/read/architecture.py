@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
+from dus.core.vocabulary import LAYER_COUNT_KEYS
 from dus.errors import InputError
 
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _FIRST_INDEX = re.compile(r"^((?:[^.]+\.)*?)(\d+)\.(.+)$")
 
 # Residual-branch output projections, zeroed to make an identity block (LLaMA-Pro).
 _ATTN_OUT = re.compile(r"^(?:self_attn|attn|attention|self_attention|mixer)\.(?:o_proj|c_proj|dense|out_proj|wo)$")
-_MLP_OUT = re.compile(r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:down_proj|c_proj|dense_4h_to_h|fc2|w2|fc_out)$")
+_MLP_OUT = re.compile(
+    r"^(?:mlp|feed_forward|ffn|block_sparse_moe)\.(?:.*\.)?(?:down_proj|c_proj|dense_4h_to_h|fc2|w2|fc_out)$"
+)
 
 
 def refuse_encoder_decoder(config: dict) -> None:
     if config.get("is_encoder_decoder") or "encoder_layers" in config:
-        raise InputError(f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model")
+        raise InputError(
+            f"DUS needs a decoder stack: {config.get('model_type', 'this config')} is an encoder-decoder model"
+        )
 
 
 def layer_count_key(config: dict) -> str:

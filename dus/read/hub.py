@@ -19,14 +19,17 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def download(repo_id: str, patterns: list[str]) -> Path:
+def download(repo_id: str, patterns: list[str], revision: str | None = None) -> Path:
+    """The snapshot of `revision` (a commit, branch or tag; None: main) holding the files `patterns` match."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, revision=revision))
     except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        raise InputError(f"{repo_id}: cannot get it from the Hugging Face Hub or its cache ({e.__class__.__name__})") from e
+        at = f" at revision {revision}" if revision else ""
+        raise InputError(f"{repo_id}: cannot get it{at} from the Hugging Face Hub or its cache "
+                         f"({e.__class__.__name__})") from e
 
 
 def remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:

@@ -66,7 +66,9 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 raise InputError(f"{name}: not a safetensors file (shorter than 8 bytes)")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES:
-                raise InputError(f"{name}: header length {header_len} is over the safetensors limit of {MAX_HEADER_BYTES} bytes")
+                raise InputError(
+                    f"{name}: header length {header_len} is over the safetensors limit of {MAX_HEADER_BYTES} bytes"
+                )
             if 8 + header_len > size:
                 raise InputError(f"{name}: header length {header_len} runs past the end of the file ({size} bytes)")
             raw = f.read(header_len)
@@ -95,12 +97,19 @@ def _tensor_info(key: str, entry, path: str, data_start: int) -> TensorInfo:
     dtype, shape, offsets = _entry_fields(key, entry, name)
     if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
         raise InputError(f"{name}: tensor {brief(key)} has an invalid shape {brief(shape)}")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets) or offsets[0] > offsets[1]:
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_u64(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise InputError(f"{name}: tensor {brief(key)} has invalid data_offsets {brief(offsets)}")
     info = TensorInfo(path, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
     need = _nbytes(key, dtype, shape, name)
     if info.nbytes != need:
-        raise InputError(f"{name}: tensor {brief(key)} has {info.nbytes} bytes but shape {brief(shape)} of {dtype} needs {need}")
+        raise InputError(
+            f"{name}: tensor {brief(key)} has {info.nbytes} bytes but shape {brief(shape)} of {dtype} needs {need}"
+        )
     return info
 
 
@@ -133,9 +142,13 @@ def _nbytes(key: str, dtype: str, shape: list[int], name: str) -> int:
     for d in [*shape, DTYPE_BITS[dtype]]:  # in the library's order: a 0 after an overflow is too late
         bits *= d
         if bits > U64_MAX:
-            raise InputError(f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, whose size overflows 64 bits")
+            raise InputError(
+                f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, whose size overflows 64 bits"
+            )
     if bits % 8:
-        raise InputError(f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, which does not fill whole bytes")
+        raise InputError(
+            f"{name}: tensor {brief(key)} has shape {brief(shape)} of {dtype}, which does not fill whole bytes"
+        )
     return bits // 8
 
 
@@ -148,7 +161,9 @@ def _check_layout(tensors: dict[str, TensorInfo], name: str, data_start: int, fi
             raise InputError(f"{name}: tensor {brief(key)} {problem} (offset {info.start - data_start})")
         position = info.end
     if position != file_size:
-        raise InputError(f"{name}: data region ends at byte {position} but the file has {file_size} bytes (truncated or padded)")
+        raise InputError(
+            f"{name}: data region ends at byte {position} but the file has {file_size} bytes (truncated or padded)"
+        )
 
 
 def encode_header(entries: dict[str, tuple[str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from dus.checks.config_check import check_config
 from dus.errors import InputError
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
-from dus.read.config_check import check_config
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -94,14 +94,16 @@ class Source:
         return [path for f in SIDE_FILES if (path := model_file(self.directory, f)).is_file()]
 
 
-def open_source(ref: str, *, need_weights: bool = True, stack: str | None = None) -> Source:
-    """`stack`: the numbered tensor-name prefix to grow (--stack), where the checkpoint holds several."""
-    source = _open_source(ref, need_weights)
+def open_source(ref: str, *, need_weights: bool = True, stack: str | None = None,
+                revision: str | None = None) -> Source:
+    """`stack`: the numbered tensor-name prefix to grow (--stack), where the checkpoint holds several;
+    `revision`: for a Hub repo id, the commit to read (None: the newest, or the cache's for `main` offline)."""
+    source = _open_source(ref, need_weights, revision)
     source.stack = stack
     return source
 
 
-def _open_source(ref: str, need_weights: bool) -> Source:
+def _open_source(ref: str, need_weights: bool, revision: str | None = None) -> Source:
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix != ".json":
@@ -113,19 +115,19 @@ def _open_source(ref: str, need_weights: bool) -> Source:
     if path.is_dir():
         return open_directory(path, ref, need_weights=need_weights)
     if is_repo_id(ref):
-        return open_hub_source(ref, need_weights=need_weights)
+        return open_hub_source(ref, need_weights=need_weights, revision=revision)
     raise InputError(f"{ref}: no such model directory or file")
 
 
-def open_hub_source(repo_id: str, *, need_weights: bool) -> Source:
+def open_hub_source(repo_id: str, *, need_weights: bool, revision: str | None = None) -> Source:
     """Config, side files and safetensors from the Hub or its cache (never pickles); for a
     plan online, only the config and the remote headers."""
     from dus.read import hub
 
     if need_weights or hub.offline():
-        directory = hub.download(repo_id, ["config.json", *SIDE_FILES, "*.safetensors", INDEX_FILE])
+        directory = hub.download(repo_id, ["config.json", *SIDE_FILES, "*.safetensors", INDEX_FILE], revision)
         return open_directory(directory, repo_id, need_weights=need_weights, revision=directory.name)
-    directory = hub.download(repo_id, ["config.json"])
+    directory = hub.download(repo_id, ["config.json"], revision)
     source = open_directory(directory, repo_id, need_weights=False, revision=directory.name)
     source.tensors = hub.remote_tensors(repo_id, directory.name)
     return source
@@ -188,11 +190,10 @@ def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
 
 def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
     index_path = directory / INDEX_FILE
-    try:
-        weight_map = strict_json.loads(index_path.read_bytes(), str(index_path))["weight_map"]
-        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-    except (KeyError, AssertionError, TypeError):
-        raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)") from None
+    index = strict_json.loads(index_path.read_bytes(), str(index_path))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index_path}: not a valid safetensors index (needs a weight_map of name -> file)")
     tensors: dict[str, TensorInfo] = {}
     for filename in sorted(set(weight_map.values())):
         shard = _inside(directory, filename)
@@ -210,7 +211,10 @@ def _sharded_tensors(directory: Path) -> dict[str, TensorInfo]:
 def _inside(directory: Path, filename: str) -> Path:
     """A weight-map file name, refused unless it is a safetensors file in `directory`."""
     if os.path.isabs(filename) or ".." in Path(filename).parts or not filename.endswith(".safetensors"):
-        raise InputError(f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a safetensors file")
+        raise InputError(
+            f"{INDEX_FILE}: weight_map entry {filename!r} points outside the model directory or is not a "
+            "safetensors file"
+        )
     candidate = model_file(directory, filename)
     if not candidate.is_file():
         raise InputError(f"{INDEX_FILE}: shard {filename!r} is missing")
@@ -219,7 +223,7 @@ def _inside(directory: Path, filename: str) -> Path:
 
 def meta_tensors(config: dict) -> dict[str, TensorInfo]:
     """Names, shapes and dtypes a config implies, from a weightless (meta) model."""
-    from dus.read.transformers_check import meta_model
+    from dus.checks.transformers_check import meta_model
 
     model = meta_model(config)
     dtype = DTYPE_CODES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), "F32")

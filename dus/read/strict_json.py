@@ -87,11 +87,15 @@ def _check_values(value, where: str) -> None:
         if isinstance(value, _Invalid):
             raise InputError(f"{where}: {_field(path)} {value.problem}")
         if isinstance(value, str) and not _is_unicode(value):
-            raise InputError(f"{where}: {_field(path)} holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode")
+            raise InputError(
+                f"{where}: {_field(path)} holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode"
+            )
         if isinstance(value, dict):
             for key, item in value.items():
                 if not _is_unicode(key):
-                    raise InputError(f"{where}: key {brief(key)} in {_field(path)} holds a lone UTF-16 surrogate, not valid Unicode")
+                    raise InputError(
+                        f"{where}: key {brief(key)} in {_field(path)} holds a lone UTF-16 surrogate, not valid Unicode"
+                    )
                 stack.append((item, (*path, key)))
         elif isinstance(value, list):
             stack.extend((item, (*path, i)) for i, item in enumerate(value))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import pickle
 import random
 import shutil
@@ -33,16 +32,14 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint._nested_dict import flatten_state_dict
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dus.core.digest import file_digests
+from dus.core.publish import atomic_write_text, follow_umask
 from dus.errors import InputError
+from dus.private_api import DCP_STORAGE_INFO, dcp_flatten, dcp_set_element, dcp_storage_info
 from dus.train.parallel import Dist, barrier, broadcast_object
-from dus.write.digest import DIGESTS
-from dus.write.shards import ShardHasher, hash_workers
 
 RECORD = "dus_checkpoint.json"
 RECORD_FORMAT = "dus-checkpoint/1"
@@ -54,13 +51,15 @@ _DCP = "torch.distributed.checkpoint.metadata"
 SAFE_GLOBALS = {
     (_DCP, "Metadata"), (_DCP, "TensorStorageMetadata"), (_DCP, "ChunkStorageMetadata"),
     (_DCP, "BytesStorageMetadata"), (_DCP, "TensorProperties"), (_DCP, "_MEM_FORMAT_ENCODING"),
-    (_DCP, "MetadataIndex"), (_DCP, "StorageMeta"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    (_DCP, "MetadataIndex"), (_DCP, "StorageMeta"), DCP_STORAGE_INFO,
     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
     ("pathlib", "PosixPath"), ("pathlib._local", "PosixPath"),  # StorageMeta.checkpoint_id
 }
 
 # What a record or state that passed its digests but still does not fit raises while being applied.
-MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RuntimeError)
+# Not RuntimeError: that is also how torch reports running out of memory or a failed collective, which
+# are failures of the run, not of the checkpoint; the shapes it would report are checked first (_check_fit).
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 @contextmanager
@@ -118,9 +117,18 @@ def set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
-    torch.set_rng_state(_unb64(state["torch"]))
+    torch.set_rng_state(_rng_bytes(state["torch"], torch.get_rng_state()))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(_unb64(state["cuda"]))
+        torch.cuda.set_rng_state(_rng_bytes(state["cuda"], torch.cuda.get_rng_state()))
+
+
+def _rng_bytes(saved: str, current: torch.Tensor) -> torch.Tensor:
+    """A saved generator state, refused as malformed (ValueError) unless the size of the current one
+    (torch would raise RuntimeError, which is not taken for bad input)."""
+    state = _unb64(saved)
+    if state.shape != current.shape:
+        raise ValueError(f"an RNG state of {state.numel()} bytes, not {current.numel()}")
+    return state
 
 
 def _to_json(state: dict) -> str:
@@ -142,35 +150,16 @@ def _no_constant(name: str):
 
 
 # --- the record: every file's size and sha256 ----------------------------------------------------
-def _sha256s(paths: list[Path]) -> list[str]:
-    """Files hashed side by side, one thread per usable CPU (the build's hasher)."""
-    hasher = ShardHasher(hash_workers(len(paths)), digest=DIGESTS["sha256"])
-    for p in paths:
-        hasher.start()
-        hasher.add_range(str(p), 0, p.stat().st_size)
-    return hasher.finish()
-
-
 def write_record(path: Path, step: int) -> None:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name != RECORD)
-    record = {"format": RECORD_FORMAT, "step": step,
-              "files": {p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, _sha256s(files))}}
-    _write_atomically(path / RECORD, json.dumps(record, indent=1) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """temp file, fsync, rename, fsync the directory: after a crash the file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    record = {
+        "format": RECORD_FORMAT,
+        "step": step,
+        "files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": d} for p, d in zip(files, file_digests(files, "sha256"))
+        },
+    }
+    atomic_write_text(path / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def read_record(path: Path) -> dict[str, dict]:
@@ -230,7 +219,7 @@ def verify_files(path: Path, files: dict[str, dict]) -> None:
             raise InputError(f"{file}: {size:,} bytes, but {RECORD} records {entry['bytes']:,}: "
                              f"the checkpoint is {how}")
     names = sorted(files)
-    for name, digest in zip(names, _sha256s([path / n for n in names])):
+    for name, digest in zip(names, file_digests([path / n for n in names], "sha256")):
         if digest != files[name]["sha256"]:
             raise InputError(f"{path / name}: sha256 differs from the one {RECORD} records: "
                              "the checkpoint is corrupt or modified")
@@ -263,7 +252,8 @@ def load_metadata(path: Path, files: dict[str, dict]) -> Metadata:
     try:
         with open(file, "rb") as f:
             metadata = MetadataUnpickler(f, file).load()
-    except (pickle.UnpicklingError, EOFError, OSError, ImportError, RecursionError, MemoryError, *MALFORMED) as e:
+    except (pickle.UnpicklingError, EOFError, OSError, ImportError, RecursionError, MemoryError, RuntimeError,
+            *MALFORMED) as e:  # while unpickling, every failure comes from the bytes
         raise InputError(f"{file}: not valid checkpoint metadata ({_first_line(e)})") from None
     problem = _metadata_problem(metadata, files)
     if problem:
@@ -277,7 +267,7 @@ def _metadata_problem(metadata: object, files: dict[str, dict]) -> str | None:
     if not isinstance(metadata.storage_data, dict):
         return "no storage data"
     for index, info in metadata.storage_data.items():
-        if not isinstance(index, MetadataIndex) or not isinstance(info, _StorageInfo):
+        if not isinstance(index, MetadataIndex) or not isinstance(info, dcp_storage_info()):
             return "a storage entry of the wrong type"
         size = files.get(info.relative_path, {}).get("bytes") if isinstance(info.relative_path, str) else None
         if size is None:
@@ -312,7 +302,7 @@ class WeightsOnlyPlanner(DefaultLoadPlanner):
             raise InputError(f"refusing to unpickle item {read_item.dest_index.fqn!r}: only tensors and plain "
                              f"data are allowed{f' ({why})' if why else ''}") from None
         if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            dcp_set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
 
@@ -322,11 +312,17 @@ def _check_fit(path: Path, metadata: Metadata, state: dict) -> None:
     other frozen layers) would half-load without a word: the entries must be the same."""
     def entries(keys) -> set[str]:
         return {k for k in keys if not k.startswith("rank")}  # each rank loads only its own "rankN"
-    ours, saved = entries(flatten_state_dict(state)[0]), entries(metadata.state_dict_metadata)
+    flat = dcp_flatten(state)
+    ours, saved = entries(flat), entries(metadata.state_dict_metadata)
     if ours != saved:
         example = min(saved - ours) if saved - ours else min(ours - saved)
         raise InputError(f"{path} holds another model or other trained layers ({len(saved ^ ours)} entries differ, "
                          f"e.g. {example!r}): resume with the model and --freeze that wrote it")
+    for key in sorted(ours):
+        stored = getattr(metadata.state_dict_metadata[key], "size", None)  # tensors only
+        if isinstance(flat[key], torch.Tensor) and stored is not None and tuple(stored) != tuple(flat[key].shape):
+            raise InputError(f"{path} holds another model: {key!r} is {list(stored)} there, "
+                             f"{list(flat[key].shape)} in this run")
 
 
 # --- the checkpointer ----------------------------------------------------------------------------
@@ -360,6 +356,7 @@ class Checkpointer:
                       f"rank{self.d.rank}": _to_json(per_rank)}, checkpoint_id=path)
         barrier(self.d)  # every rank's files are written
         if self.d.is_main:
+            follow_umask(path)
             write_record(path, step)
             if self.keep:
                 for old in self.complete()[:-self.keep]:
@@ -397,6 +394,8 @@ class Checkpointer:
             cause = _cause(e)
             if isinstance(cause, InputError):
                 raise InputError(f"{path}: {cause}") from None
+            if not isinstance(cause, MALFORMED):  # a rank ran out of memory, a collective failed: not the file
+                raise cause from (None if cause is e else e)  # the rank's own error, not DCP's BaseException
             raise InputError(f"{path}: cannot be loaded into this run ({_first_line(cause)})") from None
 
     def load_shared(self, path: Path) -> dict:

@@ -20,7 +20,9 @@ from dus.runtime import device_name, dtype_name
 class PretrainConfig:
     model: str = option("", "input model directory (e.g. the output of `dus build`)", positional=True,
                         metavar="MODEL_DIR")
-    data: list[str] = option([], "training text: .txt, .jsonl/.json (a `text` field), .parquet, or a directory of them; repeatable")
+    data: list[str] = option(
+        [], "training text: .txt, .jsonl/.json (a `text` field), .parquet, or a directory of them; repeatable"
+    )
     output: str = option("", "run directory: metrics, checkpoints, and the final Hugging Face model")
     # data
     eval_data: list[str] = option([], "held-out text for eval loss/perplexity; repeatable")
@@ -28,7 +30,9 @@ class PretrainConfig:
     eval_every: int = option(500, "evaluate every N steps (also before the first and after the last step)")
     eval_batches: int = option(50, "at most this many eval batches per rank")
     text_field: str = option("text", "JSONL/Parquet column holding the document text")
-    streaming: bool = option(False, "stream the corpus instead of tokenizing it all up front (larger than RAM/disk cache)")
+    streaming: bool = option(
+        False, "stream the corpus instead of tokenizing it all up front (larger than RAM/disk cache)"
+    )
     shuffle_buffer: int = option(0, "streaming only: shuffle buffer in blocks (0 keeps --resume exact)")
     cache_dir: str = option("", "datasets cache for tokenized corpora (default: the Hugging Face cache)")
     num_proc: int = option(1, "processes for tokenizing a non-streaming corpus")
@@ -38,7 +42,9 @@ class PretrainConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step")
     max_steps: int = option(0, "optimizer steps (0: from --max-tokens, else one epoch)")
     max_tokens: int = option(0, "stop after this many training tokens, all ranks together")
-    stop_after: int = option(0, "leave after this step with a checkpoint (resume later); the schedule still spans --max-steps")
+    stop_after: int = option(
+        0, "leave after this step with a checkpoint (resume later); the schedule still spans --max-steps"
+    )
     # optimizer and schedule
     lr: float = option(5e-5, "peak learning rate (AdamW); cosine decay after linear warmup")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
@@ -53,14 +59,18 @@ class PretrainConfig:
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
     freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new), layers:SPEC "
-                                  "(e.g. layers:0:4,7), or for a mixture of experts router or experts (train only those)")
+                                  "(e.g. layers:0:4,7), or for a mixture of experts router or experts "
+                                  "(train only those)")
     router_aux_loss_coef: float | None = option(None, "mixture of experts: weight of the router's load-balancing loss "
                                                       "in the training loss (0: off) [default: the model config's]")
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
-    final_checkpoint: bool = option(True, "checkpoint after the last step too (model and optimizer, to continue later); "
-                                        "--no-final-checkpoint leaves only the exported model")
+    final_checkpoint: bool = option(
+        True,
+        "checkpoint after the last step too (model and optimizer, to continue later); "
+        "--no-final-checkpoint leaves only the exported model",
+    )
     keep_checkpoints: int = option(2, "keep this many newest checkpoints (0: all)")
     resume: bool = option(False, "continue from the newest checkpoint in OUTPUT/checkpoints")
     log_every: int = option(10, "print and record metrics every N steps")
@@ -114,7 +124,9 @@ class PretrainConfig:
         if not limits and steps_per_epoch is not None:
             limits.append(steps_per_epoch)
         if not limits or min(limits) < 1:
-            raise InputError("the corpus is too small for one optimizer step: lower --batch-size, --grad-accum or --seq-len")
+            raise InputError(
+                "the corpus is too small for one optimizer step: lower --batch-size, --grad-accum or --seq-len"
+            )
         return min(limits)
 
 

@@ -155,7 +155,9 @@ class StreamLoader:
                 return block
             except StopIteration:
                 if self._fresh:
-                    raise InputError("empty corpus: no complete --seq-len block in this rank's share of the stream") from None
+                    raise InputError(
+                        "empty corpus: no complete --seq-len block in this rank's share of the stream"
+                    ) from None
                 self.epoch, self._it = self.epoch + 1, None
 
     def next_batch(self) -> torch.Tensor:
@@ -181,7 +183,9 @@ class Data:
 def build_data(cfg: PretrainConfig, tokenizer, d: Dist) -> Data:
     def prepare():
         train = pack(load_documents(cfg.data, cfg), tokenizer, cfg.seq_len, cfg.num_proc)
-        held_out = pack(load_documents(cfg.eval_data, cfg), tokenizer, cfg.seq_len, cfg.num_proc) if cfg.eval_data else None
+        held_out = (
+            pack(load_documents(cfg.eval_data, cfg), tokenizer, cfg.seq_len, cfg.num_proc) if cfg.eval_data else None
+        )
         return _split(train, cfg.eval_fraction, cfg.seed) if cfg.eval_fraction else (train, held_out)
 
     train, held_out = main_first(d, prepare)  # rank 0 tokenizes into the cache, the others then read it
@@ -192,7 +196,9 @@ def build_data(cfg: PretrainConfig, tokenizer, d: Dist) -> Data:
             raise InputError(f"empty corpus: no complete {cfg.seq_len}-token block in {', '.join(cfg.data)}")
         loader = BlockLoader(train, cfg.batch_size, d, cfg.seed)
         steps = loader.batches_per_epoch // cfg.grad_accum
-    eval_batches = _eval_batches(held_out, cfg.eval_batches * cfg.batch_size * d.world, cfg.batch_size, d) if held_out else []
+    eval_batches = (
+        _eval_batches(held_out, cfg.eval_batches * cfg.batch_size * d.world, cfg.batch_size, d) if held_out else []
+    )
     return Data(loader, eval_batches, steps)
 
 

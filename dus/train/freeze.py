@@ -1,7 +1,8 @@
 """Freezing by provenance: train all layers, only the new ones, or a chosen set.
 
 `original` reads the layer map in `dus_plan.json`, which `dus build` writes next
-to the model and every later stage carries forward (dus/manifest.py), and trains only the layers the plan marks `new` (LLaMA-Pro block expansion):
+to the model and every later stage carries forward (dus/manifest.py), and trains
+only the layers the plan marks `new` (LLaMA-Pro block expansion):
 embeddings, final norm and LM head stay frozen too. `layers:SPEC` trains the
 listed output layers and likewise freezes everything else. Frozen parameters
 get requires_grad=False and so no gradients and no optimizer state.

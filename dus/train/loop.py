@@ -29,14 +29,14 @@ from transformers import (
     set_seed,
 )
 
+from dus.core.publish import atomic_model_files
 from dus.errors import InputError
+from dus.manifest import stage_manifest, write_manifest
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
-from dus.manifest import stage_manifest, write_manifest
 from dus.train.freeze import apply_freeze, trainable_layers
-from dus.train.moe import PARTS, MoeTraining, freeze_parts, is_moe
 from dus.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -47,11 +47,12 @@ from dus.train.metrics import (
 from dus.train.model import (
     build_model,
     load_hf_config,
-    load_tokenizer,
+    load_training_tokenizer,
     max_positions,
     param_counts,
     prepare_model,
 )
+from dus.train.moe import PARTS, MoeTraining, freeze_parts, is_moe
 from dus.train.parallel import (
     Dist,
     all_reduce_sum,
@@ -61,7 +62,6 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
-from dus.write.output import atomic_model_files
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:
@@ -126,8 +126,10 @@ class Trainer:
         self.train_layers = trainable_layers(cfg.freeze, cfg.model, num_layers(self.hf_config))
         self.ckpt = Checkpointer(self.out / "checkpoints", d, cfg.keep_checkpoints)
         resume_from = self._checkpoint_to_resume()
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_training_tokenizer(cfg.model)
         self.data = build_data(cfg, self.tokenizer, d)
+        if d.is_main:  # only once the data is read: bad input leaves no OUTPUT behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.max_steps = cfg.total_steps(d.world, self.data.steps_per_epoch)
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world
 
@@ -158,7 +160,9 @@ class Trainer:
     def _check_seq_len(self) -> None:
         limit = max_positions(self.hf_config)
         if limit and self.cfg.seq_len > limit:
-            raise InputError(f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})")
+            raise InputError(
+                f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})"
+            )
 
     def _moe(self) -> MoeTraining | None:
         """A mixture of experts: its aux loss, tokens per expert, --freeze router|experts (dus/train/moe.py)."""
@@ -175,7 +179,9 @@ class Trainer:
         # rank 0 decides, so all ranks agree
         latest, unrecorded = broadcast_object((self.ckpt.latest(), self.ckpt.unrecorded()), self.d)
         if (latest or unrecorded) and not self.cfg.resume:
-            raise InputError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output")
+            raise InputError(
+                f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output"
+            )
         if self.cfg.resume and not latest and unrecorded:
             raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
                              "pickled its state): it cannot be resumed safely; move it away or choose a new --output")
@@ -183,8 +189,6 @@ class Trainer:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
         if latest:
             self.ckpt.check(latest)  # every file against its record, before anything is built or loaded
-        if self.d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         return latest
 
     def _layout(self) -> dict:
@@ -318,10 +322,7 @@ class Trainer:
                 f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
 
     def _save_due(self, last: int) -> bool:
-        every = self.cfg.save_every
-        if self.step == last:  # a run that stops early must leave a checkpoint to resume from
-            return bool(every) and self.cfg.final_checkpoint or last < self.max_steps
-        return bool(every) and self.step % every == 0
+        return save_due(self.step, last, self.max_steps, self.cfg.save_every, self.cfg.final_checkpoint)
 
     def _save(self) -> Path:
         shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),
@@ -354,6 +355,14 @@ class Trainer:
         if self.d.is_main:
             export_hf(full, self.cfg.model, self.out, self.tokenizer, self.cfg)
         barrier(self.d)
+
+
+def save_due(step: int, last: int, max_steps: int, every: int, final_checkpoint: bool) -> bool:
+    """Whether to checkpoint after `step` of a run that stops after `last` of `max_steps`."""
+    if step == last:
+        stops_early = last < max_steps  # (--stop-after) it must leave a checkpoint to resume from
+        return stops_early or (every > 0 and final_checkpoint)
+    return every > 0 and step % every == 0
 
 
 def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainConfig | None = None) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dus import runtime
+from dus.core.vocabulary import POSITION_KEYS
 from dus.errors import InputError
 from dus.runtime import decoder_layers
 from dus.train.parallel import Dist, load_full_state, shard_model
@@ -25,7 +26,9 @@ def load_hf_config(model_dir: str):
     return AutoConfig.from_pretrained(path)
 
 
-def load_tokenizer(model_dir: str):
+def load_training_tokenizer(model_dir: str):
+    """The runtime's tokenizer for pretraining: it must have an EOS (between packed documents), and no length
+    limit (whole documents are tokenized, then packed)."""
     tokenizer = runtime.load_tokenizer(model_dir)
     if tokenizer.eos_token_id is None:
         raise InputError(f"the tokenizer in {model_dir} has no EOS token to separate documents")
@@ -35,7 +38,7 @@ def load_tokenizer(model_dir: str):
 
 def max_positions(config) -> int | None:
     text = config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for name in POSITION_KEYS:
         if getattr(text, name, None):
             return int(getattr(text, name))
     return None

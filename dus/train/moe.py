@@ -3,8 +3,8 @@ tokens per expert, and freezing the router or the experts.
 
 The auxiliary loss is the family's own, where it defines one (transformers adds router_aux_loss_coef x
 its load-balancing loss to the causal-LM loss when output_router_logits is on; HunYuan-MoE has none);
-it is on while training and off for eval, so eval loss and perplexity stay the language-model loss. Tokens per expert are counted by a
-forward hook on every router (its top-k indices), all layers together, between two log records.
+it is on while training and off for eval, so eval loss and perplexity stay the language-model loss. Tokens per
+expert are counted by a forward hook on every router (its top-k indices), all layers together, between two log records.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 The plan is resolved again against its sources, so every expectation is
 derived, not copied from the output: tensor names, dtypes and shapes; the
-config; what the build asked transformers (dus/plan/checks.py: it accepts the
+config; what the build asked transformers (dus/checks/run.py: it accepts the
 configs, the model it builds finds every weight it needs, and it builds every
 output layer as its source layer, or the build recorded, with
 --allow-index-dependent, where it does not), answered from the check cache
 when the same code answered it before; then, in one read of each shard, its
-digest (the BLAKE3 or SHA-256 the record holds: dus/write/digest.py) and every
+digest (the BLAKE3 or SHA-256 the record holds: dus/core/digest.py) and every
 tensor's bytes (compared in bounded chunks against the planned source bytes,
 or against the recomputed blend/scale).
 """
@@ -18,19 +18,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dus.core.digest import DIGESTS, HASH_CHUNK, ShardHasher, file_digest, recorded_digest
 from dus.errors import DusError, InputError
-from dus.manifest import MANIFEST_FILE, file_digest, lineage, read_manifest, stage_of
+from dus.manifest import MANIFEST_FILE, lineage, read_manifest, stage_of
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec
-from dus.plan.upcycle import planned_tensors
 from dus.plan.model import Plan
+from dus.plan.upcycle import planned_tensors
 from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
-from dus.write.digest import DIGESTS, recorded_digest
-from dus.write.shards import HASH_CHUNK as CHUNK
-from dus.write.shards import ShardHasher
 
 
 class VerifyError(DusError):
@@ -77,7 +75,9 @@ def _verify_trained(output: Path, record: dict) -> VerifyReport:
     shards = _recorded_shards(output, record)
     kind = recorded_digest(shards)
     if kind is None:
-        raise VerifyError(f"{MANIFEST_FILE} must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
+        raise VerifyError(
+            f"{MANIFEST_FILE} must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard"
+        )
     for name, recorded in shards.items():
         got = file_digest(output / name, kind)
         if got != recorded:
@@ -103,14 +103,16 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     except InputError as e:  # a damaged header is a failed verification, not a bad argument
         raise VerifyError(str(e)) from None
     plan = Plan.from_json(record["plan"])
-    refs = {name: s["ref"] for name, s in record["sources"].items()}
+    # A Hub source is read at the revision the build recorded: a repo changed since is not a failure.
+    refs = {name: (s["ref"], s.get("revision")) for name, s in record["sources"].items()}
     if source:
-        refs[plan.base] = source
-    sources = {name: open_source(ref, stack=plan.recipe.get("stack")) for name, ref in refs.items()}
+        refs[plan.base] = (source, None)
+    sources = {name: open_source(ref, stack=plan.recipe.get("stack"), revision=revision)
+               for name, (ref, revision) in refs.items()}
     expected = planned_tensors(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
-    config = _check_config(output, plan, sources[plan.base].config)
+    _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
     pending = _start_plan_checks(record, plan, sources, expected)  # beside the shard pass, where not cached
     try:
@@ -142,7 +144,9 @@ def _check_names_shapes(expected: list[TensorSpec], tensors: dict[str, TensorInf
     for spec in expected:
         got = tensors[spec.name]
         if (got.dtype, got.shape) != (spec.dtype, spec.shape):
-            raise VerifyError(f"tensor {spec.name!r} is {got.dtype}{list(got.shape)}, planned {spec.dtype}{list(spec.shape)}")
+            raise VerifyError(
+                f"tensor {spec.name!r} is {got.dtype}{list(got.shape)}, planned {spec.dtype}{list(spec.shape)}"
+            )
     return f"{len(expected)} tensor names, dtypes and shapes match"
 
 
@@ -153,7 +157,9 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
     A shard whose hash differs is reported before a tensor that differs inside it."""
     kind = recorded_digest(shards)
     if kind is None:
-        raise VerifyError(f"dus_plan.json must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard")
+        raise VerifyError(
+            f"dus_plan.json must record one digest kind ({' or '.join(DIGESTS)}), the same for every shard"
+        )
     shard_of = {str(output / name): name for name in shards}
     in_shard: dict[str, list[TensorSpec]] = {name: [] for name in shards}
     for spec in expected:
@@ -171,7 +177,7 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
                     hasher.add_bytes(f.read(got.start - f.tell()))  # the header
                     if not _same_bytes(spec, f, got.nbytes, hasher):
                         differs.setdefault(name, spec)
-                while chunk := f.read(CHUNK):
+                while chunk := f.read(HASH_CHUNK):
                     hasher.add_bytes(chunk)
     except BaseException:
         hasher.cancel()
@@ -182,7 +188,9 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
         if name in differs:
             spec = differs[name]
             planned = spec.parts[0][0].path if spec.parts else "zeros"
-            raise VerifyError(f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})")
+            raise VerifyError(
+                f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})"
+            )
     copies = sum(spec.is_byte_copy for spec in expected)
     return [f"{len(shards)} shard {kind} match",
             f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
@@ -200,7 +208,7 @@ def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool
         f.seek(source.start)
         left = nbytes
         while left:
-            got = out.read(min(CHUNK, left))
+            got = out.read(min(HASH_CHUNK, left))
             if not got:  # the shard shrank under us
                 return False
             hasher.add_bytes(got)
@@ -220,15 +228,17 @@ def _check_config(output: Path, plan: Plan, base_config: dict) -> dict:
     want = planned_config(plan, base_config)
     for key in sorted(set(want) | set(config)):
         if want.get(key, "<absent>") != config.get(key, "<absent>"):
-            raise VerifyError(f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}")
+            raise VerifyError(
+                f"config.json field {key!r} is {config.get(key, '<absent>')!r}, planned {want.get(key, '<absent>')!r}"
+            )
     return config
 
 
 def _start_plan_checks(record: dict, plan: Plan, sources: dict, expected: list[TensorSpec]):
     """The build's transformers checks of the plan, asked again: the same request (the planned
     config, which config.json equals, and the planned tensor names, which the output's equal)."""
-    from dus.plan.checks import start_checks
-    from dus.plan.equivalence import equivalence_request
+    from dus.checks.run import start_checks
+    from dus.plan.config import equivalence_request
 
     base = sources[plan.base]
     config = planned_config(plan, base.config)
@@ -261,5 +271,7 @@ def _check_transformers(config: dict, tensors: dict[str, TensorInfo]) -> str:
     want = sum(info.numel for info in params.values())
     got = sum(info.numel for info in tensors.values())
     if want != got:
-        raise VerifyError(f"transformers builds a model of {want:,} parameters from config.json, the output holds {got:,}")
+        raise VerifyError(
+            f"transformers builds a model of {want:,} parameters from config.json, the output holds {got:,}"
+        )
     return f"transformers builds the config ({want:,} parameters, as written)"

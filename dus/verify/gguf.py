@@ -14,13 +14,15 @@ import json
 import os
 from pathlib import Path
 
+from dus.core.digest import HASH_CHUNK
 from dus.errors import InputError
 from dus.plan.gguf import PLAN_KEY, resolve_gguf
 from dus.plan.model import Plan
-from dus.read.gguf import GGUFFile, open_gguf_source, read_split_set, split_paths
+from dus.plan.options import PlanOptions
+from dus.read.gguf import open_gguf_source, read_split_set, split_paths
+from dus.read.gguf_format import Cursor, GGUFFile, parse
 from dus.verify.check import VerifyError, VerifyReport
 from dus.write.gguf import FilePlan, plan_files
-from dus.write.shards import HASH_CHUNK as CHUNK
 
 
 def verify_gguf(output: Path, source: str | None = None) -> VerifyReport:
@@ -40,7 +42,8 @@ def verify_gguf(output: Path, source: str | None = None) -> VerifyReport:
         raise InputError(f"{output}: invalid {PLAN_KEY} record ({e})") from None
     if source:
         refs[plan.base] = source
-    resolved = resolve_gguf(plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, {}, stored.value)
+    resolved = resolve_gguf(plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, PlanOptions(),
+                            stored.value)
     base_name = output.name if len(files) == 1 else _unsplit_name(output)
     expected = plan_files(resolved, output.with_name(base_name), [len(f.tensors) for f in files])
     for want, got in zip(expected, files):
@@ -87,9 +90,7 @@ def _check_header(want: FilePlan, got: GGUFFile) -> None:
 
 
 def _first_difference(want: FilePlan, got: GGUFFile) -> str:
-    from dus.read.gguf import _Cursor, _parse
-
-    planned = _parse(_Cursor(want.header + b"\0" * (want.size - len(want.header)), want.name), got.path, want.size)
+    planned = parse(Cursor(want.header + b"\0" * (want.size - len(want.header)), want.name), got.path, want.size)
     for key in list(planned.metadata) + [k for k in got.metadata if k not in planned.metadata]:
         if planned.metadata.get(key) != got.metadata.get(key):
             return repr(key)
@@ -113,7 +114,7 @@ def _check_data(want: FilePlan, got: GGUFFile) -> None:
                     src.seek(info.start)
                     left = info.nbytes
                     while left:
-                        chunk = out.read(min(CHUNK, left))
+                        chunk = out.read(min(HASH_CHUNK, left))
                         if not chunk or chunk != src.read(len(chunk)):
                             raise VerifyError(f"{name}: tensor {tensor!r} bytes differ from its planned source "
                                               f"({os.path.basename(info.path)})")

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from dus import __version__
-from dus.plan.resolved import ResolvedPlan
-from dus.manifest import MANIFEST_FILE, command, parent_entry
+from dus.core.digest import DEFAULT
+from dus.core.publish import atomic_directory, require_space
+from dus.manifest import MANIFEST_FILE, parent_entry, stage_record
 from dus.plan.pattern import broken_pattern_note
+from dus.plan.resolved import ResolvedPlan
 from dus.write.card import model_card, moe_paragraph, pattern_paragraph
-from dus.write.digest import DEFAULT
-from dus.write.output import atomic_directory, require_space
 from dus.write.shards import split_shards, write_shards
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -46,9 +45,11 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             for path in resolved.base.side_files():
                 shutil.copyfile(path, staging / path.name)
             resolved.finish_checks()  # a refusal now leaves nothing: the staging directory goes
-            record = plan_record(resolved, digests)
+            record = build_record(resolved, digests)
             _write_json(staging / MANIFEST_FILE, record)
-            card = model_card(resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent)
+            card = model_card(
+                resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent
+            )
             moe = moe_paragraph(record["plan"]["moe"], record["output"]) if resolved.plan.moe else ""
             (staging / "README.md").write_text(card + pattern_paragraph(note) + moe)
     except BaseException:
@@ -66,25 +67,21 @@ def _watching(resolved: ResolvedPlan, progress: Callable[[int], None] | None) ->
     return step
 
 
-def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
-    """What dus_plan.json holds: enough to rebuild and to verify the output (dus/manifest.py)."""
-    record = {
-        "dus_version": __version__,
-        "stage": "build",
-        "command": command(),
-        "options": {k: v for k, v in resolved.options.items() if _jsonable(v)},
-        "parent": parent_entry(_portable_ref(resolved.base)),
-        "sources": {name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
-                           "layer_prefix": s.layer_prefix}
-                    for name, s in resolved.sources.items()},
-        "plan": resolved.plan.to_json(),
-        "output": {
+def build_record(resolved: ResolvedPlan, digests: dict) -> dict:
+    """What a build's dus_plan.json holds: enough to rebuild and to verify the output (dus/manifest.py)."""
+    record = stage_record(
+        "build", parent_entry(_portable_ref(resolved.base)), options=resolved.options.recorded(),
+        sources={name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
+                        "layer_prefix": s.layer_prefix}
+                 for name, s in resolved.sources.items()},
+        plan=resolved.plan.to_json(),
+        output={
             "num_layers": len(resolved.plan.layers),
             "num_parameters": resolved.num_parameters,
             "total_size": resolved.output_bytes,
             "shards": digests,
         },
-    }
+    )
     if resolved.plan.moe:  # upcycled: what one token uses, and where every tensor comes from
         from dus.plan.upcycle import parameter_counts, provenance
 
@@ -93,14 +90,6 @@ def plan_record(resolved: ResolvedPlan, digests: dict) -> dict:
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _portable_ref(source) -> str:

@@ -26,7 +26,11 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int, index_depend
         "| output layer | source | source layer | op |", "|---:|---|---:|---|",
     ]
     for i, layer in enumerate(plan.layers):
-        src = " + ".join(f"{r.weight:g}×{r.layer}" for r in layer.inputs) if len(layer.inputs) > 1 else str(layer.source_layer)
+        src = (
+            " + ".join(f"{r.weight:g}×{r.layer}" for r in layer.inputs)
+            if len(layer.inputs) > 1
+            else str(layer.source_layer)
+        )
         op = layer.op + (" (new)" if layer.new else "")
         lines.append(f"| {i} | {layer.source} | {src} | {op} |")
     if index_dependent:

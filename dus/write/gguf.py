@@ -8,7 +8,7 @@ output follows llama.cpp's `gguf-split`: all metadata in the first file,
 `split.no`, `split.count`, `split.tensors.count` in every file.
 
 Files are written into a hidden staging directory beside OUTPUT, under the
-lock of dus/write/output.py (one run per OUTPUT; a dead run's leftovers are
+lock of dus/core/publish.py (one run per OUTPUT; a dead run's leftovers are
 swept), and renamed into place at the end, the first file (which names the
 set) last. With --force the files of the set they replace that the new set
 does not overwrite (another split count, or a single file) are removed.
@@ -22,63 +22,15 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from dus.core import publish
 from dus.errors import InputError
-from dus.read.gguf import ARRAY, I32, MAGIC, SCALARS, STRING, U16, VERSION, Value, ggml_types
-from dus.read.safetensors import TensorInfo
-from dus.write import output as outputs
+from dus.plan.gguf import Placed, placed
+from dus.read.gguf_format import I32, MAGIC, U16, VERSION, Value, encode_string, ggml_types, make_value
 from dus.write.shards import copy_range
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def make_value(vtype: int, value, item_type: int | None = None) -> Value:
-    """A metadata Value with its GGUF encoding."""
-    if vtype in SCALARS:
-        raw = struct.pack("<I" + SCALARS[vtype], vtype, value)
-    elif vtype == STRING:
-        raw = struct.pack("<I", vtype) + _string(value)
-    elif item_type in SCALARS:
-        raw = struct.pack(f"<IIQ{len(value)}{SCALARS[item_type]}", ARRAY, item_type, len(value), *value)
-    else:
-        raw = struct.pack("<IIQ", ARRAY, STRING, len(value)) + b"".join(_string(v) for v in value)
-    return Value(vtype, value, raw, item_type)
-
-
-@dataclass(frozen=True)
-class Placed:
-    """An output tensor's bytes: its source ranges back to back (E of them for stacked experts,
-    dus/plan/upcycle_gguf.py), or `zeros` bytes of zeros when it has no source (a zero router)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    pieces: tuple[TensorInfo, ...]
-    zeros: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self.zeros + sum(piece.nbytes for piece in self.pieces)
-
-
-def placed(spec) -> Placed:
-    """A plan's TensorSpec as GGUF bytes: one source range (a copy), several (a stack), or none (zeros)."""
-    if not spec.parts:
-        return Placed(spec.dtype, spec.shape, (), ggml_nbytes(spec.dtype, spec.shape))
-    return Placed(spec.parts[0][0].dtype, spec.shape, tuple(info for info, _ in spec.parts))
-
-
-def ggml_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
-    (block, size), = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
-    count = 1
-    for d in shape:
-        count *= d
-    return count // block * size
 
 
 @dataclass
@@ -131,15 +83,20 @@ def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensor
             "split.tensors.count": make_value(I32, n_tensors)}
 
 
-def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int) -> FilePlan:
+def _file_plan(
+    name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int
+) -> FilePlan:
     type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
     parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
     for key, value in metadata.items():
-        parts += [_string(key), value.raw]
+        parts += [encode_string(key), value.raw]
     placed, offset = [], 0
     for tensor_name, info in tensors:
         dims = tuple(reversed(info.shape))
-        parts += [_string(tensor_name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_ids[info.dtype], offset)]
+        parts += [
+            encode_string(tensor_name),
+            struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_ids[info.dtype], offset),
+        ]
         placed.append((offset, info))
         offset = _aligned(offset + info.nbytes, alignment)
     header = b"".join(parts)
@@ -157,18 +114,19 @@ def write_gguf(resolved, output: Path, max_bytes: int | None = None, force: bool
     files = plan_files(resolved, output, split_counts(resolved, max_bytes))
     parent = output.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with outputs.output_lock(parent, output.name):
+    with publish.output_lock(parent, output.name):
         for target in (parent / file.name for file in files):
             if os.path.lexists(target) and not force:
                 raise InputError(f"{target} already exists (use --force to replace it)")
             if target.is_dir():
                 raise InputError(f"{target} exists and is a directory")
         replaced = _output_set(output) if force else []
-        outputs.require_space(parent, sum(f.size for f in files))
-        with outputs.staging_directory(parent, output.name) as staging:
+        publish.require_space(parent, sum(f.size for f in files))
+        with publish.staging_directory(parent, output.name) as staging:
             for file in files:
                 _write_file(file, staging / file.name, progress or (lambda n: None))
-            outputs.on_step("publishing")
+            publish.follow_umask(staging)
+            publish.on_step("publishing")
             for file in [*files[1:], files[0]]:
                 os.replace(staging / file.name, parent / file.name)
         for path in replaced:

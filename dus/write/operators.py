@@ -9,7 +9,7 @@ operators are listed in OPERATOR_MODULES and imported on first use (keeps torch 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
 # Operators that also write their output bytes without torch, `(spec) -> bytes`: the build and verify

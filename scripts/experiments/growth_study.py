@@ -47,8 +47,8 @@ import transformers
 import dus
 from dus.api import build
 from dus.eval.perplexity import perplexity, reference_text
-from dus.testing.fetch import fetch_smollm2
 from dus.runtime import load_model, load_tokenizer, resolve_device
+from dus.testing.fetch import fetch_smollm2
 from dus.train import PretrainConfig, pretrain
 
 HOLD_OUT_MOD = 5  # held out: crc32(key) % HOLD_OUT_MOD == 0
@@ -152,7 +152,9 @@ def measure_operator(name: str, options: dict, freezes: list[str], source: Path,
 def cpu_name() -> str:
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor()
+    )
 
 
 def machine() -> dict:
@@ -228,8 +230,11 @@ def plot(results: dict, path: Path) -> None:
 def table(results: dict) -> str:
     rows = results["rows"]
     base = next((r for r in rows if r["operator"] == "base"), None)
-    lines = ["| operator | layers | parameters | trained | build s | train s | ppl before | ppl after | after / base after |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| operator | layers | parameters | trained | build s | train s | ppl before | ppl after "
+        "| after / base after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = f"{r['after']['perplexity'] / base['after']['perplexity']:.3f}" if base else "–"
         lines.append(f"| {r['name']} | {r['num_layers']} | {r['num_parameters'] / 1e6:.1f}M | "
@@ -243,7 +248,9 @@ def same_layers(results: dict, a: dict, b: dict) -> bool:
     from dus.api import plan
 
     source = results["setup"]["source"]
-    return plan(source, **a["options"]).plan.to_json()["layers"] == plan(source, **b["options"]).plan.to_json()["layers"]
+    return (
+        plan(source, **a["options"]).plan.to_json()["layers"] == plan(source, **b["options"]).plan.to_json()["layers"]
+    )
 
 
 def checks(results: dict) -> str:
@@ -328,10 +335,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--eval-tokens", type=int, help="held-out tokens measured (default 16384; quick 2048)")
     ap.add_argument("--eval-window", type=int, default=512, help="perplexity window in tokens (default 512)")
     ap.add_argument("--idus-group", type=int, default=6, help="idus group K, must divide 30 (default 6: 48 layers)")
-    ap.add_argument("--expand-new", type=int, default=6, help="expand: new blocks K, must divide 30 (default 6: 36 layers)")
+    ap.add_argument(
+        "--expand-new", type=int, default=6, help="expand: new blocks K, must divide 30 (default 6: 36 layers)"
+    )
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these operators (e.g. base 'dus m=8')")
     ap.add_argument("--out", default="docs/experiments", help="folder for growth-study.{json,md,png}")
-    ap.add_argument("--work-dir", help="where to make the scratch folder for built models and runs (default: the system temp dir)")
+    ap.add_argument(
+        "--work-dir", help="where to make the scratch folder for built models and runs (default: the system temp dir)"
+    )
     args = ap.parse_args()
     quick = {"steps": 10, "seq_len": 128, "batch_size": 4, "eval_tokens": 2048}
     full = {"steps": 100, "seq_len": 512, "batch_size": 8, "eval_tokens": 16384}

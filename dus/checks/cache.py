@@ -1,4 +1,4 @@
-"""Remembered answers of transformers' plan checks (dus/plan/checks.py).
+"""Remembered answers of transformers' plan checks (dus/checks/run.py).
 
 The checks are a pure function of their request (the configs, the tensor
 names, the layer map, the options) and of the code that answers it: dus
@@ -22,10 +22,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from dus.core.publish import atomic_write_text
 from dus.errors import InputError
 from dus.read.strict_json import loads
 from dus.runtime import cache_root
@@ -99,21 +99,14 @@ def store(key: str | None, accepted: list[str]) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        f = tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{key}.", delete=False)
+        atomic_write_text(folder / f"{key}.json", json.dumps({"key": key, "accepted": accepted}))
     except OSError:
         return
-    try:
-        with f:
-            json.dump({"key": key, "accepted": accepted}, f)
-        os.replace(f.name, folder / f"{key}.json")
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(f.name)
     _sweep(folder)
 
 
 def _sweep(folder: Path, older_than_s: float = 3600) -> None:
-    """Remove temporary entries a killed run left (`.KEY.*`): an hour old, no write is still going on."""
+    """Remove temporary entries a killed run left (`.KEY.json.tmp-*`): an hour old, no write is still going on."""
     now = time.time()
     for path in folder.glob(".*"):
         with contextlib.suppress(OSError):

@@ -6,16 +6,16 @@ model it builds from a config, on the meta device, must find every weight it
 needs among the tensor names: after the renames, fusions and splits its loader
 applies, with tied weights counted once (extra tensors are fine).
 
-These need torch; dus/plan/checks.py runs them (with the structural check of
-dus/plan/equivalence.py) in a child process where the build has not loaded it.
+These need torch; dus/checks/run.py runs them (with the structural check of
+dus/checks/equivalence.py) in a child process where the build has not loaded it.
 """
 
 from __future__ import annotations
 
 import re
 
-from dus.errors import InputError
-from dus.read.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
+from dus.checks.config_check import DTYPE_KEYS, SIZE_KEYS, check_sizes
+from dus.errors import BuildError, InputError
 
 
 def check_one(config: dict, where: str, names: list[str] | None = None, names_where: str = "") -> None:
@@ -55,10 +55,16 @@ def _check_dtypes(config: dict, where: str) -> None:
 
 def check_covers(model, names, where: str) -> None:
     """Every weight of the (meta) model must come from a tensor in `names`."""
-    loaded = _loaded_names(model, names)
-    if loaded is None:  # a transformers without the loading conversions: nothing to compare by name
-        return
-    ignored = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
+    loaded = loaded_names(model, names)
+    if loaded is None:  # unchecked is not checked: refuse rather than build a model that may lack weights
+        import transformers
+
+        raise BuildError(f"transformers {transformers.__version__} lacks the weight conversion mapping dus "
+                         "reads (dus/private_api.py): cannot check that the checkpoint holds every weight; "
+                         "install a transformers within the bounds of dus's pyproject.toml")
+    from dus.private_api import ignored_when_missing
+
+    ignored = ignored_when_missing(model)
     tied: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         tied.setdefault(id(param), []).append(name)
@@ -72,10 +78,9 @@ def check_covers(model, names, where: str) -> None:
 def _decoded(config: dict) -> dict:
     """The config as from_pretrained reads it: config.json spells inf and nan as
     {"__float__": "Infinity"} (the only way JSON can), and transformers decodes them."""
-    import transformers
+    from dus.private_api import decode_special_floats
 
-    config = {k: v for k, v in config.items() if k != "quantization_config"}
-    return getattr(transformers.PreTrainedConfig, "_decode_special_floats", lambda c: c)(config)
+    return decode_special_floats({k: v for k, v in config.items() if k != "quantization_config"})
 
 
 def meta_model(config: dict, where: str = "config.json"):
@@ -101,16 +106,15 @@ def _meta(hf_config, where: str):
         raise InputError(f"{where}: transformers cannot build a causal LM from its config ({reason(e)})") from None
 
 
-def _loaded_names(model, names) -> set[str] | None:
-    """The model parameters that checkpoint tensors `names` load into, as from_pretrained maps them."""
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:
+def loaded_names(model, names) -> set[str] | None:
+    """The model parameters that checkpoint tensors `names` load into, as from_pretrained maps them;
+    None where this transformers lacks the loading conversions (dus/private_api.py)."""
+    from dus.private_api import weight_conversions
+
+    conversions = weight_conversions(model)
+    if conversions is None:
         return None
-    mapping = get_model_conversion_mapping(model)
-    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
-    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    renamings, converters, rename_source_key = conversions
     by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = set()

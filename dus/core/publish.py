@@ -1,4 +1,9 @@
-"""An output directory that appears whole or not at all, written by one build at a time.
+"""Atomic publication: what dus writes appears whole or not at all, one writer per output.
+
+An output directory (`atomic_directory`), a model's files joining a run's
+directory (`atomic_model_files`), one text file (`atomic_write_text`). Every
+published file gets the mode an ordinary file gets under the umask
+(`follow_umask`): some writers (safetensors, tempfile) create theirs 0600.
 
 Everything is written into a hidden sibling, `.NAME.dus-partial-PID`, that
 takes OUTPUT's place only when complete. Replacing an existing OUTPUT
@@ -19,7 +24,9 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import sys
+import threading
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
@@ -48,6 +55,7 @@ def atomic_directory(output: Path, force: bool = False):
             raise InputError(f"{output} exists and is not a directory")
         with staging_directory(output.parent, output.name) as staging:
             yield staging
+            follow_umask(staging)
             on_step("publishing")
             if _identity(output) != checked:  # the lock keeps out dus, not other programs
                 raise _unchecked(output, "appeared" if checked is None else "changed")
@@ -66,12 +74,62 @@ def atomic_model_files(directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
     with output_lock(directory, "model"), staging_directory(directory, "model") as staging:
         yield staging
+        follow_umask(staging)
         on_step("publishing")
         for name in WEIGHTS_ENTRIES:
             (directory / name).unlink(missing_ok=True)
         for name in sorted(os.listdir(staging), key=lambda n: n in WEIGHTS_ENTRIES):
             os.replace(staging / name, directory / name)
             on_step(f"moved {name}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write PATH whole or not at all: a temporary file beside it, fsync, rename over PATH, fsync the
+    directory. After a crash PATH is the old file or the new one; the temporary file follows the umask."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def umask() -> int:
+    """This process's umask, read without setting it where the system tells it (Linux >= 4.7)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give everything under DIRECTORY, and itself, the mode an ordinary file or directory gets:
+    0666 (0777 for directories and executables) less the umask."""
+    mask = umask()
+    os.chmod(directory, 0o777 & ~mask)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, (0o777 if mode & 0o111 else 0o666) & ~mask)
 
 
 @contextlib.contextmanager

@@ -6,28 +6,29 @@ tensors) and non-finite numbers are refused, in plain Python: this runs on
 the copy path, which never imports torch. The checkpoint's tensor names must
 number the layers the config counts, and a plan is bounded before its layers
 are expanded. What transformers itself says of a config is
-dus/read/transformers_check.py.
+dus/checks/transformers_check.py.
 """
 
 from __future__ import annotations
 
 import math
 
+from dus.core.vocabulary import (
+    COUNTS,
+    DTYPE_KEYS,
+    INDEX_LIST_KEYS,
+    INDEX_LIST_SUFFIXES,
+    LAST_INDEXES,
+    LAYER_COUNT_KEYS,
+    OFFSETS,
+    PER_LAYER_KEYS,
+    PERIODS,
+    SIZE_KEYS,
+)
 from dus.errors import InputError
-from dus.plan.config import INDEX_LIST_KEYS, INDEX_LIST_SUFFIXES, PER_LAYER_KEYS
-from dus.read.architecture import LAYER_COUNT_KEYS, nested_layer_counts, refuse_encoder_decoder
+from dus.read.architecture import nested_layer_counts, refuse_encoder_decoder
 
 MAX_LAYERS = 4096  # generous: published decoders have at most a few hundred layers
-# Sizes that shape tensors (transformers' standard names; a config class may alias them).
-SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "max_position_embeddings")
-# The fields of LAYER_FORMULAS (and Gemma's sliding-window pattern): what each must be.
-PERIODS = ("attn_layer_period", "expert_layer_period", "decoder_sparse_step", "moe_layer_freq", "sliding_window_pattern",
-           "moe_layer_interval")
-OFFSETS = {"attn_layer_offset": "attn_layer_period", "expert_layer_offset": "expert_layer_period"}
-COUNTS = ("first_k_dense_replace", "max_window_layers", "num_dense_layers", "moe_layer_start_index")
-LAST_INDEXES = ("moe_layer_end_index",)  # -1: up to the last layer
-DTYPE_KEYS = ("dtype", "torch_dtype")
 MAX_SIZE = 2**31 - 1  # far above any real size; a larger one overflows tensor shapes
 OUTPUT = "the planned config.json"
 

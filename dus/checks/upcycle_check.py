@@ -17,11 +17,11 @@ from dus.errors import InputError
 
 
 def check_moe(dense_config: dict, moe_config: dict, block: str, layer_prefix: str) -> None:
-    from dus.plan.equivalence import _view
-    from dus.read.transformers_check import meta_model
+    from dus.checks.equivalence import module_view
+    from dus.checks.transformers_check import meta_model
 
     dense, moe = meta_model(dense_config), meta_model(moe_config)
-    want, got = _outside_mlp(_view(dense), block), _outside_mlp(_view(moe), block)
+    want, got = _outside_mlp(module_view(dense), block), _outside_mlp(module_view(moe), block)
     if len(want) != len(got):
         raise InputError(f"{moe_config['model_type']} builds {len(got)} modules outside the MLPs where "
                          f"{dense_config['model_type']} builds {len(want)}: refusing to upcycle into a different model")

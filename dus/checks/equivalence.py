@@ -38,7 +38,6 @@ seen here; scripts/architectures.py compares real logits for those.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from dus.errors import InputError
@@ -60,27 +59,8 @@ class Difference:
         return "the output config does not give it the source layer's value"
 
     def __str__(self) -> str:
-        return f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: {self.what}; {self.reason}"
-
-
-def equivalence_request(plan, base, output_config: dict, allow_index_dependent: bool = False) -> dict:
-    """check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
-    recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
-    sides: they are the user's choice, not a difference the copy introduces."""
-    from dus.plan.config import EXTRA_COUNT_KEYS, apply_overrides, planned_config
-
-    upcycled = {}
-    if plan.moe:  # the layers are compared as dense copies; dus/plan/upcycle_check.py compares the MoE with them
-        from dus.plan.upcycle import moe_request
-
-        output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
-        upcycled = {"moe": moe_request(plan, base)}
-
-    scalars = {k: v for k, v in plan.config_overrides.items()
-               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
-    return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
-            "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
+        return (f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: "
+                f"{self.what}; {self.reason}")
 
 
 def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
@@ -100,17 +80,20 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
                       layer_prefix: str, stack_config: str | None = None) -> list[Difference]:
     """stack_config: the nested config (text_config) counting the stack of a multimodal model, which
     is built whole (all towers) from the whole config, as AutoModelForCausalLM builds it."""
+    from dus.checks.transformers_check import meta_model
     from dus.read.architecture import layer_count_key
-    from dus.read.transformers_check import meta_model
 
     src_model, out_model = meta_model(source_config), meta_model(output_config)
     counted = source_config[stack_config] if stack_config else source_config
     n = counted[layer_count_key(counted)]
-    src, out = _stack(src_model, layer_prefix, n, "source"), _stack(out_model, layer_prefix, len(source_layers), "output")
+    src, out = (
+        _stack(src_model, layer_prefix, n, "source"),
+        _stack(out_model, layer_prefix, len(source_layers), "output"),
+    )
     _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
-    src_views = [_view(layer) for layer in src]
-    out_views = [_view(layer) for layer in out]
+    src_views = [module_view(layer) for layer in src]
+    out_views = [module_view(layer) for layer in out]
     found = []
     for i, j in enumerate(source_layers):
         if j >= len(src):  # a layer of another, deeper source: nothing of the base to compare with
@@ -141,10 +124,10 @@ def _stack(model, prefix: str, n: int, which: str):
 def _loaded_prefix(model, prefix: str) -> str | None:
     """The module path a checkpoint's layer prefix loads into (Gemma-3 saves language_model.model.layers.N,
     which transformers 5 loads into model.language_model.layers.N)."""
-    from dus.read.transformers_check import _loaded_names
+    from dus.checks.transformers_check import loaded_names
 
     probe = f"{prefix}0.weight"
-    loaded = _loaded_names(model, [probe]) or {probe}
+    loaded = loaded_names(model, [probe]) or {probe}
     (target,) = loaded
     return target[: -len("0.weight")].rstrip(".") if target.endswith(".0.weight") else None
 
@@ -155,8 +138,10 @@ def _check_decoder(config, stack) -> None:
         raise InputError(f"DUS needs a decoder stack: {config.model_type} is an encoder-decoder model")
     causal = {m.is_causal for m in stack.modules() if isinstance(getattr(m, "is_causal", None), bool)}
     if causal == {False}:
-        raise InputError(f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
-                         "encoder (bidirectional attention; is_decoder is false)")
+        raise InputError(
+            f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
+            "encoder (bidirectional attention; is_decoder is false)"
+        )
 
 
 def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
@@ -164,7 +149,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     must build the same classes and shapes there, e.g. no per-layer embedding sized by the count."""
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
-        return _view(model, skip=inside)
+        return module_view(model, skip=inside)
 
     src, out = outside(src_model, src_stack), outside(out_model, out_stack)
     for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
@@ -172,7 +157,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
                          "the source tensor dus copies there would not fit (is it sized by the layer count?)")
 
 
-def _view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
+def module_view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
     """path -> (class name, {parameter/buffer: shape}, {setting: value}) for a layer's modules."""
     view = {}
     for path, module in layer.named_modules():
@@ -250,7 +235,12 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int],
     for name, value in src.items():
         other = out.get(name)
         every_layer = value == list(range(n)) and other == list(range(m))  # an index list naming all layers
-        if isinstance(value, list) and isinstance(other, list) and (len(value), len(other)) == (n, m) and not every_layer:
+        if (
+            isinstance(value, list)
+            and isinstance(other, list)
+            and (len(value), len(other)) == (n, m)
+            and not every_layer
+        ):
             found += [Difference(i, j, f"config {name}[{i}] {_show(other[i])} != {_show(value[j])}", False)
                       for i, j in enumerate(source_layers) if other[i] != value[j]][:1]
     return found

@@ -1,13 +1,13 @@
 """Every check transformers makes of a plan, before anything is written.
 
 Each source config and checkpoint and the planned config and tensors go through
-dus/read/transformers_check.py (config class, weight coverage); then every
-output layer is compared with its source layer (dus/plan/equivalence.py).
+dus/checks/transformers_check.py (config class, weight coverage); then every
+output layer is compared with its source layer (dus/checks/equivalence.py).
 
 The copy path never imports torch. When torch is not loaded already, the
-checks run in a child process (`python -m dus.plan.checks`): the import costs
+checks run in a child process (`python -m dus.checks.run`): the import costs
 a few seconds once, and the build's memory stays flat. An accepted plan is
-remembered (dus/plan/check_cache.py): `dus plan` then `dus build`, a rebuild
+remembered (dus/checks/cache.py): `dus plan` then `dus build`, a rebuild
 or a verify of the same plan with the same code skip the child altogether.
 """
 
@@ -20,22 +20,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dus.checks import cache as check_cache
+from dus.checks.config_check import OUTPUT
+from dus.checks.equivalence import check_layers
+from dus.checks.transformers_check import check_one
 from dus.errors import BuildError, InputError
-from dus.plan import check_cache
-from dus.plan.equivalence import check_layers
-from dus.read.config_check import OUTPUT
-from dus.read.transformers_check import check_one
 
 
-def check_plan(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> list[str]:
-    """Every source's config and checkpoint, and the planned config with the planned tensors; then,
-    with `layers` (dus.plan.equivalence.equivalence_request), that every output layer is built as its
-    source layer. Returns the index-dependent differences accepted (--allow-index-dependent)."""
-    return start_checks(sources, config, names, layers).result()
-
-
-def start_checks(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> "PendingChecks":
-    """check_plan, begun: in a child process it runs while the caller goes on (a build copies)."""
+def start_checks(sources: dict, config: dict, names: list[str], layers: dict | None = None) -> PendingChecks:
+    """Begin checking every source's config and checkpoint, and the planned config with the planned
+    tensors; then, with `layers` (dus.plan.config.equivalence_request), that every output layer is built
+    as its source layer. In a child process it runs while the caller goes on (a build copies); its
+    result() is the index-dependent differences accepted (--allow-index-dependent), or the refusal."""
     checks = [{"config": s.config, "where": str(s.directory / "config.json") if s.directory else s.ref,
                "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
               for s in sources.values()]
@@ -47,8 +43,8 @@ def run(request: dict) -> list[str]:
     for check in request["checks"]:
         check_one(**check)
     layers = dict(request["layers"] or {})
-    if layers.get("moe"):  # an upcycled plan: the MoE model against the dense one (dus/plan/upcycle_check.py)
-        from dus.plan.upcycle_check import check_moe
+    if layers.get("moe"):  # an upcycled plan: the MoE model against the dense one (dus/checks/upcycle_check.py)
+        from dus.checks.upcycle_check import check_moe
 
         check_moe(**layers["moe"])
     layers.pop("moe", None)
@@ -76,7 +72,7 @@ class PendingChecks:
         request_file.seek(0)
         root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self._child = subprocess.Popen([sys.executable, "-m", "dus.plan.checks"], stdin=request_file,
+        self._child = subprocess.Popen([sys.executable, "-m", "dus.checks.run"], stdin=request_file,
                                        stdout=self._out, stderr=self._err, env=env)
 
     def raise_if_refused(self) -> None:
