@@ -67,7 +67,9 @@ def fingerprint(paths) -> dict[str, dict]:
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
-        raise InputError(f"{directory}: no {MANIFEST_FILE} (not written by dus)")
+        from dus.model_dir import model_dir_error
+
+        raise model_dir_error(directory, manifest=True)
     record = strict_json.loads(path.read_bytes(), str(path))
     if not isinstance(record, dict):
         raise InputError(f"{path}: not a JSON object")

@@ -88,10 +88,6 @@ def quiet_lm_eval() -> None:
     import lm_eval.evaluator
     import tqdm
 
-    def hidden_bar(*args, **kwargs):
-        kwargs["disable"] = True
-        return tqdm.tqdm(*args, **kwargs)
-
     def git_hash_quietly():
         try:
             out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
@@ -101,8 +97,22 @@ def quiet_lm_eval() -> None:
 
     for name, module in list(sys.modules.items()):
         if name.startswith("lm_eval") and getattr(module, "tqdm", None) is tqdm.tqdm:
-            _patch(module, "tqdm", hidden_bar)
+            _patch(module, "tqdm", _hidden_bar)
     _patch(lm_eval.evaluator, "get_git_commit_hash", git_hash_quietly)
+
+
+def _hidden_bar(*args, **kwargs):
+    import tqdm
+
+    kwargs["disable"] = True
+    return tqdm.tqdm(*args, **kwargs)
+
+
+def quiet_tqdm(module) -> None:
+    """A library module that draws its own tqdm bars with no switch (transformers' GGUF de-quantizer).
+    Within a quiet() block only; its end puts the module's name back."""
+    if not _verbose and _undo is not None:
+        _patch(module, "tqdm", _hidden_bar)
 
 
 def _patch(module, name: str, value) -> None:

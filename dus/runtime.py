@@ -85,17 +85,20 @@ def check_model(ref: str | Path) -> str:
     checkpoints (.bin, .pt, ...) are refused, never loaded."""
     ref = str(ref)
     path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{ref}: not a Hugging Face model directory (no config.json)")
+    if path.is_dir() and (path / "config.json").is_file():
         return ref
-    if is_repo_id(ref):
+    if not path.exists() and is_repo_id(ref):
         return ref
-    raise InputError(f"{ref}: no such model directory (nor an owner/name Hub id)")
+    from dus.model_dir import model_dir_error
+
+    raise model_dir_error(ref, hub_id=True)
 
 
 def check_weights(ref: str | Path) -> str:
     """`check_model`, and a local directory must have safetensors weights (a pickle-only one is refused)."""
+    if str(ref).endswith(".gguf"):
+        raise InputError(f"{ref}: a .gguf file; this command reads a model directory (`dus eval --perplexity` and "
+                         "`dus chat` read .gguf files)")
     ref = check_model(ref)
     path = Path(ref).expanduser()
     if path.is_dir() and local_tensors(path) is None:
@@ -106,6 +109,10 @@ def check_weights(ref: str | Path) -> str:
 def load_tokenizer(ref: str | Path):
     from transformers import AutoTokenizer
 
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "tokenizer")
     ref = check_model(ref)
     try:
         return AutoTokenizer.from_pretrained(ref)
@@ -115,9 +122,14 @@ def load_tokenizer(ref: str | Path):
 
 def load_model(ref: str | Path, device: str = "auto", dtype: str = "auto", *, attention: str | None = None):
     """A causal LM from safetensors weights only, in eval mode on `device`: (model, device used).
-    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept."""
-    ref = check_weights(ref)
+    `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept.
+    A .gguf file is read through transformers (dequantized)."""
     device = resolve_device(device)
+    if str(ref).endswith(".gguf"):
+        from dus.read.gguf_model import load_gguf
+
+        return load_gguf(ref, "model", dtype=resolve_dtype(dtype, device)).to(device).eval(), device
+    ref = check_weights(ref)
     kwargs = {"dtype": resolve_dtype(dtype, device), "use_safetensors": True}
     try:
         model = _from_pretrained(ref, kwargs, attention)

@@ -17,5 +17,5 @@ echo "== build + verify"
 python -m dus build "$BASE" "$OUT" --overlap 8 --force --verify
 du -sh "$BASE"/model.safetensors "$OUT"/*.safetensors
 echo "== base vs up-scaled: greedy chat reply and perplexity on pydoc_data.topics"
-python -m dus.testing.compare "$BASE" "$OUT" | grep -v '^{'
+python -m dus compare "$BASE" "$OUT"
 echo "== done: $OUT is a Hugging Face model directory; next: dus pretrain $OUT --data ... (docs/pretrain.md)"

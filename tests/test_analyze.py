@@ -167,6 +167,22 @@ def test_cli_writes_outputs_and_explains(tiny, tmp_path, capsys):
     rec = saved["recommendation"]
     assert rec["params"] <= 550_000 and rec["layers"] in (10, 12) and rec["budget"]["by"] == "params"
     assert f"recommended overlap m={rec['overlap']}" in stdout
+    last = stdout.strip().splitlines()[-1]  # ends with the build command of the recommendation (issue 25, 13)
+    assert last == f"build it: dus build {tiny} {tiny.name}-dus{rec['layers']} --overlap {rec['overlap']}"
+
+
+def test_the_build_command_analyze_prints_builds_the_recommendation(tiny, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    main(["analyze", str(tiny), "--text", str(tiny / "text.txt"), "--max-tokens", "256", "--seq-len", "64",
+          "--device", "cpu"])
+    line = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("build it: ")
+    rec = json.loads((tmp_path / "dus-analysis" / "analysis.json").read_text())["recommendation"]
+    main(shlex.split(line)[1:])
+    built = json.loads((tmp_path / f"{tiny.name}-dus{rec['layers']}" / "dus_plan.json").read_text())
+    assert built["plan"]["recipe"] == {"name": "dus", "overlap": rec["overlap"]}
+    assert built["output"]["num_layers"] == rec["layers"]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from refusal import assert_refused
 
 import dus.core.publish as output
 
-OLD, NEW = ["--overlap", "1"], ["--overlap", "2"]  # 6 and 4 output layers: tells the two models apart
+OLD, NEW = ["--overlap", "1"], ["--overlap", "0"]  # 6 and 8 output layers: tells the two models apart
 
 # Runs `dus ARGS...`, stopping at STEP: "kill" sends itself SIGKILL, "hold" creates WAIT/ready and waits
 # for WAIT/go. With "rename", the file system is taken to lack renameat2, so --force uses two renames.
@@ -106,7 +106,7 @@ def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, llama
         assert f"dus: restored out from .out.dus-old-{proc.pid}, left by a run killed while replacing it" in err
     assert f"dus: removed stale .out.dus-partial-{proc.pid} left by a dead run" in err
     assert run_dus("verify", out)[0] == 0
-    assert layers(out) == (6 if survivor == "old" else 4)
+    assert layers(out) == (6 if survivor == "old" else 8)
     assert hidden(parent) == []
 
 
@@ -120,7 +120,7 @@ def test_force_replaces_and_leaves_nothing_else(mode, llama_source, parent, run_
     assert run_dus("build", llama_source, out, *OLD)[0] == 0
     code, _, err = run_dus("build", llama_source, out, *NEW, "--force")
     assert code == 0, err
-    assert layers(out) == 4 and run_dus("verify", out)[0] == 0
+    assert layers(out) == 8 and run_dus("verify", out)[0] == 0
     assert steps[-1] == ("old-hidden" if mode == "rename" or not exchange_supported(parent) else "exchanged")
     assert os.listdir(parent) == ["out"]
 

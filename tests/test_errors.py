@@ -126,7 +126,7 @@ def test_bad_plan_options(args, fragment, llama_source, tmp_path, run_dus):
 
 def test_missing_source_and_existing_output(llama_source, tmp_path, run_dus):
     code, _, err = run_dus("build", tmp_path / "nowhere", tmp_path / "out")
-    assert_refused(code, err, "no such model directory", outputs=tmp_path / "out")
+    assert_refused(code, err, "nowhere: does not exist", outputs=tmp_path / "out")
     (tmp_path / "out").mkdir()
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--overlap", "1")
     assert_refused(code, err, "already exists", unchanged=(tmp_path / "out", {}))
@@ -159,7 +159,7 @@ def test_subprocess_error_has_no_traceback_and_debug_shows_it(tmp_path):
     cmd = [sys.executable, "-m", "dus", "plan", str(tmp_path / "missing")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such model directory or file"
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: does not exist"
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert "Traceback" in debug.stderr and debug.returncode != 0
 
@@ -193,3 +193,22 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "error: interrupted"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_one_message_per_cause_in_every_command(tmp_path, llama_source, run_dus):
+    """`not a model` in one wording per cause, whichever command reads the path (issue 25, item 7)."""
+    missing, text, bare = tmp_path / "nonexistent", tmp_path / "notes.txt", tmp_path / "bare"
+    text.write_text("notes")
+    bare.mkdir()
+    causes = {missing: f"{missing}: does not exist", text: f"{text}: is a file, not a model directory",
+              bare: f"{bare}: has no config.json (not a Hugging Face model directory)"}
+    for path, message in causes.items():
+        for command in (["verify", path], ["chat", path, "-p", "hi"], ["eval", path, "--perplexity", text],
+                        ["analyze", path, "--text", text],
+                        ["pretrain", path, "--data", text, "--output", tmp_path / "o"]):
+            code, _, err = run_dus(*command)
+            assert (code, err.strip()) == (2, f"error: {message}"), (command, err)
+    code, _, err = run_dus("verify", llama_source)
+    assert (code, err.strip()) == (2, f"error: {llama_source}: has no dus_plan.json (not written by dus)")
+    code, _, err = run_dus("plan", "nobody/nothing-here-xyz")
+    assert code == 2 and "nobody/nothing-here-xyz" in err

@@ -161,6 +161,7 @@ def test_split_output_and_split_source(smollm2_gguf, tmp_path, run_dus):
     firsts = sorted(tmp_path.glob("split-*-of-*.gguf"))
     count = len(firsts)
     assert count >= 3 and firsts[0].name == f"split-00001-of-{count:05d}.gguf"
+    assert stdout.startswith(f"wrote {', '.join(map(str, firsts))}: 44 layers")  # not split.gguf, never written
     assert fields(firsts[1]) == {"split.no": 1, "split.count": count, "split.tensors.count": 398}
     assert run_dus("verify", tmp_path / "split.gguf")[0] == 0
 
@@ -395,7 +396,7 @@ def test_split_set_must_be_whole_and_consistent(tmp_path, run_dus):
     assert code == 2 and "first file" in err
     shutil.move(parts[-1], tmp_path / "gone")
     code, _, err = run_dus("plan", parts[0])
-    assert code == 2 and "no such GGUF file" in err
+    assert code == 2 and f"{parts[-1]}: does not exist" in err
 
 
 def test_alignment_must_be_a_power_of_two(tmp_path):

@@ -8,7 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dus"
 
 # The floors of the house, bottom first (docs/design.md). A module may import its own floor and those below.
 LAYERS = [
-    ("ground", ["dus.errors", "dus.core", "dus.yamlfile", "dus.options", "dus.quiet", "dus.private_api"]),
+    ("ground", ["dus.errors", "dus.core", "dus.yamlfile", "dus.options", "dus.quiet", "dus.private_api",
+                "dus.model_dir", "dus.bars"]),
     ("read", ["dus.read", "dus.checks", "dus.runtime"]),  # a source is checked as it is opened
     ("plan", ["dus.plan"]),
     ("manifest", ["dus.manifest"]),

@@ -37,7 +37,7 @@ def test_build_memory_is_constant(tmp_path):
 CHILDREN = """
 import json, resource, sys
 import dus.api
-dus.api.build(sys.argv[1], sys.argv[2], overlap=2, force=True)
+dus.api.build(sys.argv[1], sys.argv[2], overlap=1, force=True)
 print(json.dumps({"children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
@@ -57,6 +57,6 @@ def test_a_planned_build_or_a_rebuild_starts_no_child(llama_source, tmp_path):
     assert second == {"children_peak_rss": 0, "torch_imported": False}, second
     assert len(list((tmp_path / "a").glob("*.json"))) == 1
 
-    subprocess.run([sys.executable, "-m", "dus", "plan", str(llama_source), "--overlap", "2"], check=True,
+    subprocess.run([sys.executable, "-m", "dus", "plan", str(llama_source), "--overlap", "1"], check=True,
                    capture_output=True, env={**os.environ, "DUS_CHECK_CACHE": str(tmp_path / "b")})
     assert build("b") == {"children_peak_rss": 0, "torch_imported": False}

@@ -29,12 +29,15 @@ def _script():
 
 
 def test_every_command_with_options_is_built_from_a_dataclass():
-    assert set(COMMANDS) == {"plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze",
-                             "upcycle"}
+    assert set(COMMANDS) == {
+        "plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle"
+    }
 
 
-@pytest.mark.parametrize("command", ["plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval",
-                                     "analyze", "upcycle"])
+@pytest.mark.parametrize(
+    "command",
+    ["plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle"],
+)
 def test_every_field_is_a_flag(command, run_dus):
     code, out, _ = run_dus(command, "--help")
     assert code == 0 and "--config" in out
@@ -99,12 +102,14 @@ def test_cli_reads_config_and_flags_win(tmp_path, run_dus, monkeypatch):
 
     seen = []
     paths = {"json": "a.json", "influence": "b.png", "distance": "c.png"}
-    monkeypatch.setattr(dus.analyze.run, "run", lambda opts: seen.append(opts) or ({}, paths))
+    result = {"model": "m", "recommendation": {"overlap": 3, "layers": 10}}
+    monkeypatch.setattr(dus.analyze.run, "run", lambda opts: seen.append(opts) or (result, paths))
     monkeypatch.setattr(dus.analyze, "summary", lambda result: "summary", raising=False)
     config = tmp_path / "analyze.yaml"
     config.write_text("model: m\ntext: t.txt\nseq-len: 32\nmax_tokens: 100\n")
     code, out, err = run_dus("analyze", "--config", config, "--seq-len", "64", "--device", "cpu")
     assert code == 0 and out.startswith("summary") and "wrote a.json" in out, err
+    assert out.splitlines()[-1] == "build it: dus build m m-dus10 --overlap 3"
     [opts] = seen
     assert (opts.model, opts.text, opts.seq_len, opts.max_tokens, opts.device) == ("m", "t.txt", 64, 100, "cpu")
 
@@ -162,11 +167,15 @@ def test_the_plan_options_are_one_declaration(tmp_path):
         assert f.name in RECIPE_KEYS and flag(f.name) in RECIPE_KEYS
         assert (f.name in flags) == f.metadata["cli"]
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("preset: solar\nnew-layers: 4\nshard_size: 2GB\n")
+    recipe.write_text("preset: solar\nstack: model.layers\nallow-index-dependent: true\nshard_size: 2GB\n")
     opts = plan_options({"source": "m", "overlap": 3, "dtype": None}, recipe)
-    assert (opts.recipe, opts.overlap, opts.new_layers, opts.dtype, opts.shard_size) == ("dus", 3, 4, "float16", "2GB")
-    assert list(opts.recorded()) == ["recipe", "overlap", "dtype", "config_overrides", "new_layers", "shard_size",
+    assert (opts.recipe, opts.overlap, opts.stack, opts.allow_index_dependent, opts.dtype, opts.shard_size) == (
+        "dus", 3, "model.layers", True, "float16", "2GB")
+    assert list(opts.recorded()) == ["recipe", "overlap", "dtype", "config_overrides", "stack", "shard_size",
                                      "source"]  # the order given: the file (its preset first), then the options
+    recipe.write_text("preset: solar\nnew-layers: 4\n")  # expand's option under the preset's dus: never read
+    with pytest.raises(InputError, match=r"r\.yaml: --new-layers is not an option of --recipe dus"):
+        plan_options({"source": "m"}, recipe)
     with pytest.raises(InputError, match="unknown option 'widht'"):
         plan_options({"widht": 2})
     with pytest.raises(InputError, match="bad value 'x' for 'overlap'"):

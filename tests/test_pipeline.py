@@ -214,3 +214,85 @@ def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):
     recipe.write_text(yaml.safe_dump({"source": "x", "sft": {"model": "some/model"}}))
     code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
     assert code == 2 and "`model:` is for the first stage only" in err
+
+
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("pretrain-"))
+
+
+def _fake_stage(argv):
+    """A stage process that succeeds and leaves its output directory, as the real one would."""
+    args = list(argv)
+    out = args[args.index("--output") + 1] if "--output" in args else args[args.index("build") + 1]
+    out = Path(out)
+    (out.parent if out.suffix == ".json" else out).mkdir(parents=True, exist_ok=True)
+    return _Done()
+
+
+def _fill_in_data(recipe: Path) -> None:
+    """The FILL IN data paths a user gives, as empty files and directories (relative: to the cwd)."""
+    from dus.pipeline.recipe import Stage, load_recipe
+
+    for stage in load_recipe(recipe, Path("w").resolve()).stages:
+        for path in Stage.data_paths(stage):
+            if "{workdir}" not in path and not Path(path).is_absolute():
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                (Path(path).mkdir if not Path(path).suffix else Path(path).touch)()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_runs_into_a_fresh_workdir(recipe, tmp_path, monkeypatch):
+    """`--workdir DIR` with DIR absent (and its parent too) is created, for every recipe in configs/."""
+    from dus.pipeline import run as pipeline_run
+    from dus.testing import fetch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fetch, "fetch_smollm2", lambda: Path(tiny_model_dir()))
+    monkeypatch.setattr(pipeline_run.subprocess, "run", _fake_stage)
+    _fill_in_data(recipe)
+    work = tmp_path / "runs" / "fresh"
+    steps = pipeline_run.run_pipeline(str(recipe), str(work), say=lambda s: None, flags=command_flags)
+    assert steps and all(s.status == "ran" for s in steps)
+    assert (work / steps[0].stage.name).is_dir() and not list(work.glob(".*.pending.json"))
+
+
+def test_missing_data_and_bad_values_stop_the_run_before_the_build(tmp_path, run_dus, monkeypatch):
+    """The SOLAR recipe's FILL IN data paths do not exist: refused before the 21 GB build starts."""
+    from dus.pipeline import run as pipeline_run
+
+    ran = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline_run.subprocess, "run", lambda argv: ran.append(argv) or _Done())
+    code, _, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "w")
+    assert code == 2 and not ran and not (tmp_path / "w").exists(), err
+    assert "pretrain: data path not found: data/pretrain/train (relative paths are relative to the current " \
+           f"directory, {tmp_path})" in err and "nothing was run" in err and "more:" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"source": "x", "pretrain": {"data": [str(bad)], "lr": "fast"}}))
+    code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w")
+    assert code == 2 and not ran and "pretrain: bad value for `lr`: 'fast' is not a valid float" in err, err
+    bad.write_text(yaml.safe_dump({"source": "x", "pretrain": {"data": [str(bad)], "nproc-per-node": "eight"}}))
+    code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w")
+    assert code == 2 and "`nproc-per-node` must be a whole number >= 1, not 'eight'" in err, err
+
+
+def test_dry_run_prints_the_prepare_step_and_warns_of_missing_data(tmp_path, run_dus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_dus("pipeline", tiny_recipe(tmp_path / "r.yaml"), "--workdir", tmp_path / "w", "--dry-run")
+    assert code == 0, err
+    first = shlex.split(out.splitlines()[0])
+    assert first == ["python", "-m", "dus.pipeline.tinydata", "pydoc-topics", str(tmp_path / "w" / "data")]
+    assert "warning" not in err  # WORKDIR/data/ is the prepare step's to make
+    code, out, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "s",
+                             "--dry-run")
+    assert code == 0 and "warning: pretrain: data path not found: data/pretrain/train" in err
+    assert "(a real run stops here)" in err
+
+
+def test_the_prepare_command_a_dry_run_prints_works(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dus.pipeline.tinydata", "pydoc-topics", str(tmp_path / "d")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "d" / "sft.jsonl").is_file() and (tmp_path / "d" / "tasks" / "gsm8k.yaml").is_file()

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.real_model
 
 
 def test_dus_smollm2_end_to_end(smollm2, tmp_path, run_dus):
-    from dus.testing.compare import compare
+    from dus.eval.compare import CompareOptions, compare_models
 
     code, out, err = run_dus("build", smollm2, tmp_path / "up", "--overlap", "8", "--verify")
     assert code == 0, err
@@ -18,8 +18,8 @@ def test_dus_smollm2_end_to_end(smollm2, tmp_path, run_dus):
     assert record["output"]["num_layers"] == 44
     assert [l["source_layer"] for l in record["plan"]["layers"]] == list(range(22)) + list(range(8, 30))
 
-    results = compare(smollm2, tmp_path / "up", max_tokens=2048)
-    base, up = results["base"], results["upscaled"]
+    results = compare_models(CompareOptions(models=[str(smollm2), str(tmp_path / "up")], max_tokens=2048))
+    base, up = results["models"]
     assert (base["layers"], up["layers"]) == (30, 44)
     assert up["parameters"] - base["parameters"] == 14 * (base["parameters"] - 576 * 49152 - 576) // 30
     for r in (base, up):

@@ -166,7 +166,7 @@ def test_recipe_file_shard_size_and_override(tmp_path, run_dus):
     code, _, err = run_dus("build", "--config", recipe, tmp_path / "a")
     assert code == 0, err
     assert len(list((tmp_path / "a").glob("*.safetensors"))) > 1
-    code, _, err = run_dus("build", "--config", recipe, tmp_path / "b", "--shard-size", "1GB", "--overlap", "2")
+    code, _, err = run_dus("build", "--config", recipe, tmp_path / "b", "--shard-size", "1GB", "--overlap", "0")
     assert code == 0, err
     assert [p.name for p in (tmp_path / "b").glob("*.safetensors")] == ["model.safetensors"]
-    assert json.loads((tmp_path / "b/config.json").read_text())["num_hidden_layers"] == 4
+    assert json.loads((tmp_path / "b/config.json").read_text())["num_hidden_layers"] == 8  # the flag's 0, not 1

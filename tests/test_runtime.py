@@ -149,7 +149,7 @@ def test_loader_refuses_directory_without_weights_or_config(tmp_path):
     (tmp_path / "m" / "config.json").unlink()
     with pytest.raises(InputError, match="no config.json"):
         runtime.load_model(tmp_path / "m", "cpu")
-    with pytest.raises(InputError, match="no such model directory"):
+    with pytest.raises(InputError, match="missing: does not exist"):
         runtime.load_tokenizer(tmp_path / "missing")
 
 

@@ -178,4 +178,4 @@ def test_nested_config_named_where_counts_tie(tmp_path):
 
 def test_vision_tower_refused_as_an_encoder(source):
     with pytest.raises(InputError, match="DUS needs a decoder stack"):
-        dus.api.plan(str(source[0]), overlap=1, stack=VISION)
+        dus.api.plan(str(source[0]), overlap=0, stack=VISION)

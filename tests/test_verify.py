@@ -154,7 +154,7 @@ def test_source_moved(built, tmp_path, run_dus):
     record["sources"]["base"]["ref"] = str(tmp_path / "gone")
     (out / "dus_plan.json").write_text(json.dumps(record))
     code, _, err = run_dus("verify", out)
-    assert code == 2 and "no such model directory" in err
+    assert code == 2 and f"{tmp_path / 'gone'}: does not exist" in err, err
     code, out_text, err = run_dus("verify", out, "--source", tmp_path / "moved")
     assert code == 0, err
 

@@ -47,8 +47,8 @@ def apply_budget(rows: list[dict], target_params: int | None = None, target_laye
     if not within:
         smallest = rows[-1]
         raise InputError(
-            f"{flag} {limit} is smaller than the smallest DUS of this {n}-layer model "
-            f"({smallest['layers']} layers, {smallest['params']} params at overlap {smallest['overlap']})"
+            f"{flag} {limit:,} is smaller than the smallest DUS of this {n}-layer model "
+            f"({smallest['layers']} layers, {smallest['params']:,} params at overlap {smallest['overlap']})"
         )
     top = max(r["layers"] for r in within)
     for r in rows:

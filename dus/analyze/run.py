@@ -63,6 +63,15 @@ def write(result: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def build_command(result: dict) -> str:
+    """The `dus build` line of the recommendation, to paste: SOURCE, an OUTPUT named after it, the overlap."""
+    import shlex
+
+    rec, model = result["recommendation"], result["model"]
+    output = f"{Path(model).name}-dus{rec['layers']}"
+    return shlex.join(["dus", "build", model, output, "--overlap", str(rec["overlap"])])
+
+
 def summary(result: dict) -> str:
     return (f"{result['model']}: {result['num_layers']} layers, {result['tokens']} tokens in "
             f"{result['sequences']} sequences of {result['seq_len']} on {result['device']} "

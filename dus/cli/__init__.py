@@ -37,12 +37,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")) -> None:
+                                          help="Print the version and exit."),
+             debug: bool = typer.Option(False, "--debug", help="Show an error's traceback instead of its one line "
+                                                               "(anywhere on the line; or DUS_DEBUG=1).")) -> None:
     pass
 
 
 # Command modules register on `app` when imported; the order is the help order.
-from dus.cli import analyze, instruct, pipeline, surgery, train, upcycle  # noqa: E402,F401
+from dus.cli import analyze, compare, instruct, pipeline, surgery, train, upcycle  # noqa: E402,F401
 
 
 def _debug(argv: list[str]) -> bool:

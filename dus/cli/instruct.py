@@ -88,10 +88,11 @@ def contamination_command(opts: ContaminationOptions) -> None:
 @options_command(app, "eval", EvalOptions)
 def eval_command(opts: EvalOptions) -> None:
     """Evaluate: lm-evaluation-harness tasks (h6 = Open LLM Leaderboard v1 set) and/or perplexity."""
+    from dus.bars import CountBar
     from dus.eval.results import markdown
     from dus.eval.run import evaluate
 
     with quiet(opts.verbose):
-        report = evaluate(opts)
+        report = evaluate(opts, say=lambda line: print(line, file=sys.stderr, flush=True), bar=CountBar)
     if main_process():
         print(markdown(report))

@@ -51,19 +51,25 @@ def plan_command(
 
 
 def format_plan(resolved) -> str:
+    from dus.plan.show import dtype_text, overrides_text, repeating_pattern
+
     info = resolved.to_json()
     lines = [
         f"source:      {info['source']}  ({info['source_num_layers']} layers, "
         f"{info['source_num_parameters']:,} parameters)",
         "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
         f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
-        f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {info['dtype']}",
+        f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {dtype_text(resolved)}",
         "layer map (output <- source):",
     ]
     if "moe" in info:  # upcycled: the expert layout before the layer map
         from dus.plan.upcycle import summary_lines
 
         lines[-1:-1] = summary_lines(info["moe"])
+    if overrides := overrides_text(resolved.plan.config_overrides):
+        lines.insert(2, f"config sets: {overrides}")
+    if pattern := repeating_pattern(resolved.plan.layers):
+        return "\n".join([*lines, f"  {pattern}"])
     for out_range, src_text in _runs(resolved.plan.layers):
         lines.append(f"  {out_range:>9}  <-  {src_text}")
     return "\n".join(lines)
@@ -138,6 +144,8 @@ def build_command(
                                file_sha256=file_sha256)
     _warn_index_dependent(record.get("index_dependent", []))
     out = record["output"]
+    if str(output).endswith(".gguf") and len(out["shards"]) > 1:  # a split set: OUTPUT itself is not written
+        output = ", ".join(str(Path(output).parent / name) for name in out["shards"])
     print(f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "
           f"{len(out['shards'])} shard(s), {out['total_size']:,} tensor bytes")
     if verify:

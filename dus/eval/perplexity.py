@@ -26,10 +26,20 @@ def reference_text(max_chars: int | None = None, topics: Iterable[str] | None = 
 def perplexity(model, tokenizer, text: str, max_tokens: int | None = None, window: int = 512,
                batch_size: int = 4) -> dict:
     """{"perplexity", "nll" (mean nats per predicted token), "tokens" (predicted)}."""
+    return windows_perplexity(model, text_windows(tokenizer, text, max_tokens, window), batch_size)
+
+
+def text_windows(tokenizer, text: str, max_tokens: int | None = None, window: int = 512):
+    """The [windows, tokens] ids a perplexity is measured on (known before any model loads)."""
+    limit = max_tokens or len(text)  # a token is at least one character
+    return token_windows(tokenizer, text, limit, window)
+
+
+def windows_perplexity(model, windows, batch_size: int = 4, advance=None) -> dict:
+    """`advance(n)`: told of every n windows scored (a progress bar)."""
     import torch
 
-    limit = max_tokens or len(text)  # a token is at least one character
-    windows = token_windows(tokenizer, text, limit, window).to(model.device)
+    windows = windows.to(model.device)
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -39,4 +49,6 @@ def perplexity(model, tokenizer, text: str, max_tokens: int | None = None, windo
                                                     reduction="sum")
             total += nll.item()
             count += batch[:, 1:].numel()
+            if advance:
+                advance(len(batch))
     return {"perplexity": math.exp(total / count), "nll": total / count, "tokens": count}

@@ -55,9 +55,10 @@ class Report:
 def model_fingerprint(model: str) -> str | None:
     """Names, sizes and times of a local model's weights, config and tokenizer: a retrained model reads as new."""
     path = Path(model).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         return None
-    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    files = [path] if path.is_file() else sorted(  # a .gguf is one file
+        {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()

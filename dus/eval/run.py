@@ -15,8 +15,10 @@ def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def evaluate(opts: EvalOptions):
-    """lm-eval tasks and/or perplexity; rank 0 writes results.json, results.md (and perplexity.json) to --output."""
+def evaluate(opts: EvalOptions, say=None, bar=None):
+    """lm-eval tasks and/or perplexity; rank 0 writes results.json, results.md (and perplexity.json) to --output.
+    `say(line)` is told what a perplexity will measure before the model loads; `bar(label, total)` makes a
+    progress bar (dus.bars.CountBar)."""
     from dus.eval import harness
     from dus.eval.results import Report, model_fingerprint, write
 
@@ -27,7 +29,7 @@ def evaluate(opts: EvalOptions):
     benchmarks = harness.parse_tasks(opts.tasks, opts.num_fewshot, opts.metric) if opts.tasks else []
     plan = harness.prepare(report, benchmarks, opts.include_path, opts.output) if benchmarks else None
     if opts.perplexity is not None:  # the plan above fails before any model loads
-        report.perplexity = _perplexity(opts, out)
+        report.perplexity = _perplexity(opts, out, say, bar)
     if plan is not None:
         size = int(opts.batch_size) if opts.batch_size.isdigit() else opts.batch_size
         harness.evaluate(report, benchmarks, plan, opts.device, opts.dtype, size, out)
@@ -36,22 +38,24 @@ def evaluate(opts: EvalOptions):
     return report
 
 
-def _perplexity(opts: EvalOptions, out: str | None) -> dict:
-    from dus.eval.perplexity import perplexity
+def _perplexity(opts: EvalOptions, out: str | None, say=None, bar=None) -> dict:
+    from contextlib import nullcontext
+
+    from dus.eval.perplexity import text_windows, windows_perplexity
     from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
     path = Path(opts.perplexity)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    windows = text_windows(load_chat_tokenizer(opts.model), text, opts.max_tokens, opts.window)
+    if say:
+        say(f"perplexity of {opts.model} on {path} ({len(text):,} characters): {windows.numel():,} tokens in "
+            f"{len(windows):,} windows of {windows.shape[1]:,}")
     lm, _ = load_model(opts.model, opts.device, opts.dtype)
-    result = perplexity(
-        lm,
-        load_chat_tokenizer(opts.model),
-        path.read_text(encoding="utf-8"),
-        max_tokens=opts.max_tokens,
-        window=opts.window,
-    )
+    with bar("perplexity", len(windows)) if bar else nullcontext() as progress:
+        result = windows_perplexity(lm, windows, advance=progress.advance if progress else None)
     result = {"data": str(path), **result, "window": opts.window, "max_tokens": opts.max_tokens}
     if out:  # the file earlier versions wrote; results.json holds the same under "perplexity"
         Path(out).mkdir(parents=True, exist_ok=True)

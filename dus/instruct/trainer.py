@@ -133,6 +133,7 @@ def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict
         return result
     from dus.core.publish import atomic_model_files, follow_umask
     from dus.manifest import stage_manifest, write_manifest
+    from dus.write.card import stage_card
 
     out = Path(opts.output)
     with atomic_model_files(out) as staging:
@@ -141,5 +142,11 @@ def finish(trainer, opts: TrainOptions, report, stage: str, extra: dict) -> dict
         record = stage_manifest(stage, staging, opts.model, {**asdict(opts), **extra}, data)
         record["result"] = {k: result[k] for k in ("steps", "losses")}
         write_manifest(staging, record)
+        card = stage_card(
+            stage,
+            opts.model,
+            f"Trained with `dus {stage}` on {len(opts.data)} data file(s) (the options are in dus_plan.json).",
+        )
+        (staging / "README.md").write_text(card)
     follow_umask(out)  # the checkpoint-N the trainer saved in OUTPUT: safetensors writes them 0600
     return result

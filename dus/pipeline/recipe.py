@@ -87,7 +87,9 @@ def load_recipe(path: str | Path, workdir: Path) -> Recipe:
         if not isinstance(section, dict):
             raise InputError(f"{path}: `{name}:` must be a mapping of `dus {name}` options")
         options = {str(k).replace("_", "-"): v for k, v in section.items()}
-        nproc = int(options.pop(NPROC, 1))
+        nproc = options.pop(NPROC, 1)
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise InputError(f"{path}: {name}: `{NPROC}` must be a whole number >= 1, not {nproc!r}")
         for key in options:
             if key.replace("-", "_") in SET_BY_PIPELINE[name]:
                 raise InputError(f"{path}: {name}: `{key}` is set by the pipeline (the previous stage's output, "

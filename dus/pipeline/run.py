@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dus.errors import BuildError, InputError
 from dus.manifest import fingerprint, manifest_digest, read_manifest, stage_record
+from dus.pipeline.check import check_commands, check_recipe, recipe_problems
 from dus.pipeline.recipe import MODEL_STAGES, Recipe, Stage, command_argv, launcher, load_recipe, shell_line
 
 STAGE_RECORD = "dus_stage.json"  # contamination and eval: not model directories, the same three facts
@@ -48,10 +50,20 @@ def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start:
     for flag, name in (("--only", only), ("--from", start)):
         if name is not None and name not in names:
             raise InputError(f"{flag} {name}: the recipe has no such stage (it has: {', '.join(names)})")
-    if recipe.prepare and not dry_run:
-        from dus.pipeline.tinydata import prepare
+    if dry_run:
+        check_commands(recipe, flags)
+        for problem in recipe_problems(recipe, workdir_path, flags):
+            print(f"warning: {problem} (a real run stops here)", file=sys.stderr)
+    else:
+        check_recipe(recipe, workdir_path, flags)
+        workdir_path.mkdir(parents=True, exist_ok=True)  # a fresh --workdir is made, not a crash
+    if recipe.prepare:
+        from dus.pipeline.tinydata import prepare, prepare_argv
 
-        prepare(recipe.prepare, workdir_path / "data")
+        if dry_run:
+            say(shell_line(prepare_argv(recipe.prepare, workdir_path / "data")))
+        else:
+            prepare(recipe.prepare, workdir_path / "data")
     steps, parent = [], None
     for stage in recipe.stages:
         step = _step(recipe, stage, workdir_path, parent, flags)

@@ -71,6 +71,11 @@ def prepare(kind: str, directory: Path) -> Path:
     return directory
 
 
+def prepare_argv(kind: str, directory: Path) -> list[str]:
+    """The command that makes the data set by hand (what `dus pipeline --dry-run` prints for `prepare:`)."""
+    return ["python", "-m", "dus.pipeline.tinydata", kind, str(directory)]
+
+
 def _opening(text: str, words: int = 40) -> str:
     return " ".join(text.split()[:words])
 
@@ -110,3 +115,14 @@ def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
+
+
+if __name__ == "__main__":  # python -m dus.pipeline.tinydata pydoc-topics DIR
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m dus.pipeline.tinydata pydoc-topics DIR")
+    try:
+        print(f"wrote {prepare(sys.argv[1], Path(sys.argv[2]))}")
+    except InputError as e:
+        sys.exit(f"error: {e}")

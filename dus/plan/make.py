@@ -8,21 +8,16 @@ from dus.plan import recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.moe_family import EXPERT_OPTIONS
 from dus.plan.options import PlanOptions
+from dus.plan.recipe_options import RECIPE_PARAMS, recipe_name
 from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
 from dus.runtime import dtype_name
-
-# Each recipe's parameters and defaults (None: required), and how it makes layers.
-RECIPE_PARAMS = {
-    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
-    "expand": {"new_layers": None}, "layers": {"layers": None},
-}
 
 
 def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    recipe = options.recipe or ("layers" if options.layers is not None else "dus")
+    recipe = recipe_name(options.recipe, options.layers)
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
     params = {key: _given(getattr(options, key), default) for key, default in RECIPE_PARAMS[recipe].items()}

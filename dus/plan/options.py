@@ -2,7 +2,7 @@
 of the recipe file (--config), a keyword of `dus.plan` / `dus.build` and a row of the table in
 docs/recipes.md. Adding an option is adding a field here (and reading it where it acts).
 
-A field left None was not given: the recipe's own default applies (RECIPE_PARAMS, dus/plan/make.py).
+A field left None was not given: the recipe's own default applies (RECIPE_PARAMS, dus/plan/recipe_options.py).
 Precedence: a recipe file (its `preset:` expanded under its own keys) < --preset < the options given.
 A field typed `object` takes any YAML value (a list of layer entries, a mapping); its flag is a string.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from dus.errors import InputError
 from dus.options import from_mapping, names, option
 from dus.plan.presets import PRESETS
+from dus.plan.recipe_options import check_recipe_options, recipe_name
 from dus.yamlfile import read_mapping
 
 PANEL = "Plan options (the defaults come from --config or --preset when given)"
@@ -87,12 +88,21 @@ RECIPE_KEYS = set(names(PlanOptions))  # every spelling: new_layers, new-layers
 
 
 def plan_options(values: dict, config: str | Path | None = None) -> PlanOptions:
-    """PlanOptions from a recipe file, a preset and the options given (None: not given)."""
+    """PlanOptions from a recipe file, a preset and the options given (None: not given).
+
+    Options the chosen recipe would ignore are refused (dus/plan/recipe_options.py): those given and a
+    recipe file's own keys, never a preset's values. A stack given with --layers beats the recipe of a
+    preset or a recipe file unless --recipe is given too."""
     merged: dict = dict(load_recipe_file(config)) if config else {}
+    if config:
+        check_recipe_options(recipe_name(merged.get("recipe"), merged.get("layers")), merged, f"{config}: ")
     given = {k: v for k, v in values.items() if v is not None}
     if given.get("preset"):
         merged.update(preset(given["preset"]))
     merged.update({k: v for k, v in given.items() if k != "preset"})
+    if given.get("layers") is not None and given.get("recipe") is None and merged.get("recipe") not in (None, "layers"):
+        merged["recipe"] = "layers"  # the explicit stack wins, as README says
+    check_recipe_options(recipe_name(merged.get("recipe"), merged.get("layers")), given)
     options = from_mapping(PlanOptions, merged, str(config) if config else "options")
     options.given_order = [names(PlanOptions)[k] for k in merged]
     return options

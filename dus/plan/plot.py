@@ -9,7 +9,17 @@ from dus.plan.model import Plan
 COLORS = {"copy": "#4c72b0", "blend": "#dd8452", "zero": "#c44e52", "scale": "#8172b3"}
 
 
-def plot_plan(plan: Plan, source_layers: int, path: str | Path) -> None:
+def layer_ticks(count: int, height: int) -> tuple[list[float], list[str]]:
+    """Positions and labels of layer numbers on one column's axis: every layer up to 16, else a round step."""
+    step = 1 if count <= 16 else next(s for s in (2, 5, 10, 20, 50, 100, 200, 500) if count / s <= 16)
+    shown = list(range(0, count, step))
+    if count - 1 - shown[-1] > step / 2:  # the last layer, unless its label would touch the one below
+        shown.append(count - 1)
+    return [i * (height - 1) / max(count - 1, 1) for i in shown], [str(i) for i in shown]
+
+
+def plot_plan(plan: Plan, source_layers: int, path: str | Path) -> dict[str, list[str]]:
+    """Draw the map to `path`; return the layer numbers written on each axis (source left, output right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,13 +44,23 @@ def plot_plan(plan: Plan, source_layers: int, path: str | Path) -> None:
     if any(l.new for l in plan.layers):
         ax.scatter([], [], s=14, color="white", edgecolors="black", label="new layer")
     ax.set_xticks([0, 1], [f"source ({source_layers})", f"output ({out_layers})"])
-    ax.set_yticks([])
     ax.set_xlim(-0.3, 1.3)
+    ax.set_ylim(-0.5, height - 0.5)
+    ax.set_yticks(*layer_ticks(source_layers, height), fontsize=6)
+    ax.set_ylabel("source layer", fontsize=8)
+    right = ax.twinx()
+    right.set_ylim(ax.get_ylim())
+    right.set_yticks(*layer_ticks(out_layers, height), fontsize=6)
+    right.set_ylabel("output layer", fontsize=8)
+    for axis in (ax, right):
+        for side in ("top", "right", "left", "bottom"):
+            axis.spines[side].set_visible(False)
     name = plan.recipe.get("name", "plan")
     ax.set_title(f"{name}: {source_layers} → {out_layers} layers", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3, fontsize=7, frameon=False)
-    for side in ("top", "right", "left", "bottom"):
-        ax.spines[side].set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
+    labels = {"source": [t.get_text() for t in ax.get_yticklabels()],
+              "output": [t.get_text() for t in right.get_yticklabels()]}
     plt.close(fig)
+    return labels

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dus.errors import InputError
 from dus.plan.model import Edit, LayerRef, OutputLayer, copy_of
+from dus.plan.recipe_options import check_dus_grows
 
 
 def parse_layer_spec(spec: str, n: int) -> list[int]:
@@ -44,6 +45,7 @@ def dus(n: int, overlap: int = 8) -> list[OutputLayer]:
         raise InputError(f"--overlap must be >= 0, got {overlap}")
     if overlap >= n:
         raise InputError(f"--overlap {overlap} leaves nothing of a {n}-layer copy: use 0..{n - 1}")
+    check_dus_grows(n, overlap)
     return _copies(list(range(n - overlap)) + list(range(overlap, n)))
 
 

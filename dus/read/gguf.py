@@ -73,7 +73,7 @@ def read_split_set(path: Path) -> list[GGUFFile]:
     paths = split_paths(path)
     for p in paths:
         if not p.is_file():
-            raise InputError(f"{p}: no such GGUF file")
+            raise InputError(f"{p}: does not exist")
     files = [read_gguf(str(p)) for p in paths]
     first = files[0].metadata
     if len(paths) == 1 and first.get("split.count", Value(U16, 1, b"")).value == 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dus.checks.config_check import check_config
 from dus.errors import InputError
+from dus.model_dir import model_dir_error
 from dus.read import strict_json
 from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
@@ -107,7 +108,7 @@ def _open_source(ref: str, need_weights: bool, revision: str | None = None) -> S
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix != ".json":
-            raise InputError(f"{ref}: SOURCE must be a model directory, a config.json or a Hub repo id")
+            raise InputError(f"{ref}: is a file, not a model directory (a SOURCE file is a config.json or a .gguf)")
         if need_weights:
             raise InputError(f"{ref} is a bare config: building needs a model directory with safetensors weights")
         config = read_config(path)
@@ -116,7 +117,7 @@ def _open_source(ref: str, need_weights: bool, revision: str | None = None) -> S
         return open_directory(path, ref, need_weights=need_weights)
     if is_repo_id(ref):
         return open_hub_source(ref, need_weights=need_weights, revision=revision)
-    raise InputError(f"{ref}: no such model directory or file")
+    raise model_dir_error(ref, hub_id=True)
 
 
 def open_hub_source(repo_id: str, *, need_weights: bool, revision: str | None = None) -> Source:
@@ -166,8 +167,7 @@ def allowed_root(directory: Path) -> Path:
 
 def read_config(path: Path) -> dict:
     if not path.is_file():
-        raise InputError(f"{path.parent}: no config.json in the model directory" if path.name == "config.json"
-                         else f"{path}: no such file")
+        raise model_dir_error(path.parent) if path.name == "config.json" else InputError(f"{path}: does not exist")
     config = strict_json.loads(path.read_bytes(), str(path))  # untrusted: no NaN, repeated keys, ...
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")

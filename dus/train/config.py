@@ -66,6 +66,11 @@ class PretrainConfig:
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
+    export_dtype: str = option(
+        "auto",
+        "dtype of the exported model: auto (the input model's), bfloat16, float16 "
+        "or float32 (keeps updates below bfloat16's resolution)",
+    )
     final_checkpoint: bool = option(
         True,
         "checkpoint after the last step too (model and optimizer, to continue later); "
@@ -102,6 +107,7 @@ class PretrainConfig:
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise InputError("--lr must be positive and --min-lr-ratio within 0..1")
         self.device, self.dtype = device_name(self.device), dtype_name(self.dtype)
+        self.export_dtype = dtype_name(self.export_dtype)
         if self.dtype == "float16":
             raise InputError("--dtype float16 cannot train without loss scaling: use bfloat16 or float32")
         if not 0 <= self.eval_fraction < 1:

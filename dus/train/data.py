@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from itertools import chain, islice
-from pathlib import Path
 
 import datasets
 import torch
@@ -25,39 +24,8 @@ from datasets.distributed import split_dataset_by_node
 
 from dus.errors import InputError
 from dus.train.config import PretrainConfig
+from dus.train.files import resolve_files
 from dus.train.parallel import Dist, main_first
-
-BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
-
-
-def _builder(path: Path) -> str | None:
-    suffixes = [s for s in path.suffixes if s not in COMPRESSION]
-    return BUILDERS.get(suffixes[-1].lower()) if suffixes else None
-
-
-def resolve_files(paths: list[str]) -> dict[str, list[str]]:
-    """Files by datasets builder ('text', 'json', 'parquet'); a directory contributes all its data files."""
-    found: dict[str, list[str]] = {}
-    for name in paths:
-        path = Path(name)
-        if not path.exists():
-            raise InputError(f"data path not found: {name}")
-        if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and _builder(p)
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
-            if not files:
-                raise InputError(f"no .txt, .jsonl, .json or .parquet files under {name}")
-        elif _builder(path):
-            files = [path]
-        else:
-            raise InputError(f"unsupported data file {name}: use .txt, .md, .jsonl, .json or .parquet")
-        for f in files:
-            if f.stat().st_size:  # datasets cannot read an empty file; it holds no text anyway
-                found.setdefault(_builder(f), []).append(str(f))
-    if not found:
-        raise InputError(f"empty corpus: every file in {', '.join(paths)} is empty")
-    return found
 
 
 def load_documents(paths: list[str], cfg: PretrainConfig) -> Dataset | IterableDataset:

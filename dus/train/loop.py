@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +34,14 @@ from dus.core.publish import atomic_model_files
 from dus.errors import InputError
 from dus.manifest import stage_manifest, write_manifest
 from dus.runtime import decoder_layers, num_layers, resolve_dtype
+from dus.train.advice import (
+    SourceTensors,
+    checkpoint_bytes,
+    checkpoint_warning,
+    export_warning,
+    rounded_away,
+    warmup_warning,
+)
 from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_state, set_rng_state
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
@@ -62,6 +71,7 @@ from dus.train.parallel import (
     init_distributed,
     sharding_summary,
 )
+from dus.write.card import stage_card
 
 
 def pretrain(cfg: PretrainConfig | dict) -> dict:
@@ -289,6 +299,7 @@ class Trainer:
         cfg, start = self.cfg, self.step
         last = min(self.max_steps, cfg.stop_after) if cfg.stop_after > start else self.max_steps
         self.log.print(self._banner(start, last))
+        self._warn_short_run(start, last)
         evals = []
         if self.data.eval and start == 0:  # the starting point: how much did the surgery cost?
             evals.append(self.evaluate())
@@ -319,7 +330,19 @@ class Trainer:
         c, n = self.counts, len(self.train_layers) if self.train_layers is not None else "all"
         return (f"pretraining {self.cfg.model}: {_count(c['total'])} params, {_count(c['trainable'])} trainable "
                 f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
-                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step")
+                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step "
+                f"({(last - start) * self.tokens_per_step:,} tokens)")
+
+    def _warn_short_run(self, start: int, last: int) -> None:
+        if not self.d.is_main or start:
+            return
+        cfg = self.cfg
+        last_lr = cfg.lr * self.scheduler.lr_lambdas[0](self.max_steps - 1)
+        final = bool(cfg.save_every) and cfg.final_checkpoint and last == self.max_steps
+        for line in (warmup_warning(self.max_steps, cfg.warmup_steps, cfg.lr, last_lr),
+                     checkpoint_warning(last, checkpoint_bytes(self.model), final)):
+            if line:
+                print(line, file=sys.stderr, flush=True)
 
     def _save_due(self, last: int) -> bool:
         return save_due(self.step, last, self.max_steps, self.cfg.save_every, self.cfg.final_checkpoint)
@@ -370,6 +393,12 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
     input model as parent (dus/manifest.py)."""
     config = load_hf_config(model_dir)
     dtype = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
+    if cfg is not None and cfg.export_dtype != "auto":
+        dtype = config.dtype = getattr(torch, cfg.export_dtype)
+    if dtype != torch.float32:  # an update below the dtype's resolution is lost in the cast: say so
+        warning = export_warning(*rounded_away(state, SourceTensors(model_dir), dtype), dtype)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
@@ -380,6 +409,8 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
         cfg = cfg or PretrainConfig(model=model_dir, output=str(out))
         write_manifest(staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg),
                                                [*cfg.data, *cfg.eval_data]))
+        (staging / "README.md").write_text(stage_card("pretrain", model_dir, "Continued pretraining with `dus "
+                                                      "pretrain` (its options are in dus_plan.json)."))
 
 
 def _summary_line(s: dict, out: Path) -> str:

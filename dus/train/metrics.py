@@ -83,9 +83,9 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=max_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True,
-                        disable=not sys.stderr.isatty())
+        from dus.bars import CountBar
+
+        self.bar = CountBar("training", max_steps, completed=resume_step or 0)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -100,13 +100,11 @@ class MetricsLog:
 
     def advance(self) -> None:
         if self.enabled:
-            self.bar.update(1)
+            self.bar.advance()
 
     def print(self, line: str) -> None:
-        if self.enabled and not self.bar.disable:
-            self.bar.write(line)  # above the progress bar
-        elif self.enabled:
-            print(line, flush=True)
+        if self.enabled:
+            print(line, flush=True)  # above the progress bar at a terminal
 
     def close(self) -> None:
         if self.enabled:

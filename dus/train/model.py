@@ -6,8 +6,6 @@ layer, then FSDP2 sharding per layer and at the root.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -15,15 +13,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from dus import runtime
 from dus.core.vocabulary import POSITION_KEYS
 from dus.errors import InputError
+from dus.model_dir import check_model_dir
 from dus.runtime import decoder_layers
 from dus.train.parallel import Dist, load_full_state, shard_model
 
 
 def load_hf_config(model_dir: str):
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise InputError(f"not a Hugging Face model directory (no config.json): {model_dir}")
-    return AutoConfig.from_pretrained(path)
+    return AutoConfig.from_pretrained(check_model_dir(model_dir))
 
 
 def load_training_tokenizer(model_dir: str):

@@ -62,7 +62,7 @@ def _first_file(output: Path) -> Path:
         return output
     firsts = sorted(output.parent.glob(glob.escape(output.name[: -len(".gguf")]) + "-00001-of-?????.gguf"))
     if len(firsts) != 1:
-        raise InputError(f"{output}: no such GGUF file")
+        raise InputError(f"{output}: does not exist")
     return firsts[0]
 
 
