@@ -20,7 +20,7 @@ from dus.plan.config import equivalence_request, planned_config
 from dus.plan.make import make_plan
 from dus.plan.options import PlanOptions, plan_options
 from dus.plan.resolved import ResolvedPlan
-from dus.plan.upcycle import planned_tensors
+from dus.plan.tensors import planned_tensors
 from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
@@ -30,7 +30,8 @@ def plan(source: str | None = None, *, config: str | None = None, options: PlanO
     """Resolve a plan from headers only (no weights are read).
 
     The plan options are PlanOptions' fields (dus/plan/options.py: overlap=, layers=, recipe=, factor=,
-    group=, new_layers=, dtype=, preset=, sources=, config_overrides=, stack=, allow_index_dependent=...),
+    group=, new_layers=, dtype=, preset=, sources=, config_overrides=, stack=, allow_index_dependent=, width=,
+    mlp_width=, width_noise=, width_seed=, init=, insert_at=...),
     as keywords over the recipe file `config`, or one PlanOptions as `options`.
 
     Refuses a plan whose output layers transformers would build differently from

@@ -16,6 +16,8 @@ of them the same way. Fields:
                  from it (`--freeze original` reads it)
     sources      build only: what `dus verify` re-reads for the byte-for-byte proof
     provenance   upcycled builds (docs/upcycle.md): each tensor's source tensor, zeros, or operator
+    computed     build only, when some tensors are computed (width growth, initialisers):
+                 {tensor: {"op", "inputs": ["source:tensor", ...], "params"}}
 """
 
 from __future__ import annotations

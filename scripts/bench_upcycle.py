@@ -34,7 +34,7 @@ FLOOR = textwrap.dedent("""
     import os, sys
     from dus.plan.make import make_plan
     from dus.plan.options import PlanOptions
-    from dus.plan.upcycle import planned_tensors
+    from dus.plan.tensors import planned_tensors
     from dus.read.source import open_source
     from dus.write.shards import split_shards
     # the upcycled plan from headers alone: none of the build's checks, no computed tensors

@@ -218,6 +218,28 @@ def test_freeze_original_on_an_expand_build(run, tiny_model, tmp_path):
     assert changed and {_layer(k) for k in changed} == new_layers
 
 
+def test_freeze_original_on_a_widened_build_trains_only_the_added_width(run, tiny_model, tmp_path):
+    """`dus build --width 2` then `--freeze original`: each tensor's source block (its first half along each
+    grown dimension) stays bit-identical, the added clones train; `--freeze none` trains everything."""
+    import dus.api
+
+    grown = tmp_path / "grown"
+    dus.api.build(str(tiny_model), grown, width=2)
+    before = weights(grown)
+    for freeze, out in (("original", tmp_path / "original"), ("none", tmp_path / "none")):
+        run(out, model=str(grown), max_tokens=2 * 4 * 64, freeze=freeze, weight_decay=0.1)
+        after = weights(out)
+        for name, tensor in before.items():
+            block = tuple(slice(0, d // 2) for d in tensor.shape) if "q_norm" not in name else ()
+            if name.endswith(("embed_tokens.weight", "lm_head.weight")):  # the vocabulary did not grow
+                block = (slice(None), slice(0, tensor.shape[1] // 2))
+            if freeze == "original":
+                assert torch.equal(after[name][block], tensor[block]), name
+                assert not torch.equal(after[name], tensor), name  # the added width trained
+            elif "layers.0.mlp.down_proj" in name:
+                assert not torch.equal(after[name][block], tensor[block])
+
+
 @pytest.mark.parametrize("step, last, max_steps, every, final, due", [
     (4, 10, 10, 2, True, True),    # on the period
     (5, 10, 10, 2, True, False),   # off it

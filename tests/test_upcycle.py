@@ -312,3 +312,31 @@ def test_calibrated_split_groups_neurons_that_fire_together_and_keeps_the_functi
     assert_verified(out, 4, computed=4 + 4 * 4 * 3)  # verify slices by the recorded clusters
     with torch.no_grad():
         assert _relative(_load(out)(IDS).logits, dense(IDS).logits) < 1e-5
+
+
+def test_width_growth_and_experts_together_keep_the_function(sources, tmp_path):
+    """--width (issue 23's HyperCloning) then --experts copy: the widened MLP's tensors become every expert."""
+    source, dense = sources["llama"]
+    out = tmp_path / "wide-moe"
+    record = dus.api.build(str(source), out, recipe="stack", factor=1, width=2, experts=4, top_k=2, verify=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "mixtral" and config["hidden_size"] == 2 * dense.config.hidden_size
+    assert config["intermediate_size"] == 2 * dense.config.intermediate_size
+    assert record["plan"]["recipe"]["width"] and record["plan"]["moe"]["experts"] == 4
+    assert any(".experts.3." in name for name in record["computed"])  # widened tensors copied into each expert
+    moe = _load(out)
+    with torch.no_grad():
+        assert _relative(moe(IDS).logits, dense(IDS).logits) < 1e-5
+    assert torch.equal(_greedy(moe), _greedy(dense))
+
+
+def test_layer_initialisers_and_experts_together(sources, tmp_path):
+    """--init (issue 23's initialisers of inserted layers) with --experts: copy takes the initialised MLP into every
+    expert; an init that needs the dense bytes (drop) refuses a computed MLP with the reason."""
+    source, _ = sources["llama"]
+    record = dus.api.build(str(source), tmp_path / "a", recipe="expand", new_layers=2, insert_at="0,1",
+                           init="aligned-average", experts=2, verify=True)
+    assert record["output"]["num_layers"] == 6 and record["plan"]["moe"]["experts"] == 2
+    with pytest.raises(dus.api.InputError, match="needs the dense MLP of output layer"):
+        dus.api.plan(str(source), recipe="expand", new_layers=2, insert_at="0,1", init="aligned-average", experts=2,
+                     expert_init="drop")

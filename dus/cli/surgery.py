@@ -60,6 +60,7 @@ def format_plan(resolved) -> str:
         "recipe:      " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()),
         f"output:      {info['num_layers']} layers, {info['num_parameters']:,} parameters, "
         f"{filesize.decimal(info['output_bytes'])} ({info['output_bytes']:,} bytes), dtype {dtype_text(resolved)}",
+        *_growth_lines(resolved),
         "layer map (output <- source):",
     ]
     if "moe" in info:  # upcycled: the expert layout before the layer map
@@ -73,6 +74,20 @@ def format_plan(resolved) -> str:
     for out_range, src_text in _runs(resolved.plan.layers):
         lines.append(f"  {out_range:>9}  <-  {src_text}")
     return "\n".join(lines)
+
+
+def _growth_lines(resolved) -> list[str]:
+    """What the layer map does not show: width growth, and layers a computed initialiser makes."""
+    lines, recipe = [], resolved.plan.recipe
+    if recipe.get("width"):
+        src, out = resolved.base.config, resolved.config
+        lines.append(f"width:       hidden {src['hidden_size']} -> {out['hidden_size']}, heads "
+                     f"{src['num_attention_heads']} -> {out['num_attention_heads']}, MLP {src['intermediate_size']} -> "
+                     f"{out['intermediate_size']} (every tensor tiled so the function is kept)")
+    if recipe.get("init", {}).get("layers"):
+        lines.append(f"init:        {recipe['init']['name']} makes output layers "
+                     f"{', '.join(map(str, recipe['init']['layers']))} from the two source layers they sit between")
+    return lines
 
 
 def _runs(layers):

@@ -87,11 +87,23 @@ def planned_config(plan, base_config: dict) -> dict:
     if plan.moe:  # sparse upcycling: the dense output config (overrides applied) made MoE
         from dus.plan.moe_family import moe_config
 
-        return moe_config(output_config(base_config, source_layers, dtype, plan.config_overrides), plan.moe)
+        dense = output_config(widened_source_config(plan, base_config), source_layers, dtype, plan.config_overrides)
+        return moe_config(dense, plan.moe)
     if plan.recipe.get("stack_config"):
+        if plan.recipe.get("width"):
+            raise InputError("width growth of a nested (multimodal) stack is not supported")
         return nested_output_config(base_config, plan.recipe["stack_config"], source_layers, dtype,
                                     plan.config_overrides)
-    return output_config(base_config, source_layers, dtype, plan.config_overrides)
+    return output_config(widened_source_config(plan, base_config), source_layers, dtype, plan.config_overrides)
+
+
+def widened_source_config(plan, base_config: dict) -> dict:
+    """The base config, widened when the plan grows width (dus/plan/width.py): what each layer is compared with."""
+    if not plan.recipe.get("width"):
+        return base_config
+    from dus.plan.width import widened_config
+
+    return widened_config(base_config, plan.recipe["width"])
 
 
 def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> list:
@@ -215,7 +227,8 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
         upcycled = {"moe": moe_request(plan, base)}
     scalars = {k: v for k, v in plan.config_overrides.items()
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
-    return {"source_config": apply_overrides(base.config, scalars), "output_config": output_config,
+    source_config = apply_overrides(widened_source_config(plan, base.config), scalars)
+    return {"source_config": source_config, "output_config": output_config,
             "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
             "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
 

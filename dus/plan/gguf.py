@@ -135,6 +135,9 @@ def check_gguf_options(options: PlanOptions, refs: dict[str, str]) -> None:
     if options.config_overrides:
         raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
                          "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
+    if any(getattr(options, key) is not None for key in ("width", "mlp_width", "width_noise")):
+        raise InputError("width growth computes every tensor, which in a quantized GGUF would need de-quantization "
+                         "(not supported): build from safetensors")
     if options.recipe == "expand":
         raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
                          "(not supported): a GGUF build copies layers byte for byte")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
-from dus.plan import recipes
+from dus.plan import insert, recipes
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.moe_family import EXPERT_OPTIONS
 from dus.plan.options import PlanOptions
 from dus.plan.recipe_options import RECIPE_PARAMS, recipe_name
+from dus.plan.width import width_options
 from dus.read.architecture import residual_output_modules
 from dus.read.source import Source
 from dus.runtime import dtype_name
@@ -17,12 +18,19 @@ from dus.runtime import dtype_name
 def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     base = sources[next(iter(sources))]
     n = base.num_layers
-    recipe = recipe_name(options.recipe, options.layers)
+    width = width_options(options)  # checked first: a bad factor is the error to report
+    recipe = recipe_name(options.recipe, options.layers, options.insert_at)
+    given = {key: getattr(options, key) for key in ("overlap", "layers", "factor", "group", "new_layers")}
+    if _width_only(options):  # `--width 2` alone keeps the depth
+        recipe, given["layers"] = "layers", f"0:{n}"
+    init, insert_at = insert.check_init(options.init), options.insert_at
+    if insert_at is not None and recipe != "expand":  # placement belongs to the expand family
+        raise InputError(f"--insert-at places the new layers of --recipe expand, not of --recipe {recipe}")
     if recipe not in RECIPE_PARAMS:
         raise InputError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPE_PARAMS)})")
-    params = {key: _given(getattr(options, key), default) for key, default in RECIPE_PARAMS[recipe].items()}
+    params = {key: _given(given[key], default) for key, default in RECIPE_PARAMS[recipe].items()}
     for key, value in params.items():
-        if value is None:
+        if value is None and insert_at is None:
             raise InputError(f"--recipe {recipe} needs --{key.replace('_', '-')}")
     if "factor" in params:  # the one multiplier of n: bound it before the list is made
         check_output_layers(n * int(params["factor"]))
@@ -35,6 +43,11 @@ def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
         layers = layer_entries(params["layers"], sources)
         if not isinstance(params["layers"], str):
             described["layers"] = "explicit"
+    elif recipe == "expand" and (init or insert_at):  # dus/plan/insert.py: placement and initialiser
+        modules = residual_output_modules(base.layer_tensors[0])
+        new_layers = None if params["new_layers"] is None else int(params["new_layers"])
+        layers = insert.expand(n, insert.insertion_points(n, insert_at, new_layers), init or "zero-out", modules)
+        described.update(new_layers=sum(layer.new for layer in layers), insert_at=insert_at, zeroed=list(modules))
     elif recipe == "expand":
         modules = residual_output_modules(base.layer_tensors[0])
         layers = recipes.expand(n, int(params["new_layers"]), modules)
@@ -42,6 +55,15 @@ def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     else:
         layers = getattr(recipes, recipe)(n, *(int(v) for v in params.values()))
     check_output_layers(len(layers))
+    if init and recipe != "expand":
+        layers = insert.mark_repeats(layers, init, residual_output_modules(base.layer_tensors[0]))
+    if init:
+        described["init"] = insert.init_record(init, layers)
+        if width and init in insert.NEIGHBOUR_INITS:
+            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, "
+                             "then widen it")
+    if width:
+        described["width"] = width
     overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
@@ -58,6 +80,12 @@ def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
 def _given(value, default):
     """A recipe parameter: the option given, else the recipe's default (None: not given)."""
     return default if value is None else value
+
+
+def _width_only(options: PlanOptions) -> bool:
+    depth = ("recipe", "overlap", "layers", "factor", "group", "new_layers", "init", "insert_at")
+    return (options.width is not None or options.mlp_width is not None) and all(
+        getattr(options, k) is None for k in depth)
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:

@@ -21,12 +21,17 @@ from dus.yamlfile import read_mapping
 
 PANEL = "Plan options (the defaults come from --config or --preset when given)"
 MOE_PANEL = "Experts (sparse upcycling: docs/upcycle.md)"
+GROWTH_PANEL = "Width growth and new-layer initialisers (docs/recipes.md)"
 # Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
 PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
 
 
 def plan_option(help: str, default=None, **kwargs):
     return option(default, help, panel=PANEL, **kwargs)
+
+
+def growth_option(help: str, **kwargs):
+    return option(None, help, panel=GROWTH_PANEL, **kwargs)
 
 
 @dataclass
@@ -55,6 +60,19 @@ class PlanOptions:
     allow_index_dependent: bool = plan_option(
         "Build even where the architecture computes part of a layer from its index (the copies then differ from "
         "their sources); recorded in dus_plan.json and the model card.", default=False)
+    # Width growth and new-layer initialisers (dus/plan/width.py, dus/plan/insert.py).
+    width: float | None = growth_option("Grow hidden size, query and key/value heads and MLP by this whole factor, "
+                                        "keeping the function (HyperCloning).", metavar="F")
+    mlp_width: float | None = growth_option("Grow only the MLP's intermediate size by this whole factor (Net2Net).",
+                                            metavar="F")
+    width_noise: float | None = growth_option("Symmetry-breaking noise on the cloned weights, as a multiple of each "
+                                              "weight's standard deviation; cancels in the function [default: 0].",
+                                              metavar="SCALE")
+    width_seed: int | None = growth_option("Seed of the width noise [default: 0].")
+    init: str | None = growth_option("How inserted or repeated layers start: copy | zero-out | aligned-average | "
+                                     "predicted [default: zero-out for expand, copy otherwise].")
+    insert_at: str | None = growth_option("expand: where new layers go: top-half | every:K | I,J,… (after these "
+                                          "source layers) [default: after every n/K layers].")
 
     # Sparse upcycling (dus/plan/upcycle.py, docs/upcycle.md): any of these grows every output layer's MLP into
     # experts and a router; dus/plan/moe_family.py checks them.
@@ -95,17 +113,21 @@ def plan_options(values: dict, config: str | Path | None = None) -> PlanOptions:
     preset or a recipe file unless --recipe is given too."""
     merged: dict = dict(load_recipe_file(config)) if config else {}
     if config:
-        check_recipe_options(recipe_name(merged.get("recipe"), merged.get("layers")), merged, f"{config}: ")
+        check_recipe_options(_recipe(merged), merged, f"{config}: ")
     given = {k: v for k, v in values.items() if v is not None}
     if given.get("preset"):
         merged.update(preset(given["preset"]))
     merged.update({k: v for k, v in given.items() if k != "preset"})
     if given.get("layers") is not None and given.get("recipe") is None and merged.get("recipe") not in (None, "layers"):
         merged["recipe"] = "layers"  # the explicit stack wins, as README says
-    check_recipe_options(recipe_name(merged.get("recipe"), merged.get("layers")), given)
+    check_recipe_options(_recipe(merged), given)
     options = from_mapping(PlanOptions, merged, str(config) if config else "options")
     options.given_order = [names(PlanOptions)[k] for k in merged]
     return options
+
+
+def _recipe(merged: dict) -> str:
+    return recipe_name(merged.get("recipe"), merged.get("layers"), merged.get("insert_at"))
 
 
 def load_recipe_file(path: str | Path) -> dict:

@@ -17,9 +17,12 @@ RECIPE_PARAMS = {
 ALL_PARAMS = {key for params in RECIPE_PARAMS.values() for key in params}
 
 
-def recipe_name(recipe: str | None, layers: object = None) -> str:
-    """The recipe the options ask for: `recipe` when given, an explicit `layers` stack, else SOLAR's dus."""
-    return recipe or ("layers" if layers is not None else "dus")
+def recipe_name(recipe: str | None, layers: object = None, insert_at: str | None = None) -> str:
+    """The recipe the options ask for: `recipe` when given, expand where --insert-at places new layers
+    (dus/plan/insert.py), an explicit `layers` stack, else SOLAR's dus."""
+    if recipe:
+        return recipe
+    return "expand" if insert_at is not None else "layers" if layers is not None else "dus"
 
 
 def _flag(key: str) -> str:

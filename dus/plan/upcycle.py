@@ -26,15 +26,14 @@ import math
 from pathlib import Path
 
 from dus.errors import InputError
-from dus.plan.layout import Computed, TensorSpec, layout
+from dus.plan.layout import Computed, TensorSpec
 from dus.plan.moe_family import PROJECTIONS, Family, family_of_target, mlp_suffixes, upcycle_settings
 from dus.read.architecture import split_layer_name
 from dus.read.safetensors import DTYPE_BITS, TensorInfo
 
 
-def planned_tensors(plan, sources: dict) -> list[TensorSpec]:
-    """Every output tensor of a plan (dus.plan.layout), each layer's MLP made experts when it upcycles."""
-    tensors = layout(plan, sources)
+def upcycled(tensors: list[TensorSpec], plan, sources: dict) -> list[TensorSpec]:
+    """The plan's output tensors (dus/plan/tensors.py) with each layer's MLP made experts when it upcycles."""
     if not plan.moe:
         return tensors
     base = sources[plan.base]

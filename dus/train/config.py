@@ -58,9 +58,9 @@ class PretrainConfig:
     dtype: str = option("auto", "compute dtype: bfloat16, float32, or auto (bfloat16 on GPU, float32 on CPU)")
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
-    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new), layers:SPEC "
-                                  "(e.g. layers:0:4,7), or for a mixture of experts router or experts "
-                                  "(train only those)")
+    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new; on a widened model "
+                                  "only the added width), layers:SPEC (e.g. layers:0:4,7), or for a mixture of "
+                                  "experts router or experts (train only those)")
     router_aux_loss_coef: float | None = option(None, "mixture of experts: weight of the router's load-balancing loss "
                                                       "in the training loss (0: off) [default: the model config's]")
     # bookkeeping

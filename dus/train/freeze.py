@@ -4,7 +4,8 @@
 to the model and every later stage carries forward (dus/manifest.py), and trains
 only the layers the plan marks `new` (LLaMA-Pro block expansion):
 embeddings, final norm and LM head stay frozen too. `layers:SPEC` trains the
-listed output layers and likewise freezes everything else. Frozen parameters
+listed output layers and likewise freezes everything else. On a widened model `original` trains
+only the added width of every tensor (dus/train/freeze_width.py). Frozen parameters
 get requires_grad=False and so no gradients and no optimizer state.
 """
 
@@ -35,7 +36,7 @@ def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
     raise InputError(f"--freeze must be none, original, layers:SPEC, router or experts, not {freeze!r}")
 
 
-def _new_layers(model_dir: Path, n: int) -> list[int]:
+def _new_layers(model_dir: Path, n: int) -> list[int] | None:
     path = model_dir / PLAN_FILE
     if not path.is_file():
         raise InputError(f"--freeze original needs {PLAN_FILE} in {model_dir} (written by `dus build`)")
@@ -47,6 +48,8 @@ def _new_layers(model_dir: Path, n: int) -> list[int]:
     if len(plan.layers) != n:
         raise InputError(f"{path} describes {len(plan.layers)} layers but the model has {n}")
     new = [i for i, layer in enumerate(plan.layers) if layer.new]
+    if plan.recipe.get("width"):  # every tensor grew: dus/train/freeze_width.py trains only the added width
+        return None
     if not new:
         raise InputError(f"--freeze original: {path} marks no layer as new, so nothing would train")
     return new

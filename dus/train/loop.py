@@ -46,6 +46,7 @@ from dus.train.checkpoint import RECORD, Checkpointer, malformed_state, rng_stat
 from dus.train.config import PretrainConfig
 from dus.train.data import block_hash, build_data
 from dus.train.freeze import apply_freeze, trainable_layers
+from dus.train.freeze_width import freeze_source_width, keep_fixed, width_record
 from dus.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -150,7 +151,10 @@ class Trainer:
         del model, source
         apply_freeze(self.model, decoder_layers(self.model), self.train_layers)
         self.moe = self._moe()
+        width = width_record(cfg.model) if cfg.freeze == "original" else None
+        kept = freeze_source_width(self.model, width, d.world) if width else []
         self.optimizer = build_optimizer(self.model, cfg, d.device)
+        keep_fixed(self.optimizer, kept)
         self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, self.max_steps, cfg.min_lr_ratio)
         self.step = self.tokens = 0
         if resume_from:

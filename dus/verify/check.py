@@ -21,10 +21,11 @@ from pathlib import Path
 from dus.core.digest import DIGESTS, HASH_CHUNK, ShardHasher, file_digest, recorded_digest
 from dus.errors import DusError, InputError
 from dus.manifest import MANIFEST_FILE, lineage, read_manifest, stage_of
+from dus.plan.computed_record import computed_record
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec
 from dus.plan.model import Plan
-from dus.plan.upcycle import planned_tensors
+from dus.plan.tensors import planned_tensors
 from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
@@ -112,6 +113,8 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     expected = planned_tensors(plan, sources)
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
+    if record.get("computed", {}) != computed_record(expected, sources):
+        raise VerifyError(f"the computed-tensor recipes {MANIFEST_FILE} records differ from the ones its plan derives")
     _check_config(output, plan, sources[plan.base].config)
     report.checks.append(f"config.json as planned ({len(plan.layers)} layers)")
     pending = _start_plan_checks(record, plan, sources, expected)  # beside the shard pass, where not cached

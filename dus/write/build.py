@@ -16,6 +16,7 @@ from pathlib import Path
 from dus.core.digest import DEFAULT
 from dus.core.publish import atomic_directory, require_space
 from dus.manifest import MANIFEST_FILE, parent_entry, stage_record
+from dus.plan.computed_record import computed_record
 from dus.plan.pattern import broken_pattern_note
 from dus.plan.resolved import ResolvedPlan
 from dus.write.card import model_card, moe_paragraph, pattern_paragraph
@@ -82,6 +83,9 @@ def build_record(resolved: ResolvedPlan, digests: dict) -> dict:
             "shards": digests,
         },
     )
+    computed = computed_record(resolved.tensors, resolved.sources)
+    if computed:  # width growth, initialisers: each computed tensor's operator, inputs and parameters
+        record["computed"] = computed
     if resolved.plan.moe:  # upcycled: what one token uses, and where every tensor comes from
         from dus.plan.upcycle import parameter_counts, provenance
 

@@ -58,7 +58,8 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int, index_depend
     recipe = ", ".join(f"{k}={v}" for k, v in plan.recipe.items() if k != "name")
     lines = [
         *front, "",
-        f"# Depth up-scaled from {source_name(plan.sources[plan.base])}", "",
+        f"# {'Grown (width and depth)' if plan.recipe.get('width') else 'Depth up-scaled'} from "
+        f"{source_name(plan.sources[plan.base])}", "",
         f"Built with [dus](https://pypi.org/project/dus/) recipe `{plan.recipe.get('name')}`"
         + (f" ({recipe})" if recipe else "") + f": {source_layers} → {len(plan.layers)} decoder layers, "
         f"{num_parameters:,} parameters. `dus_plan.json` records the exact plan and a digest of every shard; "

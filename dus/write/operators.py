@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
+OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_width", "dus.write.ops_init", "dus.write.ops_moe")
 # Operators that also write their output bytes without torch, `(spec) -> bytes`: the build and verify
 # use these first, so a plan whose computed tensors all have one (an upcycled MoE) never imports torch.
 BYTES_OPERATOR_MODULES: tuple[str, ...] = ("dus.write.ops_moe",)
