@@ -92,8 +92,8 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     )
     _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
-    src_views = [_view(layer) for layer in src]
-    out_views = [_view(layer) for layer in out]
+    src_views = [module_view(layer) for layer in src]
+    out_views = [module_view(layer) for layer in out]
     found = []
     for i, j in enumerate(source_layers):
         if j >= len(src):  # a layer of another, deeper source: nothing of the base to compare with
@@ -149,7 +149,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     must build the same classes and shapes there, e.g. no per-layer embedding sized by the count."""
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
-        return _view(model, skip=inside)
+        return module_view(model, skip=inside)
 
     src, out = outside(src_model, src_stack), outside(out_model, out_stack)
     for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
@@ -157,7 +157,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
                          "the source tensor dus copies there would not fit (is it sized by the layer count?)")
 
 
-def _view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
+def module_view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
     """path -> (class name, {parameter/buffer: shape}, {setting: value}) for a layer's modules."""
     view = {}
     for path, module in layer.named_modules():
