@@ -29,7 +29,7 @@ _plan_package.__class__ = _CallablePlanPackage
 
 def __getattr__(name):
     # Lazy, so `import dus` (and the CLI's start-up) stays light.
-    if name in ("build", "verify"):
+    if name in ("build", "verify", "upcycle"):
         import dus.api
 
         return getattr(dus.api, name)

@@ -37,7 +37,9 @@ def plan(source: str | None = None, *, config: str | None = None, options: PlanO
     Refuses a plan whose output layers transformers would build differently from
     their source layers; allow_index_dependent accepts (and records) differences
     that come only from a layer's index. `stack` names the numbered tensor-name prefix to grow
-    where a checkpoint holds several (a multimodal model's language model beside its vision tower)."""
+    where a checkpoint holds several (a multimodal model's language model beside its vision tower).
+    `experts` (with top_k, expert_init copy|drop|split|noise, expert_seed, drop_ratio, noise_scale,
+    router_std, calibration) also upcycles every output layer's MLP into a mixture of experts (docs/upcycle.md)."""
     options = _options(source, config, options, keywords)
     refs = _source_refs(options)
     if any(is_gguf(ref) for ref in refs.values()):
@@ -119,6 +121,14 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
 
         verify_model(Path(output))
     return record
+
+
+def upcycle(source: str, output: str | Path, *, experts: int, top_k: int = 2, expert_init: str = "copy",
+            **build_options) -> dict:
+    """`dus upcycle`: OUTPUT is SOURCE with every layer's MLP grown into `experts` experts (docs/upcycle.md)."""
+    build_options.setdefault("recipe", "stack")  # every layer once, in order: the depth plan that changes nothing
+    build_options.setdefault("factor", 1)
+    return build(source, output, experts=experts, top_k=top_k, expert_init=expert_init, **build_options)
 
 
 def _build_gguf(resolved: ResolvedPlan, output: Path, shard_size, force: bool, verify: bool, progress) -> dict:

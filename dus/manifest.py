@@ -15,6 +15,7 @@ of them the same way. Fields:
     plan         the layer map: a build's own, carried to everything trained
                  from it (`--freeze original` reads it)
     sources      build only: what `dus verify` re-reads for the byte-for-byte proof
+    provenance   upcycled builds (docs/upcycle.md): each tensor's source tensor, zeros, or operator
     computed     build only, when some tensors are computed (width growth, initialisers):
                  {tensor: {"op", "inputs": ["source:tensor", ...], "params"}}
 """

@@ -61,7 +61,8 @@ print(write_synthetic(sys.argv[1], json.loads(sys.argv[2]), "bfloat16"))
 """
 
 # The floor: the same output bytes, moved the cheapest way, planned from the same headers.
-FLOOR = textwrap.dedent("""
+# FLOOR_COPY copies `specs` (byte copies) into OUTPUT = sys.argv[2]; scripts/bench_upcycle.py plans its own.
+FLOOR_PLAN = textwrap.dedent("""
     import os, sys
     from dus.plan.layout import layout
     from dus.plan.make import make_plan
@@ -71,6 +72,8 @@ FLOOR = textwrap.dedent("""
     # the plan from headers alone: none of the build's checks (transformers, in a child process)
     sources = {"base": open_source(sys.argv[1])}
     specs = layout(make_plan(sources, PlanOptions(source=sys.argv[1], overlap=8)), sources)
+""")
+FLOOR_COPY = textwrap.dedent("""
     os.makedirs(sys.argv[2], exist_ok=True)
     fds = {}
     for i, shard in enumerate(split_shards(specs, 5 * 10**9)):
@@ -85,6 +88,7 @@ FLOOR = textwrap.dedent("""
                 left -= moved
         os.close(out)
 """)
+FLOOR = FLOOR_PLAN + FLOOR_COPY
 
 
 # This machine's speeds, measured in a child (a buffer here would raise every later child's

@@ -92,8 +92,8 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
     )
     _check_decoder(src_model.config, src)
     _check_outside(src_model, out_model, src, out)
-    src_views = [_view(layer) for layer in src]
-    out_views = [_view(layer) for layer in out]
+    src_views = [module_view(layer) for layer in src]
+    out_views = [module_view(layer) for layer in out]
     found = []
     for i, j in enumerate(source_layers):
         if j >= len(src):  # a layer of another, deeper source: nothing of the base to compare with
@@ -150,7 +150,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     other than those dus rearranges block by block (dus/plan/per_layer.py)."""
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
-        return _view(model, skip=inside)
+        return module_view(model, skip=inside)
 
     # tensors packed by layer (per-layer embeddings) compare per layer: dus rearranges their blocks
     src = _per_layer_widths(outside(src_model, src_stack), len(src_stack))
@@ -177,7 +177,7 @@ def _per_layer_widths(view: dict, stack_len: int) -> dict:
     return out
 
 
-def _view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
+def module_view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
     """path -> (class name, {parameter/buffer: shape}, {setting: value}) for a layer's modules."""
     view = {}
     for path, module in layer.named_modules():

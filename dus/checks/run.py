@@ -42,7 +42,13 @@ def start_checks(sources: dict, config: dict, names: list[str], layers: dict | N
 def run(request: dict) -> list[str]:
     for check in request["checks"]:
         check_one(**check)
-    return [str(d) for d in check_layers(**request["layers"])] if request["layers"] else []
+    layers = dict(request["layers"] or {})
+    if layers.get("moe"):  # an upcycled plan: the MoE model against the dense one (dus/checks/upcycle_check.py)
+        from dus.checks.upcycle_check import check_moe
+
+        check_moe(**layers["moe"])
+    layers.pop("moe", None)
+    return [str(d) for d in check_layers(**layers)] if layers else []
 
 
 class PendingChecks:

@@ -73,6 +73,10 @@ def format_plan(resolved) -> str:
         *_growth_lines(resolved),
         "layer map (output <- source):",
     ]
+    if "moe" in info:  # upcycled: the expert layout before the layer map
+        from dus.plan.upcycle import summary_lines
+
+        lines[-1:-1] = summary_lines(info["moe"])
     if overrides := overrides_text(resolved.plan.config_overrides):
         lines.insert(2, f"config sets: {overrides}")
     if pattern := repeating_pattern(resolved.plan.layers):

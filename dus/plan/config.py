@@ -15,6 +15,7 @@ against what transformers builds.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 from dus.core.vocabulary import (
@@ -86,6 +87,11 @@ def planned_config(plan, base_config: dict) -> dict:
     plan.recipe["stack_config"] remapped, when the plan grows a multimodal model's text stack)."""
     dtype = None if plan.dtype == "auto" else plan.dtype
     source_layers = [layer.source_layer for layer in plan.layers]
+    if plan.moe:  # sparse upcycling: the dense output config (overrides applied) made MoE
+        from dus.plan.moe_family import moe_config
+
+        dense = output_config(widened_source_config(plan, base_config), source_layers, dtype, plan.config_overrides)
+        return moe_config(dense, plan.moe)
     if plan.recipe.get("stack_config"):
         if plan.recipe.get("width"):
             raise InputError("width growth of a nested (multimodal) stack is not supported")
@@ -218,9 +224,24 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
     """dus.checks.equivalence.check_layers' arguments for a Plan over its base Source (JSON, for a child process). A
     recipe's scalar config overrides (e.g. SOLAR's model_type: llama over Mistral) apply to both
     sides: they are the user's choice, not a difference the copy introduces."""
+    upcycled = {}
+    if plan.moe:  # the layers are compared as dense copies; dus/checks/upcycle_check.py compares the MoE with them
+        output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
+        upcycled = {"moe": moe_request(plan, base)}
     scalars = {k: v for k, v in plan.config_overrides.items()
                if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
     source_config = apply_overrides(widened_source_config(plan, base.config), scalars)
     return {"source_config": source_config, "output_config": output_config,
             "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config}
+            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
+
+
+def moe_request(plan, base) -> dict | None:
+    """dus.checks.upcycle_check.check_moe's arguments for an upcycled plan (JSON, for the checks' child process)."""
+    if not plan.moe or plan.moe.get("format") == "gguf":
+        return None
+    from dus.plan.moe_family import family_of_target
+
+    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
+            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
+            "layer_prefix": base.layer_prefix}

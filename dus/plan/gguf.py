@@ -13,6 +13,7 @@ into `dus.plan`, from which `dus verify` re-derives the whole file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from dus.plan.model import Plan
 from dus.plan.options import PlanOptions
 from dus.plan.resolved import ResolvedPlan
 from dus.read.gguf import GGUFSource
-from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, make_value
+from dus.read.gguf_format import ARRAY, BOOL, SCALARS, STRING, U32, Value, ggml_types, make_value
+from dus.read.safetensors import TensorInfo
 
 PLAN_KEY = "dus.plan"
 DROPPED_PREFIXES = ("general.base_model.", "split.", "dus.")
@@ -51,6 +53,36 @@ PERIOD_SUFFIXES = ("_step", "_period", "_interval")
 TRAILING_KEYS = ("nextn_predict_layers", "attention.shared_kv_layers")
 
 
+@dataclass(frozen=True)
+class Placed:
+    """An output tensor's bytes: its source ranges back to back (E of them for stacked experts,
+    dus/plan/upcycle_gguf.py), or `zeros` bytes of zeros when it has no source (a zero router)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    pieces: tuple[TensorInfo, ...]
+    zeros: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.zeros + sum(piece.nbytes for piece in self.pieces)
+
+
+def placed(spec) -> Placed:
+    """A plan's TensorSpec as GGUF bytes: one source range (a copy), several (a stack), or none (zeros)."""
+    if not spec.parts:
+        return Placed(spec.dtype, spec.shape, (), ggml_nbytes(spec.dtype, spec.shape))
+    return Placed(spec.parts[0][0].dtype, spec.shape, tuple(info for info, _ in spec.parts))
+
+
+def ggml_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
+    (block, size), = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
+    count = 1
+    for d in shape:
+        count *= d
+    return count // block * size
+
+
 @dataclass
 class GGUFPlan(ResolvedPlan):
     """A ResolvedPlan whose tensors are ggml blocks: sizes come from the source tensors."""
@@ -59,11 +91,11 @@ class GGUFPlan(ResolvedPlan):
 
     @property
     def num_parameters(self) -> int:
-        return sum(spec.parts[0][0].numel for spec in self.tensors)
+        return sum(math.prod(spec.shape) for spec in self.tensors)
 
     @property
     def output_bytes(self) -> int:
-        return sum(spec.parts[0][0].nbytes for spec in self.tensors)
+        return sum(placed(spec).nbytes for spec in self.tensors)
 
     @property
     def alignment(self) -> int:
@@ -76,10 +108,18 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOption
     _check_copy_only(plan, sources)
     base = sources[plan.base]
     tensors = layout(plan, sources)
+    if plan.moe:  # llama -> llama with experts (dus/plan/upcycle_gguf.py)
+        from dus.plan.upcycle_gguf import expert_tensors
+
+        tensors = expert_tensors(plan.moe, base, tensors)
     source_layers = [layer.source_layer for layer in plan.layers]
     resolved = GGUFPlan(plan, sources, tensors, {}, options)
     record = record or json.dumps(gguf_record(resolved), sort_keys=True)
     resolved.metadata = output_metadata(base, source_layers, record, resolved.num_parameters)
+    if plan.moe:
+        from dus.plan.upcycle_gguf import expert_metadata
+
+        resolved.metadata = expert_metadata(plan.moe, base, resolved.metadata)
     resolved.config = {k: v.value for k, v in resolved.metadata.items()
                        if not k.startswith("tokenizer.") and k != PLAN_KEY}
     return resolved

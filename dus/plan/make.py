@@ -7,6 +7,7 @@ from dus.errors import InputError
 from dus.plan import insert, recipes
 from dus.plan.mergekit import MergekitLayers
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
+from dus.plan.moe_family import EXPERT_OPTIONS
 from dus.plan.options import PlanOptions
 from dus.plan.recipe_options import RECIPE_PARAMS, recipe_name
 from dus.plan.width import width_options
@@ -67,8 +68,14 @@ def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
-    return Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
+    plan = Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
                 dtype_name(options.dtype))
+    expert_options = {key: getattr(options, key) for key in EXPERT_OPTIONS}
+    if any(value is not None for value in expert_options.values()):  # sparse upcycling (dus/plan/upcycle.py)
+        from dus.plan.upcycle import upcycle_plan
+
+        upcycle_plan(plan, base, expert_options)
+    return plan
 
 
 def _given(value, default):

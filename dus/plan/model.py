@@ -67,6 +67,7 @@ class Plan:
     recipe: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)
     dtype: str = "auto"
+    moe: dict = field(default_factory=dict)  # sparse upcycling (dus/plan/upcycle.py); empty: dense
 
     @property
     def base(self) -> str:
@@ -79,6 +80,7 @@ class Plan:
             "dtype": self.dtype,
             "config_overrides": self.config_overrides,
             "layers": [_layer_json(i, layer) for i, layer in enumerate(self.layers)],
+            **({"moe": dict(self.moe)} if self.moe else {}),
         }
 
     @classmethod
@@ -86,7 +88,7 @@ class Plan:
         try:
             layers = [_layer_from_json(entry) for entry in data["layers"]]
             return cls(layers, dict(data["sources"]), data.get("recipe", {}),
-                       data.get("config_overrides", {}), data.get("dtype", "auto"))
+                       data.get("config_overrides", {}), data.get("dtype", "auto"), dict(data.get("moe", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"invalid plan JSON: {e}") from e
 

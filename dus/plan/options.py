@@ -21,6 +21,7 @@ from dus.plan.recipe_options import check_recipe_options, recipe_name
 from dus.yamlfile import read_mapping
 
 PANEL = "Plan options (the defaults come from --config or --preset when given)"
+MOE_PANEL = "Experts (sparse upcycling: docs/upcycle.md)"
 GROWTH_PANEL = "Width growth and new-layer initialisers (docs/recipes.md)"
 # Sections of a `dus pipeline` recipe (dus/pipeline/recipe.py): the same file builds with `dus build --config`.
 PIPELINE_SECTIONS = {"build", "pretrain", "sft", "dpo", "contamination", "eval", "prepare"}
@@ -73,6 +74,24 @@ class PlanOptions:
                                      "predicted [default: zero-out for expand, copy otherwise].")
     insert_at: str | None = growth_option("expand: where new layers go: top-half | every:K | I,J,… (after these "
                                           "source layers) [default: after every n/K layers].")
+
+    # Sparse upcycling (dus/plan/upcycle.py, docs/upcycle.md): any of these grows every output layer's MLP into
+    # experts and a router; dus/plan/moe_family.py checks them.
+    experts: int | None = option(None, "Also grow every layer's MLP into E experts and a router (dense -> MoE).",
+                                 panel=MOE_PANEL)
+    top_k: int | None = option(None, "Experts each token uses K (1..E) [default: 2].", panel=MOE_PANEL)
+    expert_init: str | None = option(None, "copy | drop | split | noise [default: copy, which keeps the function].",
+                                     panel=MOE_PANEL)
+    expert_seed: int | None = option(None, "Seed of the router and of drop/noise draws [default: 0].",
+                                     panel=MOE_PANEL)
+    drop_ratio: float | None = option(None, "--expert-init drop: share of each expert's neurons re-initialised "
+                                            "[default: 0.5].", panel=MOE_PANEL)
+    noise_scale: float | None = option(None, "--expert-init noise: noise std as a multiple of each matrix's std "
+                                             "[default: 0.01].", panel=MOE_PANEL)
+    router_std: float | None = option(None, "Std of the seeded router weights [default: the config's "
+                                            "initializer_range, else 0.02].", panel=MOE_PANEL, cli=False)
+    calibration: str | None = option(None, "--expert-init split: group neurons that fire together on this text "
+                                           "file, not by position.", panel=MOE_PANEL)
 
     def recorded(self) -> dict:
         """The options given, in the order given, as dus_plan.json records them (`dus pipeline` compares

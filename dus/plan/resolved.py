@@ -69,4 +69,10 @@ class ResolvedPlan:
             "num_tensors": len(self.tensors),
             "config": self.config,
             **({"index_dependent": self.index_dependent} if self.index_dependent else {}),
+            **({"moe": self.moe_summary()} if self.plan.moe else {}),
         }
+
+    def moe_summary(self) -> dict:
+        from dus.plan.upcycle import describe
+
+        return describe(self.plan.moe, self.tensors, self.base.layer_prefix)

@@ -59,7 +59,10 @@ class PretrainConfig:
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
     freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new; on a widened model "
-                                  "only the added width), or layers:SPEC (e.g. layers:0:4,7)")
+                                  "only the added width), layers:SPEC (e.g. layers:0:4,7), or for a mixture of "
+                                  "experts router or experts (train only those)")
+    router_aux_loss_coef: float | None = option(None, "mixture of experts: weight of the router's load-balancing loss "
+                                                      "in the training loss (0: off) [default: the model config's]")
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
@@ -115,8 +118,8 @@ class PretrainConfig:
             raise InputError("--eval-fraction needs a non-streaming corpus; pass --eval-data with --streaming")
         if self.streaming and not (self.max_steps or self.max_tokens):
             raise InputError("--streaming needs --max-steps or --max-tokens (a stream has no epoch length)")
-        if not (self.freeze in ("none", "original") or self.freeze.startswith("layers:")):
-            raise InputError(f"--freeze must be none, original or layers:SPEC, not {self.freeze!r}")
+        if not (self.freeze in ("none", "original", "router", "experts") or self.freeze.startswith("layers:")):
+            raise InputError(f"--freeze must be none, original, layers:SPEC, router or experts, not {self.freeze!r}")
         return self
 
     def total_steps(self, world: int, steps_per_epoch: int | None) -> int:

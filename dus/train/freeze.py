@@ -24,7 +24,7 @@ from dus.plan.recipes import parse_layer_spec
 
 def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
     """Indices of the output layers to train, or None to train everything."""
-    if freeze == "none":
+    if freeze in ("none", "router", "experts"):  # router / experts: by parameter name (dus/train/moe.py)
         return None
     if freeze == "original":
         return _new_layers(Path(model_dir), n)
@@ -33,7 +33,7 @@ def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
             return sorted(set(parse_layer_spec(freeze[len("layers:"):], n)))
         except InputError as e:
             raise InputError(f"--freeze {freeze}: {e}") from None
-    raise InputError(f"--freeze must be none, original or layers:SPEC, not {freeze!r}")
+    raise InputError(f"--freeze must be none, original, layers:SPEC, router or experts, not {freeze!r}")
 
 
 def _new_layers(model_dir: Path, n: int) -> list[int] | None:

@@ -62,6 +62,7 @@ from dus.train.model import (
     param_counts,
     prepare_model,
 )
+from dus.train.moe import PARTS, MoeTraining, freeze_parts, is_moe
 from dus.train.parallel import (
     Dist,
     all_reduce_sum,
@@ -149,6 +150,7 @@ class Trainer:
         self.model = prepare_model(model, source, d, self.dtype, cfg.grad_checkpointing, cfg.compile)
         del model, source
         apply_freeze(self.model, decoder_layers(self.model), self.train_layers)
+        self.moe = self._moe()
         width = width_record(cfg.model) if cfg.freeze == "original" else None
         kept = freeze_source_width(self.model, width, d.world) if width else []
         self.optimizer = build_optimizer(self.model, cfg, d.device)
@@ -175,6 +177,17 @@ class Trainer:
             raise InputError(
                 f"--seq-len {self.cfg.seq_len} is larger than the model's max_position_embeddings ({limit})"
             )
+
+    def _moe(self) -> MoeTraining | None:
+        """A mixture of experts: its aux loss, tokens per expert, --freeze router|experts (dus/train/moe.py)."""
+        if not is_moe(self.hf_config):
+            if self.cfg.freeze in PARTS or self.cfg.router_aux_loss_coef is not None:
+                raise InputError(f"{self.cfg.model} is not a mixture of experts: --freeze {self.cfg.freeze} and "
+                                 "--router-aux-loss-coef are for one")
+            return None
+        if self.cfg.freeze in PARTS:
+            freeze_parts(self.model, self.cfg.freeze)
+        return MoeTraining(self.model, self.cfg.router_aux_loss_coef)
 
     def _checkpoint_to_resume(self) -> Path | None:
         # rank 0 decides, so all ranks agree
@@ -244,10 +257,11 @@ class Trainer:
     def evaluate(self) -> dict:
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.d.device)
-        for batch in self.data.eval:
-            n = batch.shape[0] * (batch.shape[1] - 1)  # predicted tokens
-            loss = forward_loss(self.model, batch, self.d, self.dtype)
-            total += torch.stack([loss.double() * n, total.new_tensor(n)])
+        with self.moe.language_model_loss() if self.moe else contextlib.nullcontext():
+            for batch in self.data.eval:
+                n = batch.shape[0] * (batch.shape[1] - 1)  # predicted tokens
+                loss = forward_loss(self.model, batch, self.d, self.dtype)
+                total += torch.stack([loss.double() * n, total.new_tensor(n)])
         all_reduce_sum(total, self.d)
         self.model.train()
         loss = (total[0] / total[1]).item()
@@ -273,6 +287,8 @@ class Trainer:
         self._lap()
         record = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": norm.item(), "tokens": self.tokens,
                   **self._throughput(self.timed_s - since[0], self.timed_tokens - since[1])}
+        if self.moe:
+            record.update(self.moe.record(lambda t: all_reduce_sum(t, self.d)))
         if self.d.device.type == "cuda":
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.d.device) / 2**30
         return record

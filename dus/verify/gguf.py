@@ -104,18 +104,21 @@ def _check_data(want: FilePlan, got: GGUFFile) -> None:
     try:
         with open(got.path, "rb") as out:
             out.seek(len(want.header))
-            for (offset, info), tensor in zip(want.tensors, got.tensors):
+            for (offset, planned), tensor in zip(want.tensors, got.tensors):
                 if out.read(len(want.header) + offset - out.tell()).strip(b"\0"):
                     raise VerifyError(f"{name}: non-zero padding before tensor {tensor!r}")
-                src = handles.get(info.path) or handles.setdefault(info.path, open(info.path, "rb"))
-                src.seek(info.start)
-                left = info.nbytes
-                while left:
-                    chunk = out.read(min(HASH_CHUNK, left))
-                    if not chunk or chunk != src.read(len(chunk)):
-                        raise VerifyError(f"{name}: tensor {tensor!r} bytes differ from its planned source "
-                                          f"({os.path.basename(info.path)})")
-                    left -= len(chunk)
+                if planned.zeros and out.read(planned.zeros) != bytes(planned.zeros):
+                    raise VerifyError(f"{name}: tensor {tensor!r} is not the planned zeros")
+                for info in planned.pieces:
+                    src = handles.get(info.path) or handles.setdefault(info.path, open(info.path, "rb"))
+                    src.seek(info.start)
+                    left = info.nbytes
+                    while left:
+                        chunk = out.read(min(HASH_CHUNK, left))
+                        if not chunk or chunk != src.read(len(chunk)):
+                            raise VerifyError(f"{name}: tensor {tensor!r} bytes differ from its planned source "
+                                              f"({os.path.basename(info.path)})")
+                        left -= len(chunk)
             if out.read().strip(b"\0"):
                 raise VerifyError(f"{name}: non-zero bytes after the last tensor")
     finally:

@@ -20,7 +20,7 @@ from dus.plan.computed_record import computed_record
 from dus.plan.pattern import broken_pattern_note
 from dus.plan.per_layer import rearranged
 from dus.plan.resolved import ResolvedPlan
-from dus.write.card import model_card, pattern_paragraph
+from dus.write.card import model_card, moe_paragraph, pattern_paragraph
 from dus.write.shards import split_shards, write_shards
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -52,7 +52,8 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             card = model_card(
                 resolved.plan, resolved.base.num_layers, resolved.num_parameters, resolved.index_dependent
             )
-            (staging / "README.md").write_text(card + pattern_paragraph(note))
+            moe = moe_paragraph(record["plan"]["moe"], record["output"]) if resolved.plan.moe else ""
+            (staging / "README.md").write_text(card + pattern_paragraph(note) + moe)
     except BaseException:
         resolved.cancel_checks()  # a failed write needs no verdict: do not leave the checker running
         raise
@@ -86,6 +87,11 @@ def build_record(resolved: ResolvedPlan, digests: dict) -> dict:
     computed = computed_record(resolved.tensors, resolved.sources)
     if computed:  # width growth, initialisers: each computed tensor's operator, inputs and parameters
         record["computed"] = computed
+    if resolved.plan.moe:  # upcycled: what one token uses, and where every tensor comes from
+        from dus.plan.upcycle import parameter_counts, provenance
+
+        record["output"].update(parameter_counts(resolved.plan.moe, resolved.tensors))
+        record["provenance"] = provenance(resolved.tensors, resolved.sources)
     blocks = rearranged(resolved.tensors, resolved.plan.layers)
     if blocks:  # tensors packed by layer (per-layer embeddings): which byte blocks each holds
         record["rearranged"] = blocks

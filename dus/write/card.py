@@ -86,3 +86,15 @@ def model_card(plan: Plan, source_layers: int, num_parameters: int, index_depend
 def pattern_paragraph(note: str | None) -> str:
     """A card paragraph for a build that leaves its architecture's periodic attention pattern."""
     return f"\n**Attention pattern:** {note}.\n" if note else ""
+
+
+def moe_paragraph(moe: dict, output: dict) -> str:
+    """A card section for an upcycled model: experts, initialisation, active and total parameters."""
+    preserved = {"yes": "it computes exactly what the dense model computed (up to float rounding)",
+                 "no": "it no longer computes what the dense model computed: it needs continued pretraining"}
+    kept = preserved.get(moe["function_preserved"], f"it computes the dense model {moe['function_preserved']}")
+    return (f"\n## Mixture of experts\n\nUpcycled into {moe['architecture']}: every decoder layer's MLP became "
+            f"{moe['experts']} experts with top-{moe['top_k']} routing, initialised by `{moe['init']}` "
+            f"(seed {moe['seed']}); {kept}. **{output['active_parameters']:,} active parameters** per token of "
+            f"**{output['total_parameters']:,} total**. `dus_plan.json` records where every tensor comes from "
+            "(`provenance`).\n")

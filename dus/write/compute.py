@@ -32,13 +32,19 @@ def read_tensor(info: TensorInfo):
 
 def tensor_bytes(spec: TensorSpec) -> bytes:
     """The output bytes of a tensor that is not a plain byte copy."""
+    if spec.computed is not None:
+        from dus.write.operators import bytes_operator
+
+        write = bytes_operator(spec.computed.op)
+        if write is not None:  # computed without torch
+            return write(spec)
+    elif not spec.parts:  # zeroed: all-zero bytes are 0 in every dtype
+        return bytes(spec.nbytes)
     import torch
 
     if spec.computed is not None:
         result = compute_tensor(spec.computed, spec.shape).to(torch_dtype(spec.dtype))
         return result.contiguous().view(torch.uint8).numpy().tobytes()
-    if not spec.parts:  # zeroed: all-zero bytes are 0 in every dtype
-        return bytes(spec.nbytes)
     out_dtype = torch_dtype(spec.dtype)
     if spec.blocks is not None:  # a tensor packed by layer, rearranged, then converted to --dtype
         from dus.write.gather import block_chunks

@@ -28,24 +28,24 @@ from pathlib import Path
 
 from dus.core import publish
 from dus.errors import InputError
+from dus.plan.gguf import Placed, placed
 from dus.read.gguf_format import I32, MAGIC, U16, VERSION, Value, encode_string, ggml_types, make_value
-from dus.read.safetensors import TensorInfo
 from dus.write.shards import copy_range
 
 
 @dataclass
 class FilePlan:
-    """One output file: its header and, per tensor, (offset in the data section, source bytes)."""
+    """One output file: its header and, per tensor, (offset in the data section, its bytes)."""
 
     name: str
     header: bytes
-    tensors: list[tuple[int, TensorInfo]]
+    tensors: list[tuple[int, Placed]]
     size: int
 
 
 def plan_files(resolved, output: Path, counts: list[int]) -> list[FilePlan]:
     """Output files holding counts[i] tensors each, in plan order."""
-    specs = [(spec.name, spec.parts[0][0]) for spec in resolved.tensors]
+    specs = [(spec.name, placed(spec)) for spec in resolved.tensors]
     names = split_names(output, len(counts))
     files, start = [], 0
     for index, count in enumerate(counts):
@@ -66,7 +66,7 @@ def split_counts(resolved, max_bytes: int | None) -> list[int]:
     """Tensors per file, each file at most max_bytes of tensor data (one tensor at least)."""
     counts, size = [0], 0
     for spec in resolved.tensors:
-        nbytes = spec.parts[0][0].nbytes
+        nbytes = placed(spec).nbytes
         if max_bytes and counts[-1] and size + nbytes > max_bytes:
             counts.append(0)
             size = 0
@@ -84,7 +84,7 @@ def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensor
 
 
 def _file_plan(
-    name: str, metadata: dict[str, Value], tensors: list[tuple[str, TensorInfo]], alignment: int
+    name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int
 ) -> FilePlan:
     type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
     parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
@@ -151,13 +151,14 @@ def _write_file(file: FilePlan, path: Path, progress: Callable[[int], None]) -> 
             out.write(file.header)
             out.flush()
             fd, position = out.fileno(), len(file.header)
-            for offset, info in file.tensors:
-                os.write(fd, b"\0" * (len(file.header) + offset - position))  # alignment padding
-                if info.path not in sources:
-                    sources[info.path] = os.open(info.path, os.O_RDONLY)
-                copy_range(sources[info.path], fd, info.start, info.nbytes)
-                position = len(file.header) + offset + info.nbytes
-                progress(info.nbytes)
+            for offset, tensor in file.tensors:
+                os.write(fd, b"\0" * (len(file.header) + offset - position + tensor.zeros))  # padding, zeros
+                for info in tensor.pieces:
+                    if info.path not in sources:
+                        sources[info.path] = os.open(info.path, os.O_RDONLY)
+                    copy_range(sources[info.path], fd, info.start, info.nbytes)
+                position = len(file.header) + offset + tensor.nbytes
+                progress(tensor.nbytes)
             os.write(fd, b"\0" * (file.size - position))
     finally:
         for fd in sources.values():
