@@ -161,6 +161,18 @@ def test_mergekit_yaml_refused_for_a_blend(models, tmp_path, run_dus):
     assert_refused(code, err, "error: this plan has no mergekit passthrough recipe: it blends")
 
 
+@pytest.mark.parametrize("options, why", [
+    (["--width", "2"], "it grows the width"),
+    (["--insert-at", "1", "--init", "aligned-average"], "its new layers are computed"),
+    (["--overlap", "1", "--experts", "4", "--top-k", "2"], "it upcycles the MLPs into experts"),
+])
+def test_mergekit_yaml_refused_for_computed_tensors(options, why, models, run_dus):
+    """Width growth, computed initialisers and upcycling write tensors mergekit's passthrough cannot."""
+    code, out, err = run_dus("plan", models[0], *options, "--mergekit-yaml")
+    assert out == ""
+    assert_refused(code, err, "this plan has no mergekit passthrough recipe", why)
+
+
 @pytest.mark.parametrize("kind", sorted(RECIPES))
 def test_same_tensors_as_mergekit(kind, models, tmp_path):
     """Where mergekit is installed: its output for the same YAML, name by name (see docs/recipes.md)."""

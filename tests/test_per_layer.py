@@ -132,3 +132,10 @@ def test_projection_blocks_are_kernel_copies_and_checked(gemma3n, tmp_path, run_
     _rehash(out, shard)
     code, _, err = run_dus("verify", out)
     assert_refused(code, err, f"'{name}' bytes differ", exit_code=1)
+
+
+def test_no_mergekit_recipe_for_per_layer_embeddings(gemma3n, run_dus):
+    """mergekit copies tensors outside the layers as they are: it cannot rearrange the blocks."""
+    code, out, err = run_dus("plan", gemma3n, "--overlap", "2", "--mergekit-yaml")
+    assert out == ""
+    assert_refused(code, err, "its per-layer embeddings are rearranged block by block")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan
-from dus.read.architecture import split_layer_name
+from dus.read.architecture import packed_axis, split_layer_name
 from dus.read.source import Source
 
 # mergekit's MergeConfiguration fields; dus reads those in READ, and refuses or ignores the rest below.
@@ -287,10 +287,18 @@ def to_mergekit_yaml(plan: Plan, sources: dict[str, Source]) -> str:
 def _check_expressible(plan: Plan, sources: dict[str, Source]) -> None:
     base = sources[plan.base]
     why = None
-    if any(len(layer.inputs) > 1 for layer in plan.layers):
+    if plan.recipe.get("init", {}).get("layers"):  # before the blend check: such a layer lists its two sources
+        why = f"its new layers are computed (--init {plan.recipe['init'].get('name')})"
+    elif any(len(layer.inputs) > 1 for layer in plan.layers):
         why = "it blends layers (a weighted average is a merge, not a passthrough)"
     elif plan.config_overrides:
         why = "it overrides config fields, which a mergekit recipe cannot"
+    elif plan.recipe.get("width"):
+        why = "it grows the width (--width, --mlp-width: computed tensors)"
+    elif plan.moe:
+        why = "it upcycles the MLPs into experts (--experts)"
+    elif any(packed_axis(name) is not None for name in base.tensors):
+        why = "its per-layer embeddings are rearranged block by block (mergekit copies them as they are)"
     elif base.stack:
         why = "it grows one stack of a multimodal checkpoint (--stack)"
     elif base.ref.endswith(".gguf"):
