@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 import transformers
 
-from dus.runtime import decoder_layers
+from dus.testing.reference import reference_model  # noqa: F401 - the one builder, re-exported for the tests
 
 VOCAB = 96
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -70,28 +69,6 @@ def save_model(arch: str, directory, seed: int = 0, dtype=torch.float32, max_sha
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
     return model
-
-
-def reference_model(model, source_layers: list[int]):
-    """An independent in-memory up-scaled model: layer modules deep-copied into plan
-    order, layer_idx renumbered so each layer owns its KV-cache slot."""
-    ref = copy.deepcopy(model)
-    layers = decoder_layers(model)
-    new = torch.nn.ModuleList(copy.deepcopy(layers[i]) for i in source_layers)
-    for index, layer in enumerate(new):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = index
-    parent = next(m for m in ref.modules() if any(child is decoder_layers(ref) for child in m.children()))
-    name = next(n for n, child in parent.named_children() if child is decoder_layers(ref))
-    setattr(parent, name, new)
-    config = ref.config
-    for key in ("num_hidden_layers", "n_layer"):
-        if hasattr(config, key):
-            setattr(config, key, len(source_layers))
-    if getattr(config, "layer_types", None):
-        config.layer_types = [model.config.layer_types[i] for i in source_layers]
-    return ref.eval()
 
 
 def assert_verified(directory, layers: int, computed: int = 0):

@@ -1,13 +1,12 @@
 """--stack PREFIX: grow the language model of a multimodal checkpoint (Gemma-3: a text stack
 beside a vision tower), its nested text_config remapped, the vision tower copied untouched."""
 
-import copy
 import json
 
 import pytest
 import torch
 import transformers
-from models import load_tensors
+from models import load_tensors, reference_model
 from refusal import assert_refused
 
 import dus.api
@@ -32,21 +31,6 @@ def gemma3_config(vision_layers=2):
         patch_size=14,
     )
     return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
-
-
-def reference_model(model, source_layers):
-    """The source model with its text layers deep-copied into plan order (layer_idx renumbered)."""
-    ref = copy.deepcopy(model)
-    language = ref.model.language_model
-    language.layers = torch.nn.ModuleList(copy.deepcopy(model.model.language_model.layers[i]) for i in source_layers)
-    for index, layer in enumerate(language.layers):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = index
-    for config in {id(c): c for c in (ref.config.text_config, language.config)}.values():
-        config.layer_types = [model.config.text_config.layer_types[i] for i in source_layers]
-        config.num_hidden_layers = len(source_layers)
-    return ref.eval()
 
 
 @pytest.fixture(scope="module")

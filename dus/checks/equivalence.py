@@ -146,15 +146,35 @@ def _check_decoder(config, stack) -> None:
 
 def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     """Outside the stack (embeddings, norms, heads) dus copies tensors as they are: transformers
-    must build the same classes and shapes there, e.g. no per-layer embedding sized by the count."""
+    must build the same classes and shapes there, e.g. no per-layer embedding sized by the count
+    other than those dus rearranges block by block (dus/plan/per_layer.py)."""
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
         return module_view(model, skip=inside)
 
-    src, out = outside(src_model, src_stack), outside(out_model, out_stack)
+    # tensors packed by layer (per-layer embeddings) compare per layer: dus rearranges their blocks
+    src = _per_layer_widths(outside(src_model, src_stack), len(src_stack))
+    out = _per_layer_widths(outside(out_model, out_stack), len(out_stack))
     for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
         raise InputError(f"the output model would differ outside its decoder layers: {what}; "
                          "the source tensor dus copies there would not fit (is it sized by the layer count?)")
+
+
+def _per_layer_widths(view: dict, stack_len: int) -> dict:
+    """An outside-the-stack module view with packed tensors' per-layer axis divided by
+    the stack's length: a source and an output of different depths then agree where dus rearranges blocks."""
+    from dus.read.architecture import packed_axis
+
+    out = {}
+    for path, (cls, tensors, settings) in view.items():
+        fixed = {}
+        for name, shape in tensors.items():
+            axis = packed_axis(f"{path}.{name}")
+            if axis is not None and len(shape) > axis and shape[axis] % stack_len == 0:
+                shape = tuple(d // stack_len if a == axis else d for a, d in enumerate(shape))
+            fixed[name] = shape
+        out[path] = (cls, fixed, settings)
+    return out
 
 
 def module_view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
@@ -229,8 +249,8 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int],
     if n == m:
         return []
     src, out = src_config.to_dict(), out_config.to_dict()
-    if stack_config:
-        src, out = src[stack_config], out[stack_config]
+    if stack_config and stack_config in src:  # (a causal LM class may be built from the nested config alone)
+        src, out = src[stack_config], out.get(stack_config, {})
     found = []
     for name, value in src.items():
         other = out.get(name)

@@ -98,10 +98,15 @@ def meta_model(config: dict, where: str = "config.json"):
 def _meta(hf_config, where: str):
     import torch
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    # A multimodal model that is no causal LM (Llava, Qwen2-VL, PaliGemma) is built as image-text-to-text;
+    # `--stack` grows its language model
+    causal = hf_config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForImageTextToText
     try:
         with torch.device("meta"):
-            return transformers.AutoModelForCausalLM.from_config(hf_config)
+            return auto.from_config(hf_config)
     except Exception as e:  # transformers raises many kinds (ValueError, KeyError, AttributeError, ImportError...)
         raise InputError(f"{where}: transformers cannot build a causal LM from its config ({reason(e)})") from None
 

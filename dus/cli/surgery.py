@@ -31,15 +31,25 @@ def plan_command(
     opts: PlanOptions,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
+    mergekit_yaml: bool = typer.Option(
+        False, "--mergekit-yaml",
+        help="Print the plan as a mergekit passthrough recipe (YAML) instead, where one exists.",
+    ),
 ):
     """Show what a build would write: the layer map, layer and parameter counts, output bytes.
 
-    Reads only config.json and safetensors headers, never the weights.
+    Reads only config.json and safetensors headers, never the weights. SOURCE may be a YAML recipe,
+    a mergekit passthrough recipe included (`dus plan merge.yml`).
     """
     import dus.api
 
     resolved = dus.api.plan(options=opts)
     _warn_index_dependent(resolved.index_dependent)
+    if mergekit_yaml:
+        from dus.plan.mergekit import to_mergekit_yaml
+
+        print(to_mergekit_yaml(resolved.plan, resolved.sources), end="")
+        return
     if plot:
         from dus.plan.plot import plot_plan
 

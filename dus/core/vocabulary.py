@@ -6,6 +6,7 @@ and what value it must hold (dus/checks/config_check.py):
     LAYER_COUNT_KEYS   the stack's layer count, first found wins
     EXTRA_COUNT_KEYS   fields that count the layers too (follow the count)
     PER_LAYER_KEYS     lists with one entry per layer (reindexed)
+    PER_LAYER_STRING_KEYS  strings with one character per layer (reindexed)
     INDEX_LIST_KEYS    lists of layer indices (rebuilt); INDEX_LIST_SUFFIXES names more of them
     LAYER_MAP_KEYS     maps keyed by layer index (rebuilt)
     LAYER_FORMULAS     formulas that say which layers are special (solved anew, or refused);
@@ -23,7 +24,10 @@ PER_LAYER_KEYS = {
     "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
     "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
     "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
+    "indexer_types",  # GLM-5 / DeepSeek sparse attention: each layer's token indexer (full or shared)
 }
+# Per-layer strings, one character a layer (Nemotron-H: "M-M*-": Mamba, MLP, attention).
+PER_LAYER_STRING_KEYS = {"hybrid_override_pattern"}
 INDEX_LIST_KEYS = {
     "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
     "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",

@@ -25,6 +25,7 @@ from dus.core.vocabulary import (
     LAYER_FORMULAS,
     LAYER_MAP_KEYS,
     PER_LAYER_KEYS,
+    PER_LAYER_STRING_KEYS,
 )
 from dus.errors import InputError
 from dus.read.architecture import layer_count_key
@@ -50,6 +51,8 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     for name, value in config.items():
         if isinstance(value, list):
             out[name] = _remap_list(name, value, n, source_layers)
+        elif isinstance(value, str) and name in PER_LAYER_STRING_KEYS:
+            out[name] = "".join(_remap_list(name, list(value), n, source_layers))
         elif isinstance(value, dict) and _is_layer_map(name, value, n):
             out[name] = _remap_map(value, source_layers)
         elif name in EXTRA_COUNT_KEYS and value == n:
@@ -110,13 +113,13 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
     if name in INDEX_LIST_KEYS or (name not in PER_LAYER_KEYS and _is_index_list(name, value, n)):
         wanted = set(value)
         return [i for i, src in enumerate(source_layers) if src in wanted]
-    if len(value) == n and (name in PER_LAYER_KEYS or "layer" in name):
+    if len(value) == n and (name in PER_LAYER_KEYS or name in PER_LAYER_STRING_KEYS or "layer" in name):
         return [copy.deepcopy(value[src]) for src in source_layers]
     if name in PER_LAYER_KEYS and 1 < len(value) < n:
         # a shorter pattern repeats (RecurrentGemma's block_types); written out in full, which
         # dus.checks.equivalence then checks against the layers transformers builds
         return [copy.deepcopy(value[src % len(value)]) for src in source_layers]
-    if name in PER_LAYER_KEYS and len(value) != n and len(value) > 1:
+    if (name in PER_LAYER_KEYS or name in PER_LAYER_STRING_KEYS) and len(value) != n and len(value) > 1:
         raise InputError(f"config field {name!r} has {len(value)} entries for {n} layers")
     return value
 

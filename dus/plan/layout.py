@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from dus.errors import InputError
 from dus.plan.model import Plan
+from dus.plan.per_layer import Blocks, per_layer_tensor
 from dus.read.architecture import split_layer_name
 from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
 from dus.read.source import Source
@@ -44,6 +45,7 @@ class TensorSpec:
     parts: tuple[tuple[TensorInfo, float], ...]  # (input, weight); empty when zeroed
     factor: float = 1.0
     computed: Computed | None = None  # when set, parts and factor are unused
+    blocks: Blocks | None = None  # when set, the parts' blocks in this order (a tensor packed by layer)
 
     @property
     def nbytes(self) -> int:
@@ -54,8 +56,13 @@ class TensorSpec:
 
     @property
     def is_byte_copy(self) -> bool:
-        return (self.computed is None and len(self.parts) == 1 and self.factor == 1.0
+        return (self.computed is None and self.blocks is None and len(self.parts) == 1 and self.factor == 1.0
                 and self.parts[0][0].dtype == self.dtype)
+
+    @property
+    def is_block_copy(self) -> bool:
+        """Byte ranges of its sources rearranged (dus/write/gather.py), no value changed."""
+        return self.blocks is not None and all(info.dtype == self.dtype for info, _ in self.parts)
 
 
 def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
@@ -63,7 +70,7 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
     base = sources[plan.base]
     prefix = base.layer_prefix
     out_dtype = _dtype_code(plan.dtype)
-    specs = [_non_layer(name, info, out_dtype) for name, info in base.tensors.items()
+    specs = [_non_layer(name, info, out_dtype, plan, sources) for name, info in base.tensors.items()
              if split_layer_name(name, prefix) is None]
     head = [s for s in specs if _is_embedding(s.name)]
     tail = [s for s in specs if not _is_embedding(s.name)]
@@ -92,7 +99,13 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
     return head + layers + tail
 
 
-def _non_layer(name: str, info: TensorInfo, out_dtype: str | None) -> TensorSpec:
+def _non_layer(name: str, info: TensorInfo, out_dtype: str | None, plan: Plan,
+               sources: dict[str, Source]) -> TensorSpec:
+    packed = per_layer_tensor(name, sources, plan.layers)
+    if packed is not None:  # one block per layer (Gemma-3n's per-layer embeddings): the blocks in plan order
+        shape, parts, blocks = packed
+        return TensorSpec(name, _converted(info.dtype, out_dtype), shape, tuple((p, 1.0) for p in parts),
+                          blocks=blocks)
     return TensorSpec(name, _converted(info.dtype, out_dtype), info.shape, ((info, 1.0),))
 
 

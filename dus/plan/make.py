@@ -5,6 +5,7 @@ from __future__ import annotations
 from dus.checks.config_check import check_output_layers
 from dus.errors import InputError
 from dus.plan import insert, recipes
+from dus.plan.mergekit import MergekitLayers
 from dus.plan.model import Edit, LayerRef, OutputLayer, Plan, copy_of
 from dus.plan.moe_family import EXPERT_OPTIONS
 from dus.plan.options import PlanOptions
@@ -91,6 +92,8 @@ def _width_only(options: PlanOptions) -> bool:
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
     """A layer SPEC string, or a recipe file's list of layer entries."""
     base_name = next(iter(sources))
+    if isinstance(spec, MergekitLayers):
+        return spec.output_layers(sources)
     if isinstance(spec, str):
         return [copy_of(i) for i in recipes.parse_layer_spec(spec, sources[base_name].num_layers)]
     if not isinstance(spec, list):

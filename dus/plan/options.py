@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dus.errors import InputError
 from dus.options import from_mapping, names, option
+from dus.plan.mergekit import is_mergekit, recipe_options, yaml_source
 from dus.plan.presets import PRESETS
 from dus.plan.recipe_options import check_recipe_options, recipe_name
 from dus.yamlfile import read_mapping
@@ -110,7 +111,10 @@ def plan_options(values: dict, config: str | Path | None = None) -> PlanOptions:
 
     Options the chosen recipe would ignore are refused (dus/plan/recipe_options.py): those given and a
     recipe file's own keys, never a preset's values. A stack given with --layers beats the recipe of a
-    preset or a recipe file unless --recipe is given too."""
+    preset or a recipe file unless --recipe is given too. A YAML file as SOURCE is the recipe file
+    (`dus plan merge.yml`, a mergekit passthrough recipe included)."""
+    if config is None and yaml_source(values.get("source")):
+        values, config = {**values, "source": None}, values["source"]
     merged: dict = dict(load_recipe_file(config)) if config else {}
     if config:
         check_recipe_options(_recipe(merged), merged, f"{config}: ")
@@ -131,7 +135,10 @@ def _recipe(merged: dict) -> str:
 
 
 def load_recipe_file(path: str | Path) -> dict:
-    data = {k: v for k, v in read_mapping(path).items() if k not in PIPELINE_SECTIONS}
+    mapping = read_mapping(path)
+    if is_mergekit(mapping):  # a mergekit passthrough recipe (dus/plan/mergekit.py)
+        return recipe_options(mapping, path)
+    data = {k: v for k, v in mapping.items() if k not in PIPELINE_SECTIONS}
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
         known = ", ".join(sorted(f.name for f in fields(PlanOptions)))

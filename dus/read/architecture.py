@@ -30,6 +30,23 @@ def refuse_encoder_decoder(config: dict) -> None:
         )
 
 
+# Per-layer lists that are a config's only layer count: transformers derives num_hidden_layers from their length
+# (Nemotron-H in transformers 5 saves layers_block_type and no count).
+IMPLIED_COUNT_KEYS = ("layers_block_type",)
+
+
+def with_layer_count(config: dict) -> dict:
+    """The config with the layer count transformers derives made explicit, where only a per-layer list gives it
+    (nested configs too: Nemotron-H's text config inside a multimodal one)."""
+    config = {k: with_layer_count(v) if isinstance(v, dict) and "model_type" in v else v for k, v in config.items()}
+    if any(key in config for key in LAYER_COUNT_KEYS):
+        return config
+    for key in IMPLIED_COUNT_KEYS:
+        if isinstance(config.get(key), list) and config[key]:
+            return {**config, LAYER_COUNT_KEYS[0]: len(config[key])}
+    return config
+
+
 def layer_count_key(config: dict) -> str:
     refuse_encoder_decoder(config)
     for key in LAYER_COUNT_KEYS:
@@ -122,6 +139,15 @@ def nested_layer_counts(config: dict) -> dict[str, int]:
             if count is not None and not isinstance(count, bool):
                 counts[key] = count
     return counts
+
+
+# Tensors outside the stack packed one block per layer (Gemma-3n, Gemma-4 per-layer embeddings): the axis of
+# the blocks (dus/plan/per_layer.py rearranges them in plan order).
+PACKED = {"embed_tokens_per_layer.weight": 1, "per_layer_model_projection.weight": 0}
+
+
+def packed_axis(name: str) -> int | None:
+    return next((axis for suffix, axis in PACKED.items() if name.endswith(suffix)), None)
 
 
 def split_layer_name(name: str, prefix: str) -> tuple[int, str] | None:

@@ -18,7 +18,13 @@ from dus.checks.config_check import check_config
 from dus.errors import InputError
 from dus.model_dir import model_dir_error
 from dus.read import strict_json
-from dus.read.architecture import find_layer_prefix, layer_count_key, split_layer_name, stack_config_key
+from dus.read.architecture import (
+    find_layer_prefix,
+    layer_count_key,
+    split_layer_name,
+    stack_config_key,
+    with_layer_count,
+)
 from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -171,7 +177,7 @@ def read_config(path: Path) -> dict:
     config = strict_json.loads(path.read_bytes(), str(path))  # untrusted: no NaN, repeated keys, ...
     if not isinstance(config, dict):
         raise InputError(f"{path}: config must be a JSON object")
-    return check_config(config, str(path))
+    return check_config(with_layer_count(config), str(path))
 
 
 def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:

@@ -25,11 +25,13 @@ from dus.plan.computed_record import computed_record
 from dus.plan.config import planned_config
 from dus.plan.layout import TensorSpec
 from dus.plan.model import Plan
+from dus.plan.per_layer import rearranged
 from dus.plan.tensors import planned_tensors
 from dus.read import strict_json
 from dus.read.safetensors import TensorInfo
 from dus.read.source import local_tensors, meta_tensors, open_source
 from dus.write.compute import tensor_bytes
+from dus.write.gather import block_chunks, block_ranges
 
 
 class VerifyError(DusError):
@@ -111,6 +113,8 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     sources = {name: open_source(ref, stack=plan.recipe.get("stack"), revision=revision)
                for name, (ref, revision) in refs.items()}
     expected = planned_tensors(plan, sources)
+    if record.get("rearranged", {}) != rearranged(expected, plan.layers):
+        raise VerifyError(f"{MANIFEST_FILE}'s record of the tensors rearranged block by block differs from its plan's")
     # The cheap checks first: a wrong config should not wait for gigabytes of reading.
     report.checks.append(_check_names_shapes(expected, tensors))
     if record.get("computed", {}) != computed_record(expected, sources):
@@ -194,21 +198,31 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
             raise VerifyError(
                 f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})"
             )
-    copies = sum(spec.is_byte_copy for spec in expected)
+    copies = sum(spec.is_byte_copy or spec.is_block_copy for spec in expected)
     return [f"{len(shards)} shard {kind} match",
             f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
 
 
 def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool:
     """Compare the next `nbytes` of `out` with the planned bytes, handing them all to `hasher`."""
+    if spec.is_block_copy and spec.nbytes == nbytes:
+        ranges = block_ranges(spec)
+        if ranges is None:
+            return _same_chunks(block_chunks(spec), out, hasher)
+        return all([_same_range(path, start, count, out, hasher) for path, start, count in ranges])  # read all
     if not spec.is_byte_copy:
         got = out.read(nbytes)
         hasher.add_bytes(got)
         return got == tensor_bytes(spec)
     source = spec.parts[0][0]
-    same = source.nbytes == nbytes
-    with open(source.path, "rb") as f:
-        f.seek(source.start)
+    return _same_range(source.path, source.start, nbytes, out, hasher) and source.nbytes == nbytes
+
+
+def _same_range(path: str, start: int, nbytes: int, out, hasher: ShardHasher) -> bool:
+    """Compare the next `nbytes` of `out` with `path`'s bytes from `start`, handing them all to `hasher`."""
+    same = True
+    with open(path, "rb") as f:
+        f.seek(start)
         left = nbytes
         while left:
             got = out.read(min(HASH_CHUNK, left))
@@ -217,6 +231,15 @@ def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool
             hasher.add_bytes(got)
             same = same and f.read(len(got)) == got
             left -= len(got)
+    return same
+
+
+def _same_chunks(chunks, out, hasher: ShardHasher) -> bool:
+    same = True
+    for want in chunks:
+        got = out.read(len(want))
+        hasher.add_bytes(got)
+        same = same and got == want
     return same
 
 

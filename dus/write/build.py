@@ -18,6 +18,7 @@ from dus.core.publish import atomic_directory, require_space
 from dus.manifest import MANIFEST_FILE, parent_entry, stage_record
 from dus.plan.computed_record import computed_record
 from dus.plan.pattern import broken_pattern_note
+from dus.plan.per_layer import rearranged
 from dus.plan.resolved import ResolvedPlan
 from dus.write.card import model_card, moe_paragraph, pattern_paragraph
 from dus.write.shards import split_shards, write_shards
@@ -91,6 +92,9 @@ def build_record(resolved: ResolvedPlan, digests: dict) -> dict:
 
         record["output"].update(parameter_counts(resolved.plan.moe, resolved.tensors))
         record["provenance"] = provenance(resolved.tensors, resolved.sources)
+    blocks = rearranged(resolved.tensors, resolved.plan.layers)
+    if blocks:  # tensors packed by layer (per-layer embeddings): which byte blocks each holds
+        record["rearranged"] = blocks
     if resolved.index_dependent:  # built with --allow-index-dependent: these layers differ from their sources
         record.update(allow_index_dependent=True, index_dependent=resolved.index_dependent)
     return record

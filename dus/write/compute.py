@@ -46,6 +46,12 @@ def tensor_bytes(spec: TensorSpec) -> bytes:
         result = compute_tensor(spec.computed, spec.shape).to(torch_dtype(spec.dtype))
         return result.contiguous().view(torch.uint8).numpy().tobytes()
     out_dtype = torch_dtype(spec.dtype)
+    if spec.blocks is not None:  # a tensor packed by layer, rearranged, then converted to --dtype
+        from dus.write.gather import block_chunks
+
+        raw = bytearray(b"".join(block_chunks(spec)))
+        result = torch.frombuffer(raw, dtype=torch_dtype(spec.parts[0][0].dtype)).reshape(spec.shape).to(out_dtype)
+        return result.contiguous().view(torch.uint8).numpy().tobytes()
     if len(spec.parts) == 1 and spec.parts[0][1] == 1.0 and spec.factor == 1.0:
         result = read_tensor(spec.parts[0][0]).to(out_dtype)  # a pure dtype change
     else:

@@ -20,6 +20,7 @@ from dus.errors import BuildError
 from dus.plan.layout import TensorSpec
 from dus.read.safetensors import encode_header
 from dus.write.compute import tensor_bytes
+from dus.write.gather import block_chunks, block_ranges
 
 CHUNK = 64 * 1024 * 1024
 METADATA = {"format": "pt"}
@@ -81,12 +82,17 @@ def write_shard(path: str, specs: list[TensorSpec], hasher: ShardHasher,
         hasher.add_bytes(header)
         _write_all(out, header)
         for spec in specs:
-            if spec.is_byte_copy:
-                info = spec.parts[0][0]
-                if info.path not in sources:
-                    sources[info.path] = os.open(info.path, os.O_RDONLY)
-                hasher.add_range(info.path, info.start, info.nbytes)
-                copy_range(sources[info.path], out, info.start, info.nbytes)
+            ranges = _copied_ranges(spec)
+            if ranges is not None:
+                for path, start, nbytes in ranges:
+                    if path not in sources:
+                        sources[path] = os.open(path, os.O_RDONLY)
+                    hasher.add_range(path, start, nbytes)
+                    copy_range(sources[path], out, start, nbytes)
+            elif spec.is_block_copy:
+                for data in block_chunks(spec):
+                    hasher.add_bytes(data)
+                    _write_all(out, data)
             else:
                 data = tensor_bytes(spec)
                 hasher.add_bytes(data)
@@ -96,6 +102,14 @@ def write_shard(path: str, specs: list[TensorSpec], hasher: ShardHasher,
         os.close(out)
         for fd in sources.values():
             os.close(fd)
+
+
+def _copied_ranges(spec: TensorSpec) -> list[tuple[str, int, int]] | None:
+    """The source byte ranges a tensor is, in order, where it is copied range by range; else None."""
+    if spec.is_byte_copy:
+        info = spec.parts[0][0]
+        return [(info.path, info.start, info.nbytes)]
+    return block_ranges(spec) if spec.is_block_copy else None
 
 
 def _header(specs: list[TensorSpec]) -> bytes:
