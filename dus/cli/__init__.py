@@ -42,7 +42,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 # Command modules register on `app` when imported; the order is the help order.
-from dus.cli import surgery, train, analyze, instruct, pipeline  # noqa: E402,F401
+from dus.cli import surgery, train, analyze, scan, instruct, pipeline  # noqa: E402,F401
 
 
 def _debug(argv: list[str]) -> bool:
