@@ -9,6 +9,7 @@ and a rerun with the same settings continues from it.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,11 +94,13 @@ def _score_names(names: list[str], select_on: str | None, report_on: list[str]) 
 def _read_data(opts: ScanOptions, tokenizer) -> dict:
     from dus.scan.score import read_probe, read_text, text_windows
 
-    limit = getattr(tokenizer, "model_max_length", None)
+    config_file = Path(opts.source) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
     data = {"windows": None, "probes": []}
     if opts.text:
         data["windows"] = text_windows(tokenizer, read_text(opts.text), opts.window, opts.max_tokens)
-    data["probes"] = [read_probe(p, tokenizer, limit if limit and limit < 10**9 else None) for p in opts.probe]
+    data["probes"] = [read_probe(p, tokenizer, limit if isinstance(limit, int) else None) for p in opts.probe]
     return data
 
 
