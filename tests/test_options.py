@@ -26,10 +26,10 @@ def _script():
 
 
 def test_every_command_with_options_is_built_from_a_dataclass():
-    assert set(COMMANDS) == {"pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze"}
+    assert set(COMMANDS) == {"pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "scan"}
 
 
-@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "scan"])
 def test_every_field_is_a_flag(command, run_dus):
     code, out, _ = run_dus(command, "--help")
     assert code == 0 and "--config" in out
