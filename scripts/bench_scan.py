@@ -56,7 +56,8 @@ HELDOUT = [  # held out: measured for the base and the top plans only
 
 
 def run(cmd: list[str], timeout: float | None = None) -> tuple[float, int, subprocess.CompletedProcess]:
-    """(seconds, peak RSS KiB of the child from wait4, result); past `timeout` the child gets SIGTERM."""
+    """(seconds, peak RSS KiB of the child from wait4, result with .cpu_s = user + system seconds); past `timeout`
+    the child gets SIGTERM. CPU seconds are what to compare on a machine shared with other work."""
     import tempfile
     import threading
 
@@ -73,7 +74,9 @@ def run(cmd: list[str], timeout: float | None = None) -> tuple[float, int, subpr
         out.seek(0)
         err.seek(0)
         code = os.waitstatus_to_exitcode(status)
-        return seconds, usage.ru_maxrss, subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+        result = subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+        result.cpu_s = usage.ru_utime + usage.ru_stime
+        return seconds, usage.ru_maxrss, result
 
 
 def uptime() -> str:
@@ -100,14 +103,14 @@ def naive(src: Path, paths: dict, specs: list[str], work: Path, dus: list[str]) 
     rows = []
     for spec in specs:
         out = work / f"naive-{spec.replace(':', '-').replace(',', '_')}"
-        build_s, build_rss, r = run([*dus, "build", str(src), str(out), "--layers", spec, "--force"])
-        assert r.returncode == 0, r.stderr
-        eval_s, eval_rss, r = run([*dus, "eval", str(out), "--perplexity", str(paths["text"]), "--max-tokens", "2048",
+        build_s, build_rss, b = run([*dus, "build", str(src), str(out), "--layers", spec, "--force"])
+        assert b.returncode == 0, b.stderr
+        eval_s, eval_rss, e = run([*dus, "eval", str(out), "--perplexity", str(paths["text"]), "--max-tokens", "2048",
                                    "--device", "cpu", "--output", str(out / "eval")])
-        assert r.returncode == 0, r.stderr
+        assert e.returncode == 0, e.stderr
         ppl = json.loads((out / "eval" / "perplexity.json").read_text())["perplexity"]
-        rows.append({"layers": spec, "build_s": build_s, "eval_s": eval_s, "perplexity": ppl,
-                     "rss_kib": max(build_rss, eval_rss)})
+        rows.append({"layers": spec, "build_s": build_s, "eval_s": eval_s, "cpu_s": b.cpu_s + e.cpu_s,
+                     "perplexity": ppl, "rss_kib": max(build_rss, eval_rss), "uptime": uptime()})
     return rows
 
 
@@ -140,6 +143,7 @@ def main() -> None:
     dus = [sys.executable, "-m", "dus"]
     before = uptime()
     specs = ["0:22,8:30", "0:16,14:30", "0:30,0:30"][: args.sample]
+    print("uptime before:", before, flush=True)
     rows = [] if args.skip_naive else naive(src, paths, specs, args.work, dus)
     scan_cmd = [*dus, "scan", str(src), "--text", str(paths["text"]), "--max-tokens", "2048", "--probe",
                 str(paths["general"]), "--probe", str(paths["heldout"]), "--report-on", "accuracy:heldout",
@@ -147,15 +151,22 @@ def main() -> None:
     if args.budget:
         scan_cmd += ["--budget", str(args.budget)]
     scan_s, scan_rss, r = run(scan_cmd, timeout=args.timeout)
+    scan_cpu = r.cpu_s
     after = uptime()
     record = json.loads((args.work / "scan" / "scan.json").read_text())
+    missing = [spec for spec in specs if spec not in {p["layers"] for p in record["plans"]}]
+    if rows and missing and record["complete"]:  # score the naive sample too (same settings: scan.json resumes)
+        extra = [*dus, "scan", *scan_cmd[scan_cmd.index("scan") + 1:]]
+        extra = [a for k, a in enumerate(extra) if not (a == "--budget" or extra[k - 1] == "--budget")]
+        _, _, r2 = run(extra + [f"--layers={spec}" for spec in missing], timeout=args.timeout)
+        record = json.loads((args.work / "scan" / "scan.json").read_text())
     by_spec = {p["layers"]: p for p in record["plans"]}
     for row in rows:
         scanned = by_spec.get(row["layers"], {}).get("scores", {}).get("perplexity")
         row["scan_perplexity"] = scanned
         row["relative_difference"] = None if scanned is None else abs(scanned - row["perplexity"]) / row["perplexity"]
     result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "uptime_before": before,
-              "uptime_after": after, "scan_seconds": scan_s, "scan_rss_kib": scan_rss, "scan_returncode": r.returncode,
+              "uptime_after": after, "scan_seconds": scan_s, "scan_cpu_s": scan_cpu, "scan_rss_kib": scan_rss, "scan_returncode": r.returncode,
               "scan_complete": record["complete"], "plans_scored": len(record["plans"]), "naive": rows,
               "base": record["base"], "top": record["plans"][:10], "scan_stderr_tail": r.stderr[-2000:]}
     if record["complete"] and record["plans"]:

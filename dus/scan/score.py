@@ -114,10 +114,11 @@ def _question(line: str, where: str) -> tuple[str, list[str], int]:
 
 
 def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """[plans] summed NLL of each plan's predicted tokens of one window (logits [plans, T, V], ids [1, T])."""
-    targets = ids[:, 1:].expand(logits.shape[0], -1)
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-    return nll.sum(1)
+    """[plans] summed NLL of each plan's predicted tokens of one window (logits [plans, T, V], ids [1, T]), reduced
+    as dus.eval.perplexity reduces it (a transposed layout reduces in another order: ~1e-4 apart on SmolLM2)."""
+    targets = ids[0, 1:]
+    return torch.stack([torch.nn.functional.cross_entropy(row[:-1].float(), targets, reduction="sum")
+                        for row in logits])
 
 
 def choice_loglik(logits: torch.Tensor, ids: torch.Tensor, length: int) -> torch.Tensor:
