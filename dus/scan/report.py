@@ -98,10 +98,15 @@ def heatmap(record: dict, name: str, path: Path) -> Path | None:
         return None
     fig = _figure(7.5, 6.5)
     ax = fig.subplots()
-    limit = np.nanmax(np.abs(grid)) or 1.0
+    # a few collapsed plans (perplexity in the thousands) would wash out the rest: clip the colours at the 90th
+    # percentile of the changes, and say so
+    limit = float(np.nanpercentile(np.abs(grid), 90)) or float(np.nanmax(np.abs(grid))) or 1.0
+    clipped = bool(np.nanmax(np.abs(grid)) > limit)
     cmap = "RdBu_r" if lower_is_better(name) else "RdBu"  # blue is better either way
     image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
-    fig.colorbar(image, ax=ax, label=f"{name} − base ({base:.4g})")
+    fig.colorbar(image, ax=ax, label=f"{name} − base ({base:.4g})" + (", colours clipped" if clipped else ""))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("j: the repeated block ends before layer j (first copy [0, j))")
     ax.set_ylabel("i: the repeated block starts at layer i (second copy [i, n))")
     ax.set_title(f"{Path(record['source']).name}: repeat layers [i, j) once")
