@@ -59,6 +59,12 @@ def test_grown_refuses_computed_layers(llama_source, tmp_path):
         load_grown(str(llama_source), None, config=str(recipe))
 
 
+def test_load_grown_is_in_the_package_api():
+    import dus
+
+    assert dus.load_grown is load_grown
+
+
 def test_grown_refuses_gguf():
     with pytest.raises(InputError, match="safetensors source"):
         load_grown("model.gguf", "0:2")
