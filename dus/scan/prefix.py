@@ -89,15 +89,48 @@ class Runner:
             h = out[0] if isinstance(out, tuple) else out
         return self._head(h, prefix, keep)
 
-    def _head(self, h: torch.Tensor, prefix: Prefix, keep: int) -> torch.Tensor:
+    @torch.no_grad()
+    def logits_together(self, prefixes: list[Prefix], starts: list[int], suffix: tuple[int, ...]) -> torch.Tensor:
+        """[len(prefixes), len(starts), T, vocab]: `logits` of sequences whose layers received the same arguments
+        (same_calls), run as one batch: the per-layer arguments are the first sequence's."""
+        h = torch.cat([p.hidden[j] for p in prefixes for j in starts])
+        for k in suffix:
+            args, kwargs = prefixes[0].calls[k]
+            out = self.layers[k](h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        ids = torch.cat([p.input_ids.expand(len(starts), -1) for p in prefixes])
+        logits = self._head(h, prefixes[0], 0, ids)
+        return logits.view(len(prefixes), len(starts), *logits.shape[1:])
+
+    def _head(self, h: torch.Tensor, prefix: Prefix, keep: int, ids: torch.Tensor | None = None) -> torch.Tensor:
         """The model's forward with its stack replaced by one module that returns `h`: the final norm, LM head and
         whatever else the architecture applies after its layers, exactly as it applies them."""
-        ids = prefix.input_ids.expand(h.shape[0], -1)
+        ids = prefix.input_ids.expand(h.shape[0], -1) if ids is None else ids
         setattr(self.parent, self.attr, torch.nn.ModuleList([_Inject(h, prefix.returns_tuple)]))
         try:
             return self.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
         finally:
             setattr(self.parent, self.attr, self.layers)
+
+
+def same_calls(prefixes: list[Prefix]) -> bool:
+    """Whether every layer received the same arguments (masks, positions) in each sequence's base pass: then the
+    sequences can run as one batch (equal-length windows of a causal LM, as dus eval batches them)."""
+    first = prefixes[0]
+    return all(len(p.input_ids[0]) == len(first.input_ids[0]) and _equal(p.calls, first.calls) for p in prefixes)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # an object without a plain equality: do not batch
+        return False
 
 
 class _Inject(torch.nn.Module):

@@ -158,7 +158,8 @@ def _score_plans(runner, cache: dict, data: dict, plans: list, wanted: list[str]
                  advance: Callable[[int], None]) -> dict:
     """{plan: {name: score}} for `wanted` scores; plans already in `done` are not run again. Plans with the same
     suffix after their shared prefix run as one batch."""
-    from dus.scan.score import accuracy, choice_loglik, perplexity, window_nll
+    from dus.scan.prefix import same_calls
+    from dus.scan.score import accuracy, choice_loglik, perplexity
 
     todo: dict[tuple, list] = {}
     for plan in plans:
@@ -166,16 +167,16 @@ def _score_plans(runner, cache: dict, data: dict, plans: list, wanted: list[str]
         if any(name not in have for name in wanted):
             j = prefix_length(plan)
             todo.setdefault(plan[j:], []).append(plan)
+    windows = cache["windows"]
+    together = bool(windows) and same_calls(windows)  # equal windows run as one batch, as dus eval runs them
+    per_chunk = max(1, batch_size // len(windows)) if together else batch_size
     for suffix, group in sorted(todo.items(), key=lambda kv: -len(kv[0])):
-        for chunk in [group[k : k + batch_size] for k in range(0, len(group), batch_size)]:
+        for chunk in [group[k : k + per_chunk] for k in range(0, len(group), per_chunk)]:
             starts = [prefix_length(p) for p in chunk]
             scores: list[dict] = [{} for _ in chunk]
             if PERPLEXITY in wanted:
-                sums, count = None, 0
-                for prefix in cache["windows"]:
-                    nll = window_nll(runner.logits(prefix, starts, suffix), prefix.input_ids)
-                    sums = nll if sums is None else sums + nll
-                    count += prefix.input_ids.shape[1] - 1
+                sums = _text_nll(runner, windows, starts, suffix, together)
+                count = sum(prefix.input_ids.shape[1] - 1 for prefix in windows)
                 for s, value in zip(scores, sums.tolist()):
                     s[PERPLEXITY] = perplexity(value, count)
             for probe, prefixes in zip(data["probes"], cache["probes"]):
@@ -189,6 +190,16 @@ def _score_plans(runner, cache: dict, data: dict, plans: list, wanted: list[str]
                 done.setdefault(layer_spec(plan), {}).update(s)
             advance(len(chunk))
     return {plan: done[layer_spec(plan)] for plan in plans}
+
+
+def _text_nll(runner, windows: list, starts: list[int], suffix: tuple, together: bool):
+    """[plans] summed NLL over all windows."""
+    from dus.scan.score import window_nll
+
+    if together:
+        logits = runner.logits_together(windows, starts, suffix)
+        return sum(window_nll(logits[w], prefix.input_ids) for w, prefix in enumerate(windows))
+    return sum(window_nll(runner.logits(prefix, starts, suffix), prefix.input_ids) for prefix in windows)
 
 
 def _advance(counter: dict, k: int, progress, state: dict, out: Path) -> None:
