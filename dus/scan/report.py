@@ -82,7 +82,8 @@ def _value(value, base=None) -> str:
 
 
 def heatmap(record: dict, name: str, path: Path) -> Path | None:
-    """Score change against the base over (i, j) of the single-block plans: the picture researchers publish."""
+    """The score's change against the base over (i, j) of the single-block plans: the picture researchers publish.
+    Perplexity is drawn as log(perplexity / base), the change in nats per token, since it changes by factors."""
     import numpy as np
 
     from dus.analyze.plot import _figure
@@ -93,18 +94,18 @@ def heatmap(record: dict, name: str, path: Path) -> Path | None:
     for plan in record["plans"]:
         if plan.get("block") and name in plan["scores"] and base is not None:
             i, j = plan["block"]
-            grid[i, j] = plan["scores"][name] - base
+            grid[i, j] = _change(name, plan["scores"][name], base)
     if np.isnan(grid).all():
         return None
     fig = _figure(7.5, 6.5)
     ax = fig.subplots()
-    # a few collapsed plans (perplexity in the thousands) would wash out the rest: clip the colours at the 90th
-    # percentile of the changes, and say so
-    limit = float(np.nanpercentile(np.abs(grid), 90)) or float(np.nanmax(np.abs(grid))) or 1.0
+    # a few collapsed plans would wash out the rest: clip the colours at the 75th percentile of the changes
+    limit = float(np.nanpercentile(np.abs(grid), 75)) or float(np.nanmax(np.abs(grid))) or 1.0
     clipped = bool(np.nanmax(np.abs(grid)) > limit)
     cmap = "RdBu_r" if lower_is_better(name) else "RdBu"  # blue is better either way
     image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
-    fig.colorbar(image, ax=ax, label=f"{name} − base ({base:.4g})" + (", colours clipped" if clipped else ""))
+    label = f"log({name} / base {base:.4g})" if lower_is_better(name) else f"{name} − base ({base:.4g})"
+    fig.colorbar(image, ax=ax, label=label + (", colours clipped" if clipped else ""))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("j: the repeated block ends before layer j (first copy [0, j))")
@@ -115,3 +116,7 @@ def heatmap(record: dict, name: str, path: Path) -> Path | None:
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
     return path
+
+
+def _change(name: str, value: float, base: float) -> float:
+    return math.log(value / base) if lower_is_better(name) else value - base
