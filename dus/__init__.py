@@ -33,4 +33,8 @@ def __getattr__(name):
         import dus.api
 
         return getattr(dus.api, name)
+    if name == "load_grown":
+        from dus.grown import load_grown
+
+        return load_grown
     raise AttributeError(f"module 'dus' has no attribute {name!r}")

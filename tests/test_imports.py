@@ -18,6 +18,8 @@ LAYERS = [
     ("stages", ["dus.train", "dus.instruct", "dus.eval", "dus.analyze", "dus.testing"]),
     ("pipeline", ["dus.pipeline"]),
     ("api", ["dus.api"]),
+    # tools over the Python API: grown models in memory and the plan scan, which plan as a user would
+    ("tools", ["dus.grown", "dus.scan"]),
     # the architecture matrix's harness builds through the Python API, as a user would
     ("harness", ["dus.testing.architectures", "dus.testing.matrix", "dus.testing.multimodal"]),
     ("cli", ["dus.cli", "dus.__main__", "dus"]),

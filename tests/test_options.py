@@ -30,13 +30,15 @@ def _script():
 
 def test_every_command_with_options_is_built_from_a_dataclass():
     assert set(COMMANDS) == {
-        "plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle"
+        "plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle",
+        "scan"
     }
 
 
 @pytest.mark.parametrize(
     "command",
-    ["plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle"],
+    ["plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle",
+        "scan"],
 )
 def test_every_field_is_a_flag(command, run_dus):
     code, out, _ = run_dus(command, "--help")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -20,7 +20,7 @@ def _figure(width: float, height: float):
 
 def plot_influence(influence: list[float], path: Path, title: str = "") -> Path:
     """Bar per layer l: Block Influence 1 - cos(input, output), averaged over tokens."""
-    fig = _figure(max(6.0, 0.25 * len(influence) + 2), 3.5)
+    fig = figure(max(6.0, 0.25 * len(influence) + 2), 3.5)
     ax = fig.subplots()
     ax.bar(range(len(influence)), influence, color="tab:blue")
     ax.set_xlabel("layer l")
@@ -35,7 +35,7 @@ def plot_influence(influence: list[float], path: Path, title: str = "") -> Path:
 def plot_distance(distance: list[list[float]], path: Path, rec: dict | None = None, title: str = "") -> Path:
     """Heatmap of distance[i][j] over hidden-state indices, the candidate seams (n-m, m) marked."""
     size = len(distance)
-    fig = _figure(6.5, 5.5)
+    fig = figure(6.5, 5.5)
     ax = fig.subplots()
     image = ax.imshow(distance, cmap="viridis", vmin=0.0, origin="upper")
     fig.colorbar(image, ax=ax, label="angular distance arccos(cos)/pi, last token")

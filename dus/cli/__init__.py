@@ -44,7 +44,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 # Command modules register on `app` when imported; the order is the help order.
-from dus.cli import analyze, compare, instruct, pipeline, surgery, train, upcycle  # noqa: E402,F401
+from dus.cli import analyze, compare, instruct, pipeline, scan, surgery, train, upcycle  # noqa: E402,F401
 
 
 def _debug(argv: list[str]) -> bool:

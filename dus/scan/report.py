@@ -1,0 +1,124 @@
+"""A scan's outputs: scan.json (rewritten atomically after every batch), the ranked table, the heat map."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from dus.errors import InputError
+from dus.scan.score import lower_is_better
+
+SCAN_FILE = "scan.json"
+HEATMAP_FILE = "heatmap.png"
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Whole or absent after a crash (temp file, fsync, rename)."""
+    from dus.core.publish import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def read_previous(out: Path, settings: dict, force: bool) -> dict[str, dict]:
+    """Scores by plan spec of an earlier run into OUT with the same settings (resume), else nothing."""
+    path = out / SCAN_FILE
+    if not path.is_file() or force:
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not a scan record ({e}); use --force to start over") from None
+    if record.get("settings") != settings:
+        changed = sorted(k for k in settings if record.get("settings", {}).get(k) != settings[k])
+        raise InputError(
+            f"{path} holds a scan with other settings ({', '.join(changed) or 'format'}); "
+            "use another --out, or --force to start over"
+        )
+    done = {p["layers"]: dict(p["scores"]) for p in record.get("plans", [])}
+    if record.get("base"):
+        done[record["base"]["layers"]] = dict(record["base"]["scores"])
+    return done
+
+
+def better(name: str):
+    low = lower_is_better(name)
+    return lambda a, b: a < b if low else a > b
+
+
+def ranked(plans: list[dict], name: str) -> list[dict]:
+    sign = 1 if lower_is_better(name) else -1
+    return sorted(plans, key=lambda p: sign * p["scores"].get(name, math.inf * sign))
+
+
+def build_command(source: str, spec: str) -> str:
+    name = Path(source).name or "model"
+    return f"dus build {source} {name}-{spec.replace(':', '-').replace(',', '_')} --layers {spec}"
+
+
+def table(record: dict, select_on: str, top: int):
+    """A rich Table of the base and the best `top` plans, each score with its change against the base."""
+    from rich.table import Table
+
+    names = [select_on] + sorted({k for p in record["plans"][:top] for k in p["scores"]} - {select_on})
+    base = record["base"]["scores"]
+    t = Table(title=f"{record['source']}: {len(record['plans'])} plans ranked by {select_on}")
+    for column in ("rank", "layers", "depth", *names):
+        t.add_column(column, justify="left" if column == "layers" else "right")
+    t.add_row("base", record["base"]["layers"], str(record["num_layers"]), *[_value(base.get(k)) for k in names])
+    for rank, plan in enumerate(record["plans"][:top], 1):
+        cells = [_value(plan["scores"].get(k), base.get(k)) for k in names]
+        t.add_row(str(rank), plan["layers"], str(plan["num_layers"]), *cells)
+    return t
+
+
+def _value(value, base=None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.4f}"
+    if base is not None:
+        text += f" ({value - base:+.4f})"
+    return text
+
+
+def heatmap(record: dict, name: str, path: Path) -> Path | None:
+    """The score's change against the base over (i, j) of the single-block plans: the picture researchers publish.
+    Perplexity is drawn as log(perplexity / base), the change in nats per token, since it changes by factors."""
+    import numpy as np
+
+    from dus.analyze.plot import figure
+
+    n = record["source_num_layers"]
+    grid = np.full((n, n + 1), np.nan)
+    base = record["base"]["scores"].get(name)
+    for plan in record["plans"]:
+        if plan.get("block") and name in plan["scores"] and base is not None:
+            i, j = plan["block"]
+            grid[i, j] = _change(name, plan["scores"][name], base)
+    if np.isnan(grid).all():
+        return None
+    fig = figure(7.5, 6.5)
+    ax = fig.subplots()
+    # a few collapsed plans would wash out the rest: clip the colours at the 75th percentile of the changes
+    limit = float(np.nanpercentile(np.abs(grid), 75)) or float(np.nanmax(np.abs(grid))) or 1.0
+    clipped = bool(np.nanmax(np.abs(grid)) > limit)
+    cmap = "RdBu_r" if lower_is_better(name) else "RdBu"  # blue is better either way
+    image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    label = f"log({name} / base {base:.4g})" if lower_is_better(name) else f"{name} − base ({base:.4g})"
+    fig.colorbar(image, ax=ax, label=label + (", colours clipped" if clipped else ""))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("j: the repeated block ends before layer j (first copy [0, j))")
+    ax.set_ylabel("i: the repeated block starts at layer i (second copy [i, n))")
+    ax.set_title(f"{Path(record['source']).name}: repeat layers [i, j) once")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def _change(name: str, value: float, base: float) -> float:
+    return math.log(value / base) if lower_is_better(name) else value - base

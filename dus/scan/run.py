@@ -1,0 +1,284 @@
+"""`dus scan` as a function: check the inputs, cache the base's prefixes, score the plans, write the results.
+
+Everything that can be refused (probes, text, space, budget, score names, the
+source) is refused before the model loads and before anything is written.
+scan.json is rewritten atomically after every batch with "complete": false,
+and a rerun with the same settings continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dus.errors import InputError
+from dus.scan.options import ScanOptions
+from dus.scan.report import SCAN_FILE, better, build_command, heatmap, ranked, read_previous, write_json
+from dus.scan.score import PERPLEXITY
+from dus.scan.space import block_of, layer_spec, make_space, prefix_length, search
+
+FORMAT = 1
+
+
+def scan(opts: ScanOptions, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Score the plans; return (and write under --out) the scan record. progress(done, total) after each batch."""
+    from dus.api import plan as check_plan
+    from dus.runtime import check_weights, load_tokenizer
+
+    start = time.time()
+    if str(opts.source).endswith(".gguf"):
+        raise InputError("dus scan needs a safetensors SOURCE: a GGUF's tensors are quantized")
+    check_weights(opts.source)
+    if not opts.text and not opts.probe:
+        raise InputError("give --text FILE and/or --probe FILE.jsonl: something to score the plans on")
+    if opts.batch_size < 1 or opts.top < 1:
+        raise InputError("--batch-size and --top must be >= 1")
+    names = [PERPLEXITY] * bool(opts.text) + [f"accuracy:{Path(p).stem}" for p in opts.probe]
+    select, held_out = _score_names(names, opts.select_on, opts.report_on)
+    # the check `dus build` runs: every source layer must build identically at another index (the stack twice)
+    n = check_plan(opts.source, overlap=0).base.num_layers
+    plans = make_space(opts.space, n, opts.layers, opts.max_block, opts.max_layers)
+    if opts.budget is not None and opts.budget < len(plans) and any(block_of(p, n) is None for p in plans):
+        raise InputError(
+            f"the plan space has {len(plans)} plans, over --budget {opts.budget}; a budgeted search "
+            "works on single-block spaces: raise --budget or list fewer --layers"
+        )
+    tokenizer = load_tokenizer(opts.source)
+    data = _read_data(opts, tokenizer)
+    settings = _settings(opts, n, names)
+    out = Path(opts.out)
+    done = read_previous(out, settings, opts.force)
+
+    runner, device = _load(opts)
+    cache = _capture(runner, data, opts, out, device)
+    base_plan = tuple(range(n))
+    state = {
+        "done": done,
+        "settings": settings,
+        "n": n,
+        "opts": opts,
+        "complete": False,
+        "start": start,
+        "select_on": select[0],
+    }
+    total = len(plans) if opts.budget is None else min(opts.budget, len(plans))
+    counter = {"done": 0, "total": total + 1}
+
+    def score(batch: list[tuple[int, ...]], wanted: list[str]) -> dict:
+        return _score_plans(
+            runner,
+            cache,
+            data,
+            batch,
+            wanted,
+            done,
+            opts.batch_size,
+            lambda k: _advance(counter, k, progress, state, out),
+        )
+
+    score([base_plan], names if not held_out else [s for s in names if s not in held_out])
+
+    def selection(batch: list[tuple[int, ...]]) -> dict:
+        return {p: s[select[0]] for p, s in score(batch, select).items()}
+
+    scored = search(plans, n, opts.budget, selection, better(select[0]))
+    best = ranked([{"plan": p, "scores": done[layer_spec(p)]} for p in scored], select[0])[: opts.top]
+    if held_out:
+        score([base_plan] + [b["plan"] for b in best], held_out)
+    state["complete"] = True
+    record = _record(state)
+    write_json(out / SCAN_FILE, record)
+    picture = heatmap(record, select[0], out / "heatmap.png") if any(p.get("block") for p in record["plans"]) else None
+    record["files"] = {"scan": str(out / SCAN_FILE), **({"heatmap": str(picture)} if picture else {})}
+    return record
+
+
+def _score_names(names: list[str], select_on: str | None, report_on: list[str]) -> tuple[list[str], list[str]]:
+    if len(set(names)) != len(names):
+        raise InputError("two --probe files share a file stem: their scores would have one name")
+    for name in [select_on, *report_on]:
+        if name is not None and name not in names:
+            raise InputError(f"no score named {name!r}: this scan measures {', '.join(names)}")
+    candidates = [n for n in names if n not in report_on]
+    select = select_on or (candidates[0] if candidates else None)
+    if select is None or select in report_on:
+        raise InputError("--select-on must name a score that is not held out by --report-on")
+    return [select] + [n for n in names if n != select and n not in report_on], list(report_on)
+
+
+def _read_data(opts: ScanOptions, tokenizer) -> dict:
+    from dus.scan.score import read_probe, read_text, text_windows
+
+    config_file = Path(opts.source) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    data = {"windows": None, "probes": []}
+    if opts.text:
+        data["windows"] = text_windows(tokenizer, read_text(opts.text), opts.window, opts.max_tokens)
+    data["probes"] = [read_probe(p, tokenizer, limit if isinstance(limit, int) else None) for p in opts.probe]
+    return data
+
+
+def _settings(opts: ScanOptions, n: int, names: list[str]) -> dict:
+    from dus.eval.results import model_fingerprint
+
+    def digest(path: str) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+    return {
+        "format": FORMAT,
+        "source": str(opts.source),
+        "source_fingerprint": model_fingerprint(opts.source),
+        "num_layers": n,
+        "text": opts.text,
+        "text_sha256": digest(opts.text) if opts.text else None,
+        "probes": {p: digest(p) for p in opts.probe},
+        "window": opts.window,
+        "max_tokens": opts.max_tokens,
+        "dtype": opts.dtype,
+        "scores": names,
+    }
+
+
+def _load(opts: ScanOptions):
+    from dus.runtime import load_model
+    from dus.scan.prefix import Runner
+
+    if opts.device_map:
+        import transformers
+
+        from dus.runtime import resolve_dtype
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            opts.source, dtype=resolve_dtype(opts.dtype, "cuda"), device_map=opts.device_map, use_safetensors=True
+        )
+        model.eval()
+        device = model.get_input_embeddings().weight.device
+    else:
+        model, device = load_model(opts.source, opts.device, opts.dtype)
+    return Runner(model), device
+
+
+def _capture(runner, data: dict, opts: ScanOptions, out: Path, device) -> dict:
+    """Every sequence's prefix, in memory under --memory, else in one file under --out (removed at the end)."""
+    from dus.api import parse_size
+    from dus.scan.store import keep
+
+    cap = parse_size(opts.memory)
+    windows = [] if data["windows"] is None else [w[None].to(device) for w in data["windows"]]
+    probes = [[_tensor(seq, device) for seq in probe.sequences] for probe in data["probes"]]
+    prefixes = {
+        "windows": [runner.capture(w) for w in windows],
+        "probes": [[runner.capture(s) for s in seqs] for seqs in probes],
+    }
+    keep([p for p in prefixes["windows"]] + [p for ps in prefixes["probes"] for p in ps], cap, out)
+    return prefixes
+
+
+def _tensor(ids: list[int], device):
+    import torch
+
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def _score_plans(
+    runner,
+    cache: dict,
+    data: dict,
+    plans: list,
+    wanted: list[str],
+    done: dict,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> dict:
+    """{plan: {name: score}} for `wanted` scores; plans already in `done` are not run again. Plans with the same
+    suffix after their shared prefix run as one batch."""
+    from dus.scan.prefix import same_calls
+    from dus.scan.score import accuracy, choice_loglik, perplexity
+
+    todo: dict[tuple, list] = {}
+    for plan in plans:
+        have = done.get(layer_spec(plan), {})
+        if any(name not in have for name in wanted):
+            j = prefix_length(plan)
+            todo.setdefault(plan[j:], []).append(plan)
+    windows = cache["windows"]
+    together = bool(windows) and same_calls(windows)  # equal windows run as one batch, as dus eval runs them
+    per_chunk = max(1, batch_size // len(windows)) if together else batch_size
+    for suffix, group in sorted(todo.items(), key=lambda kv: -len(kv[0])):
+        for chunk in [group[k : k + per_chunk] for k in range(0, len(group), per_chunk)]:
+            starts = [prefix_length(p) for p in chunk]
+            scores: list[dict] = [{} for _ in chunk]
+            if PERPLEXITY in wanted:
+                sums = _text_nll(runner, windows, starts, suffix, together)
+                count = sum(prefix.input_ids.shape[1] - 1 for prefix in windows)
+                for s, value in zip(scores, sums.tolist()):
+                    s[PERPLEXITY] = perplexity(value, count)
+            for probe, prefixes in zip(data["probes"], cache["probes"]):
+                if probe.name not in wanted:
+                    continue
+                lls = [
+                    choice_loglik(runner.logits(p, starts, suffix, keep=length + 1), p.input_ids, length).tolist()
+                    for p, length in zip(prefixes, probe.choice_lengths)
+                ]
+                for b, s in enumerate(scores):
+                    s[probe.name] = accuracy(probe, [ll[b] for ll in lls])
+            for plan, s in zip(chunk, scores):
+                done.setdefault(layer_spec(plan), {}).update(s)
+            advance(len(chunk))
+    return {plan: done[layer_spec(plan)] for plan in plans}
+
+
+def _text_nll(runner, windows: list, starts: list[int], suffix: tuple, together: bool):
+    """[plans] summed NLL over all windows."""
+    from dus.scan.score import window_nll
+
+    if together:
+        logits = runner.logits_together(windows, starts, suffix)
+        return sum(window_nll(logits[w], prefix.input_ids) for w, prefix in enumerate(windows))
+    return sum(window_nll(runner.logits(prefix, starts, suffix), prefix.input_ids) for prefix in windows)
+
+
+def _advance(counter: dict, k: int, progress, state: dict, out: Path) -> None:
+    counter["done"] += k
+    write_json(out / SCAN_FILE, _record(state))
+    if progress:
+        progress(min(counter["done"], counter["total"]), counter["total"])
+
+
+def _record(state: dict) -> dict:
+    """The scan.json object: base first, then every scored plan, ranked by the selection score when complete."""
+    opts, n, done = state["opts"], state["n"], state["done"]
+    base_spec = layer_spec(tuple(range(n)))
+    from dus.plan.recipes import parse_layer_spec
+
+    plans = []
+    for spec, scores in done.items():
+        if spec == base_spec:
+            continue
+        plan = tuple(parse_layer_spec(spec, n))
+        block = block_of(plan, n)
+        plans.append(
+            {"layers": spec, "num_layers": len(plan), **({"block": list(block)} if block else {}), "scores": scores}
+        )
+    name = state["select_on"]
+    plans = ranked(plans, name)
+    record = {
+        "format": FORMAT,
+        "source": str(opts.source),
+        "source_num_layers": n,
+        "num_layers": n,
+        "complete": state["complete"],
+        "select_on": name,
+        "report_on": list(opts.report_on),
+        "settings": state["settings"],
+        "seconds": round(time.time() - state["start"], 1),
+        "base": {"layers": base_spec, "scores": done.get(base_spec, {})},
+        "plans": plans,
+    }
+    if state["complete"]:
+        record["build"] = [build_command(str(opts.source), p["layers"]) for p in plans[:3]]
+    return record

@@ -1,0 +1,237 @@
+"""dus scan: its scores are the built models' scores; spaces, search, resume, outputs and refusals."""
+
+import json
+import math
+
+import pytest
+import torch
+from pretrain_helpers import TOPICS
+
+import dus.api
+from dus.errors import InputError
+from dus.scan.options import ScanOptions
+from dus.scan.run import scan
+from dus.scan.space import block_of, layer_spec, make_space, prefix_length, search, single_block
+
+QUESTIONS = [
+    {"context": "The for statement is used to", "choices": [" iterate", " banana"], "answer": 0},
+    {"context": "A class definition", "choices": [" defines", " eats", " sleeps"], "answer": " defines"},
+    {"context": "Exceptions are raised", "choices": [" by", " moon"], "answer": 1},
+    {"context": "The import statement", "choices": [" loads", " paints"], "answer": 0},
+]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(TOPICS[:5]), encoding="utf-8")
+    probe = tmp_path / "facts.jsonl"
+    probe.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS), encoding="utf-8")
+    return {"text": str(text), "probe": str(probe)}
+
+
+def _opts(source, out, **kw):
+    return ScanOptions(source=str(source), out=str(out), device="cpu", **kw)
+
+
+def _loglik(model, tokenizer, context: str, choice: str) -> float:
+    ctx = tokenizer(context).input_ids
+    ids = ctx + tokenizer(choice, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(len(ctx), len(ids)))
+
+
+def test_scores_equal_the_built_models(tiny_model, inputs, tmp_path, run_dus):
+    """Every plan of the single-block space is scored; a sample, the best included, equals `dus eval --perplexity`
+    on the built model (1e-4 relative), and its probe accuracy equals the built model's by log-likelihood."""
+    from dus.runtime import load_model, load_tokenizer
+
+    record = scan(
+        _opts(tiny_model, tmp_path / "scan", text=inputs["text"], probe=[inputs["probe"]], window=64, batch_size=3)
+    )
+    assert record["complete"] and len(record["plans"]) == 4 * 5 // 2
+    assert set(record["base"]["scores"]) == {"perplexity", "accuracy:facts"}
+    tok = load_tokenizer(tiny_model)
+    sample = [record["plans"][0]["layers"], "0:4,0:4", "0:2,1:4", "0:4,3"]
+    for spec in sample:
+        out = tmp_path / spec.replace(":", "-").replace(",", "_")
+        dus.api.build(str(tiny_model), out, layers=spec)
+        code, _, err = run_dus(
+            "eval", out, "--perplexity", inputs["text"], "--window", "64", "--device", "cpu", "--output", out / "eval"
+        )
+        assert code == 0, err
+        expected = json.loads((out / "eval" / "perplexity.json").read_text())["perplexity"]
+        scores = next(p for p in record["plans"] if p["layers"] == spec)["scores"]
+        assert math.isclose(scores["perplexity"], expected, rel_tol=1e-4)
+        model, _ = load_model(out, "cpu", "float32")
+        right = [
+            max(range(len(q["choices"])), key=lambda c: _loglik(model, tok, q["context"], q["choices"][c]))
+            == (q["answer"] if isinstance(q["answer"], int) else q["choices"].index(q["answer"]))
+            for q in QUESTIONS
+        ]
+        assert scores["accuracy:facts"] == sum(right) / len(right)
+
+
+def test_cli_writes_scan_json_heatmap_and_build_commands(tiny_model, inputs, tmp_path, run_dus):
+    code, out, err = run_dus(
+        "scan",
+        tiny_model,
+        "--text",
+        inputs["text"],
+        "--window",
+        "64",
+        "--probe",
+        inputs["probe"],
+        "--report-on",
+        "accuracy:facts",
+        "--top",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "s",
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "s" / "scan.json").read_text())
+    assert record["complete"] and record["select_on"] == "perplexity"
+    ppl = [p["scores"]["perplexity"] for p in record["plans"]]
+    assert ppl == sorted(ppl) and len(ppl) == 10
+    # the held-out probe is measured for the base and the top 3 only
+    assert "accuracy:facts" in record["base"]["scores"]
+    assert [("accuracy:facts" in p["scores"]) for p in record["plans"]] == [True] * 3 + [False] * 7
+    assert (tmp_path / "s" / "heatmap.png").stat().st_size > 1000
+    best = record["plans"][0]["layers"]
+    assert f"--layers {best}" in out and f"dus build {tiny_model}" in out
+    assert record["build"][0].endswith(f"--layers {best}")
+
+
+def test_resume_scores_only_what_is_missing(tiny_model, inputs, tmp_path, monkeypatch):
+    from dus.scan import prefix
+
+    opts = _opts(tiny_model, tmp_path / "s", text=inputs["text"], window=64, batch_size=1)
+    first = scan(opts)
+    path = tmp_path / "s" / "scan.json"
+    record = json.loads(path.read_text())
+    kept = record["plans"][:6]
+    record.update(plans=kept, complete=False)  # as a scan killed after six plans leaves it
+    path.write_text(json.dumps(record))
+    calls = []
+    original = prefix.Runner.logits_together
+    monkeypatch.setattr(
+        prefix.Runner, "logits_together", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    again = scan(opts)
+    assert _windows(tiny_model, inputs["text"]) > 1
+    assert len(calls) == 10 - 6  # batch size 1: one call per missing plan, its windows together
+    assert again["plans"] == first["plans"]
+    with pytest.raises(InputError, match="other settings .*window"):
+        scan(_opts(tiny_model, tmp_path / "s", text=inputs["text"], window=32))
+    assert scan(_opts(tiny_model, tmp_path / "s", text=inputs["text"], window=32, force=True))["complete"]
+
+
+def _windows(model, text) -> int:
+    from dus.runtime import load_tokenizer
+    from dus.scan.score import read_text, text_windows
+
+    return len(text_windows(load_tokenizer(model), read_text(text), 64, None))
+
+
+def test_a_prefix_cache_over_the_memory_cap_lives_in_a_file_and_scores_the_same(tiny_model, inputs, tmp_path):
+    layers = ["0:4,1:4", "0:3,2:4"]
+    memory = scan(_opts(tiny_model, tmp_path / "a", text=inputs["text"], window=64, layers=layers))
+    on_disk = scan(_opts(tiny_model, tmp_path / "b", text=inputs["text"], window=64, layers=layers, memory="1KB"))
+    assert [p["scores"] for p in memory["plans"]] == [p["scores"] for p in on_disk["plans"]]
+
+
+def test_spaces():
+    n = 30
+    assert len(make_space("single", n, [])) == 465
+    assert len(make_space("dus", n, [])) == 15 and single_block(8, 22, n) in make_space("dus", n, [])
+    plans = make_space("single", n, [], max_block=4, max_layers=33)
+    assert plans and all(len(p) <= 33 for p in plans)
+    assert layer_spec(single_block(8, 22, n)) == "0:22,8:30"
+    assert layer_spec((0, 1, 1, 2, 5)) == "0:2,1:3,5"
+    assert block_of(single_block(8, 22, n), n) == (8, 22) and block_of((0, 1, 3, 2), 4) is None
+    assert prefix_length(single_block(8, 22, n)) == 22
+    assert make_space("single", 4, ["0:2,1:4"]) == [(0, 1, 1, 2, 3)]
+    with pytest.raises(InputError, match="empty"):
+        make_space("single", n, [], max_layers=30)
+
+
+def test_budgeted_search_finds_the_best_block_of_a_smooth_landscape():
+    n, seen = 24, []
+
+    def score(plans):
+        seen.extend(plans)
+        return {p: (block_of(p, n)[0] - 9) ** 2 + (block_of(p, n)[1] - 14) ** 2 for p in plans}
+
+    plans = make_space("single", n, [])
+    found = search(plans, n, 60, score, lambda a, b: a < b)
+    assert len(found) == len(seen) <= 60  # each plan scored once, within the budget
+    assert min(found, key=found.get) == single_block(9, 14, n)
+    assert len(search(plans, n, None, score, lambda a, b: a < b)) == len(plans)
+
+
+def _bad(run_dus, tmp_path, *args):
+    code, out, err = run_dus("scan", *args, "--device", "cpu", "--out", tmp_path / "bad")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert not (tmp_path / "bad" / "scan.json").exists()
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("{not json\n", "not JSON"),
+        ('{"context": "a", "choices": [" b", " c"], "answer": " d"}\n', "not one of the choices"),
+        ('{"context": "a", "choices": [" b", " c"], "answer": 2}\n', "`answer` must be"),
+        ('{"context": "a", "choices": [" b"], "answer": 0}\n', "at least two"),
+        (json.dumps({"context": "word " * 200, "choices": [" b", " c"], "answer": 0}) + "\n", "longer than the model"),
+    ],
+)
+def test_bad_probes_are_refused(tiny_model, tmp_path, run_dus, content, message):
+    probe = tmp_path / "p.jsonl"
+    probe.write_text(content)
+    assert message in _bad(run_dus, tmp_path, tiny_model, "--probe", probe)
+
+
+def test_bad_spaces_and_names_are_refused(tiny_model, inputs, tmp_path, run_dus):
+    text = ["--text", inputs["text"]]
+    assert "empty" in _bad(run_dus, tmp_path, tiny_model, *text, "--max-layers", "4")
+    assert "over --budget 1" in _bad(
+        run_dus, tmp_path, tiny_model, *text, "--layers", "0:2,1,1,2:4", "--layers", "0:4,0", "--budget", "1"
+    )
+    assert "no score named" in _bad(run_dus, tmp_path, tiny_model, *text, "--select-on", "accuracy:x")
+    assert "not held out" in _bad(run_dus, tmp_path, tiny_model, *text, "--report-on", "perplexity")
+    assert "--text" in _bad(run_dus, tmp_path, tiny_model)
+    assert "GGUF" in _bad(run_dus, tmp_path, tmp_path / "m.gguf", *text)
+
+
+def test_a_source_the_build_refuses_is_refused(tmp_path, run_dus, inputs):
+    import transformers
+    from models import COMMON
+
+    config = transformers.AutoConfig.for_model("diffllama", **COMMON)  # lambda_init depends on the layer index
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "src")
+    assert "computes it from the layer index" in _bad(run_dus, tmp_path, tmp_path / "src", "--text", inputs["text"])
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_scores_equal_the_built_models(smollm2, tmp_path):
+    from dus.eval.perplexity import perplexity, reference_text
+    from dus.runtime import load_model, load_tokenizer
+
+    text = tmp_path / "topics.txt"
+    text.write_text(reference_text(), encoding="utf-8")
+    layers = ["0:22,8:30", "0:29,28:30"]
+    record = scan(_opts(smollm2, tmp_path / "s", text=str(text), max_tokens=512, layers=layers))
+    for spec in layers:
+        dus.api.build(str(smollm2), tmp_path / spec, layers=spec)
+        model, _ = load_model(tmp_path / spec, "cpu", "auto")
+        expected = perplexity(model, load_tokenizer(smollm2), text.read_text(), max_tokens=512)["perplexity"]
+        got = next(p for p in record["plans"] if p["layers"] == spec)["scores"]["perplexity"]
+        assert math.isclose(got, expected, rel_tol=1e-4)
