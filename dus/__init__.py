@@ -1,9 +1,9 @@
 """dus: depth up-scaling for Hugging Face decoder models.
 
-    import dus
-    dus.plan("mistralai/Mistral-7B-v0.1", overlap=8)
-    dus.build("mistralai/Mistral-7B-v0.1", "solar-base", preset="solar")
-    dus.verify("solar-base")
+import dus
+dus.plan("mistralai/Mistral-7B-v0.1", overlap=8)
+dus.build("mistralai/Mistral-7B-v0.1", "solar-base", preset="solar")
+dus.verify("solar-base")
 """
 
 import types as _types

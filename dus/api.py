@@ -1,8 +1,8 @@
 """The Python API: `dus.plan`, `dus.build`, `dus.verify`. The CLI calls these.
 
-    import dus
-    report = dus.plan("mistralai/Mistral-7B-v0.1", overlap=8)
-    dus.build("mistralai/Mistral-7B-v0.1", "solar-base", preset="solar")
+import dus
+report = dus.plan("mistralai/Mistral-7B-v0.1", overlap=8)
+dus.build("mistralai/Mistral-7B-v0.1", "solar-base", preset="solar")
 """
 
 from __future__ import annotations
@@ -25,8 +25,15 @@ from dus.read.gguf import is_gguf
 from dus.read.source import Source, open_source
 
 
-def plan(source: str | None = None, *, config: str | None = None, options: PlanOptions | None = None,
-         need_weights: bool = False, _checks_in_background: bool = False, **keywords) -> ResolvedPlan:
+def plan(
+    source: str | None = None,
+    *,
+    config: str | None = None,
+    options: PlanOptions | None = None,
+    need_weights: bool = False,
+    _checks_in_background: bool = False,
+    **keywords,
+) -> ResolvedPlan:
     """Resolve a plan from headers only (no weights are read).
 
     The plan options are PlanOptions' fields (dus/plan/options.py: overlap=, layers=, recipe=, factor=,
@@ -59,8 +66,12 @@ def plan(source: str | None = None, *, config: str | None = None, options: PlanO
     base = opened[the_plan.base]
     config_out = planned_config(the_plan, base.config)
     check_output(config_out, len(the_plan.layers), stack_config=base.stack_config)
-    checks = start_checks(opened, config_out, [t.name for t in tensors],
-                          layers=equivalence_request(the_plan, base, config_out, options.allow_index_dependent))
+    checks = start_checks(
+        opened,
+        config_out,
+        [t.name for t in tensors],
+        layers=equivalence_request(the_plan, base, config_out, options.allow_index_dependent),
+    )
     resolved = ResolvedPlan(the_plan, opened, tensors, config_out, options, checks=checks)
     if not _checks_in_background:
         resolved.finish_checks()
@@ -98,9 +109,17 @@ def _source_refs(options: PlanOptions) -> dict[str, str]:
     return {"base": str(options.source)}
 
 
-def build(source: str | None, output: str | Path, *, shard_size: str | int | None = None, force: bool = False,
-          verify: bool = False, progress: Callable[[int], None] | None = None, file_sha256: bool = False,
-          **plan_options) -> dict:
+def build(
+    source: str | None,
+    output: str | Path,
+    *,
+    shard_size: str | int | None = None,
+    force: bool = False,
+    verify: bool = False,
+    progress: Callable[[int], None] | None = None,
+    file_sha256: bool = False,
+    **plan_options,
+) -> dict:
     """Build OUTPUT from SOURCE by the plan (`plan_options`: as for `plan`); return the written dus_plan.json
     record. `shard_size` wins over the recipe's.
 
@@ -114,8 +133,9 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     if is_gguf(resolved.base.ref) or is_gguf(output):
         return _build_gguf(resolved, Path(output), shard_size, force, verify, progress)
     shard_size = shard_size or resolved.options.shard_size or "5GB"
-    record = write_model(resolved, Path(output), parse_size(shard_size), force=force, progress=progress,
-                         digest=build_digest(file_sha256))
+    record = write_model(
+        resolved, Path(output), parse_size(shard_size), force=force, progress=progress, digest=build_digest(file_sha256)
+    )
     if verify:
         from dus.verify.check import verify_model
 
@@ -123,8 +143,9 @@ def build(source: str | None, output: str | Path, *, shard_size: str | int | Non
     return record
 
 
-def upcycle(source: str, output: str | Path, *, experts: int, top_k: int = 2, expert_init: str = "copy",
-            **build_options) -> dict:
+def upcycle(
+    source: str, output: str | Path, *, experts: int, top_k: int = 2, expert_init: str = "copy", **build_options
+) -> dict:
     """`dus upcycle`: OUTPUT is SOURCE with every layer's MLP grown into `experts` experts (docs/upcycle.md)."""
     build_options.setdefault("recipe", "stack")  # every layer once, in order: the depth plan that changes nothing
     build_options.setdefault("factor", 1)
@@ -167,8 +188,17 @@ def parse_size(size: str | int) -> int:
         value = size
     else:
         text = size.strip().upper().replace(" ", "")
-        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-                 "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+        units = {
+            "KIB": 2**10,
+            "MIB": 2**20,
+            "GIB": 2**30,
+            "TIB": 2**40,
+            "KB": 10**3,
+            "MB": 10**6,
+            "GB": 10**9,
+            "TB": 10**12,
+            "B": 1,
+        }
         for unit, scale in units.items():
             if text.endswith(unit):
                 text, factor = text[: -len(unit)], scale

@@ -17,9 +17,17 @@ class CountBar:
         console = console or Console(stderr=True)
         self.progress = None
         if console.is_terminal:
-            self.progress = Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "left",
-                                     TimeRemainingColumn(), console=console, transient=True,
-                                     redirect_stdout=sys.stdout.isatty())  # warnings on stderr go above it too
+            self.progress = Progress(
+                f"[bold]{label}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "left",
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                redirect_stdout=sys.stdout.isatty(),
+            )  # warnings on stderr go above it too
             self.task = self.progress.add_task(label, total=total, completed=completed)
             self.progress.start()
 

@@ -59,8 +59,11 @@ def fingerprint(paths) -> dict[str, dict]:
             files = sorted(f for f in path.rglob("*") if f.is_file())
             listing = [(str(f.relative_to(path)), file_digest(f)) for f in files]
             h = DIGESTS[DEFAULT](json.dumps(listing).encode())
-            out[str(path.resolve())] = {DEFAULT: h.hexdigest(), "bytes": sum(d["bytes"] for _, d in listing),
-                                        "files": len(listing)}
+            out[str(path.resolve())] = {
+                DEFAULT: h.hexdigest(),
+                "bytes": sum(d["bytes"] for _, d in listing),
+                "files": len(listing),
+            }
         else:
             out[str(p)] = {"missing": True}
     return out
@@ -101,8 +104,9 @@ def parent_entry(ref: str) -> dict:
     return entry
 
 
-def stage_record(stage: str, parent: dict, *, command_line: list[str] | None = None, options: dict | None = None,
-                 **fields) -> dict:
+def stage_record(
+    stage: str, parent: dict, *, command_line: list[str] | None = None, options: dict | None = None, **fields
+) -> dict:
     """The record every stage writes (a model's dus_plan.json, a pipeline stage's record), its shared
     fields first: dus_version, stage, command (this run's, unless given), options, parent; then `fields`."""
     from dus import __version__
@@ -119,8 +123,13 @@ def stage_record(stage: str, parent: dict, *, command_line: list[str] | None = N
 
 def stage_manifest(stage: str, directory: Path, parent: str, options: dict, data: list) -> dict:
     """The manifest of a model `stage` wrote into `directory` (its shards already there)."""
-    record = stage_record(stage, parent_entry(parent), options=options, data=fingerprint(data),
-                          output={"shards": shard_digests(directory)})
+    record = stage_record(
+        stage,
+        parent_entry(parent),
+        options=options,
+        data=fingerprint(data),
+        output={"shards": shard_digests(directory)},
+    )
     if record["parent"]["manifest"] is not None and "plan" in (up := read_manifest(parent)):
         record["plan"] = up["plan"]  # the layers are still the planned ones: --freeze original needs the map
     return record

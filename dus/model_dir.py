@@ -1,9 +1,9 @@
 """One message per cause when a path is not the model directory a command needs, the same in every command.
 
-    {path}: does not exist                                   (a Hub id is named when the command takes one)
-    {path}: is a file, not a model directory
-    {path}: has no config.json (not a Hugging Face model directory)
-    {path}: has no dus_plan.json (not written by dus)
+{path}: does not exist                                   (a Hub id is named when the command takes one)
+{path}: is a file, not a model directory
+{path}: has no config.json (not a Hugging Face model directory)
+{path}: has no dus_plan.json (not written by dus)
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ def model_dir_problem(path: str | Path, *, manifest: bool = False, hub_id: bool 
 
 def model_dir_error(path: str | Path, *, manifest: bool = False, hub_id: bool = False) -> InputError:
     """The InputError to raise for `path`, the caller having found it is not what it needs."""
-    return InputError(model_dir_problem(path, manifest=manifest, hub_id=hub_id)
-                      or f"{path}: not a model directory")
+    return InputError(model_dir_problem(path, manifest=manifest, hub_id=hub_id) or f"{path}: not a model directory")
 
 
 def check_model_dir(path: str | Path, *, manifest: bool = False) -> Path:

@@ -16,13 +16,30 @@ from dus.errors import InputError
 from dus.yamlfile import read_mapping
 
 
-def option(default, help: str, *, aliases: tuple[str, ...] = (), short: str | None = None,
-           positional: bool = False, required: bool = False, metavar: str | None = None, panel: str | None = None,
-           cli: bool = True):
+def option(
+    default,
+    help: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    short: str | None = None,
+    positional: bool = False,
+    required: bool = False,
+    metavar: str | None = None,
+    panel: str | None = None,
+    cli: bool = True,
+):
     """A dataclass field that is also a flag: `--name` (and `--alias`, `-s`), or the command's argument.
     `cli=False`: a --config key (and API keyword) only, for values no flag can spell (a mapping)."""
-    meta = {"help": help, "aliases": aliases, "short": short, "positional": positional, "required": required,
-            "metavar": metavar, "panel": panel, "cli": cli}
+    meta = {
+        "help": help,
+        "aliases": aliases,
+        "short": short,
+        "positional": positional,
+        "required": required,
+        "metavar": metavar,
+        "panel": panel,
+        "cli": cli,
+    }
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)

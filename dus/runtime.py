@@ -24,9 +24,14 @@ def cache_root() -> Path:
 
 DTYPES = {  # accepted --dtype value -> canonical name (a torch dtype's, and config.json's)
     "auto": "auto",
-    "float32": "float32", "fp32": "float32", "f32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 DEVICES = ("auto", "cuda", "cpu", "mps", "cuda:N")  # what --device accepts, for messages
 
@@ -97,8 +102,10 @@ def check_model(ref: str | Path) -> str:
 def check_weights(ref: str | Path) -> str:
     """`check_model`, and a local directory must have safetensors weights (a pickle-only one is refused)."""
     if str(ref).endswith(".gguf"):
-        raise InputError(f"{ref}: a .gguf file; this command reads a model directory (`dus eval --perplexity` and "
-                         "`dus chat` read .gguf files)")
+        raise InputError(
+            f"{ref}: a .gguf file; this command reads a model directory (`dus eval --perplexity` and "
+            "`dus chat` read .gguf files)"
+        )
     ref = check_model(ref)
     path = Path(ref).expanduser()
     if path.is_dir() and local_tensors(path) is None:

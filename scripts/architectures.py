@@ -1,8 +1,8 @@
 """The architecture matrix (dus/testing/matrix.py): every causal LM and image-text-to-text model of transformers.
 
-    python scripts/architectures.py                 # every causal LM, writes its section of docs/architectures.md
-    python scripts/architectures.py llama diffllama # some, printed only
-    python scripts/architectures.py --multimodal    # every image-text-to-text model through --stack
+python scripts/architectures.py                 # every causal LM, writes its section of docs/architectures.md
+python scripts/architectures.py llama diffllama # some, printed only
+python scripts/architectures.py --multimodal    # every image-text-to-text model through --stack
 """
 
 import sys

@@ -43,16 +43,29 @@ import time
 from pathlib import Path
 
 SCALES = {
-    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=32, num_attention_heads=8,
-                 num_key_value_heads=4),
-    "mid": dict(hidden_size=2048, intermediate_size=7168, num_hidden_layers=32, num_attention_heads=16,
-                num_key_value_heads=8),
-    "7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8),
+    "tiny": dict(
+        hidden_size=256, intermediate_size=768, num_hidden_layers=32, num_attention_heads=8, num_key_value_heads=4
+    ),
+    "mid": dict(
+        hidden_size=2048, intermediate_size=7168, num_hidden_layers=32, num_attention_heads=16, num_key_value_heads=8
+    ),
+    "7b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
+    ),
 }
-MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 32000,
-           "max_position_embeddings": 32768, "sliding_window": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-           "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"}
+MISTRAL = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "sliding_window": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
 
 SYNTHESIZE = """
 import json, sys
@@ -150,14 +163,20 @@ def cpu_model() -> str:
 def measure_machine(work: Path, size: int = 512 * 2**20) -> str:
     """One line: the CPU and its measured hash and copy throughput (GB/s, median of 3)."""
     where = Path("/dev/shm") if Path("/dev/shm").is_dir() and shutil.disk_usage("/dev/shm").free > 4 * size else work
-    out = subprocess.run([sys.executable, "-c", MACHINE, str(where / f"dus-bench-{os.getpid()}.bin"), str(size)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", MACHINE, str(where / f"dus-bench-{os.getpid()}.bin"), str(size)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     speed = json.loads(out)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu_model()}, {cpus} usable CPUs: SHA-256 {speed['sha256']:.2f} GB/s "
-            f"({speed['sha256 cached']:.2f} reading the page cache), BLAKE3 {speed['blake3']:.2f} GB/s "
-            f"({speed['blake3 cached']:.2f}), one thread each; copy_file_range {speed['copy']:.2f} GB/s "
-            f"(file to file within {'tmpfs' if where == Path('/dev/shm') else where}); median of 3")
+    return (
+        f"{cpu_model()}, {cpus} usable CPUs: SHA-256 {speed['sha256']:.2f} GB/s "
+        f"({speed['sha256 cached']:.2f} reading the page cache), BLAKE3 {speed['blake3']:.2f} GB/s "
+        f"({speed['blake3 cached']:.2f}), one thread each; copy_file_range {speed['copy']:.2f} GB/s "
+        f"(file to file within {'tmpfs' if where == Path('/dev/shm') else where}); median of 3"
+    )
 
 
 def checkpoint_bytes(config: dict, layers: int) -> int:
@@ -207,8 +226,9 @@ def run(cmd: list[str], output: Path, src: Path, cache: Path, fresh_cache: bool)
     warm(src)
     os.sync()  # start with no dirty pages left by the previous run's writes
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "DUS_CHECK_CACHE": str(cache)})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "DUS_CHECK_CACHE": str(cache)}
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode()[-2000:]
@@ -250,6 +270,7 @@ def main() -> None:
         print(f"synthesizing {args.scale} checkpoint in {src} ...", file=sys.stderr)
         subprocess.run([sys.executable, "-c", SYNTHESIZE, str(src), json.dumps(config)], check=True)
     source_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+
     def out(name: str) -> str:  # "mergekit tuned" -> WORK/out-mergekit-tuned
         return str(work / ("out-" + "-".join(name.replace("-", " ").split())))
 
@@ -265,8 +286,15 @@ def main() -> None:
         yaml = work / "mergekit.yaml"
         yaml.write_text(mergekit_config(src, config["num_hidden_layers"], 8))
         tools["mergekit"] = [args.mergekit, str(yaml), out("mergekit")]
-        tools["mergekit tuned"] = [args.mergekit, str(yaml), out("mergekit tuned"), "--copy-tokenizer",
-                                   "--lazy-unpickle", "--out-shard-size", "5B"]
+        tools["mergekit tuned"] = [
+            args.mergekit,
+            str(yaml),
+            out("mergekit tuned"),
+            "--copy-tokenizer",
+            "--lazy-unpickle",
+            "--out-shard-size",
+            "5B",
+        ]
     outputs = {name: Path(out(name)) for name in tools}
     results = {name: [] for name in tools}
     cache = work / "dus-cache"  # dus's check cache (dus/checks/cache.py): the first warm-up run fills it
@@ -292,12 +320,16 @@ def report(args, config, source_bytes, results, machine: str) -> None:
         return statistics.median(r[i] for r in results[name])
 
     versions = {p: _version(md, p) for p in ("dus", "torch", "transformers", "safetensors", "blake3", "mergekit")}
-    print(f"\n### `{args.scale}` — {time.strftime('%Y-%m-%d')}, {platform.node() or 'machine'}: {os.cpu_count()} CPUs, "
-          f"{platform.machine()}, Python {platform.python_version()}, "
-          + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    print(
+        f"\n### `{args.scale}` — {time.strftime('%Y-%m-%d')}, {platform.node() or 'machine'}: {os.cpu_count()} CPUs, "
+        f"{platform.machine()}, Python {platform.python_version()}, "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    )
     print(f"\n{machine}")
-    print(f"\nsource {source_bytes / 1e9:.2f} GB ({config['num_hidden_layers']} layers), median of {args.repeats} "
-          "alternating runs, warm page cache\n")
+    print(
+        f"\nsource {source_bytes / 1e9:.2f} GB ({config['num_hidden_layers']} layers), median of {args.repeats} "
+        "alternating runs, warm page cache\n"
+    )
     print(
         "| tool | wall (s), median | wall (s), min–max | peak RSS (MiB) | output (GB) | wall vs floor | dus speed-up |"
     )
@@ -305,8 +337,10 @@ def report(args, config, source_bytes, results, machine: str) -> None:
     for name in results:
         wall, rss, written = med(name, 0), med(name, 1), med(name, 2)
         low, high = min(r[0] for r in results[name]), max(r[0] for r in results[name])
-        print(f"| {name} | {wall:.2f} | {low:.2f}–{high:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} "
-              f"| {wall / med('floor', 0):.2f}× | {wall / med('dus', 0):.2f}× |")
+        print(
+            f"| {name} | {wall:.2f} | {low:.2f}–{high:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} "
+            f"| {wall / med('floor', 0):.2f}× | {wall / med('dus', 0):.2f}× |"
+        )
 
 
 def _version(md, package):

@@ -32,10 +32,24 @@ from dus.train.model import model_from_config, param_counts, prepare_model
 from dus.train.parallel import close_distributed, init_distributed
 
 SIZES = {  # base model shape; the benchmark trains its DUS-grown version
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32, "num_key_value_heads": 4,
-           "vocab_size": 32000, "num_hidden_layers": 16, "max_position_embeddings": 4096},
-    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "vocab_size": 512, "num_hidden_layers": 4, "max_position_embeddings": 256},
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+        "num_hidden_layers": 16,
+        "max_position_embeddings": 4096,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "num_hidden_layers": 4,
+        "max_position_embeddings": 256,
+    },
 }
 
 
@@ -97,11 +111,19 @@ def main() -> None:
         per_device = steps * batch_size * seq_len / seconds
         peak = peak_flops(d.device)
         result = {
-            "size": args.size, "layers": config.num_hidden_layers, "params": counts["total"],
+            "size": args.size,
+            "layers": config.num_hidden_layers,
+            "params": counts["total"],
             "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
-            "world": d.world, "dtype": str(dtype).removeprefix("torch."), "seq_len": seq_len,
-            "batch_size": batch_size, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-            "steps": steps, "step_s": seconds / steps, "tokens_per_s": per_device * d.world,
+            "world": d.world,
+            "dtype": str(dtype).removeprefix("torch."),
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "compile": args.compile,
+            "grad_checkpointing": args.grad_checkpointing,
+            "steps": steps,
+            "step_s": seconds / steps,
+            "tokens_per_s": per_device * d.world,
             "tokens_per_s_per_device": per_device,
             "mfu": per_device * flops_per_token(config, counts["non_embedding"], seq_len) / peak if peak else None,
             "max_memory_gib": torch.cuda.max_memory_allocated(d.device) / 2**30 if d.device.type == "cuda" else None,

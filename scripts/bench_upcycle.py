@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_build  # noqa: E402  (run, measure_machine, the Mistral shapes)
 
-FLOOR = textwrap.dedent("""
+FLOOR = (
+    textwrap.dedent("""
     import os, sys
     from dus.plan.make import make_plan
     from dus.plan.options import PlanOptions
@@ -42,7 +43,9 @@ FLOOR = textwrap.dedent("""
     options = PlanOptions(source=sys.argv[1], recipe="stack", factor=1, experts=int(sys.argv[3]), top_k=2)
     plan = make_plan(sources, options)  # with the experts: make_plan reads them
     specs = [s for s in planned_tensors(plan, sources) if s.is_byte_copy]
-""") + bench_build.FLOOR_COPY
+""")
+    + bench_build.FLOOR_COPY
+)
 
 
 def source(args, work: Path) -> Path:
@@ -69,9 +72,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     src = source(args, work)
     machine = bench_build.measure_machine(work)
-    tools = {"dus upcycle": [sys.executable, "-m", "dus", "upcycle", str(src), str(work / "out-dus"), "--experts",
-                             str(args.experts), "--top-k", "2", "--force"],
-             "floor": [sys.executable, "-c", FLOOR, str(src), str(work / "out-floor"), str(args.experts)]}
+    tools = {
+        "dus upcycle": [
+            sys.executable,
+            "-m",
+            "dus",
+            "upcycle",
+            str(src),
+            str(work / "out-dus"),
+            "--experts",
+            str(args.experts),
+            "--top-k",
+            "2",
+            "--force",
+        ],
+        "floor": [sys.executable, "-c", FLOOR, str(src), str(work / "out-floor"), str(args.experts)],
+    }
     outputs = {"dus upcycle": work / "out-dus", "floor": work / "out-floor"}
     cache = work / "dus-cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -87,16 +103,20 @@ def main() -> None:
         return statistics.median(r[i] for r in results[name])
 
     load = os.getloadavg()[0]
-    print(f"\n### {args.source} -> {args.experts} experts — {time.strftime('%Y-%m-%d')}, {platform.node()}, "
-          f"Python {platform.python_version()}, load average {load:.1f} at the end\n\n{machine}\n")
+    print(
+        f"\n### {args.source} -> {args.experts} experts — {time.strftime('%Y-%m-%d')}, {platform.node()}, "
+        f"Python {platform.python_version()}, load average {load:.1f} at the end\n\n{machine}\n"
+    )
     print(f"source {source_bytes / 1e9:.2f} GB, median of {args.repeats} alternating runs, warm page cache\n")
     print("| tool | wall (s), median | min–max | peak RSS (MiB) | output (GB) | wall vs floor |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in results:
         wall, rss, written = med(name, 0), med(name, 1), med(name, 2)
         low, high = min(r[0] for r in results[name]), max(r[0] for r in results[name])
-        print(f"| {name} | {wall:.2f} | {low:.2f}–{high:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} "
-              f"| {wall / med('floor', 0):.2f}× |")
+        print(
+            f"| {name} | {wall:.2f} | {low:.2f}–{high:.2f} | {rss / 2**20:.0f} | {written / 1e9:.2f} "
+            f"| {wall / med('floor', 0):.2f}× |"
+        )
     shutil.rmtree(cache, ignore_errors=True)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

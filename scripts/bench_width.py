@@ -42,9 +42,16 @@ def case(name: str, source: Path, out: Path, options: list[str]) -> dict:
     verify_s, verify_rss = timed([*DUS, "verify", str(out)])
     shutil.rmtree(out, ignore_errors=True)
     source_bytes = sum(p.stat().st_size for p in source.glob("*.safetensors"))
-    row = {"case": name, "options": " ".join(options), "source_bytes": source_bytes, "output_bytes": written,
-           "build_s": round(build_s, 1), "build_peak_rss_mib": build_rss >> 20,
-           "verify_s": round(verify_s, 1), "verify_peak_rss_mib": verify_rss >> 20}
+    row = {
+        "case": name,
+        "options": " ".join(options),
+        "source_bytes": source_bytes,
+        "output_bytes": written,
+        "build_s": round(build_s, 1),
+        "build_peak_rss_mib": build_rss >> 20,
+        "verify_s": round(verify_s, 1),
+        "verify_peak_rss_mib": verify_rss >> 20,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -64,13 +71,20 @@ def main() -> None:
         if "width" in args.smollm2_cases:
             rows.append(case("SmolLM2-135M x2 width", src, work / "out", ["--width", "2"]))
         if "noise" in args.smollm2_cases:
-            rows.append(case("SmolLM2-135M x2 width + noise", src, work / "out",
-                             ["--width", "2", "--width-noise", "0.01"]))
+            rows.append(
+                case("SmolLM2-135M x2 width + noise", src, work / "out", ["--width", "2", "--width-noise", "0.01"])
+            )
         for init in ("aligned-average", "predicted"):
             if init not in args.smollm2_cases:
                 continue
-            rows.append(case(f"SmolLM2-135M +6 layers {init}", src, work / "out",
-                             ["--insert-at", "top-half", "--new-layers", "6", "--init", init]))
+            rows.append(
+                case(
+                    f"SmolLM2-135M +6 layers {init}",
+                    src,
+                    work / "out",
+                    ["--insert-at", "top-half", "--new-layers", "6", "--init", init],
+                )
+            )
     for layers in args.synthetic_layers:
         from dus.testing.synthetic import write_synthetic
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: make the environment, lint (ruff, pyproject.toml), then pytest.
+# The whole test suite, from a fresh machine: make the environment, lint and format check (ruff,
+# pyproject.toml), then pytest.
 #   scripts/test.sh [pytest args]          the full suite (what CI runs)
 #   scripts/test.sh --fast [pytest args]   the development loop: skips tests marked `slow`
 #                                          (each over ~10 s) and `real_model` (SmolLM2-135M from PyPI);
@@ -13,4 +14,5 @@ if [ "${1:-}" = "--fast" ]; then
   set -- -m "not slow and not real_model" "$@"
 fi
 python -m ruff check .
+python -m ruff format --check --quiet .
 python -m pytest -q "$@"

@@ -37,12 +37,26 @@ def main() -> None:
     if not (moe / "config.json").is_file():
         dus.api.upcycle(str(fetch_smollm2()), moe, experts=args.experts, top_k=2)
     layers = json.loads((moe / "config.json").read_text())["num_hidden_layers"]
-    summary = pretrain({"model": str(moe), "data": [str(data / "train.jsonl")],
-                        "eval_data": [str(data / "eval.jsonl")], "output": str(work / "run"), "seq_len": 256,
-                        "batch_size": 2, "max_steps": args.steps, "lr": 1e-4, "warmup_steps": 4,
-                        "eval_every": args.steps // 4, "eval_batches": 8, "log_every": 1, "save_every": 0,
-                        "final_checkpoint": False, "router_aux_loss_coef": args.aux,
-                        "freeze": f"layers:{layers - args.train_layers}:{layers}"})
+    summary = pretrain(
+        {
+            "model": str(moe),
+            "data": [str(data / "train.jsonl")],
+            "eval_data": [str(data / "eval.jsonl")],
+            "output": str(work / "run"),
+            "seq_len": 256,
+            "batch_size": 2,
+            "max_steps": args.steps,
+            "lr": 1e-4,
+            "warmup_steps": 4,
+            "eval_every": args.steps // 4,
+            "eval_batches": 8,
+            "log_every": 1,
+            "save_every": 0,
+            "final_checkpoint": False,
+            "router_aux_loss_coef": args.aux,
+            "freeze": f"layers:{layers - args.train_layers}:{layers}",
+        }
+    )
     plot(work / "run" / "metrics.jsonl", Path(args.plot), args)
     print(json.dumps(summary, indent=2))
 

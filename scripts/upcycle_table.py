@@ -19,16 +19,21 @@ TABLE = re.compile(r"(<!-- upcycle-families -->\n).*?(<!-- /upcycle-families -->
 def table() -> str:
     from dus.plan.moe_family import FAMILIES, REFUSED
 
-    rows = ["| dense `model_type` | MoE (transformers) | per-expert tensors of layer N | copy is exact because | "
-            "the dense config must have |", "|---|---|---|---|---|"]
+    rows = [
+        "| dense `model_type` | MoE (transformers) | per-expert tensors of layer N | copy is exact because | "
+        "the dense config must have |",
+        "|---|---|---|---|---|",
+    ]
     for dense, f in FAMILIES.items():
         names = "/".join(f.expert_names)
         why = "top-k weights always renormalised" if f.norm_topk == "always" else "`norm_topk_prob: true` written"
         if f.shared:
             why += f"; shared expert (`{f.shared}`) down projection{' and gate' if f.shared_gate else ''} zero"
         must = ", ".join(f"`{k}: {str(v).lower()}`" for k, v in f.must) or "—"
-        rows.append(f"| `{dense}` | `{f.target}` ({f.architecture}) | `{f.block}.experts.E.{{{names}}}.weight`, "
-                    f"router `{f.block}.{f.router}.weight` | {why} | {must} |")
+        rows.append(
+            f"| `{dense}` | `{f.target}` ({f.architecture}) | `{f.block}.experts.E.{{{names}}}.weight`, "
+            f"router `{f.block}.{f.router}.weight` | {why} | {must} |"
+        )
     rows += ["", "| dense `model_type` | refused because |", "|---|---|"]
     rows += [f"| `{dense}` | {reason} |" for dense, reason in REFUSED.items()]
     return "\n".join(rows)

@@ -50,8 +50,10 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     from pretrain_helpers import TOPICS, write_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    return {"train": write_corpus(root / "train", [t for i, t in enumerate(TOPICS) if i % 8]),
-            "eval": write_corpus(root / "eval", [t for i, t in enumerate(TOPICS) if i % 8 == 0])}
+    return {
+        "train": write_corpus(root / "train", [t for i, t in enumerate(TOPICS) if i % 8]),
+        "eval": write_corpus(root / "eval", [t for i, t in enumerate(TOPICS) if i % 8 == 0]),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,12 @@ def facts(n: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         thing, colour, place = rng.choice(THINGS), rng.choice(COLOURS), rng.choice(PLACES)
-        out.append({"question": f"what colour is the {thing} in {place} today",
-                    "answer": f"the {thing} in {place} is {colour} and {rng.choice(COLOURS)}"})
+        out.append(
+            {
+                "question": f"what colour is the {thing} in {place} today",
+                "answer": f"the {thing} in {place} is {colour} and {rng.choice(COLOURS)}",
+            }
+        )
     return out
 
 

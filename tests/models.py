@@ -11,8 +11,16 @@ from dus.testing.reference import reference_model  # noqa: F401 - the one builde
 
 VOCAB = 96
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-COMMON = dict(**TOKENS, vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+COMMON = dict(
+    **TOKENS,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 
 ARCHITECTURES = {
     "llama": lambda: transformers.LlamaConfig(**COMMON),
@@ -78,8 +86,10 @@ def assert_verified(directory, layers: int, computed: int = 0):
 
     checks = dus.api.verify(directory).checks
     assert f"config.json as planned ({layers} layers)" in checks, checks
-    assert any(c.startswith("bytes of all tensors match their sources") and c.endswith(f", {computed} computed)")
-               for c in checks), checks
+    assert any(
+        c.startswith("bytes of all tensors match their sources") and c.endswith(f", {computed} computed)")
+        for c in checks
+    ), checks
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int, specials: dict[str, str], all_bytes: bool = False):
@@ -95,21 +105,38 @@ def bpe_tokenizer(texts: list[str], vocab_size: int, specials: dict[str, str], a
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet() if all_bytes else []
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials.values()),
-                                                       initial_alphabet=alphabet, show_progress=False))
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(specials.values()),
+            initial_alphabet=alphabet,
+            show_progress=False,
+        ),
+    )
     if "bos_token" in specials:
         bos = specials["bos_token"]
-        bpe.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, bpe.token_to_id(bos))])
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bpe.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **specials)
 
 
 def tiny_llama(tokenizer, layers: int, seed: int = 0, **config):
     """A seeded random LLaMA (hidden 64) sized to `tokenizer`, with its special-token ids; `config` overrides."""
     torch.manual_seed(seed)
-    fields = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    fields = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **config})).eval()
 
 

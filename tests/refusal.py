@@ -10,8 +10,10 @@ from pathlib import Path
 def snapshot(directory) -> dict[str, str]:
     """{path under `directory`: sha256 of a file, "dir" for a directory}, hidden entries included."""
     directory = Path(directory)
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 def assert_refused(code: int, err: str, *fragments: str, exit_code: int = 2, outputs=(), unchanged=None) -> str:

@@ -41,8 +41,9 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("analysis")
-    r = analyze(tiny, (tiny / "text.txt").read_text(), max_tokens=640, seq_len=64, batch_size=4, device="cpu",
-                output=out)
+    r = analyze(
+        tiny, (tiny / "text.txt").read_text(), max_tokens=640, seq_len=64, batch_size=4, device="cpu", output=out
+    )
     r["_out"] = out
     return r
 
@@ -69,8 +70,10 @@ def test_metrics_match_an_independent_forward(tiny, result):
     windows = token_windows(AutoTokenizer.from_pretrained(tiny), (tiny / "text.txt").read_text(), 640, 64)
     states = []
     hooks = [model.model.embed_tokens.register_forward_hook(lambda m, i, o: states.append(o))]
-    hooks += [layer.register_forward_hook(lambda m, i, o: states.append(o[0] if isinstance(o, tuple) else o))
-              for layer in model.model.layers]
+    hooks += [
+        layer.register_forward_hook(lambda m, i, o: states.append(o[0] if isinstance(o, tuple) else o))
+        for layer in model.model.layers
+    ]
     with torch.no_grad():
         model(windows)
     for h in hooks:
@@ -86,10 +89,17 @@ def test_metrics_match_an_independent_forward(tiny, result):
             assert result["distance"][i][j] == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("budget", [
-    {}, {"target_layers": 14}, {"target_layers": 15, "slack_layers": 4}, {"target_layers": 100, "slack_layers": 100},
-    {"target_params": "layers:12"}, {"target_params": "layers:14", "slack_layers": 2},
-])
+@pytest.mark.parametrize(
+    "budget",
+    [
+        {},
+        {"target_layers": 14},
+        {"target_layers": 15, "slack_layers": 4},
+        {"target_layers": 100, "slack_layers": 100},
+        {"target_params": "layers:12"},
+        {"target_params": "layers:14", "slack_layers": 2},
+    ],
+)
 def test_recommendation_is_the_budgeted_argmin(result, budget):
     d, lp, other = result["distance"], result["layer_params"], result["other_params"]
     budget = dict(budget)
@@ -98,8 +108,11 @@ def test_recommendation_is_the_budgeted_argmin(result, budget):
     rec = recommend_overlap(d, lp, other, **budget)
     size = {m: (2 * (N - m), other + sum(lp[i] for i in dus_layers(N, m))) for m in range(1, N // 2)}
     limit_layers = budget.get("target_layers", 3 * N // 2)
-    fits = [m for m in size if (size[m][1] <= budget["target_params"] if "target_params" in budget
-                                else size[m][0] <= limit_layers)]
+    fits = [
+        m
+        for m in size
+        if (size[m][1] <= budget["target_params"] if "target_params" in budget else size[m][0] <= limit_layers)
+    ]
     top = max(size[m][0] for m in fits)
     allowed = [m for m in fits if size[m][0] >= top - budget.get("slack_layers", 0)]
     expected = min(allowed, key=lambda m: (d[N - m][m], m))
@@ -158,8 +171,26 @@ def test_windows_start_with_bos_and_fill_seq_len(tiny):
 
 def test_cli_writes_outputs_and_explains(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["analyze", str(tiny), "--text", str(tiny / "text.txt"), "--max-tokens", "256", "--seq-len", "64",
-          "--output", str(out), "--target-params", "0.55M", "--slack-layers", "2", "--device", "cpu"])
+    main(
+        [
+            "analyze",
+            str(tiny),
+            "--text",
+            str(tiny / "text.txt"),
+            "--max-tokens",
+            "256",
+            "--seq-len",
+            "64",
+            "--output",
+            str(out),
+            "--target-params",
+            "0.55M",
+            "--slack-layers",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert "error" not in stderr
     assert "recommended overlap m=" in stdout and "seam distance" in stdout
@@ -175,8 +206,20 @@ def test_the_build_command_analyze_prints_builds_the_recommendation(tiny, tmp_pa
     import shlex
 
     monkeypatch.chdir(tmp_path)
-    main(["analyze", str(tiny), "--text", str(tiny / "text.txt"), "--max-tokens", "256", "--seq-len", "64",
-          "--device", "cpu"])
+    main(
+        [
+            "analyze",
+            str(tiny),
+            "--text",
+            str(tiny / "text.txt"),
+            "--max-tokens",
+            "256",
+            "--seq-len",
+            "64",
+            "--device",
+            "cpu",
+        ]
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("build it: ")
     rec = json.loads((tmp_path / "dus-analysis" / "analysis.json").read_text())["recommendation"]
     main(shlex.split(line)[1:])
@@ -227,8 +270,22 @@ def test_smollm2_recommendation(smollm2, tmp_path, capsys):
     model = smollm2
     text = tmp_path / "topics.txt"
     text.write_text(_text())
-    main(["analyze", str(model), "--text", str(text), "--max-tokens", "512", "--seq-len", "128",
-          "--batch-size", "4", "--output", str(tmp_path / "out")])
+    main(
+        [
+            "analyze",
+            str(model),
+            "--text",
+            str(text),
+            "--max-tokens",
+            "512",
+            "--seq-len",
+            "128",
+            "--batch-size",
+            "4",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     stdout = capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "analysis.json").read_text())
     rec = saved["recommendation"]

@@ -54,8 +54,16 @@ def parent(tmp_path):
 
 
 def start(step, action, *args, rename=False, wait=None) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", HARNESS, step, action, "rename" if rename else "exchange", str(wait or "."),
-           *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-c",
+        HARNESS,
+        step,
+        action,
+        "rename" if rename else "exchange",
+        str(wait or "."),
+        *map(str, args),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -81,12 +89,15 @@ def exchange_supported(directory: Path) -> bool:
         os.rmdir(directory / "b")
 
 
-@pytest.mark.parametrize("mode, step, survivor", [
-    ("exchange", "publishing", "old"),
-    ("exchange", "exchanged", "new"),  # swapped: the old model waits at the staging name to be removed
-    ("rename", "publishing", "old"),
-    ("rename", "old-hidden", "old"),  # between the two renames: OUTPUT is missing until the next run
-])
+@pytest.mark.parametrize(
+    "mode, step, survivor",
+    [
+        ("exchange", "publishing", "old"),
+        ("exchange", "exchanged", "new"),  # swapped: the old model waits at the staging name to be removed
+        ("rename", "publishing", "old"),
+        ("rename", "old-hidden", "old"),  # between the two renames: OUTPUT is missing until the next run
+    ],
+)
 def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, llama_source, parent, run_dus):
     out = parent / "out"
     if mode == "exchange" and not exchange_supported(parent):
@@ -96,8 +107,11 @@ def test_force_killed_mid_swap_leaves_a_whole_output(mode, step, survivor, llama
     proc.communicate(timeout=120)
     assert proc.returncode == -9
     if step == "old-hidden":
-        assert not out.exists() and hidden(parent) == [".out.dus-lock", f".out.dus-old-{proc.pid}",
-                                                   f".out.dus-partial-{proc.pid}"]
+        assert not out.exists() and hidden(parent) == [
+            ".out.dus-lock",
+            f".out.dus-old-{proc.pid}",
+            f".out.dus-partial-{proc.pid}",
+        ]
     else:
         assert run_dus("verify", out)[0] == 0  # whole before any recovery
     code, _, err = run_dus("build", llama_source, parent / "next", *OLD)  # the next build into the parent recovers
@@ -135,8 +149,10 @@ def test_concurrent_build_fails_at_once_and_the_first_wins(llama_source, parent,
     try:
         for force in ([], ["--force"]):
             code, _, err = run_dus("build", llama_source, out, *NEW, *force)
-            expected = (f"error: {out} is being written by another dus process (pid {first.pid}); "
-                        "wait for it to finish or choose another output")
+            expected = (
+                f"error: {out} is being written by another dus process (pid {first.pid}); "
+                "wait for it to finish or choose another output"
+            )
             assert one_error_line(code, err, 1) == expected
     finally:
         (tmp_path / "go").touch()
@@ -171,8 +187,9 @@ def test_force_replaces_only_the_output_it_checked(llama_source, parent, run_dus
 
     monkeypatch.setattr(output, "on_step", someone_else)
     code, _, err = run_dus("build", llama_source, out, *NEW, "--force")
-    assert one_error_line(code, err, 1) == (f"error: {out} changed during the build; "
-                                            "not replacing what this build did not check")
+    assert one_error_line(code, err, 1) == (
+        f"error: {out} changed during the build; not replacing what this build did not check"
+    )
     assert os.listdir(out) == ["theirs"] and sorted(os.listdir(parent)) == ["moved", "out"]
 
 
@@ -201,16 +218,22 @@ def test_dead_builds_leftovers_are_removed_by_the_next_build(llama_source, paren
     lock = os.open(parent / ".held.dus-lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        proc = subprocess.run([sys.executable, "-m", "dus", "build", str(llama_source), str(parent / "out"), *OLD],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "dus", "build", str(llama_source), str(parent / "out"), *OLD],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(lock)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stderr.splitlines()) == sorted([
-        f"dus: removed stale .gone.dus-old-{dead} left by a dead run",
-        f"dus: removed stale .out.dus-partial-{dead} left by a dead run",
-        f"dus: restored kept from .kept.dus-old-{dead}, left by a run killed while replacing it",
-    ])
+    assert sorted(proc.stderr.splitlines()) == sorted(
+        [
+            f"dus: removed stale .gone.dus-old-{dead} left by a dead run",
+            f"dus: removed stale .out.dus-partial-{dead} left by a dead run",
+            f"dus: restored kept from .kept.dus-old-{dead}, left by a run killed while replacing it",
+        ]
+    )
     expected = {name for name, fate in made.items() if fate == "kept"} | {"out", "gone", "kept", ".held.dus-lock"}
     assert set(os.listdir(parent)) == expected
     assert (parent / "kept" / "model.safetensors").read_bytes() == b"x"
@@ -248,12 +271,17 @@ def test_export_killed_midway_leaves_no_model(tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")  # a run directory holds more than the model
-    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tiny_model), str(out)], stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXPORT, str(tiny_model), str(out)], stderr=subprocess.PIPE, text=True
+    )
     assert proc.communicate(timeout=300) and proc.returncode == -9, proc.stderr
     assert not any((out / name).exists() for name in output.WEIGHTS_ENTRIES)  # nothing loads as a model
-    export_hf(AutoModelForCausalLM.from_pretrained(tiny_model).state_dict(), str(tiny_model), out,
-              AutoTokenizer.from_pretrained(tiny_model))
+    export_hf(
+        AutoModelForCausalLM.from_pretrained(tiny_model).state_dict(),
+        str(tiny_model),
+        out,
+        AutoTokenizer.from_pretrained(tiny_model),
+    )
     assert f"dus: removed stale .model.dus-partial-{proc.pid} left by a dead run" in capsys.readouterr().err
     assert hidden(out) == [] and {"metrics.jsonl", "tokenizer.json", "config.json"} <= set(os.listdir(out))
     assert AutoModelForCausalLM.from_pretrained(out) and AutoTokenizer.from_pretrained(out)
@@ -287,11 +315,16 @@ def test_model_files_killed_while_moving_in_leave_no_mixed_model(step, tmp_path,
             (staging / name).write_text("new")
     assert f"dus: removed stale .model.dus-partial-{proc.pid} left by a dead run" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in out.iterdir()} == {
-        "config.json": "new", "tokenizer.json": "new", "model.safetensors": "new", "metrics.jsonl": "old"}
+        "config.json": "new",
+        "tokenizer.json": "new",
+        "model.safetensors": "new",
+        "metrics.jsonl": "old",
+    }
 
 
-@pytest.mark.parametrize("call, code", [("copy_file_range", errno.ENOSPC), ("write", errno.EDQUOT),
-                                        ("copy_file_range", errno.EFBIG)])
+@pytest.mark.parametrize(
+    "call, code", [("copy_file_range", errno.ENOSPC), ("write", errno.EDQUOT), ("copy_file_range", errno.EFBIG)]
+)
 def test_disk_full_names_the_file_and_leaves_nothing(call, code, llama_source, parent, run_dus, monkeypatch):
     """The write of the second shard fails as a full disk would make it."""
     real = getattr(os, call)
@@ -309,8 +342,11 @@ def test_disk_full_names_the_file_and_leaves_nothing(call, code, llama_source, p
     monkeypatch.undo()
     line = one_error_line(result[0], result[2], 1)
     reason = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}[code]
-    match = re.fullmatch(rf"error: {reason} writing model-00002-of-0000\d\.safetensors in {re.escape(str(parent))}: "
-                         r"needs ([\d,]+) bytes more, 4,096 bytes free(; try a smaller --shard-size)?", line)
+    match = re.fullmatch(
+        rf"error: {reason} writing model-00002-of-0000\d\.safetensors in {re.escape(str(parent))}: "
+        r"needs ([\d,]+) bytes more, 4,096 bytes free(; try a smaller --shard-size)?",
+        line,
+    )
     assert match, line
     assert 40_000 < int(match[1].replace(",", "")) and bool(match[2]) == (code == errno.EFBIG)
     assert os.listdir(parent) == []
@@ -322,8 +358,11 @@ def test_a_model_that_cannot_fit_is_refused_before_writing(llama_source, parent,
     code, out, err = run_dus("build", llama_source, parent / "out", *OLD)
     planned = json.loads(run_dus("plan", llama_source, *OLD, "--json")[1])["output_bytes"]
     line = one_error_line(code, err, 1)
-    assert re.fullmatch(rf"error: not enough space in {re.escape(str(parent))}: the model needs ([\d,]+) bytes, "
-                        r"1,000 free", line)
+    assert re.fullmatch(
+        rf"error: not enough space in {re.escape(str(parent))}: the model needs ([\d,]+) bytes, "
+        r"1,000 free",
+        line,
+    )
     assert int(re.search(r"needs ([\d,]+)", line)[1].replace(",", "")) >= planned
     assert asked == [parent] and os.listdir(parent) == []
 
@@ -359,8 +398,9 @@ def umask():
 
 
 @pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
-def test_a_build_follows_the_umask_like_an_ordinary_file(mask, file_mode, dir_mode, llama_source, parent, run_dus,
-                                                         umask):
+def test_a_build_follows_the_umask_like_an_ordinary_file(
+    mask, file_mode, dir_mode, llama_source, parent, run_dus, umask
+):
     umask(mask)
     out = parent / "out"
     assert run_dus("build", llama_source, out, *OLD)[0] == 0

@@ -8,9 +8,9 @@ from models import ARCHITECTURES, VOCAB, assert_verified, load_tensors, referenc
 import dus.api
 
 PLANS = {
-    "overlap1": dict(overlap=1),            # SOLAR-style: 0,1,2,1,2,3
+    "overlap1": dict(overlap=1),  # SOLAR-style: 0,1,2,1,2,3
     "repeats": dict(layers="0:2,1,1,2:4"),  # a layer three times in a row
-    "stack": dict(overlap=0),               # the whole stack twice
+    "stack": dict(overlap=0),  # the whole stack twice
 }
 
 
@@ -34,7 +34,7 @@ def test_build_is_exact(arch, plan_name, sources, tmp_path):
     for i, s in enumerate(plan):
         for name, tensor in src.items():
             if name.startswith(f"{prefix}{s}."):
-                target = f"{prefix}{i}." + name[len(f"{prefix}{s}."):]
+                target = f"{prefix}{i}." + name[len(f"{prefix}{s}.") :]
                 expected_names.add(target)
                 assert torch.equal(out[target].view(torch.uint8), tensor.view(torch.uint8)), target
     assert set(out) == expected_names

@@ -76,10 +76,18 @@ def test_cli_prompt_from_stdin_and_messages_file(run_dus, tmp_path, monkeypatch)
     code, out, err = run_dus("chat", tiny_model_dir(), "--max-new-tokens", "4", "--device", "cpu")
     assert code == 0, err
     messages = tmp_path / "m.json"
-    messages.write_text(json.dumps([{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
-                                    {"role": "user", "content": "three"}]))
-    code, out, err = run_dus("chat", tiny_model_dir(), "--messages", messages, "--max-new-tokens", "2",
-                             "--chat-template", "solar")
+    messages.write_text(
+        json.dumps(
+            [
+                {"role": "user", "content": "one"},
+                {"role": "assistant", "content": "two"},
+                {"role": "user", "content": "three"},
+            ]
+        )
+    )
+    code, out, err = run_dus(
+        "chat", tiny_model_dir(), "--messages", messages, "--max-new-tokens", "2", "--chat-template", "solar"
+    )
     assert code == 0 and "warning: multi-turn" in err
 
 

@@ -31,12 +31,16 @@ def test_user_prompt_renders_byte_for_byte(tok):
 
 
 def test_system_and_assistant_turns(tok):
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, how are you?"},
-            {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
-            {"role": "user", "content": "I'd like to show off how chat templating works!"}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello, how are you?"},
+        {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
+        {"role": "user", "content": "I'd like to show off how chat templating works!"},
+    ]
     assert tok.apply_chat_template(chat, tokenize=False) == (
         "### System:\nBe brief.\n\n### User:\nHello, how are you?\n\n### Assistant:\n"
-        "I'm doing great. How can I help you today?### User:\nI'd like to show off how chat templating works!\n\n")
+        "I'm doing great. How can I help you today?### User:\nI'd like to show off how chat templating works!\n\n"
+    )
     empty_system = [{"role": "system", "content": ""}, {"role": "user", "content": "x"}]
     assert tok.apply_chat_template(empty_system, tokenize=False) == "### User:\nx\n\n"
 

@@ -19,6 +19,7 @@ def cache(tmp_path, monkeypatch):
 def _forbid_checks(monkeypatch):
     def run(request):
         raise AssertionError("the checks ran again")
+
     monkeypatch.setattr(checks, "run", run)
 
 
@@ -79,8 +80,16 @@ def test_the_key_covers_every_dus_source_file(tmp_path, monkeypatch):
     assert check_cache.request_key({}) != key
 
 
-@pytest.mark.parametrize("entry", [b"{not json", b'{"key": "other", "accepted": []}', b'{"key": "K", "accepted": [1]}',
-                                   b'{"key": "K", "accepted": [], "accepted": ["x"]}', b"[]"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b"{not json",
+        b'{"key": "other", "accepted": []}',
+        b'{"key": "K", "accepted": [1]}',
+        b'{"key": "K", "accepted": [], "accepted": ["x"]}',
+        b"[]",
+    ],
+)
 def test_a_broken_or_foreign_entry_is_not_an_answer(cache, entry):
     cache.mkdir(parents=True)
     (cache / "K.json").write_bytes(entry)
@@ -130,12 +139,15 @@ def test_an_answer_no_longer_wanted_stops_the_child(llama_source, cache):
 
 def test_an_editable_library_is_not_fingerprinted(monkeypatch, cache):
     """Its files are not in pip's RECORD, so edits would not change the key: nothing is remembered."""
+
     class Editable:
         version = "5.0.dev0"
 
         def read_text(self, name):
-            return {"RECORD": "transformers/__init__.py,,\n",
-                    "direct_url.json": '{"url": "file:///src/transformers", "dir_info": {"editable": true}}'}.get(name)
+            return {
+                "RECORD": "transformers/__init__.py,,\n",
+                "direct_url.json": '{"url": "file:///src/transformers", "dir_info": {"editable": true}}',
+            }.get(name)
 
     monkeypatch.setattr(check_cache.importlib.metadata, "distribution", lambda name: Editable())
     assert check_cache.request_key({}) is None

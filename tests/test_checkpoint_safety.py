@@ -49,9 +49,22 @@ def cache(tmp_path_factory) -> Path:
 def paused(tiny_model, corpus, cache, tmp_path_factory) -> Path:
     """A run of 6 steps stopped after 4, with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("paused") / "run"
-    pretrain({"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(out), "seq_len": 64,
-              "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "max_steps": 6, "save_every": 2,
-              "stop_after": 4, "cache_dir": str(cache)})
+    pretrain(
+        {
+            "model": str(tiny_model),
+            "data": [str(corpus["train"])],
+            "output": str(out),
+            "seq_len": 64,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "max_steps": 6,
+            "save_every": 2,
+            "stop_after": 4,
+            "cache_dir": str(cache),
+        }
+    )
     return out
 
 
@@ -62,10 +75,33 @@ def resume(tiny_model, corpus, cache, paused, tmp_path, run_dus):
     shutil.copytree(paused, out)
 
     def resume(model: Path = tiny_model) -> tuple[int, str]:
-        code, _, err = run_dus("pretrain", model, "--data", corpus["train"], "--output", out, "--seq-len", "64",
-                               "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "1",
-                               "--max-steps", "6", "--save-every", "2", "--cache-dir", cache, "--resume")
+        code, _, err = run_dus(
+            "pretrain",
+            model,
+            "--data",
+            corpus["train"],
+            "--output",
+            out,
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "2",
+            "--log-every",
+            "1",
+            "--max-steps",
+            "6",
+            "--save-every",
+            "2",
+            "--cache-dir",
+            cache,
+            "--resume",
+        )
         return code, err.strip()
+
     resume.out = out
     return resume
 
@@ -105,8 +141,9 @@ def test_bare_payload_as_metadata_never_runs(resume, tmp_path):
     assert_refused(code, err, "refusing to unpickle posix.system", unchanged=(resume.out, before))
 
 
-@pytest.mark.parametrize("obj", [eval, os.system, torch.load, shutil.rmtree, torch.Tensor, RunsCode],
-                         ids=lambda o: o.__name__)
+@pytest.mark.parametrize(
+    "obj", [eval, os.system, torch.load, shutil.rmtree, torch.Tensor, RunsCode], ids=lambda o: o.__name__
+)
 def test_metadata_unpickler_admits_only_metadata_classes(obj, tmp_path):
     with pytest.raises(InputError, match=f"refusing to unpickle .*{obj.__name__}"):
         MetadataUnpickler(io.BytesIO(pickle.dumps(obj)), tmp_path / ".metadata").load()
@@ -156,9 +193,15 @@ def test_damaged_shard_is_one_line_and_nothing_runs(resume, damage):
     assert_refused(code, err, str(checkpoint / SHARD), why, unchanged=(resume.out, before))
 
 
-@pytest.mark.parametrize("record", ["{not json", '{"format": "dus-checkpoint/1", "step": 4, "step": 4}',
-                                    '{"format": "dus-checkpoint/1", "step": 4, "files": {"../x": {}}}'],
-                         ids=["not-json", "duplicate-key", "escaping-name"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{not json",
+        '{"format": "dus-checkpoint/1", "step": 4, "step": 4}',
+        '{"format": "dus-checkpoint/1", "step": 4, "files": {"../x": {}}}',
+    ],
+    ids=["not-json", "duplicate-key", "escaping-name"],
+)
 def test_damaged_record_is_refused(resume, record):
     checkpoint = resume.out / "checkpoints" / "step_00000004"
     (checkpoint / RECORD).write_text(record)
@@ -192,8 +235,9 @@ def test_checkpoint_of_another_model_is_refused(resume, tmp_path):
     shallower = make_model(tmp_path / "two-layers", layers=2)
     before = snapshot(resume.out)
     code, err = resume(shallower)
-    assert_refused(code, err, "step_00000004 holds another model", "model.model.layers.2.",
-                   unchanged=(resume.out, before))
+    assert_refused(
+        code, err, "step_00000004 holds another model", "model.model.layers.2.", unchanged=(resume.out, before)
+    )
 
 
 def test_record_lists_every_file_and_state_loads_weights_only(paused):
@@ -254,8 +298,13 @@ def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path)
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    run = {"check": False, "capture_output": True, "text": True, "timeout": 300,
-           "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
+    run = {
+        "check": False,
+        "capture_output": True,
+        "text": True,
+        "timeout": 300,
+        "env": {**os.environ, "OMP_NUM_THREADS": "1"},
+    }
     first = subprocess.run(cmd + ["--stop-after", "2"], **run)
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoint = out / "checkpoints" / "step_00000002"
@@ -280,12 +329,15 @@ def test_a_failure_of_the_run_while_loading_is_not_bad_input(paused, monkeypatch
     path = paused / "checkpoints" / "step_00000004"
     ckpt = Checkpointer(paused / "checkpoints", Dist(), keep=2)
     ckpt.check(path)
-    for raised, expected in [(RuntimeError("CUDA out of memory"), RuntimeError),
-                             (CheckpointException("load", {0: (RuntimeError("gloo: connection reset"), None)}),
-                              RuntimeError),
-                             (CheckpointException("load", {0: (ValueError("bad size"), None)}), InputError)]:
+    for raised, expected in [
+        (RuntimeError("CUDA out of memory"), RuntimeError),
+        (CheckpointException("load", {0: (RuntimeError("gloo: connection reset"), None)}), RuntimeError),
+        (CheckpointException("load", {0: (ValueError("bad size"), None)}), InputError),
+    ]:
+
         def fail(*args, raised=raised, **kwargs):
             raise raised
+
         monkeypatch.setattr(checkpoint.dcp, "load", fail)
         with pytest.raises(BaseException) as caught:  # CheckpointException is a BaseException
             ckpt.load_shared(path)

@@ -45,12 +45,15 @@ def _library_state() -> dict:
     import lm_eval.evaluator
     import transformers
 
-    return {"filters": list(warnings.filters), "loggers": [logging.getLogger(n).level for n in QUIET_LOGGERS],
-            "hub_bars": huggingface_hub.utils.are_progress_bars_disabled(),
-            "transformers_bars": transformers.utils.logging.is_progress_bar_enabled(),
-            "datasets_bars": datasets.is_progress_bar_enabled(),
-            "datasets_env": os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS"),
-            "git_probe": lm_eval.evaluator.get_git_commit_hash}
+    return {
+        "filters": list(warnings.filters),
+        "loggers": [logging.getLogger(n).level for n in QUIET_LOGGERS],
+        "hub_bars": huggingface_hub.utils.are_progress_bars_disabled(),
+        "transformers_bars": transformers.utils.logging.is_progress_bar_enabled(),
+        "datasets_bars": datasets.is_progress_bar_enabled(),
+        "datasets_env": os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS"),
+        "git_probe": lm_eval.evaluator.get_git_commit_hash,
+    }
 
 
 def test_quiet_leaves_nothing_behind():
@@ -71,13 +74,29 @@ def test_quiet_leaves_nothing_behind():
 
 
 def test_sft_prints_no_progress_bars(tmp_path, run_dus, capsys):
-    rows = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]}
-            for r in facts(8)]
+    rows = [
+        {"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]}
+        for r in facts(8)
+    ]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     model = tiny_model_dir()
     capsys.readouterr()  # making the model may draw a bar of its own
-    code, out, err = run_dus("sft", model, "--data", data, "-o", tmp_path / "sft", "--max-steps", "2",
-                             "--batch-size", "4", "--seq-len", "128", "--logging-steps", "1")
+    code, out, err = run_dus(
+        "sft",
+        model,
+        "--data",
+        data,
+        "-o",
+        tmp_path / "sft",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "128",
+        "--logging-steps",
+        "1",
+    )
     assert code == 0, err
     assert "\r" not in err + out and "it/s" not in err, err
     assert err.splitlines() == ["data: 8 examples, dropped 0 by task filter, 0 by n-gram overlap, 8 kept"]
@@ -85,15 +104,28 @@ def test_sft_prints_no_progress_bars(tmp_path, run_dus, capsys):
 
 
 def test_pretrain_can_skip_the_final_checkpoint(tiny_model, corpus, tmp_path, run_dus):
-    common = [tiny_model, "--data", corpus["train"], "--seq-len", "64", "--batch-size", "2", "--warmup-steps", "1",
-              "--cache-dir", tmp_path / "cache", "--no-final-checkpoint"]
+    common = [
+        tiny_model,
+        "--data",
+        corpus["train"],
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--no-final-checkpoint",
+    ]
     code, _, err = run_dus("pretrain", *common, "--output", tmp_path / "done", "--max-steps", "4", "--save-every", "3")
     assert code == 0, err
     assert (tmp_path / "done" / "model.safetensors").is_file()  # the exported model is always written
     assert sorted(p.name for p in (tmp_path / "done" / "checkpoints").glob("step_*")) == ["step_00000003"]
 
-    code, _, err = run_dus("pretrain", *common, "--output", tmp_path / "paused", "--max-steps", "4",
-                           "--stop-after", "2")
+    code, _, err = run_dus(
+        "pretrain", *common, "--output", tmp_path / "paused", "--max-steps", "4", "--stop-after", "2"
+    )
     assert code == 0, err  # leaving early still leaves a checkpoint to resume from
     assert [p.name for p in (tmp_path / "paused" / "checkpoints").glob("step_*")] == ["step_00000002"]
 

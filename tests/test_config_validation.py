@@ -116,10 +116,13 @@ def test_bare_config_is_checked_before_its_model_is_made(llama_source, tmp_path,
     )
 
 
-@pytest.mark.parametrize("layers, fragment", [
-    (10**7, "num_hidden_layers is 10,000,000; dus handles at most 4,096 layers"),
-    (1000, "num_hidden_layers is 1000 in config.json, but the checkpoint has only"),
-])
+@pytest.mark.parametrize(
+    "layers, fragment",
+    [
+        (10**7, "num_hidden_layers is 10,000,000; dus handles at most 4,096 layers"),
+        (1000, "num_hidden_layers is 1000 in config.json, but the checkpoint has only"),
+    ],
+)
 def test_layer_count_is_bounded_before_the_stack_is_searched(
     layers, fragment, llama_source, tmp_path, run_dus, monkeypatch
 ):
@@ -136,11 +139,17 @@ def test_layer_count_is_bounded_before_the_stack_is_searched(
 
 
 def test_plan_size_is_bounded_before_it_is_expanded(llama_source, tmp_path, run_dus):
-    _assert_refused(run_dus("plan", llama_source, "--recipe", "stack", "--factor", "2000"),
-                    "the plan has 8,000 layers; dus builds at most 4,096", tmp_path)
+    _assert_refused(
+        run_dus("plan", llama_source, "--recipe", "stack", "--factor", "2000"),
+        "the plan has 8,000 layers; dus builds at most 4,096",
+        tmp_path,
+    )
     # 4 * 10**9 layers: refused from the factor, before a list of that size is made
-    _assert_refused(run_dus("plan", llama_source, "--recipe", "stack", "--factor", str(10**9)),
-                    "the plan has 4,000,000,000 layers", tmp_path)
+    _assert_refused(
+        run_dus("plan", llama_source, "--recipe", "stack", "--factor", str(10**9)),
+        "the plan has 4,000,000,000 layers",
+        tmp_path,
+    )
 
 
 def _recipe(tmp_path, body):
@@ -170,8 +179,13 @@ def test_overrides_are_checked_in_the_output_config(llama_source, tmp_path, run_
 
 def test_every_source_of_a_recipe_is_checked(llama_source, tmp_path, run_dus):
     other = _source(llama_source, tmp_path, mlp_only_layers=[4])
-    recipe = _recipe(tmp_path, {"sources": {"base": str(llama_source), "other": str(other)},
-                                "layers": [{"range": [0, 4]}, {"layer": 3, "source": "other"}]})
+    recipe = _recipe(
+        tmp_path,
+        {
+            "sources": {"base": str(llama_source), "other": str(other)},
+            "layers": [{"range": [0, 4]}, {"layer": 3, "source": "other"}],
+        },
+    )
     _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"), "mlp_only_layers holds layer 4", tmp_path)
 
 
@@ -186,8 +200,11 @@ def test_checkpoint_missing_a_weight_is_refused(tmp_path, run_dus, capsys):
     save_file(tensors, shard, metadata={"format": "pt"})
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
     capsys.readouterr()  # save_pretrained's progress bar
-    _assert_refused(run_dus("build", src, tmp_path / "out", "--overlap", "1"),
-                    "the checkpoint has no tensor for 'lm_head.weight', which LlamaForCausalLM needs", tmp_path)
+    _assert_refused(
+        run_dus("build", src, tmp_path / "out", "--overlap", "1"),
+        "the checkpoint has no tensor for 'lm_head.weight', which LlamaForCausalLM needs",
+        tmp_path,
+    )
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma2", "mixtral"])
@@ -206,11 +223,19 @@ def test_tied_and_fused_weights_are_covered(arch, tmp_path):
 
 def test_every_layer_formula_field_is_checked():
     fields = {key for keys, _ in LAYER_FORMULAS.values() for key in keys}
-    checked = (set(config_check.PERIODS) | set(config_check.OFFSETS) | set(config_check.COUNTS)
-               | set(config_check.LAST_INDEXES))
+    checked = (
+        set(config_check.PERIODS)
+        | set(config_check.OFFSETS)
+        | set(config_check.COUNTS)
+        | set(config_check.LAST_INDEXES)
+    )
     assert fields <= checked, fields - checked
-    kinds = [set(config_check.PERIODS), set(config_check.OFFSETS), set(config_check.COUNTS),
-             set(config_check.LAST_INDEXES)]
+    kinds = [
+        set(config_check.PERIODS),
+        set(config_check.OFFSETS),
+        set(config_check.COUNTS),
+        set(config_check.LAST_INDEXES),
+    ]
     assert sum(map(len, kinds)) == len(checked)  # one kind each
     assert set(config_check.OFFSETS.values()) <= set(config_check.PERIODS)  # an offset lies below a period
     assert {"moe_layer_interval", "decoder_sparse_step"} <= set(config_check.PERIODS)
@@ -218,8 +243,14 @@ def test_every_layer_formula_field_is_checked():
 
 
 def test_valid_configs_pass_and_keep_building(llama_source, tmp_path, run_dus):
-    src = _source(llama_source, tmp_path, mlp_only_layers=[0, 3], no_rope_layers=[1, 0, 1, 1],
-                  layer_types=["full_attention"] * 4, first_k_dense_replace=0)
+    src = _source(
+        llama_source,
+        tmp_path,
+        mlp_only_layers=[0, 3],
+        no_rope_layers=[1, 0, 1, 1],
+        layer_types=["full_attention"] * 4,
+        first_k_dense_replace=0,
+    )
     code, _, err = run_dus("build", src, tmp_path / "out", "--overlap", "1", "--verify")
     assert code == 0, err
     config = json.loads((tmp_path / "out/config.json").read_text())
@@ -249,16 +280,21 @@ def test_checks_run_in_a_child_where_torch_is_not_loaded(llama_source):
     """The build process never imports torch (tests/test_memory.py): there the transformers
     checks run in a child process, whose refusal is the same one-line InputError."""
     config = json.loads((llama_source / "config.json").read_text())
-    checks = [{"config": config, "where": "a.json"},
-              {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"}]
+    checks = [
+        {"config": config, "where": "a.json"},
+        {"config": {**config, "num_attention_heads": 5, "num_key_value_heads": 5}, "where": "b.json"},
+    ]
     with pytest.raises(InputError, match=r"^b.json: transformers refuses this llama config: .*multiple"):
         checks_module.PendingChecks({"checks": checks, "layers": None}, in_child=True).result()
 
 
 def test_yaml_values_json_cannot_hold_are_refused(llama_source, tmp_path, run_dus):
     recipe = _recipe(tmp_path, f"source: {llama_source}\noverlap: 1\nconfig_overrides:\n  release: 2024-01-01\n")
-    _assert_refused(run_dus("build", "--config", recipe, tmp_path / "out"),
-                    "release is datetime.date(2024, 1, 1) (date); expected a JSON value", tmp_path)
+    _assert_refused(
+        run_dus("build", "--config", recipe, tmp_path / "out"),
+        "release is datetime.date(2024, 1, 1) (date); expected a JSON value",
+        tmp_path,
+    )
 
 
 def test_a_build_refused_by_transformers_while_copying_leaves_nothing(llama_source, tmp_path):
@@ -268,8 +304,11 @@ def test_a_build_refused_by_transformers_while_copying_leaves_nothing(llama_sour
     import sys
 
     src = _source(llama_source, tmp_path, num_attention_heads=5, num_key_value_heads=5)
-    result = subprocess.run([sys.executable, "-m", "dus", "build", str(src), str(tmp_path / "out"), "--overlap", "1"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dus", "build", str(src), str(tmp_path / "out"), "--overlap", "1"],
+        capture_output=True,
+        text=True,
+    )
     _assert_refused(
         (result.returncode, result.stdout, result.stderr), "transformers refuses this llama config", tmp_path
     )

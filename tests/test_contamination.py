@@ -59,8 +59,22 @@ def test_deterministic_with_seed(toy):
 def test_cli_writes_scores(toy, tmp_path, run_dus):
     d, tok, m = toy
     target, ref = save(m["dirty"], tok, tmp_path / "target"), save(m["ref"], tok, tmp_path / "ref")
-    code, out, err = run_dus("contamination", target, "--ref", ref, "--data", d / "bench.jsonl", "--examples", "4",
-                             "--neighbours", "4", "--output", tmp_path / "c.json", "--device", "cpu")
+    code, out, err = run_dus(
+        "contamination",
+        target,
+        "--ref",
+        ref,
+        "--data",
+        d / "bench.jsonl",
+        "--examples",
+        "4",
+        "--neighbours",
+        "4",
+        "--output",
+        tmp_path / "c.json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "result < 0.1, %" in out
     record = json.loads((tmp_path / "c.json").read_text())

@@ -35,8 +35,10 @@ def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path,
     capsys.readouterr()  # save_pretrained's progress bar
     code, out, err = run_dus("plan", tmp_path / "src", "--overlap", "1")
     err = assert_refused(code, err)
-    assert err.startswith("error: output layer 3 (from source layer 1) would differ: self_attn.lambda_init 0.556058 != "
-                          "0.355509; this architecture computes it from the layer index")
+    assert err.startswith(
+        "error: output layer 3 (from source layer 1) would differ: self_attn.lambda_init 0.556058 != "
+        "0.355509; this architecture computes it from the layer index"
+    )
     assert err.endswith("(2 more difference(s)); pass --allow-index-dependent to build it anyway")
 
     code, out, err = run_dus("plan", tmp_path / "src", "--overlap", "1", "--allow-index-dependent", "--json")
@@ -66,12 +68,19 @@ def test_index_dependent_layers_are_refused_then_recorded_when_allowed(tmp_path,
 
 
 def test_a_config_that_does_not_reproduce_the_source_is_refused_even_when_allowed():
-    config = _config("qwen2", layer_types=["full_attention"] * 2 + ["sliding_attention"] * 2,
-                     use_sliding_window=True, sliding_window=4)
+    config = _config(
+        "qwen2",
+        layer_types=["full_attention"] * 2 + ["sliding_attention"] * 2,
+        use_sliding_window=True,
+        sliding_window=4,
+    )
     wrong = output_config(config, OVERLAP1)
     wrong["layer_types"] = ["full_attention"] * 6  # as if a per-layer field had not been remapped
-    with pytest.raises(InputError, match=r"output layer 2 \(from source layer 2\) would differ: self_attn.layer_type "
-                                         r"'full_attention' != 'sliding_attention'; the output config does not"):
+    with pytest.raises(
+        InputError,
+        match=r"output layer 2 \(from source layer 2\) would differ: self_attn.layer_type "
+        r"'full_attention' != 'sliding_attention'; the output config does not",
+    ):
         check_layers(config, wrong, OVERLAP1, PREFIX, allow_index_dependent=True)
 
 
@@ -93,12 +102,21 @@ def test_a_config_transformers_cannot_build_is_refused_with_its_message():
 
 
 def test_layer_index_maps_are_remapped_in_their_key_style():
-    config = {"num_hidden_layers": 12, "per_layer_config": {"05": {"head_dim": 512}, "11": {"head_dim": 512}},
-              "global_layers": {"3": "x"}, "id2label": {"0": "a", "1": "b"}, "mtp_layer_map": {"0": 1}}
+    config = {
+        "num_hidden_layers": 12,
+        "per_layer_config": {"05": {"head_dim": 512}, "11": {"head_dim": 512}},
+        "global_layers": {"3": "x"},
+        "id2label": {"0": "a", "1": "b"},
+        "mtp_layer_map": {"0": 1},
+    }
     plan = list(range(12)) + list(range(4, 12))  # 20 layers
     out = output_config(config, plan)
-    assert out["per_layer_config"] == {"05": {"head_dim": 512}, "11": {"head_dim": 512}, "13": {"head_dim": 512},
-                                       "19": {"head_dim": 512}}
+    assert out["per_layer_config"] == {
+        "05": {"head_dim": 512},
+        "11": {"head_dim": 512},
+        "13": {"head_dim": 512},
+        "19": {"head_dim": 512},
+    }
     assert out["global_layers"] == {"3": "x"}  # unpadded stays unpadded (layer 3 appears once)
     assert out["id2label"] == config["id2label"] and out["mtp_layer_map"] == config["mtp_layer_map"]
     assert output_config({"num_hidden_layers": 4, "per_layer_config": {3: {"a": 1}}}, OVERLAP1)["per_layer_config"] == {
@@ -147,13 +165,17 @@ def test_formula_no_value_expresses_is_refused():
         output_config(ernie, [2, 0, 3])  # MoE, dense, MoE: not one range
 
 
-@pytest.mark.parametrize("model_type, extra, message", [
-    ("bart", {"is_encoder_decoder": False}, "DUS needs a decoder stack: bart is an encoder-decoder model"),
-    ("bert", {}, "DUS needs a decoder stack: transformers builds this bert config's layers as an encoder"),
-])
+@pytest.mark.parametrize(
+    "model_type, extra, message",
+    [
+        ("bart", {"is_encoder_decoder": False}, "DUS needs a decoder stack: bart is an encoder-decoder model"),
+        ("bert", {}, "DUS needs a decoder stack: transformers builds this bert config's layers as an encoder"),
+    ],
+)
 def test_encoders_are_refused(model_type, extra, message):
-    config = transformers.AutoConfig.for_model(model_type, vocab_size=96, hidden_size=32, intermediate_size=48,
-                                               num_attention_heads=4, **extra).to_dict()
+    config = transformers.AutoConfig.for_model(
+        model_type, vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4, **extra
+    ).to_dict()
     with pytest.raises(InputError, match=message):
         check_layers(config, output_config(config, OVERLAP1), OVERLAP1, "bert.encoder.layer.")  # bart: no output config
 
@@ -188,5 +210,13 @@ def test_a_repeating_pattern_is_written_out_in_full():
     out = output_config(
         {"num_hidden_layers": 6, "block_types": ["recurrent", "recurrent", "attention"]}, [0, 1, 2, 3, 2, 3, 4, 5]
     )
-    assert out["block_types"] == ["recurrent", "recurrent", "attention", "recurrent", "attention", "recurrent",
-                                  "recurrent", "attention"]
+    assert out["block_types"] == [
+        "recurrent",
+        "recurrent",
+        "attention",
+        "recurrent",
+        "attention",
+        "recurrent",
+        "recurrent",
+        "attention",
+    ]

@@ -14,7 +14,7 @@ from refusal import assert_refused, snapshot
 def _header(path):
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _rewrite(path, header, data):
@@ -108,17 +108,20 @@ def test_corrupt_source(name, llama_source, tmp_path, run_dus):
     assert_refused(code, err, fragment, outputs=tmp_path / "out", unchanged=(tmp_path, before))
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--overlap", "4"], "leaves nothing"),
-    (["--overlap", "-1"], ">= 0"),
-    (["--layers", "0:9"], "valid layers are 0..3"),
-    (["--layers", "x"], "cannot parse"),
-    (["--dtype", "int4", "--overlap", "1"], "unknown dtype"),
-    (["--recipe", "magic", "--overlap", "1"], "unknown recipe"),
-    (["--shard-size", "lots", "--overlap", "1"], "cannot parse size"),
-    (["--preset", "nope", "--overlap", "1"], "unknown preset"),
-    (["--no-such-option"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--overlap", "4"], "leaves nothing"),
+        (["--overlap", "-1"], ">= 0"),
+        (["--layers", "0:9"], "valid layers are 0..3"),
+        (["--layers", "x"], "cannot parse"),
+        (["--dtype", "int4", "--overlap", "1"], "unknown dtype"),
+        (["--recipe", "magic", "--overlap", "1"], "unknown recipe"),
+        (["--shard-size", "lots", "--overlap", "1"], "cannot parse size"),
+        (["--preset", "nope", "--overlap", "1"], "unknown preset"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
 def test_bad_plan_options(args, fragment, llama_source, tmp_path, run_dus):
     code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
     assert_refused(code, err, fragment, outputs=tmp_path / "out")
@@ -183,9 +186,22 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     }
     write_synthetic(tmp_path / "src", config, "float32", shard_bytes=50 * 10**6)
     # A shard size of one tensor makes many small steps, so the signal lands mid-write.
-    proc = subprocess.Popen([sys.executable, "-m", "dus", "build", str(tmp_path / "src"), str(tmp_path / "out"),
-                             "--layers", "0:8,0:8,0:8,0:8", "--shard-size", "1MB"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dus",
+            "build",
+            str(tmp_path / "src"),
+            str(tmp_path / "out"),
+            "--layers",
+            "0:8,0:8,0:8,0:8",
+            "--shard-size",
+            "1MB",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.dus-partial-*/*.safetensors")) and time.time() < deadline:
         time.sleep(0.01)
@@ -200,12 +216,19 @@ def test_one_message_per_cause_in_every_command(tmp_path, llama_source, run_dus)
     missing, text, bare = tmp_path / "nonexistent", tmp_path / "notes.txt", tmp_path / "bare"
     text.write_text("notes")
     bare.mkdir()
-    causes = {missing: f"{missing}: does not exist", text: f"{text}: is a file, not a model directory",
-              bare: f"{bare}: has no config.json (not a Hugging Face model directory)"}
+    causes = {
+        missing: f"{missing}: does not exist",
+        text: f"{text}: is a file, not a model directory",
+        bare: f"{bare}: has no config.json (not a Hugging Face model directory)",
+    }
     for path, message in causes.items():
-        for command in (["verify", path], ["chat", path, "-p", "hi"], ["eval", path, "--perplexity", text],
-                        ["analyze", path, "--text", text],
-                        ["pretrain", path, "--data", text, "--output", tmp_path / "o"]):
+        for command in (
+            ["verify", path],
+            ["chat", path, "-p", "hi"],
+            ["eval", path, "--perplexity", text],
+            ["analyze", path, "--text", text],
+            ["pretrain", path, "--data", text, "--output", tmp_path / "o"],
+        ):
             code, _, err = run_dus(*command)
             assert (code, err.strip()) == (2, f"error: {message}"), (command, err)
     code, _, err = run_dus("verify", llama_source)

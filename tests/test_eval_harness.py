@@ -16,10 +16,16 @@ from dus.errors import BuildError, InputError
 from dus.eval import harness
 from dus.eval.h6 import H6
 
-MC = {"output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nAnswer:",
-      "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
-      "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                      {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
+MC = {
+    "output_type": "multiple_choice",
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_choice": "{{choices}}",
+    "doc_to_target": "{{answer}}",
+    "metric_list": [
+        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+    ],
+}
 
 
 def _docs(n: int, gold: int) -> list[dict]:
@@ -28,10 +34,19 @@ def _docs(n: int, gold: int) -> list[dict]:
 
 def _task(d, name: str, test: list[dict], config: dict, pool: list[dict] | None = None):
     """A task YAML over local JSONL files; `pool` (30 items by default) serves the few-shot examples."""
-    files = {"train": write_jsonl(d / f"{name}_train.jsonl", pool or _docs(30, 0)),
-             "test": write_jsonl(d / f"{name}_test.jsonl", test)}
-    body = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": files},
-            "training_split": "train", "fewshot_split": "train", "test_split": "test", **config}
+    files = {
+        "train": write_jsonl(d / f"{name}_train.jsonl", pool or _docs(30, 0)),
+        "test": write_jsonl(d / f"{name}_test.jsonl", test),
+    }
+    body = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": files},
+        "training_split": "train",
+        "fewshot_split": "train",
+        "test_split": "test",
+        **config,
+    }
     (d / f"{name}.yaml").write_text(yaml.safe_dump(body))
 
 
@@ -45,9 +60,16 @@ def tasks(tmp_path_factory):
     _task(d, "winogrande", _docs(2, 1), MC)  # 0.0
     _task(d, "mmlu_small", _docs(1, 0), MC)  # 1 item, 1.0
     _task(d, "mmlu_large", _docs(3, 1), MC)  # 3 items, 0.0: unweighted 0.5, weighted 0.25
-    (d / "mmlu.yaml").write_text(yaml.safe_dump({
-        "group": "mmlu", "task": ["mmlu_small", "mmlu_large"],
-        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 1}}))
+    (d / "mmlu.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "group": "mmlu",
+                "task": ["mmlu_small", "mmlu_large"],
+                "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
+                "metadata": {"version": 1},
+            }
+        )
+    )
     gsm = [{"question": "one plus two", "answer": "#### 3"}]
     _task(
         d,
@@ -90,8 +112,21 @@ def _spy_harness(monkeypatch) -> list[tuple[str, int | None]]:
 
 
 def _eval(run_dus, tasks_dir, out, *extra, tasks="h6"):
-    return run_dus("eval", tiny_model_dir(), "--tasks", tasks, "--include-path", tasks_dir, "--batch-size", "1",
-                   "--device", "cpu", "--output", out, *extra)
+    return run_dus(
+        "eval",
+        tiny_model_dir(),
+        "--tasks",
+        tasks,
+        "--include-path",
+        tasks_dir,
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        out,
+        *extra,
+    )
 
 
 def test_h6_end_to_end(tasks, tmp_path, run_dus, monkeypatch):
@@ -104,7 +139,13 @@ def test_h6_end_to_end(tasks, tmp_path, run_dus, monkeypatch):
     assert {t: s["shots"] for t, s in scores.items()} == {b.task: b.shots for b in H6}
     assert {t: s["metric"] for t, s in scores.items()} == {b.task: b.key for b in H6}
     assert {t: s["value"] for t, s in scores.items()} == {
-        "arc_challenge": 1.0, "hellaswag": 0.0, "mmlu": 0.5, "truthfulqa_mc2": 1.0, "winogrande": 0.0, "gsm8k": 0.0}
+        "arc_challenge": 1.0,
+        "hellaswag": 0.0,
+        "mmlu": 0.5,
+        "truthfulqa_mc2": 1.0,
+        "winogrande": 0.0,
+        "gsm8k": 0.0,
+    }
     assert scores["mmlu"]["subtasks"] == {"mmlu_small": 1.0, "mmlu_large": 0.0}
     assert result["h6"] and result["average"] == pytest.approx(2.5 / 6)
     assert result["limit"] is None and result["comparable"] is True
@@ -177,8 +218,9 @@ def test_few_shot_split_too_small_fails_before_loading(tmp_path, run_dus, monkey
     monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", None)  # loading the model would fail differently
     _task(tmp_path, "arc_challenge", _docs(2, 0), MC, pool=_docs(10, 0))
     code, _, err = _eval(run_dus, tmp_path, tmp_path / "out", tasks="arc_challenge")
-    assert_refused(code, err, "arc_challenge: 25-shot evaluation needs 25 few-shot examples", "has 10",
-                   outputs=tmp_path / "out")
+    assert_refused(
+        code, err, "arc_challenge: 25-shot evaluation needs 25 few-shot examples", "has 10", outputs=tmp_path / "out"
+    )
 
 
 @pytest.fixture
@@ -193,8 +235,9 @@ def offline_index(tasks, tmp_path, monkeypatch):
 
     builtin = tmp_path / "builtin"
     builtin.mkdir()
-    (builtin / "gsm8k.yaml").write_text(yaml.safe_dump({"task": "gsm8k", "dataset_path": "openai/gsm8k",
-                                                        "dataset_name": "main", "test_split": "test"}))
+    (builtin / "gsm8k.yaml").write_text(
+        yaml.safe_dump({"task": "gsm8k", "dataset_path": "openai/gsm8k", "dataset_name": "main", "test_split": "test"})
+    )
     real = lm_eval.tasks.TaskManager
 
     def manager(include_path=None, include_defaults=True, **_):
@@ -218,8 +261,16 @@ def test_offline_hub_task_stops_before_loading(offline_index, tmp_path, run_dus,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", None)
     code, out, err = _eval(run_dus, offline_index, tmp_path / "out")
-    assert_refused(code, err, "offline (HF_HUB_OFFLINE is set)", "gsm8k need", "openai/gsm8k", "--include-path",
-                   "docs/pipeline/eval.md", exit_code=1)
+    assert_refused(
+        code,
+        err,
+        "offline (HF_HUB_OFFLINE is set)",
+        "gsm8k need",
+        "openai/gsm8k",
+        "--include-path",
+        "docs/pipeline/eval.md",
+        exit_code=1,
+    )
     assert "Retry" not in err
     assert "arc_challenge" not in err  # the local ones are not blamed
 
@@ -273,9 +324,16 @@ def test_group_is_unweighted_where_lm_eval_weights(tasks):
     import lm_eval
 
     manager = harness.task_manager(["mmlu"], str(tasks))
-    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": tiny_model_dir(), "device": "cpu"},
-                                  tasks=["mmlu"], num_fewshot=0, task_manager=manager, bootstrap_iters=0,
-                                  log_samples=False, batch_size=1)
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": tiny_model_dir(), "device": "cpu"},
+        tasks=["mmlu"],
+        num_fewshot=0,
+        task_manager=manager,
+        bootstrap_iters=0,
+        log_samples=False,
+        batch_size=1,
+    )
     lm_eval_group = out.get("groups", out["results"])["mmlu"]["acc,none"]
     ours = harness.read_score(harness.parse_tasks("mmlu")[0], out)
     assert lm_eval_group == pytest.approx(0.25) and ours.value == pytest.approx(0.5)
@@ -294,8 +352,11 @@ def test_unknown_local_task_and_missing_extra(tasks, run_dus, monkeypatch):
     import lm_eval.tasks
 
     local_only = lm_eval.tasks.TaskManager  # the full index takes ~15 s to build; the error path is the same
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager",
-                        lambda include_path=None, **_: local_only(include_path=include_path, include_defaults=False))
+    monkeypatch.setattr(
+        lm_eval.tasks,
+        "TaskManager",
+        lambda include_path=None, **_: local_only(include_path=include_path, include_defaults=False),
+    )
     code, _, err = run_dus("eval", tiny_model_dir(), "--tasks", "nope", "--include-path", tasks)
     assert code == 2 and "unknown lm-eval task" in err
     monkeypatch.setitem(__import__("sys").modules, "lm_eval", None)
@@ -308,8 +369,9 @@ def test_unknown_local_task_and_missing_extra(tasks, run_dus, monkeypatch):
 def test_perplexity_option(tmp_path, run_dus):
     text = tmp_path / "t.txt"
     text.write_text("what colour is the apple in paris today the apple in paris is red " * 8)
-    code, out, err = run_dus("eval", tiny_model_dir(), "--perplexity", text, "--window", "32", "--device", "cpu",
-                             "--output", tmp_path / "o")
+    code, out, err = run_dus(
+        "eval", tiny_model_dir(), "--perplexity", text, "--window", "32", "--device", "cpu", "--output", tmp_path / "o"
+    )
     assert code == 0, err
     assert out.startswith("perplexity ")
     result = json.loads((tmp_path / "o" / "results.json").read_text())

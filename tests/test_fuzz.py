@@ -57,10 +57,39 @@ def nesting(rng) -> Raw:
 
 # Values from the classes a hostile or broken writer produces.
 WEIRD = [
-    Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1e400"), Raw("-1e400"), Raw("1e-400"),
-    Raw("-0"), Raw("-0.0"), Raw("1.0"), Raw("1e0"), 2**64 - 1, 2**64, 2**63, -1, 0, 1, 4, True, None,
-    "x", "", "F32", [], Obj(), [1, 2], [0, 4], [0, 4, 4], Obj([("F32", None)]), Obj([("k", "v")]),
-    Raw('"\\ud800"'), Raw('"a\\udc00"'), Raw('"\\ud83d\\ude00"'), Raw('"\\u0000"'),
+    Raw("NaN"),
+    Raw("Infinity"),
+    Raw("-Infinity"),
+    Raw("1e400"),
+    Raw("-1e400"),
+    Raw("1e-400"),
+    Raw("-0"),
+    Raw("-0.0"),
+    Raw("1.0"),
+    Raw("1e0"),
+    2**64 - 1,
+    2**64,
+    2**63,
+    -1,
+    0,
+    1,
+    4,
+    True,
+    None,
+    "x",
+    "",
+    "F32",
+    [],
+    Obj(),
+    [1, 2],
+    [0, 4],
+    [0, 4, 4],
+    Obj([("F32", None)]),
+    Obj([("k", "v")]),
+    Raw('"\\ud800"'),
+    Raw('"a\\udc00"'),
+    Raw('"\\ud83d\\ude00"'),
+    Raw('"\\u0000"'),
 ]
 
 
@@ -120,7 +149,7 @@ def mutate_bytes(rng, blob: bytes, start: int) -> bytes:
             (b"\xff", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\x00", b" ", b"}", b"{", b'"', b",", b"\\")
         )
     elif edit == 3:
-        del blob[at:at + rng.randrange(1, 4)]
+        del blob[at : at + rng.randrange(1, 4)]
     else:
         blob += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
     return bytes(blob)
@@ -142,13 +171,15 @@ DTYPES = [*DTYPE_BITS, "F13", "f32", "", "float32"]
 
 
 def tiny_header():
-    return Obj([
-        ("__metadata__", Obj([("format", "pt")])),
-        ("w.weight", Obj([("dtype", "F32"), ("shape", [2, 3]), ("data_offsets", [0, 24])])),
-        ("b", Obj([("dtype", "BF16"), ("shape", [4]), ("data_offsets", [24, 32])])),
-        ("e", Obj([("dtype", "U8"), ("shape", [0]), ("data_offsets", [32, 32])])),
-        ("i", Obj([("dtype", "I64"), ("shape", [1]), ("data_offsets", [32, 40])])),
-    ])
+    return Obj(
+        [
+            ("__metadata__", Obj([("format", "pt")])),
+            ("w.weight", Obj([("dtype", "F32"), ("shape", [2, 3]), ("data_offsets", [0, 24])])),
+            ("b", Obj([("dtype", "BF16"), ("shape", [4]), ("data_offsets", [24, 32])])),
+            ("e", Obj([("dtype", "U8"), ("shape", [0]), ("data_offsets", [32, 32])])),
+            ("i", Obj([("dtype", "I64"), ("shape", [1]), ("data_offsets", [32, 40])])),
+        ]
+    )
 
 
 def mutate_tensor(rng, header):
@@ -186,8 +217,12 @@ def mutate_tensor(rng, header):
         )
         return
     else:
-        header[:] = [(k, rng.choice((None, [], Obj(), "x", Obj([("k", 1)]), Obj([("k", "v"), ("k", "w")]))))
-                     if k == "__metadata__" else (k, v) for k, v in header]
+        header[:] = [
+            (k, rng.choice((None, [], Obj(), "x", Obj([("k", 1)]), Obj([("k", "v"), ("k", "w")]))))
+            if k == "__metadata__"
+            else (k, v)
+            for k, v in header
+        ]
         return
     entry[:] = Obj(fields.items())
 
@@ -266,7 +301,7 @@ def check_header(blob: bytes, f):
             tensors, error = None, str(e)
     library = library_tensors(blob)
     if error is None:
-        assert library == {k: (t.dtype, list(t.shape), blob[t.start:t.end]) for k, t in tensors.items()}
+        assert library == {k: (t.dtype, list(t.shape), blob[t.start : t.end]) for k, t in tensors.items()}
     else:
         assert_clean(error, f"{path.name}: ")
         assert library is None or "twice" in error, f"the library accepts what dus refused: {error}"
@@ -352,10 +387,10 @@ def model_case(seed: int, raw: bytes) -> bytes:
     """A mutation of a real model's safetensors file."""
     rng = random.Random(seed)
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n], object_pairs_hook=Obj)
+    header = json.loads(raw[8 : 8 + n], object_pairs_hook=Obj)
     for _ in range(rng.choice((1, 1, 2))):
         mutate_header(rng, header)
-    blob = encode(header, raw[8 + n:], rng)
+    blob = encode(header, raw[8 + n :], rng)
     return mutate_bytes(rng, blob, 8) if rng.random() < 0.3 else blob
 
 
@@ -363,8 +398,10 @@ def model_case(seed: int, raw: bytes) -> bytes:
 def test_fuzz_plan(target, llama_source, tmp_path):
     """The plan (what `dus plan` runs) on mutated models: success where the library
     (serde_json) reads the file too, else an InputError."""
-    mutate, readable = {"model.safetensors": (model_case, lambda blob: library_tensors(blob) is not None),
-                        "config.json": (config_case, lambda blob: isinstance(serde_json_value(blob), dict))}[target]
+    mutate, readable = {
+        "model.safetensors": (model_case, lambda blob: library_tensors(blob) is not None),
+        "config.json": (config_case, lambda blob: isinstance(serde_json_value(blob), dict)),
+    }[target]
     src = tmp_path / "src"
     shutil.copytree(llama_source, src)
     original = (llama_source / target).read_bytes()

@@ -84,11 +84,12 @@ def expected_bytes(source: dict[str, bytes], layers: list[int]) -> dict[str, byt
     for i, s in enumerate(layers):
         for name, data in source.items():
             if name.startswith(f"blk.{s}."):
-                out[f"blk.{i}." + name[len(f"blk.{s}."):]] = data
+                out[f"blk.{i}." + name[len(f"blk.{s}.") :]] = data
     return out
 
 
 # --- the real model --------------------------------------------------------------------------
+
 
 @pytest.mark.real_model
 def test_reader_agrees_with_the_gguf_package(smollm2_gguf):
@@ -190,7 +191,7 @@ def test_verify_catches_tampering(smollm2_gguf, tmp_path, run_dus):
 
     data[start + 7] ^= 1  # restore, then change the metadata instead
     name = b"Smollm2 135M 8k"
-    data[data.index(name):data.index(name) + 1] = b"X"
+    data[data.index(name) : data.index(name) + 1] = b"X"
     out.write_bytes(bytes(data))
     code, _, err = run_dus("verify", out)
     assert code == 1 and "general.name" in err
@@ -202,9 +203,13 @@ U32, BOOL, ARRAY = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.BOOL, gguf.GGUF
 
 
 def test_per_layer_arrays_are_reindexed(tmp_path):
-    src = write_tiny(tmp_path / "a.gguf", metadata={
-        "llama.feed_forward_length": ([10, 11, 12, 13], ARRAY, U32),
-        "llama.rope.dimension_sections": ([1, 2, 3, 4], ARRAY, U32)})  # length 4 by chance: not per layer
+    src = write_tiny(
+        tmp_path / "a.gguf",
+        metadata={
+            "llama.feed_forward_length": ([10, 11, 12, 13], ARRAY, U32),
+            "llama.rope.dimension_sections": ([1, 2, 3, 4], ARRAY, U32),
+        },
+    )  # length 4 by chance: not per layer
     out = tmp_path / "b.gguf"
     dus.api.build(str(src), out, layers="0:2,1:4")
     meta = fields(out)
@@ -226,8 +231,12 @@ def test_periodic_sliding_window_becomes_a_per_layer_array(tmp_path):
     dus.api.build(str(src), tmp_path / "stack.gguf", layers="0:12,0:12")
     assert "gemma3.attention.sliding_window_pattern" not in fields(tmp_path / "stack.gguf")
 
-    as_int = write_tiny(tmp_path / "i.gguf", arch="gemma3", n=4,
-                        metadata={**window, "gemma3.attention.sliding_window_pattern": (2, U32, None)})
+    as_int = write_tiny(
+        tmp_path / "i.gguf",
+        arch="gemma3",
+        n=4,
+        metadata={**window, "gemma3.attention.sliding_window_pattern": (2, U32, None)},
+    )
     dus.api.build(str(as_int), tmp_path / "i2.gguf", layers="0:3,2:4")
     assert fields(tmp_path / "i2.gguf")["gemma3.attention.sliding_window_pattern"] == [True, False, True, True, False]
 
@@ -269,10 +278,12 @@ def test_index_derived_layers_are_refused_when_the_plan_breaks_them(tmp_path, ru
 
 def test_only_byte_copies_and_gguf_outputs(tmp_path, run_dus):
     src = write_tiny(tmp_path / "a.gguf")
-    for args, words in [(("--recipe", "expand", "--new-layers", "1"), "de-quantization"),
-                        (("--overlap", "1", "--dtype", "bfloat16"), "--dtype"),
-                        (("--preset", "solar"), "dtype float16"),
-                        (("--layers", "0:4,0:2,1"), "OUTPUT ending in .gguf")]:
+    for args, words in [
+        (("--recipe", "expand", "--new-layers", "1"), "de-quantization"),
+        (("--overlap", "1", "--dtype", "bfloat16"), "--dtype"),
+        (("--preset", "solar"), "dtype float16"),
+        (("--layers", "0:4,0:2,1"), "OUTPUT ending in .gguf"),
+    ]:
         out = tmp_path / ("out" if args[0] == "--layers" else "out.gguf")
         code, _, err = run_dus("build", src, out, *args)
         assert_refused(code, err, words, outputs=out)
@@ -339,6 +350,7 @@ def test_gguf_output_is_locked_and_dead_runs_are_swept(tmp_path, run_dus):
 
 # --- tiny GGUFs: bad inputs ------------------------------------------------------------------
 
+
 def _tensor_field_offsets(path, name):
     """Byte positions of a tensor info's ggml type and data offset."""
     t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == name)
@@ -353,7 +365,7 @@ def _array_type_at(path, key="llama.feed_forward_length"):
 
 def _patched(data: bytes, at: int, fmt: str, value) -> bytes:
     raw = struct.pack(fmt, value)
-    return data[:at] + raw + data[at + len(raw):]
+    return data[:at] + raw + data[at + len(raw) :]
 
 
 BAD = {
@@ -366,14 +378,22 @@ BAD = {
     "lying key length": (lambda d, p: _patched(d, 24, "<Q", 2**50), "runs past the end"),
     "lying array length": (lambda d, p: _patched(d, _array_type_at(p) + 8, "<Q", 2**40), "runs past the end"),
     "unknown value type": (lambda d, p: _patched(d, _array_type_at(p), "<I", 13), "unknown value type 13"),
-    "offset past the end": (lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 2**32),
-                            "runs past the end"),
-    "misaligned data": (lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 4),
-                        "not aligned"),
-    "overlapping tensors": (lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 0),
-                            "overlaps"),
-    "unknown ggml type": (lambda d, p: _patched(d, _tensor_field_offsets(p, "blk.1.attn_q.weight")[0], "<I", 4),
-                          "unknown ggml type 4"),
+    "offset past the end": (
+        lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 2**32),
+        "runs past the end",
+    ),
+    "misaligned data": (
+        lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 4),
+        "not aligned",
+    ),
+    "overlapping tensors": (
+        lambda d, p: _patched(d, _tensor_field_offsets(p, "output_norm.weight")[1], "<Q", 0),
+        "overlaps",
+    ),
+    "unknown ggml type": (
+        lambda d, p: _patched(d, _tensor_field_offsets(p, "blk.1.attn_q.weight")[0], "<I", 4),
+        "unknown ggml type 4",
+    ),
 }
 
 

@@ -21,8 +21,10 @@ def test_other_commands_name_what_reads_a_gguf(tmp_path, run_dus):
     text = tmp_path / "t.txt"
     text.write_text("some words")
     code, _, err = run_dus("analyze", gguf, "--text", text)
-    assert code == 2 and err == (f"error: {gguf}: a .gguf file; this command reads a model directory "
-                                 "(`dus eval --perplexity` and `dus chat` read .gguf files)\n")
+    assert code == 2 and err == (
+        f"error: {gguf}: a .gguf file; this command reads a model directory "
+        "(`dus eval --perplexity` and `dus chat` read .gguf files)\n"
+    )
     split = tmp_path / "grown-00001-of-00003.gguf"
     split.write_bytes(b"GGUF")
     code, _, err = run_dus("chat", split, "-p", "hi")
@@ -40,18 +42,30 @@ def test_a_grown_gguf_scores_like_the_in_memory_dus_of_its_source(smollm2_gguf, 
     dus.api.build(str(smollm2_gguf), grown, overlap=8)
     text = tmp_path / "t.txt"
     text.write_text(reference_text(6000))
-    code, out, err = run_dus("eval", grown, "--perplexity", text, "--max-tokens", "1024", "--window", "256",
-                             "--device", "cpu", "--dtype", "float32")
+    code, out, err = run_dus(
+        "eval",
+        grown,
+        "--perplexity",
+        text,
+        "--max-tokens",
+        "1024",
+        "--window",
+        "256",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    )
     assert code == 0, err
     got = float(re.search(r"perplexity ([\d.]+) \(nll", out)[1])
 
-    source = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
-                                                  dtype=torch.float32)
+    source = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     from dus.eval.perplexity import perplexity
 
-    want = perplexity(reference_model(source, SMOLLM2_DUS8).eval(), tokenizer, text.read_text(), max_tokens=1024,
-                      window=256)["perplexity"]
+    want = perplexity(
+        reference_model(source, SMOLLM2_DUS8).eval(), tokenizer, text.read_text(), max_tokens=1024, window=256
+    )["perplexity"]
     assert abs(got - want) < 1e-3 * want, (got, want)  # the same de-quantized blocks, in the planned order
 
     capsys.readouterr()  # the de-quantizer bar of the reference load above, outside any dus command

@@ -31,8 +31,16 @@ GGML_F32 = 0  # ggml_type of the KV cache: float32, so an f32 model is compared 
 
 
 def llama_cpp_logits(path, ids: list[int]) -> torch.Tensor:
-    llm = llama_cpp.Llama(str(path), n_ctx=len(ids), n_batch=len(ids), logits_all=True, verbose=False,
-                          type_k=GGML_F32, type_v=GGML_F32, seed=0)
+    llm = llama_cpp.Llama(
+        str(path),
+        n_ctx=len(ids),
+        n_batch=len(ids),
+        logits_all=True,
+        verbose=False,
+        type_k=GGML_F32,
+        type_v=GGML_F32,
+        seed=0,
+    )
     llm.eval(ids)
     return torch.tensor(np.asarray(llm.scores[: len(ids)]), dtype=torch.float32)
 
@@ -47,11 +55,15 @@ def compare(path, hf_model, ids: list[int]) -> dict[str, float]:
     def ppl(logits):
         return torch.nn.functional.cross_entropy(logits[:-1], target).exp().item()
 
-    return {"agreement": (cpp.argmax(-1) == ref.argmax(-1)).float().mean().item(),
-            "ppl_ratio": ppl(cpp) / ppl(ref), "max_diff": (cpp - ref).abs().max().item()}
+    return {
+        "agreement": (cpp.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+        "ppl_ratio": ppl(cpp) / ppl(ref),
+        "max_diff": (cpp - ref).abs().max().item(),
+    }
 
 
 # --- float32 GGUFs converted by llama.cpp's own converter from tiny random transformers models ----
+
 
 @pytest.fixture(scope="module")
 def converter() -> Path:
@@ -68,13 +80,23 @@ def tokenizer_dir(smollm2) -> Path:
 
 
 def tiny_config(family: str):
-    common = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     if family == "llama":
         return transformers.LlamaConfig(**common, num_hidden_layers=8, tie_word_embeddings=True)
     # Gemma-3: every 6th layer full attention (5 and 11), a 16-token window so a short text crosses it.
-    return transformers.Gemma3TextConfig(**common, num_hidden_layers=12, head_dim=16, query_pre_attn_scalar=16,
-                                         sliding_window=16)
+    return transformers.Gemma3TextConfig(
+        **common, num_hidden_layers=12, head_dim=16, query_pre_attn_scalar=16, sliding_window=16
+    )
 
 
 def converted(family: str, directory: Path, converter: Path, tokenizer_dir: Path):
@@ -90,8 +112,12 @@ def converted(family: str, directory: Path, converter: Path, tokenizer_dir: Path
         shutil.copy(tokenizer_dir / name, hf)
     out = directory / f"{family}.gguf"
     env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf), "--outfile", str(out),
-                           "--outtype", "f32"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf), "--outfile", str(out), "--outtype", "f32"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return model, out
 
@@ -151,8 +177,20 @@ def test_f32_smollm2_grown_in_llama_cpp(tmp_path, converter, tokenizer_dir):
     """llama.cpp's converter makes the f32 source, dus grows it: llama.cpp must run it like transformers."""
     env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py"), "HF_HUB_OFFLINE": "1"}
     source = tmp_path / "smollm2-f32.gguf"
-    done = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(tokenizer_dir), "--outfile",
-                           str(source), "--outtype", "f32"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(converter / "convert_hf_to_gguf.py"),
+            str(tokenizer_dir),
+            "--outfile",
+            str(source),
+            "--outtype",
+            "f32",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     grown = tmp_path / "grown.gguf"
     dus.api.build(str(source), grown, overlap=8)

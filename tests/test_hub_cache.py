@@ -73,8 +73,9 @@ def _cache_model(tmp_path, monkeypatch, sharded: bool):
             online.setattr(constants, "HF_HUB_OFFLINE", False)
             online.setenv("NO_PROXY", "127.0.0.1")
             for f in sorted(model.iterdir()):
-                snapshot_file = hf_hub_download(REPO, f.name, cache_dir=hub,
-                                                endpoint=f"http://127.0.0.1:{server.server_port}")
+                snapshot_file = hf_hub_download(
+                    REPO, f.name, cache_dir=hub, endpoint=f"http://127.0.0.1:{server.server_port}"
+                )
     finally:
         server.shutdown()
         server.server_close()

@@ -8,8 +8,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dus"
 
 # The floors of the house, bottom first (docs/design.md). A module may import its own floor and those below.
 LAYERS = [
-    ("ground", ["dus.errors", "dus.core", "dus.yamlfile", "dus.options", "dus.quiet", "dus.private_api",
-                "dus.model_dir", "dus.bars"]),
+    (
+        "ground",
+        [
+            "dus.errors",
+            "dus.core",
+            "dus.yamlfile",
+            "dus.options",
+            "dus.quiet",
+            "dus.private_api",
+            "dus.model_dir",
+            "dus.bars",
+        ],
+    ),
     ("read", ["dus.read", "dus.checks", "dus.runtime"]),  # a source is checked as it is opened
     ("plan", ["dus.plan"]),
     ("manifest", ["dus.manifest"]),
@@ -59,16 +70,24 @@ def module_graph() -> dict[str, set[str]]:
 
 def layer(module: str) -> int:
     """The floor of a module: the longest prefix LAYERS names (dus itself is the top: it re-exports the API)."""
-    found = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-             if module == prefix or (prefix != "dus" and module.startswith(prefix + "."))]
+    found = [
+        (len(prefix), i)
+        for i, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or (prefix != "dus" and module.startswith(prefix + "."))
+    ]
     assert found, f"{module} is on no floor of LAYERS: add it there"
     return max(found)[1]
 
 
 def back_edges(graph: dict[str, set[str]]) -> list[str]:
     """Imports of a module from a higher floor than the importer's."""
-    return sorted(f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
-                  for m, targets in graph.items() for t in targets if layer(t) > layer(m))
+    return sorted(
+        f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+        for m, targets in graph.items()
+        for t in targets
+        if layer(t) > layer(m)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

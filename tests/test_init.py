@@ -20,10 +20,18 @@ def test_insertion_points():
     assert insertion_points(8, "5, 1", 2) == [1, 5]
 
 
-@pytest.mark.parametrize("spec, new_layers, message", [
-    ("top-half", None, "needs --new-layers"), ("top-half", 4, "must be 1..3"), ("every:0", None, "1 <= K"),
-    ("1,9", None, "out of range"), ("1,1", None, "twice"), ("1,2", 3, "--new-layers says 3"), ("x", None, "parse"),
-])
+@pytest.mark.parametrize(
+    "spec, new_layers, message",
+    [
+        ("top-half", None, "needs --new-layers"),
+        ("top-half", 4, "must be 1..3"),
+        ("every:0", None, "1 <= K"),
+        ("1,9", None, "out of range"),
+        ("1,1", None, "twice"),
+        ("1,2", 3, "--new-layers says 3"),
+        ("x", None, "parse"),
+    ],
+)
 def test_bad_insertion_points_are_refused(spec, new_layers, message):
     with pytest.raises(InputError, match=message):
         insertion_points(8, spec, new_layers)
@@ -42,7 +50,13 @@ def test_function_preserving_initialisers_give_the_source_logits_bit_for_bit(tmp
     record = dus.api.build(source, tmp_path / "out", insert_at="0,2", init=init)
     layers = record["plan"]["layers"]
     assert [(entry["source_layer"], entry["new"]) for entry in layers] == [
-        (0, False), (0, True), (1, False), (2, False), (2, True), (3, False)]
+        (0, False),
+        (0, True),
+        (1, False),
+        (2, False),
+        (2, True),
+        (3, False),
+    ]
     computed = {"zero-out": 4, "aligned-average": 24, "predicted": 24}[init]  # 2 x (2 zeroed, or all 12)
     assert_verified(tmp_path / "out", 6, computed)
     ids = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -109,15 +123,18 @@ def test_predicted_extrapolates_a_stack_that_changes_linearly(tmp_path):
         assert torch.allclose(out[f"model.layers.2.{name}"], want, atol=1e-4), name
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--init", "aligned-average", "--insert-at", "3"], "has no layer after it"),
-    (["--init", "predicted", "--recipe", "expand", "--new-layers", "2"], "has no layer after it"),
-    (["--init", "aligned-average", "--overlap", "1"], "use it with --recipe expand"),
-    (["--init", "average"], "--init must be one of"),
-    (["--insert-at", "1", "--recipe", "stack"], "--insert-at places"),
-    (["--insert-at", "1", "--overlap", "1"], "--overlap is not an option of --recipe expand"),  # implied expand
-    (["--init", "aligned-average", "--insert-at", "1", "--width", "2"], "not supported"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--init", "aligned-average", "--insert-at", "3"], "has no layer after it"),
+        (["--init", "predicted", "--recipe", "expand", "--new-layers", "2"], "has no layer after it"),
+        (["--init", "aligned-average", "--overlap", "1"], "use it with --recipe expand"),
+        (["--init", "average"], "--init must be one of"),
+        (["--insert-at", "1", "--recipe", "stack"], "--insert-at places"),
+        (["--insert-at", "1", "--overlap", "1"], "--overlap is not an option of --recipe expand"),  # implied expand
+        (["--init", "aligned-average", "--insert-at", "1", "--width", "2"], "not supported"),
+    ],
+)
 def test_bad_initialiser_options_are_one_error_line_and_write_nothing(tmp_path, run_dus, llama_source, args, message):
     code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
     assert_refused(code, err, message, outputs=tmp_path / "out")

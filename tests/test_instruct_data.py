@@ -9,8 +9,13 @@ from dus.instruct.hygiene import benchmark_ngrams, clean, ngrams
 
 
 def test_chat_becomes_prompt_and_reply(tok):
-    row = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
-                        {"role": "assistant", "content": "A"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+        ]
+    }
     assert sft_text(row, tok) == {"prompt": "### System:\nS\n\n### User:\nQ\n\n### Assistant:\n", "completion": "A"}
     conv = {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "A"}]}
     assert sft_text(conv, tok) == {"prompt": "### User:\nQ\n\n### Assistant:\n", "completion": "A"}

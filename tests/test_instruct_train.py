@@ -20,11 +20,24 @@ FAST = ["--lr", "2e-3", "--batch-size", "4", "--logging-steps", "1", "--seq-len"
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("instruct-data")
     rows = facts(24)
-    write_jsonl(d / "sft.jsonl", [{"messages": [{"role": "user", "content": r["question"]},
-                                                {"role": "assistant", "content": r["answer"]}]} for r in rows])
-    write_jsonl(d / "dpo.jsonl", [{"prompt": [{"role": "user", "content": r["question"]}],
-                                   "chosen": [{"role": "assistant", "content": r["answer"]}],
-                                   "rejected": [{"role": "assistant", "content": "no idea sorry"}]} for r in rows])
+    write_jsonl(
+        d / "sft.jsonl",
+        [
+            {"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]}
+            for r in rows
+        ],
+    )
+    write_jsonl(
+        d / "dpo.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": r["question"]}],
+                "chosen": [{"role": "assistant", "content": r["answer"]}],
+                "rejected": [{"role": "assistant", "content": "no idea sorry"}],
+            }
+            for r in rows
+        ],
+    )
     return d
 
 
@@ -41,8 +54,16 @@ def test_sft_masks_the_prompt_and_ends_with_eos(data, tmp_path):
     from dus.instruct.options import TrainOptions
     from dus.instruct.sft import sft_trainer
 
-    trainer, report = sft_trainer(TrainOptions(tiny_model_dir(), [str(data / "sft.jsonl")], str(tmp_path), max_steps=1,
-                                               dtype="float32", gradient_checkpointing=False))
+    trainer, report = sft_trainer(
+        TrainOptions(
+            tiny_model_dir(),
+            [str(data / "sft.jsonl")],
+            str(tmp_path),
+            max_steps=1,
+            dtype="float32",
+            gradient_checkpointing=False,
+        )
+    )
     tok = trainer.processing_class
     row = trainer.train_dataset[0]
     trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
@@ -67,8 +88,21 @@ def test_sft_then_dpo(data, tmp_path, run_dus):
 
     assert AutoTokenizer.from_pretrained(tmp_path / "sft").chat_template == builtin_template("solar")
 
-    code, out, err = run_dus("dpo", tmp_path / "sft", "--data", data / "dpo.jsonl", "-o", tmp_path / "dpo",
-                             "--max-steps", "8", "--beta", "0.1", "--loss-type", "sigmoid", *FAST)
+    code, out, err = run_dus(
+        "dpo",
+        tmp_path / "sft",
+        "--data",
+        data / "dpo.jsonl",
+        "-o",
+        tmp_path / "dpo",
+        "--max-steps",
+        "8",
+        "--beta",
+        "0.1",
+        "--loss-type",
+        "sigmoid",
+        *FAST,
+    )
     assert code == 0, err
     first, last = _losses(out)
     assert last < first
@@ -77,8 +111,18 @@ def test_sft_then_dpo(data, tmp_path, run_dus):
 
 
 def test_sft_packing_runs(data, tmp_path, run_dus):
-    code, out, err = run_dus("sft", tiny_model_dir(), "--data", data / "sft.jsonl", "-o", tmp_path / "packed",
-                             "--max-steps", "2", "--packing", *FAST)
+    code, out, err = run_dus(
+        "sft",
+        tiny_model_dir(),
+        "--data",
+        data / "sft.jsonl",
+        "-o",
+        tmp_path / "packed",
+        "--max-steps",
+        "2",
+        "--packing",
+        *FAST,
+    )
     assert code == 0, err
     assert (tmp_path / "packed" / "model.safetensors").is_file()
 
@@ -96,8 +140,9 @@ def _pickles(root: Path) -> list[str]:
     for path in root.rglob("*"):
         if not path.is_file():
             continue
-        if path.read_bytes()[:1] == b"\x80" or (zipfile.is_zipfile(path) and any(
-                n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())):
+        if path.read_bytes()[:1] == b"\x80" or (
+            zipfile.is_zipfile(path) and any(n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())
+        ):
             found.append(str(path.relative_to(root)))
     return found
 
@@ -105,8 +150,19 @@ def _pickles(root: Path) -> list[str]:
 def test_checkpoints_and_the_model_hold_no_pickle(data, tmp_path, run_dus):
     """--save-steps writes checkpoint-N snapshots as Trainer does, minus its pickles: the model, its
     tokenizer, trainer_state.json and the arguments as training_args.json, nothing for torch.load."""
-    code, _, err = run_dus("sft", tiny_model_dir(), "--data", data / "sft.jsonl", "-o", tmp_path / "sft",
-                           "--max-steps", "2", "--save-steps", "1", *FAST)
+    code, _, err = run_dus(
+        "sft",
+        tiny_model_dir(),
+        "--data",
+        data / "sft.jsonl",
+        "-o",
+        tmp_path / "sft",
+        "--max-steps",
+        "2",
+        "--save-steps",
+        "1",
+        *FAST,
+    )
     assert code == 0, err
     out = tmp_path / "sft"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -134,8 +190,14 @@ def test_a_failed_save_leaves_the_previous_model_or_none(data, tmp_path):
     from dus.manifest import MANIFEST_FILE
 
     out = tmp_path / "sft"
-    opts = TrainOptions(tiny_model_dir(), [str(data / "sft.jsonl")], str(out), max_steps=1, dtype="float32",
-                        gradient_checkpointing=False)
+    opts = TrainOptions(
+        tiny_model_dir(),
+        [str(data / "sft.jsonl")],
+        str(out),
+        max_steps=1,
+        dtype="float32",
+        gradient_checkpointing=False,
+    )
     trainer, report = sft_trainer(opts)
     tokenizer_save = trainer.processing_class.save_pretrained
 

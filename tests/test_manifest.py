@@ -12,8 +12,21 @@ from dus.manifest import MANIFEST_FILE, format_lineage, read_manifest
 from dus.read.source import PICKLE_SUFFIXES
 from dus.verify.check import VerifyError
 
-FAST = ["--lr", "2e-3", "--batch-size", "2", "--logging-steps", "1", "--seq-len", "64", "--no-gradient-checkpointing",
-        "--max-steps", "2", "--dtype", "float32"]
+FAST = [
+    "--lr",
+    "2e-3",
+    "--batch-size",
+    "2",
+    "--logging-steps",
+    "1",
+    "--seq-len",
+    "64",
+    "--no-gradient-checkpointing",
+    "--max-steps",
+    "2",
+    "--dtype",
+    "float32",
+]
 STAGES = ["build", "pretrain", "sft", "dpo"]
 
 
@@ -70,7 +83,7 @@ def test_every_stage_verifies_and_prints_its_lineage(chain, run_dus):
     assert lines[-1].split()[2] == tiny_model_dir() and lines[-1].endswith("(base)")
     for stage in STAGES:
         report = dus.api.verify(chain / stage)
-        assert [link["stage"] for link in report.lineage] == STAGES[STAGES.index(stage)::-1] + ["source"]
+        assert [link["stage"] for link in report.lineage] == STAGES[STAGES.index(stage) :: -1] + ["source"]
     assert len(dus.api.verify(chain / "build").checks) == 5  # the byte-for-byte proof too
 
 

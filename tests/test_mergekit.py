@@ -59,9 +59,15 @@ def expected_tensors(data: dict) -> dict:
         for layer in range(*source["layer_range"]):
             for name, tensor in tensors.items():
                 if name.startswith(f"model.layers.{layer}."):
-                    scale = next((e["value"] for e in piece.get("parameters", {}).get("scale", [])
-                                  if "filter" not in e or e["filter"] in name), 1.0)
-                    out[f"model.layers.{index}." + name[len(f"model.layers.{layer}."):]] = tensor * scale
+                    scale = next(
+                        (
+                            e["value"]
+                            for e in piece.get("parameters", {}).get("scale", [])
+                            if "filter" not in e or e["filter"] in name
+                        ),
+                        1.0,
+                    )
+                    out[f"model.layers.{index}." + name[len(f"model.layers.{layer}.") :]] = tensor * scale
             index += 1
     return out
 
@@ -88,7 +94,13 @@ def test_plan_reads_the_recipe_as_source(models, tmp_path, run_dus):
     assert code == 0, err
     layers = json.loads(out)["layers"]
     assert [(entry["source"], entry["source_layer"]) for entry in layers] == [
-        ("base", 0), ("base", 1), ("b", 1), ("b", 2), ("base", 2), ("base", 3)]
+        ("base", 0),
+        ("base", 1),
+        ("b", 1),
+        ("b", 2),
+        ("base", 2),
+        ("base", 3),
+    ]
 
 
 def test_dtype_and_models_list(models, tmp_path):
@@ -109,26 +121,37 @@ def test_unknown_keys_warned_once_listing_them(models, tmp_path, run_dus):
     assert len(warnings) == 1 and all(k in warnings[0] for k in ("chat_template", "name", "parameters.weight"))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d, a, b: "- just\n- a list\n", "must hold a mapping"),
-    (lambda d, a, b: {**d, "merge_method": "slerp"}, "merge_method 'slerp' merges weights, which mergekit does"),
-    (lambda d, a, b: {**d, "merge_method": "ties"}, "merge_method 'ties' merges weights, which mergekit does"),
-    (lambda d, a, b: recipe((a, 0, 3), (a, 2, 9)), "slice 2: layer_range [2, 9] is outside"),
-    (lambda d, a, b: recipe((a, 0, 3), (b, 1, 4), (a, 3, 4)), "shape mismatch"),
-    (lambda d, a, b: recipe((a, 0, 3), (b, 1, 4)), "final norm and head from the last slice's"),
-    (lambda d, a, b: recipe((a, 0, 3), (a, 1, 4), parameters={"scale": 0.5}), "outside the layers"),
-    (lambda d, a, b: {"models": [{"model": str(a)}, {"model": str(b)}], "merge_method": "passthrough"},
-     "lists 2 models; a passthrough takes one"),
-    (lambda d, a, b: {**d, "base_model": str(b)}, "base_model"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d, a, b: "- just\n- a list\n", "must hold a mapping"),
+        (lambda d, a, b: {**d, "merge_method": "slerp"}, "merge_method 'slerp' merges weights, which mergekit does"),
+        (lambda d, a, b: {**d, "merge_method": "ties"}, "merge_method 'ties' merges weights, which mergekit does"),
+        (lambda d, a, b: recipe((a, 0, 3), (a, 2, 9)), "slice 2: layer_range [2, 9] is outside"),
+        (lambda d, a, b: recipe((a, 0, 3), (b, 1, 4), (a, 3, 4)), "shape mismatch"),
+        (lambda d, a, b: recipe((a, 0, 3), (b, 1, 4)), "final norm and head from the last slice's"),
+        (lambda d, a, b: recipe((a, 0, 3), (a, 1, 4), parameters={"scale": 0.5}), "outside the layers"),
+        (
+            lambda d, a, b: {"models": [{"model": str(a)}, {"model": str(b)}], "merge_method": "passthrough"},
+            "lists 2 models; a passthrough takes one",
+        ),
+        (lambda d, a, b: {**d, "base_model": str(b)}, "base_model"),
+    ],
+)
 def test_bad_recipes_refused_in_one_line(change, message, models, tmp_path, run_dus, capsys):
     a, b = models
     if "shape" in message:  # a model whose layers are wider than a's
         b = tmp_path / "wide"
         import transformers
 
-        config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                          num_attention_heads=4, num_key_value_heads=2)
+        config = transformers.LlamaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
         transformers.LlamaForCausalLM(config).save_pretrained(b)
         capsys.readouterr()
     path = write(tmp_path, change(RECIPES["solar"](a, b), a, b))
@@ -149,8 +172,10 @@ def test_mergekit_yaml_round_trip(models, tmp_path, run_dus):
 
 
 def _options(argv: list[str]) -> dict:
-    return {argv[i].lstrip("-").replace("-", "_"): (int(argv[i + 1]) if argv[i + 1].isdigit() else argv[i + 1])
-            for i in range(0, len(argv), 2)}
+    return {
+        argv[i].lstrip("-").replace("-", "_"): (int(argv[i + 1]) if argv[i + 1].isdigit() else argv[i + 1])
+        for i in range(0, len(argv), 2)
+    }
 
 
 def test_mergekit_yaml_refused_for_a_blend(models, tmp_path, run_dus):
@@ -161,11 +186,14 @@ def test_mergekit_yaml_refused_for_a_blend(models, tmp_path, run_dus):
     assert_refused(code, err, "error: this plan has no mergekit passthrough recipe: it blends")
 
 
-@pytest.mark.parametrize("options, why", [
-    (["--width", "2"], "it grows the width"),
-    (["--insert-at", "1", "--init", "aligned-average"], "its new layers are computed"),
-    (["--overlap", "1", "--experts", "4", "--top-k", "2"], "it upcycles the MLPs into experts"),
-])
+@pytest.mark.parametrize(
+    "options, why",
+    [
+        (["--width", "2"], "it grows the width"),
+        (["--insert-at", "1", "--init", "aligned-average"], "its new layers are computed"),
+        (["--overlap", "1", "--experts", "4", "--top-k", "2"], "it upcycles the MLPs into experts"),
+    ],
+)
 def test_mergekit_yaml_refused_for_computed_tensors(options, why, models, run_dus):
     """Width growth, computed initialisers and upcycling write tensors mergekit's passthrough cannot."""
     code, out, err = run_dus("plan", models[0], *options, "--mergekit-yaml")
@@ -182,8 +210,11 @@ def test_same_tensors_as_mergekit(kind, models, tmp_path):
     from mergekit.options import MergeOptions
 
     data = RECIPES[kind](*models)
-    run_merge(MergeConfiguration.model_validate(data), str(tmp_path / "mergekit"),
-              MergeOptions(copy_tokenizer=False, write_model_card=False))
+    run_merge(
+        MergeConfiguration.model_validate(data),
+        str(tmp_path / "mergekit"),
+        MergeOptions(copy_tokenizer=False, write_model_card=False),
+    )
     dus.api.build(str(write(tmp_path, data)), tmp_path / "dus")
     theirs, ours = load_tensors(tmp_path / "mergekit"), load_tensors(tmp_path / "dus")
     assert set(theirs) == set(ours)

@@ -30,15 +30,37 @@ def _script():
 
 def test_every_command_with_options_is_built_from_a_dataclass():
     assert set(COMMANDS) == {
-        "plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle",
-        "scan"
+        "plan",
+        "build",
+        "pretrain",
+        "sft",
+        "dpo",
+        "chat",
+        "contamination",
+        "eval",
+        "analyze",
+        "compare",
+        "upcycle",
+        "scan",
     }
 
 
 @pytest.mark.parametrize(
     "command",
-    ["plan", "build", "pretrain", "sft", "dpo", "chat", "contamination", "eval", "analyze", "compare", "upcycle",
-        "scan"],
+    [
+        "plan",
+        "build",
+        "pretrain",
+        "sft",
+        "dpo",
+        "chat",
+        "contamination",
+        "eval",
+        "analyze",
+        "compare",
+        "upcycle",
+        "scan",
+    ],
 )
 def test_every_field_is_a_flag(command, run_dus):
     code, out, _ = run_dus(command, "--help")
@@ -79,19 +101,24 @@ def test_shipped_configs_load(path):
 
 def test_config_file_then_flags(tmp_path):
     config = tmp_path / "sft.yaml"
-    config.write_text("model: base\ndata: [a.jsonl, b.jsonl]\noutput: out\nmax_length: 512\nlr: 3e-5\n"
-                      "gradient-checkpointing: true\npacking: true\n")
+    config.write_text(
+        "model: base\ndata: [a.jsonl, b.jsonl]\noutput: out\nmax_length: 512\nlr: 3e-5\n"
+        "gradient-checkpointing: true\npacking: true\n"
+    )
     opts = load(SFTOptions, config, {"lr": 1e-4, "gradient_checkpointing": False, "data": None})
     assert (opts.model, opts.data, opts.seq_len, opts.lr) == ("base", ["a.jsonl", "b.jsonl"], 512, 1e-4)
     assert opts.gradient_checkpointing is False and opts.packing is True
     assert load(DPOOptions, None, {"model": "m", "data": ["d"], "output": "o"}).lr == 5e-7  # each command its default
 
 
-@pytest.mark.parametrize("yaml, message", [
-    ("sequence_length: 64\n", "unknown option 'sequence_length'"),
-    ("batch-size: two\n", "bad value 'two' for 'batch_size'"),
-    ("packing: yes please\n", "expected true or false"),
-])
+@pytest.mark.parametrize(
+    "yaml, message",
+    [
+        ("sequence_length: 64\n", "unknown option 'sequence_length'"),
+        ("batch-size: two\n", "bad value 'two' for 'batch_size'"),
+        ("packing: yes please\n", "expected true or false"),
+    ],
+)
 def test_bad_config_is_an_input_error(tmp_path, yaml, message):
     config = tmp_path / "bad.yaml"
     config.write_text("model: m\ndata: d\noutput: o\n" + yaml)
@@ -128,8 +155,10 @@ def test_cli_list_options_from_config_unless_given(tmp_path, run_dus, monkeypatc
     config.write_text("target: t\nref: r\ndata: [a.jsonl, b.jsonl]\nexamples: 7\n")
     assert run_dus("contamination", "--config", config)[0] == 0
     assert run_dus("contamination", "--config", config, "--data", "c.jsonl", "--no-verbose")[0] == 0
-    assert [(o.target, o.ref, o.data, o.examples) for o in seen] == [("t", "r", ["a.jsonl", "b.jsonl"], 7),
-                                                                      ("t", "r", ["c.jsonl"], 7)]
+    assert [(o.target, o.ref, o.data, o.examples) for o in seen] == [
+        ("t", "r", ["a.jsonl", "b.jsonl"], 7),
+        ("t", "r", ["c.jsonl"], 7),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -172,9 +201,22 @@ def test_the_plan_options_are_one_declaration(tmp_path):
     recipe.write_text("preset: solar\nstack: model.layers\nallow-index-dependent: true\nshard_size: 2GB\n")
     opts = plan_options({"source": "m", "overlap": 3, "dtype": None}, recipe)
     assert (opts.recipe, opts.overlap, opts.stack, opts.allow_index_dependent, opts.dtype, opts.shard_size) == (
-        "dus", 3, "model.layers", True, "float16", "2GB")
-    assert list(opts.recorded()) == ["recipe", "overlap", "dtype", "config_overrides", "stack", "shard_size",
-                                     "source"]  # the order given: the file (its preset first), then the options
+        "dus",
+        3,
+        "model.layers",
+        True,
+        "float16",
+        "2GB",
+    )
+    assert list(opts.recorded()) == [
+        "recipe",
+        "overlap",
+        "dtype",
+        "config_overrides",
+        "stack",
+        "shard_size",
+        "source",
+    ]  # the order given: the file (its preset first), then the options
     recipe.write_text("preset: solar\nnew-layers: 4\n")  # expand's option under the preset's dus: never read
     with pytest.raises(InputError, match=r"r\.yaml: --new-layers is not an option of --recipe dus"):
         plan_options({"source": "m"}, recipe)
@@ -203,11 +245,13 @@ def test_the_python_api_takes_the_plan_options_as_keywords(llama_source):
 def test_dus_plan_is_callable_before_and_after_the_plan_package_is_imported(llama_source):
     """The README's `dus.plan(...)`: Python rebinds `dus.plan` to the package on any import of dus.plan.*,
     so it must keep working after the CLI or the plan modules are imported, in a fresh process."""
-    code = ("import sys, dus\n"
-            "first = dus.plan(sys.argv[1], overlap=1)\n"
-            "import dus.cli, dus.plan.options, dus.api\n"
-            "again = dus.plan(sys.argv[1], layers='0:4,1:4')\n"
-            "print(len(first.plan.layers), len(again.plan.layers), dus.plan.options.PlanOptions.__name__)\n")
+    code = (
+        "import sys, dus\n"
+        "first = dus.plan(sys.argv[1], overlap=1)\n"
+        "import dus.cli, dus.plan.options, dus.api\n"
+        "again = dus.plan(sys.argv[1], layers='0:4,1:4')\n"
+        "print(len(first.plan.layers), len(again.plan.layers), dus.plan.options.PlanOptions.__name__)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(llama_source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["6", "7", "PlanOptions"]

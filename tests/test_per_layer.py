@@ -52,7 +52,7 @@ def test_verify_catches_a_misplaced_block(gemma3n, tmp_path, run_dus):
     info = read_header(str(shard))[0]["model.embed_tokens_per_layer.weight"]
     data = bytearray(shard.read_bytes())
     row = info.start + 5 * 64 * 4  # row 5 of [vocab, 64] float32; output layers 2 and 3 swap their blocks
-    data[row + 64:row + 96], data[row + 96:row + 128] = data[row + 96:row + 128], data[row + 64:row + 96]
+    data[row + 64 : row + 96], data[row + 96 : row + 128] = data[row + 96 : row + 128], data[row + 64 : row + 96]
     shard.write_bytes(bytes(data))
     _rehash(out, shard)
     code, _, err = run_dus("verify", out)

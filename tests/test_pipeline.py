@@ -14,8 +14,15 @@ from dus.cli.pipeline import command_flags
 from dus.manifest import manifest_digest, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = {"batch-size": 2, "max-steps": 2, "seq-len": 64, "lr": 1e-3, "logging-steps": 1, "dtype": "float32",
-         "gradient-checkpointing": False}
+TRAIN = {
+    "batch-size": 2,
+    "max-steps": 2,
+    "seq-len": 64,
+    "lr": 1e-3,
+    "logging-steps": 1,
+    "dtype": "float32",
+    "gradient-checkpointing": False,
+}
 
 
 def tiny_recipe(path: Path, sft_lr: float = 1e-3) -> Path:
@@ -77,8 +84,9 @@ def test_run_skip_and_rerun_from_a_changed_option(tmp_path, run_dus):
         "4 layers" in out and "eval loss" in out and "seen" in out and "arc_challenge" in out and "(* --limit 2" in out
     )
     for stage in ("pretrain", "sft", "dpo"):
-        assert read_manifest(work / stage)["parent"]["ref"] == str(work / {"pretrain": "build", "sft": "pretrain",
-                                                                             "dpo": "sft"}[stage])
+        assert read_manifest(work / stage)["parent"]["ref"] == str(
+            work / {"pretrain": "build", "sft": "pretrain", "dpo": "sft"}[stage]
+        )
     code, out, err = run_dus("verify", work / "dpo")
     assert code == 0 and "<- build" in out, err
 
@@ -102,14 +110,16 @@ def test_an_interrupted_pretrain_resumes(tmp_path, run_dus, monkeypatch):
     seen = []
     monkeypatch.setattr(pipeline_run.subprocess, "run", lambda argv: seen.append(argv) or _Done())
     recipe = tiny_recipe(tmp_path / "r.yaml")
-    steps = pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None,
-                                   flags=command_flags)
+    steps = pipeline_run.run_pipeline(
+        str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None, flags=command_flags
+    )
     assert "--resume" not in seen[-1] and steps[1].status == "ran"
     (tmp_path / "w" / ".pretrain.pending.json").write_text(json.dumps(steps[1].expected))
     (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001").mkdir(parents=True)
     (tmp_path / "w" / "pretrain" / "checkpoints" / "step_00000001" / ".metadata").write_text("")
-    pipeline_run.run_pipeline(str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None,
-                                   flags=command_flags)
+    pipeline_run.run_pipeline(
+        str(recipe), str(tmp_path / "w"), only="pretrain", say=lambda s: None, flags=command_flags
+    )
     assert seen[-1][-1] == "--resume"
 
 
@@ -118,12 +128,19 @@ class _Done:
 
 
 def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
-    code, out, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "solar",
-                             "--dry-run")
+    code, out, err = run_dus(
+        "pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "solar", "--dry-run"
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert [shlex.split(line)[0] for line in lines] == ["dus", "torchrun", "accelerate", "accelerate", "dus",
-                                                        "accelerate"]
+    assert [shlex.split(line)[0] for line in lines] == [
+        "dus",
+        "torchrun",
+        "accelerate",
+        "accelerate",
+        "dus",
+        "accelerate",
+    ]
     build, pretrain, sft, dpo, contamination, evaluate = (shlex.split(line) for line in lines)
     assert build == [
         "dus",
@@ -157,11 +174,25 @@ def test_solar_dry_run_prints_the_8_gpu_sequence(tmp_path, run_dus):
 
 
 # Mistral-7B-v0.1's published config.json (the Hub is not reached in tests).
-MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
-              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-              "max_position_embeddings": 32768, "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-05,
-              "vocab_size": 32000, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
-              "bos_token_id": 1, "eos_token_id": 2}
+MISTRAL_7B = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 32768,
+    "sliding_window": 4096,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-05,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
@@ -180,10 +211,16 @@ def test_the_solar_recipe_still_builds_and_plans(tmp_path, run_dus):
     assert plan["source_num_parameters"] == 7_241_732_096 and plan["num_parameters"] == 10_731_524_096
     assert [layer["source_layer"] for layer in plan["layers"]] == [*range(24), *range(8, 32)]
     assert plan["dtype"] == "float16"
-    assert {k: plan["config"].get(k) for k in ("architectures", "model_type", "num_hidden_layers",
-                                                "max_position_embeddings", "sliding_window")} == {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 48,
-        "max_position_embeddings": 4096, "sliding_window": None}
+    assert {
+        k: plan["config"].get(k)
+        for k in ("architectures", "model_type", "num_hidden_layers", "max_position_embeddings", "sliding_window")
+    } == {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "num_hidden_layers": 48,
+        "max_position_embeddings": 4096,
+        "sliding_window": None,
+    }
     assert "sliding_window" not in plan["config"]
 
 
@@ -203,13 +240,28 @@ def test_bad_recipes_are_one_line(tmp_path, run_dus, capsys):
 
 def test_a_recipe_may_start_later_from_a_given_model(tmp_path, run_dus):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"sft": {"model": "some/model", "data": ["a.jsonl"], "nproc-per-node": 2},
-                                      "eval": {"tasks": "h6"}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {"sft": {"model": "some/model", "data": ["a.jsonl"], "nproc-per-node": 2}, "eval": {"tasks": "h6"}}
+        )
+    )
     code, out, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
     assert code == 0, err
     sft, evaluate = (shlex.split(line) for line in out.strip().splitlines())
-    assert sft == ["accelerate", "launch", "--num_processes", "2", "-m", "dus", "sft", "some/model", "--output",
-                   str(tmp_path / "w" / "sft"), "--data", "a.jsonl"]
+    assert sft == [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "2",
+        "-m",
+        "dus",
+        "sft",
+        "some/model",
+        "--output",
+        str(tmp_path / "w" / "sft"),
+        "--data",
+        "a.jsonl",
+    ]
     assert evaluate[:3] == ["dus", "eval", str(tmp_path / "w" / "sft")]
     recipe.write_text(yaml.safe_dump({"source": "x", "sft": {"model": "some/model"}}))
     code, _, err = run_dus("pipeline", recipe, "--workdir", tmp_path / "w", "--dry-run")
@@ -264,8 +316,13 @@ def test_missing_data_and_bad_values_stop_the_run_before_the_build(tmp_path, run
     monkeypatch.setattr(pipeline_run.subprocess, "run", lambda argv: ran.append(argv) or _Done())
     code, _, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "w")
     assert code == 2 and not ran and not (tmp_path / "w").exists(), err
-    assert "pretrain: data path not found: data/pretrain/train (relative paths are relative to the current " \
-           f"directory, {tmp_path})" in err and "nothing was run" in err and "more:" in err
+    assert (
+        "pretrain: data path not found: data/pretrain/train (relative paths are relative to the current "
+        f"directory, {tmp_path})"
+        in err
+        and "nothing was run" in err
+        and "more:" in err
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"source": "x", "pretrain": {"data": [str(bad)], "lr": "fast"}}))
     code, _, err = run_dus("pipeline", bad, "--workdir", tmp_path / "w")
@@ -282,8 +339,9 @@ def test_dry_run_prints_the_prepare_step_and_warns_of_missing_data(tmp_path, run
     first = shlex.split(out.splitlines()[0])
     assert first == ["python", "-m", "dus.pipeline.tinydata", "pydoc-topics", str(tmp_path / "w" / "data")]
     assert "warning" not in err  # WORKDIR/data/ is the prepare step's to make
-    code, out, err = run_dus("pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "s",
-                             "--dry-run")
+    code, out, err = run_dus(
+        "pipeline", ROOT / "configs" / "solar-10.7b.yaml", "--workdir", tmp_path / "s", "--dry-run"
+    )
     assert code == 0 and "warning: pretrain: data path not found: data/pretrain/train" in err
     assert "(a real run stops here)" in err
 
@@ -292,7 +350,10 @@ def test_the_prepare_command_a_dry_run_prints_works(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dus.pipeline.tinydata", "pydoc-topics", str(tmp_path / "d")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dus.pipeline.tinydata", "pydoc-topics", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "d" / "sft.jsonl").is_file() and (tmp_path / "d" / "tasks" / "gsm8k.yaml").is_file()

@@ -15,9 +15,18 @@ from dus.plan.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLAR_PUBLISHED = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096,
-    "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "vocab_size": 32000, "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-05,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
     "torch_dtype": "float16",
 }
 
@@ -97,16 +106,19 @@ def test_recipe_maps():
     assert [l.op for l in expanded if l.new] == ["zero", "zero"]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: recipes.dus(4, -1), "must be >= 0"),
-    (lambda: recipes.dus(4, 4), "leaves nothing"),
-    (lambda: recipes.parse_layer_spec("0:5", 4), "valid layers are 0..3"),
-    (lambda: recipes.parse_layer_spec("7", 4), "valid layers are 0..3"),
-    (lambda: recipes.parse_layer_spec("a:b", 4), "cannot parse"),
-    (lambda: recipes.parse_layer_spec("3:1", 4), "empty"),
-    (lambda: recipes.idus(10, 4), "equal groups"),
-    (lambda: recipes.expand(8, 3, ("o",)), "divide"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: recipes.dus(4, -1), "must be >= 0"),
+        (lambda: recipes.dus(4, 4), "leaves nothing"),
+        (lambda: recipes.parse_layer_spec("0:5", 4), "valid layers are 0..3"),
+        (lambda: recipes.parse_layer_spec("7", 4), "valid layers are 0..3"),
+        (lambda: recipes.parse_layer_spec("a:b", 4), "cannot parse"),
+        (lambda: recipes.parse_layer_spec("3:1", 4), "empty"),
+        (lambda: recipes.idus(10, 4), "equal groups"),
+        (lambda: recipes.expand(8, 3, ("o",)), "divide"),
+    ],
+)
 def test_bad_plans_are_refused(call, message):
     with pytest.raises(InputError, match=message):
         call()
@@ -125,8 +137,14 @@ def test_config_remaps_per_layer_and_index_lists():
     }
     out = output_config(config, [0, 1, 2, 1, 2, 3], dtype="float16")
     assert out["num_hidden_layers"] == 6
-    assert out["layer_types"] == ["full_attention", "full_attention", "sliding_attention", "full_attention",
-                                  "sliding_attention", "sliding_attention"]
+    assert out["layer_types"] == [
+        "full_attention",
+        "full_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+    ]
     assert out["max_window_layers"] == 2
     assert out["no_rope_layers"] == [1, 0, 1, 0, 1, 0]
     assert out["mlp_only_layers"] == [0, 5]
@@ -137,8 +155,13 @@ def test_config_remaps_per_layer_and_index_lists():
 
 
 def test_config_formula_the_plan_breaks_is_refused():
-    jamba = {"num_hidden_layers": 8, "attn_layer_period": 4, "attn_layer_offset": 2,
-             "expert_layer_period": 2, "expert_layer_offset": 1}
+    jamba = {
+        "num_hidden_layers": 8,
+        "attn_layer_period": 4,
+        "attn_layer_offset": 2,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+    }
     # repeating whole periods keeps the pattern: accepted
     assert output_config(jamba, list(range(8)) + list(range(8)))["num_hidden_layers"] == 16
     with pytest.raises(InputError, match="attn_layer_period"):

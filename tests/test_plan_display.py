@@ -27,8 +27,10 @@ def test_plan_shows_the_dtype_it_resolved(llama_source, run_dus):
 
 def test_the_preset_shows_the_config_values_it_sets(run_dus):
     out = _plan(run_dus, MISTRAL, "--preset", "solar")
-    assert ("config sets: architectures=['LlamaForCausalLM'], model_type='llama', sliding_window deleted, "
-            "max_position_embeddings=4096") in out
+    assert (
+        "config sets: architectures=['LlamaForCausalLM'], model_type='llama', sliding_window deleted, "
+        "max_position_embeddings=4096"
+    ) in out
     assert "dtype float16" in out
     assert "config sets" not in _plan(run_dus, MISTRAL)
 
@@ -66,8 +68,11 @@ def test_the_analyzers_budget_error_has_thousands_separators():
 
     n = 6
     distance = [[0.0] * (n + 1) for _ in range(n + 1)]
-    with pytest.raises(InputError, match=r"--target-params 141,595,200 is smaller than the smallest DUS of this "
-                                         r"6-layer model \(8 layers, 410,000,000 params at overlap 2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"--target-params 141,595,200 is smaller than the smallest DUS of this "
+        r"6-layer model \(8 layers, 410,000,000 params at overlap 2\)",
+    ):
         recommend_overlap(distance, [50_000_000] * n, 10_000_000, target_params=141_595_200)
 
 

@@ -18,10 +18,20 @@ def run(tiny_model, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def run(output, **options) -> dict:
-        config = {"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(output),
-                  "seq_len": 64, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1,
-                  "cache_dir": str(cache), **options}
+        config = {
+            "model": str(tiny_model),
+            "data": [str(corpus["train"])],
+            "output": str(output),
+            "seq_len": 64,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "cache_dir": str(cache),
+            **options,
+        }
         return pretrain(config)
+
     return run
 
 
@@ -75,8 +85,18 @@ def test_save_every_zero_saves_only_to_resume(run, tmp_path):
 
 def test_device_cuda_without_cuda_is_refused(tiny_model, corpus, tmp_path, run_dus, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, err = run_dus("pretrain", tiny_model, "--data", corpus["train"], "--output", tmp_path / "o",
-                           "--max-steps", "1", "--device", "cuda")
+    code, _, err = run_dus(
+        "pretrain",
+        tiny_model,
+        "--data",
+        corpus["train"],
+        "--output",
+        tmp_path / "o",
+        "--max-steps",
+        "1",
+        "--device",
+        "cuda",
+    )
     assert code == 2 and err.strip() == "error: --device cuda, but PyTorch sees no CUDA device"
 
 
@@ -111,6 +131,7 @@ def test_freeze_layers_spec(run, tiny_model, tmp_path):
     assert info["trained_layers"] == [1, 2] and info["params"]["trainable"] < info["params"]["total"] / 2
     # frozen parameters carry no optimizer state
     from torch.distributed.checkpoint import FileSystemReader
+
     saved = FileSystemReader(str(out / "checkpoints" / "step_00000003")).read_metadata().state_dict_metadata
     optim_layers = {_layer(k.split(".", 2)[2]) for k in saved if k.startswith("optim.state.")}
     assert optim_layers == {1, 2}
@@ -119,8 +140,9 @@ def test_freeze_layers_spec(run, tiny_model, tmp_path):
 def test_freeze_original_trains_only_new_layers(run, tiny_model, tmp_path):
     model = tmp_path / "grown"
     shutil.copytree(tiny_model, model)
-    layers = [{"index": i, "source_layer": min(i, 2), "source": "base", "op": "copy", "new": i in (1, 3)}
-              for i in range(4)]
+    layers = [
+        {"index": i, "source_layer": min(i, 2), "source": "base", "op": "copy", "new": i in (1, 3)} for i in range(4)
+    ]
     (model / "dus_plan.json").write_text(json.dumps({"plan": {"sources": {"base": "x"}, "layers": layers}}))
     out = tmp_path / "out"
     summary = run(out, model=str(model), max_tokens=3 * 4 * 64, freeze="original")
@@ -145,20 +167,23 @@ def with_checkpoint(tmp_path):
     return tmp_path / "used"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "{tmp}/missing.jsonl"], "data path not found"),
-    (["--data", "{tmp}/empty.jsonl"], "empty corpus"),
-    (["--data", "{tmp}/short.jsonl"], "empty corpus"),
-    (["--data", "{tmp}/broken.jsonl"], "JSON parse error"),
-    (["--seq-len", "4096"], "max_position_embeddings"),
-    (["--no-such-flag", "1"], "No such option"),
-    (["--freeze", "layers:2:9"], "out of range"),
-    (["--freeze", "original"], "dus_plan.json"),
-    (["--dtype", "float8"], "--dtype"),
-    (["--device", "tpu"], "--device must be one of auto, cuda, cpu"),
-    (["--output", "{used}"], "--resume"),
-    (["--config", "{tmp}/bad.yaml"], "unknown option 'sequence_length'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{tmp}/missing.jsonl"], "data path not found"),
+        (["--data", "{tmp}/empty.jsonl"], "empty corpus"),
+        (["--data", "{tmp}/short.jsonl"], "empty corpus"),
+        (["--data", "{tmp}/broken.jsonl"], "JSON parse error"),
+        (["--seq-len", "4096"], "max_position_embeddings"),
+        (["--no-such-flag", "1"], "No such option"),
+        (["--freeze", "layers:2:9"], "out of range"),
+        (["--freeze", "original"], "dus_plan.json"),
+        (["--dtype", "float8"], "--dtype"),
+        (["--device", "tpu"], "--device must be one of auto, cuda, cpu"),
+        (["--output", "{used}"], "--resume"),
+        (["--config", "{tmp}/bad.yaml"], "unknown option 'sequence_length'"),
+    ],
+)
 def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, run_dus, args, message):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "short.jsonl").write_text('{"text": "too short for a block"}\n')
@@ -166,8 +191,20 @@ def test_bad_input_is_one_line(tiny_model, corpus, tmp_path, with_checkpoint, ru
     (tmp_path / "bad.yaml").write_text("sequence_length: 64\n")
     args = [a.format(tmp=tmp_path, used=with_checkpoint) for a in args]
     data = [] if "--data" in args else ["--data", str(corpus["train"])]
-    code, _, err = run_dus("pretrain", tiny_model, *data, "--output", tmp_path / "o", "--seq-len", "64",
-                           "--max-steps", "1", "--cache-dir", tmp_path / "cache", *args)
+    code, _, err = run_dus(
+        "pretrain",
+        tiny_model,
+        *data,
+        "--output",
+        tmp_path / "o",
+        "--seq-len",
+        "64",
+        "--max-steps",
+        "1",
+        "--cache-dir",
+        tmp_path / "cache",
+        *args,
+    )
     assert_refused(code, err, message, outputs=tmp_path / "o")
 
 
@@ -240,17 +277,20 @@ def test_freeze_original_on_a_widened_build_trains_only_the_added_width(run, tin
                 assert not torch.equal(after[name][block], tensor[block])
 
 
-@pytest.mark.parametrize("step, last, max_steps, every, final, due", [
-    (4, 10, 10, 2, True, True),    # on the period
-    (5, 10, 10, 2, True, False),   # off it
-    (3, 10, 10, 0, True, False),   # no periodic checkpoints
-    (10, 10, 10, 3, True, True),   # the end, off the period: the final checkpoint
-    (10, 10, 10, 2, False, False),  # the end, no final checkpoint asked: not even on the period
-    (10, 10, 10, 0, True, False),  # the end, checkpoints off
-    (4, 4, 10, 0, False, True),    # --stop-after leaves early: always a checkpoint to resume from
-    (4, 4, 10, 3, False, True),
-    (4, 4, 10, 2, False, True),
-])
+@pytest.mark.parametrize(
+    "step, last, max_steps, every, final, due",
+    [
+        (4, 10, 10, 2, True, True),  # on the period
+        (5, 10, 10, 2, True, False),  # off it
+        (3, 10, 10, 0, True, False),  # no periodic checkpoints
+        (10, 10, 10, 3, True, True),  # the end, off the period: the final checkpoint
+        (10, 10, 10, 2, False, False),  # the end, no final checkpoint asked: not even on the period
+        (10, 10, 10, 0, True, False),  # the end, checkpoints off
+        (4, 4, 10, 0, False, True),  # --stop-after leaves early: always a checkpoint to resume from
+        (4, 4, 10, 3, False, True),
+        (4, 4, 10, 2, False, True),
+    ],
+)
 def test_save_due(step, last, max_steps, every, final, due):
     from dus.train.loop import save_due
 

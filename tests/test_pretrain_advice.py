@@ -17,27 +17,40 @@ def run(tiny_model, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def run(output, **options) -> dict:
-        config = {"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(output), "seq_len": 64,
-                  "batch_size": 4, "log_every": 1, "save_every": 0, "cache_dir": str(cache), **options}
+        config = {
+            "model": str(tiny_model),
+            "data": [str(corpus["train"])],
+            "output": str(output),
+            "seq_len": 64,
+            "batch_size": 4,
+            "log_every": 1,
+            "save_every": 0,
+            "cache_dir": str(cache),
+            **options,
+        }
         return pretrain(config)
+
     return run
 
 
 def test_the_messages():
     assert advice.warmup_warning(3, 100, 5e-5, 1.5e-6) == (
         "warning: --warmup-steps 100 >= this run's 3 steps: the learning rate never reaches --lr 5e-05 (the last "
-        "step trains at 1.5e-06); lower --warmup-steps")
+        "step trains at 1.5e-06); lower --warmup-steps"
+    )
     assert advice.warmup_warning(200, 100, 5e-5, 5e-6) is None
     assert advice.checkpoint_warning(3, 2_208_916_224, True) == (
         "warning: this 3-step run ends with a 2.2 GB checkpoint (weights and AdamW state, only to continue training "
-        "later); --no-final-checkpoint leaves only the exported model")
+        "later); --no-final-checkpoint leaves only the exported model"
+    )
     assert advice.checkpoint_warning(3, 2_208_916_224, False) is None  # no final checkpoint
     assert advice.checkpoint_warning(5000, 2_208_916_224, True) is None  # a long run's is worth keeping
     assert advice.checkpoint_warning(3, 10**6, True) is None
     assert advice.export_warning(1000, 1000, 997, torch.bfloat16) == (
         "warning: the bfloat16 export rounds away the update of 99.7% of the weights (below bfloat16's resolution; "
         "0.3% differ from the input model): export in float32 with --export-dtype float32, or train longer or at a "
-        "higher --lr")
+        "higher --lr"
+    )
     assert advice.export_warning(1000, 1000, 400, torch.bfloat16) is None
 
 
@@ -52,8 +65,10 @@ def test_rounded_away_counts_updates_below_the_resolution():
 def test_a_warmup_longer_than_the_run_is_warned(run, tmp_path, capsys):
     run(tmp_path / "a", max_steps=3)  # the default --warmup-steps 100
     err = capsys.readouterr().err
-    assert "warning: --warmup-steps 100 >= this run's 3 steps: the learning rate never reaches --lr 5e-05 (the " \
-           "last step trains at 1.5e-06); lower --warmup-steps" in err
+    assert (
+        "warning: --warmup-steps 100 >= this run's 3 steps: the learning rate never reaches --lr 5e-05 (the "
+        "last step trains at 1.5e-06); lower --warmup-steps" in err
+    )
     run(tmp_path / "b", max_steps=3, warmup_steps=1)
     assert "warmup" not in capsys.readouterr().err
 

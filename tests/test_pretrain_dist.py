@@ -16,11 +16,45 @@ from transformers import AutoModelForCausalLM
 @pytest.mark.slow
 def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):
     out = tmp_path / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dus", "pretrain", str(tiny_model), "--device", "cpu", "--data", str(corpus["train"]),
-           "--eval-data", str(corpus["eval"]), "--output", str(out), "--seq-len", "64", "--batch-size", "4",
-           "--max-steps", "20", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "5", "--eval-every", "20",
-           "--log-samples", "--save-every", "10", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "dus",
+        "pretrain",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--data",
+        str(corpus["train"]),
+        "--eval-data",
+        str(corpus["eval"]),
+        "--output",
+        str(out),
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "20",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "20",
+        "--log-samples",
+        "--save-every",
+        "10",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for extra in (["--stop-after", "10"], ["--resume"]):  # the second half resumes from sharded checkpoints
         done = subprocess.run(cmd + extra, check=False, capture_output=True, text=True, timeout=300, env=env)

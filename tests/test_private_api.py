@@ -25,30 +25,39 @@ from dus.private_api import (
 )
 
 ROOT = Path(dus.__file__).parent
-PRIVATE = re.compile(r"torch\.distributed\.checkpoint\._|_StorageInfo"
-                     r"|transformers\.(conversion_mapping|core_model_loading)"
-                     r"|from (torch|transformers)[\w.]* import _|getattr\([^)]*\"_[a-z]|PreTrainedConfig\._")
+PRIVATE = re.compile(
+    r"torch\.distributed\.checkpoint\._|_StorageInfo"
+    r"|transformers\.(conversion_mapping|core_model_loading)"
+    r"|from (torch|transformers)[\w.]* import _|getattr\([^)]*\"_[a-z]|PreTrainedConfig\._"
+)
 
 
 def test_no_other_module_uses_the_internals():
-    users = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
-                   if p.name != "private_api.py" and PRIVATE.search(p.read_text()))
+    users = sorted(
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*.py")
+        if p.name != "private_api.py" and PRIVATE.search(p.read_text())
+    )
     assert users == []
 
 
 def test_the_installed_versions_are_within_the_bounds():
     import transformers
 
-    requirements = {(r := Requirement(line)).name: r for line in tomllib.loads(
-        (ROOT.parent / "pyproject.toml").read_text())["project"]["dependencies"]}
+    requirements = {
+        (r := Requirement(line)).name: r
+        for line in tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     for name, version in (("torch", torch.__version__.split("+")[0]), ("transformers", transformers.__version__)):
         assert any(spec.operator == "<" for spec in requirements[name].specifier), name  # an upper bound
         assert requirements[name].specifier.contains(version), (name, version)
 
 
 def test_dcp_internals_behave_as_dus_relies_on():
-    optim = {"state": {"layer.weight": {"step": torch.tensor(3.0)}},
-             "param_groups": [{"lr": 0.1, "params": ["layer.weight"]}]}
+    optim = {
+        "state": {"layer.weight": {"step": torch.tensor(3.0)}},
+        "param_groups": [{"lr": 0.1, "params": ["layer.weight"]}],
+    }
     state = {"model": {"layer.weight": torch.ones(2)}, "optim": optim}
     flat = dcp_flatten(state)
     assert "model.layer.weight" in flat and "optim.state.layer.weight.step" in flat
@@ -62,8 +71,17 @@ def test_dcp_internals_behave_as_dus_relies_on():
 def test_weight_conversions_map_a_checkpoint_name(tmp_path):
     from dus.checks.transformers_check import loaded_names, meta_model
 
-    model = meta_model({"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64})
+    model = meta_model(
+        {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 64,
+        }
+    )
     assert weight_conversions(model) is not None
     assert loaded_names(model, ["model.layers.0.mlp.up_proj.weight"]) == {"model.layers.0.mlp.up_proj.weight"}
 
@@ -72,8 +90,17 @@ def test_without_the_conversions_the_coverage_check_refuses(monkeypatch):
     """Simulates a transformers without them: the import fails, and the check says it cannot check."""
     from dus.checks.transformers_check import check_covers, meta_model
 
-    model = meta_model({"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64})
+    model = meta_model(
+        {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 64,
+        }
+    )
     monkeypatch.setitem(sys.modules, "transformers.conversion_mapping", None)  # import raises ImportError
     assert weight_conversions(model) is None
     with pytest.raises(BuildError, match="cannot check that the checkpoint holds every weight"):
@@ -84,7 +111,16 @@ def test_transformers_model_internals_behave_as_dus_relies_on():
     from dus.checks.transformers_check import meta_model
 
     assert decode_special_floats({"a": {"__float__": "Infinity"}, "b": 1})["a"] == float("inf")
-    model = meta_model({"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64})
+    model = meta_model(
+        {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 64,
+        }
+    )
     assert unsplit_blocks(model) == {"LlamaDecoderLayer"}
     assert isinstance(ignored_when_missing(model), tuple)

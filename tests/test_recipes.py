@@ -32,8 +32,11 @@ def test_expand_is_identity(arch, tmp_path):
     assert torch.allclose(_logits(expanded), _logits(base), rtol=0, atol=1e-5)
     assert torch.equal(_logits(expanded).argmax(-1), _logits(base).argmax(-1))
     prefix = record["sources"]["base"]["layer_prefix"]
-    zeroed = [n for n in load_file(tmp_path / "out/model.safetensors")
-              if any(n.startswith(f"{prefix}{i}.{m}.") for i in (2, 5) for m in record["plan"]["recipe"]["zeroed"])]
+    zeroed = [
+        n
+        for n in load_file(tmp_path / "out/model.safetensors")
+        if any(n.startswith(f"{prefix}{i}.{m}.") for i in (2, 5) for m in record["plan"]["recipe"]["zeroed"])
+    ]
     assert_verified(tmp_path / "out", layers=6, computed=len(zeroed))
 
 
@@ -54,23 +57,31 @@ def _recipe(tmp_path, body):
 def test_blend_scale_and_multi_source(tmp_path):
     save_model("llama", tmp_path / "a", seed=0)
     save_model("llama", tmp_path / "b", seed=1)
-    recipe = _recipe(tmp_path, {
-        "sources": {"base": str(tmp_path / "a"), "other": str(tmp_path / "b")},
-        "layers": [
-            {"range": [0, 2]},
-            {"blend": [{"layer": 1, "weight": 0.25}, {"layer": 2, "source": "other", "weight": 0.75}]},
-            {"layer": 3, "source": "other"},
-            {"layer": 3, "scale": {"modules": ["self_attn.o_proj", "mlp.down_proj"], "factor": 0.5}},
-        ],
-    })
+    recipe = _recipe(
+        tmp_path,
+        {
+            "sources": {"base": str(tmp_path / "a"), "other": str(tmp_path / "b")},
+            "layers": [
+                {"range": [0, 2]},
+                {"blend": [{"layer": 1, "weight": 0.25}, {"layer": 2, "source": "other", "weight": 0.75}]},
+                {"layer": 3, "source": "other"},
+                {"layer": 3, "scale": {"modules": ["self_attn.o_proj", "mlp.down_proj"], "factor": 0.5}},
+            ],
+        },
+    )
     record = dus.api.build(None, tmp_path / "out", config=recipe)
     ops = [(l["op"], l["source"], l["new"]) for l in record["plan"]["layers"]]
-    assert ops == [("copy", "base", False), ("copy", "base", False), ("blend", "base", True),
-                   ("copy", "other", False), ("scale", "base", True)]
+    assert ops == [
+        ("copy", "base", False),
+        ("copy", "base", False),
+        ("blend", "base", True),
+        ("copy", "other", False),
+        ("scale", "base", True),
+    ]
     a, b = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
     out = load_file(tmp_path / "out/model.safetensors")
     for suffix in ("self_attn.q_proj.weight", "mlp.up_proj.weight", "input_layernorm.weight"):
-        by_hand = (0.25 * a[f"model.layers.1.{suffix}"] + 0.75 * b[f"model.layers.2.{suffix}"])
+        by_hand = 0.25 * a[f"model.layers.1.{suffix}"] + 0.75 * b[f"model.layers.2.{suffix}"]
         assert torch.equal(out[f"model.layers.2.{suffix}"], by_hand)
         assert torch.equal(out[f"model.layers.3.{suffix}"], b[f"model.layers.3.{suffix}"])
     assert torch.equal(out["model.layers.4.self_attn.o_proj.weight"], a["model.layers.3.self_attn.o_proj.weight"] * 0.5)
@@ -82,8 +93,9 @@ def test_blend_scale_and_multi_source(tmp_path):
 
 def test_blend_defaults_to_equal_weights_and_seam_average(tmp_path, run_dus):
     save_model("llama", tmp_path / "src")
-    recipe = _recipe(tmp_path, {"source": str(tmp_path / "src"), "layers": [
-        {"range": [0, 2]}, {"blend": [1, 2]}, {"range": [2, 4]}]})
+    recipe = _recipe(
+        tmp_path, {"source": str(tmp_path / "src"), "layers": [{"range": [0, 2]}, {"blend": [1, 2]}, {"range": [2, 4]}]}
+    )
     code, out, err = run_dus("build", "--config", recipe, tmp_path / "out")  # the recipe names the source
     assert code == 0, err
     src, out = load_file(tmp_path / "src/model.safetensors"), load_file(tmp_path / "out/model.safetensors")
@@ -96,8 +108,13 @@ def test_blend_defaults_to_equal_weights_and_seam_average(tmp_path, run_dus):
 def test_mismatched_sources_refused_before_writing(tmp_path):
     save_model("llama", tmp_path / "a")
     save_model("qwen3", tmp_path / "b")
-    recipe = _recipe(tmp_path, {"sources": {"base": str(tmp_path / "a"), "other": str(tmp_path / "b")},
-                                "layers": [{"range": [0, 4]}, {"layer": 1, "source": "other"}]})
+    recipe = _recipe(
+        tmp_path,
+        {
+            "sources": {"base": str(tmp_path / "a"), "other": str(tmp_path / "b")},
+            "layers": [{"range": [0, 4]}, {"layer": 1, "source": "other"}],
+        },
+    )
     with pytest.raises(InputError, match="different tensors|shape mismatch"):
         dus.api.build(None, tmp_path / "out", config=recipe)
     assert not (tmp_path / "out").exists()
@@ -117,12 +134,15 @@ def test_dtype_conversion_matches_torch(tmp_path):
     assert_verified(tmp_path / "out", layers=6, computed=len(out))  # every tensor converted, none copied
 
 
-@pytest.mark.parametrize("recipe, kwargs, layers", [
-    ("stack", {"factor": 3}, [0, 1, 2, 3] * 3),
-    ("interleave", {"factor": 2}, [0, 0, 1, 1, 2, 2, 3, 3]),
-    ("idus", {"group": 1}, [0, 1, 1, 2, 2, 3]),
-    ("dus", {"overlap": 1}, [0, 1, 2, 1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "recipe, kwargs, layers",
+    [
+        ("stack", {"factor": 3}, [0, 1, 2, 3] * 3),
+        ("interleave", {"factor": 2}, [0, 0, 1, 1, 2, 2, 3, 3]),
+        ("idus", {"group": 1}, [0, 1, 1, 2, 2, 3]),
+        ("dus", {"overlap": 1}, [0, 1, 2, 1, 2, 3]),
+    ],
+)
 def test_every_recipe_builds_and_verifies(recipe, kwargs, layers, tmp_path):
     save_model("llama", tmp_path / "src")
     record = dus.api.build(str(tmp_path / "src"), tmp_path / "out", recipe=recipe, **kwargs)

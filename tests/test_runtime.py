@@ -23,9 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 ACCEPTED = {
     "auto": "auto",
-    "float32": "float32", "fp32": "float32", "f32": "float32", "FP32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16", "BF16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "FP32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "BF16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -54,8 +61,9 @@ def test_dtype_names_are_the_documented_set():
     for command in ("plan", "build", "chat", "eval"):
         (dtype,) = [p for p in commands[command].params if "--dtype" in p.opts]
         assert _listed_dtypes(dtype.help) == documented, command
-    recipe_line = next(line for line in (ROOT / "docs" / "recipes.md").read_text().splitlines()
-                       if line.startswith("dtype:"))
+    recipe_line = next(
+        line for line in (ROOT / "docs" / "recipes.md").read_text().splitlines() if line.startswith("dtype:")
+    )
     assert documented == _listed_dtypes(recipe_line)
     assert set(runtime.DTYPES.values()) == documented
     for alias, canonical in runtime.DTYPES.items():
@@ -188,8 +196,16 @@ def test_layer_finder_fallback_is_the_list_as_long_as_the_layer_count():
 
 
 def test_layer_finder_prefers_no_split_modules_over_an_earlier_list_of_the_same_length():
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     modules = model.model._modules
     model.model._modules = {"aaa_decoy": nn.ModuleList(nn.Linear(2, 2) for _ in range(2)), **modules}  # visited first
     assert runtime.decoder_layers(model) is model.model.layers
@@ -228,7 +244,6 @@ def test_cosine_schedule_matches_the_old_warmup_and_ends_at_min_lr():
         assert lrs[-1] == pytest.approx(0.1) and min(lrs) > 0
 
 
-
 def test_one_copy_of_each_runtime_job():
     """Only dus/runtime.py loads checkpoints and parses --dtype/--device (dus/testing/fetch.py reads a GGUF file)."""
     import re
@@ -237,7 +252,9 @@ def test_one_copy_of_each_runtime_job():
     import dus
 
     root = Path(dus.__file__).parent
-    jobs = re.compile(r"(AutoModelForCausalLM|AutoTokenizer)\.from_pretrained\(|def (decoder_layers|resolve_device|"
-                      r"resolve_dtype|dtype_name|device_name|_device|_dtype|compute_dtype)\(")
+    jobs = re.compile(
+        r"(AutoModelForCausalLM|AutoTokenizer)\.from_pretrained\(|def (decoder_layers|resolve_device|"
+        r"resolve_dtype|dtype_name|device_name|_device|_dtype|compute_dtype)\("
+    )
     found = {str(p.relative_to(root)) for p in root.rglob("*.py") if jobs.search(p.read_text())}
     assert found <= {"runtime.py", "testing/fetch.py"}, found

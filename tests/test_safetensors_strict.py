@@ -149,7 +149,7 @@ ACCEPTED = {
     "127 deep": (_nest(127), b"\0" * 4),
     "0 before an overflow": ('{"a":{"dtype":"U8","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}', b""),
     "surrogate pair": ('{"\\ud83d\\ude00":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4),
-    "whitespace around": (' \n\t{%s}\r ' % T, b"\0" * 4),
+    "whitespace around": (" \n\t{%s}\r " % T, b"\0" * 4),
     "empty": ("{}", b""),
 }
 
@@ -173,16 +173,19 @@ def test_header_length_limit_is_the_library_s(tmp_path):
         read_header(str(path))
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ('{"rope_theta": NaN}', "field rope_theta is NaN: JSON has no such value"),
-    ('{"rope_scaling": {"factor": Infinity}}', "field rope_scaling.factor is Infinity"),
-    ('{"vocab_size": 96, "vocab_size": 97}', "the top level has the key 'vocab_size' twice"),
-    ('{"hidden_size": %s}' % ("1" * 5000), "out of the range of a 64-bit float"),
-    ('{"x": %s}' % ("[" * 127 + "]" * 127), "nested deeper than 127 levels"),
-    ('{"model_type": "\\ud800"}', "field model_type holds a lone UTF-16 surrogate"),
-    ('{"a": 1,}', "invalid JSON"),
-    (b'{"a": "\xff"}', "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"rope_theta": NaN}', "field rope_theta is NaN: JSON has no such value"),
+        ('{"rope_scaling": {"factor": Infinity}}', "field rope_scaling.factor is Infinity"),
+        ('{"vocab_size": 96, "vocab_size": 97}', "the top level has the key 'vocab_size' twice"),
+        ('{"hidden_size": %s}' % ("1" * 5000), "out of the range of a 64-bit float"),
+        ('{"x": %s}' % ("[" * 127 + "]" * 127), "nested deeper than 127 levels"),
+        ('{"model_type": "\\ud800"}', "field model_type holds a lone UTF-16 surrogate"),
+        ('{"a": 1,}', "invalid JSON"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+    ],
+)
 def test_config_json_is_strict(text, fragment, tmp_path):
     path = tmp_path / "config.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -237,9 +240,9 @@ def test_plan_refuses_repeated_metadata_in_a_shard(pristine, tmp_path, run_dus):
     shard = sorted(src.glob("*.safetensors"))[0]
     raw = shard.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = raw[8:8 + n].replace(b'{"__metadata__":', b'{"__metadata__":{},"__metadata__":', 1)
-    assert header != raw[8:8 + n]
-    shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    header = raw[8 : 8 + n].replace(b'{"__metadata__":', b'{"__metadata__":{},"__metadata__":', 1)
+    assert header != raw[8 : 8 + n]
+    shard.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :])
     code, out, err = run_dus("plan", src, "--overlap", "1")
     assert_refused(code, err, "has the key '__metadata__' twice")
 
@@ -257,17 +260,27 @@ def test_a_malformed_index_is_refused_under_python_O(tmp_path):
     import subprocess
     import sys
 
-    cases = {"a-list": [], "no-weight-map": {"metadata": {}}, "map-is-a-list": {"weight_map": ["a.safetensors"]},
-             "file-not-a-string": {"weight_map": {"lm_head.weight": 3}}}
+    cases = {
+        "a-list": [],
+        "no-weight-map": {"metadata": {}},
+        "map-is-a-list": {"weight_map": ["a.safetensors"]},
+        "file-not-a-string": {"weight_map": {"lm_head.weight": 3}},
+    }
     for name, index in cases.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors.index.json").write_text(json.dumps(index))
-    script = ("import sys\nfrom pathlib import Path\nfrom dus.errors import InputError\n"
-              "from dus.read.source import local_tensors\n"
-              "for d in sys.argv[1:]:\n"
-              "    try:\n        local_tensors(Path(d))\n    except InputError as e:\n"
-              "        print('refused', 'not a valid safetensors index' in str(e))\n")
-    result = subprocess.run([sys.executable, "-O", "-c", script, *(str(tmp_path / n) for n in cases)],
-                            capture_output=True, text=True, timeout=60)
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom dus.errors import InputError\n"
+        "from dus.read.source import local_tensors\n"
+        "for d in sys.argv[1:]:\n"
+        "    try:\n        local_tensors(Path(d))\n    except InputError as e:\n"
+        "        print('refused', 'not a valid safetensors index' in str(e))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", script, *(str(tmp_path / n) for n in cases)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:-1] == ["refused True"] * len(cases)

@@ -30,15 +30,22 @@ def test_digests_match_the_planned_bytes(source, workers, has_preadv, kind, monk
     if not has_preadv:  # as on macOS before 11
         monkeypatch.delattr(os, "preadv", raising=False)
     data = open(source, "rb").read()
-    plans = [[(0, 10)], [b"head", (5, 2_500_000), b"tail"], [], [(2_999_990, 10), b"x" * 70_000, (0, 1)],
-             [(1000, 1_200_000)]]
+    plans = [
+        [(0, 10)],
+        [b"head", (5, 2_500_000), b"tail"],
+        [],
+        [(2_999_990, 10), b"x" * 70_000, (0, 1)],
+        [(1000, 1_200_000)],
+    ]
     hasher = ShardHasher(workers, digest=DIGESTS[kind])
     for plan in plans:
         hasher.start()
         for part in plan:
             hasher.add_bytes(part) if isinstance(part, bytes) else hasher.add_range(source, part[0], part[1])
-    expected = [DIGESTS[kind](b"".join(p if isinstance(p, bytes) else data[p[0]:p[0] + p[1]] for p in plan)).hexdigest()
-                for plan in plans]
+    expected = [
+        DIGESTS[kind](b"".join(p if isinstance(p, bytes) else data[p[0] : p[0] + p[1]] for p in plan)).hexdigest()
+        for plan in plans
+    ]
     assert hasher.finish() == expected
 
 
@@ -101,8 +108,10 @@ def test_a_build_hashed_by_several_workers_verifies(tmp_path, monkeypatch):
     files = record["output"]["shards"]
     assert len(files) > 3
     for name, entry in files.items():  # BLAKE3 by default
-        assert entry == {"blake3": DIGESTS["blake3"]((tmp_path / "out" / name).read_bytes()).hexdigest(),
-                         "bytes": (tmp_path / "out" / name).stat().st_size}
+        assert entry == {
+            "blake3": DIGESTS["blake3"]((tmp_path / "out" / name).read_bytes()).hexdigest(),
+            "bytes": (tmp_path / "out" / name).stat().st_size,
+        }
     assert json.loads((tmp_path / "out" / "dus_plan.json").read_text())["output"]["shards"] == files
     assert_verified(tmp_path / "out", layers=6)
 
@@ -125,8 +134,9 @@ VECTORS = [
 ]
 
 
-@pytest.mark.parametrize("kind, data, expected", VECTORS, ids=["sha256-abc", "sha256-million-a", "blake3-empty",
-                                                                "blake3-abc"])
+@pytest.mark.parametrize(
+    "kind, data, expected", VECTORS, ids=["sha256-abc", "sha256-million-a", "blake3-empty", "blake3-abc"]
+)
 def test_the_digests_are_the_reference_ones(tmp_path, monkeypatch, kind, data, expected):
     """What dus records for a shard (ShardHasher, from source ranges and handed-over bytes, read in chunks
     smaller than the input) and what verify recomputes (file_digest) are the published digests."""
@@ -146,11 +156,14 @@ def test_the_digests_are_the_reference_ones(tmp_path, monkeypatch, kind, data, e
 
 def test_file_sha256_build_records_sha256_only(tmp_path, run_dus):
     save_model("llama", tmp_path / "src")
-    code, _, err = run_dus("build", tmp_path / "src", tmp_path / "out", "--overlap", "1", "--shard-size", "40KB",
-                           "--file-sha256")
+    code, _, err = run_dus(
+        "build", tmp_path / "src", tmp_path / "out", "--overlap", "1", "--shard-size", "40KB", "--file-sha256"
+    )
     assert code == 0, err
     files = json.loads((tmp_path / "out" / "dus_plan.json").read_text())["output"]["shards"]
     assert len(files) > 1
     for name, entry in files.items():
-        assert entry == {"sha256": hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest(),
-                         "bytes": (tmp_path / "out" / name).stat().st_size}
+        assert entry == {
+            "sha256": hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest(),
+            "bytes": (tmp_path / "out" / name).stat().st_size,
+        }

@@ -13,15 +13,24 @@ import dus.api
 from dus.errors import InputError
 from dus.read.architecture import stack_config_key
 
-TEXT = "language_model.model.layers."   # as transformers saves Gemma-3 checkpoints
+TEXT = "language_model.model.layers."  # as transformers saves Gemma-3 checkpoints
 VISION = "vision_tower.encoder.layers."
 VOCAB = 64
 
 
 def gemma3_config(vision_layers=2):
-    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=8, max_position_embeddings=64, sliding_window=4,
-                sliding_window_pattern=2)  # sliding, full, sliding, full: the remap must follow the plan
+    text = dict(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=4,
+        sliding_window_pattern=2,
+    )  # sliding, full, sliding, full: the remap must follow the plan
     vision = dict(
         hidden_size=16,
         intermediate_size=32,
@@ -72,7 +81,7 @@ def test_grows_the_named_stack_exactly(source, built):
         names = [k for k in src if k.startswith(f"{TEXT}{s}.")]
         assert names
         for name in names:
-            target = f"{TEXT}{i}." + name[len(f"{TEXT}{s}."):]
+            target = f"{TEXT}{i}." + name[len(f"{TEXT}{s}.") :]
             assert torch.equal(out[target], src[name]), target
     assert len(out) == len(outside) + sum(len([k for k in src if k.startswith(f"{TEXT}{s}.")]) for s in plan)
     config = json.loads((out_dir / "config.json").read_text())

@@ -10,8 +10,14 @@ from models import ARCHITECTURES, assert_verified, load_tensors, reference_model
 
 import dus.api
 
-TARGETS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo2": "flex_olmo",
-           "hunyuan_v1_dense": "hunyuan_v1_moe"}
+TARGETS = {
+    "llama": "mixtral",
+    "mistral": "mixtral",
+    "qwen2": "qwen2_moe",
+    "qwen3": "qwen3_moe",
+    "olmo2": "flex_olmo",
+    "hunyuan_v1_dense": "hunyuan_v1_moe",
+}
 IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 90, 44, 3, 27], [70, 9, 14, 55, 21, 36, 6, 81, 48, 30]])
 
 
@@ -25,23 +31,30 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _greedy(model) -> torch.Tensor:
     with torch.no_grad():
-        return model.generate(IDS[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True,
-                              pad_token_id=0, eos_token_id=None)
+        return model.generate(
+            IDS[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None
+        )
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Tiny random dense models of every supported family (Qwen3 with a head_dim apart from hidden/heads,
     Llama with tied embeddings as SmolLM2 has)."""
-    ARCHITECTURES.setdefault("qwen3_wide_heads", lambda: transformers.Qwen3Config(
-        **{**ARCHITECTURES["qwen3"]().to_dict(), "head_dim": 16}))
-    ARCHITECTURES.setdefault("llama_tied", lambda: transformers.LlamaConfig(
-        **{**ARCHITECTURES["llama"]().to_dict(), "tie_word_embeddings": True}))
-    ARCHITECTURES.setdefault("hunyuan_v1_dense", lambda: transformers.HunYuanDenseV1Config(
-        **{**ARCHITECTURES["llama"]().to_dict(), "model_type": "hunyuan_v1_dense"}))
+    ARCHITECTURES.setdefault(
+        "qwen3_wide_heads", lambda: transformers.Qwen3Config(**{**ARCHITECTURES["qwen3"]().to_dict(), "head_dim": 16})
+    )
+    ARCHITECTURES.setdefault(
+        "llama_tied",
+        lambda: transformers.LlamaConfig(**{**ARCHITECTURES["llama"]().to_dict(), "tie_word_embeddings": True}),
+    )
+    ARCHITECTURES.setdefault(
+        "hunyuan_v1_dense",
+        lambda: transformers.HunYuanDenseV1Config(
+            **{**ARCHITECTURES["llama"]().to_dict(), "model_type": "hunyuan_v1_dense"}
+        ),
+    )
     root = tmp_path_factory.mktemp("dense")
-    return {arch: (root / arch, save_model(arch, root / arch))
-            for arch in (*TARGETS, "qwen3_wide_heads", "llama_tied")}
+    return {arch: (root / arch, save_model(arch, root / arch)) for arch in (*TARGETS, "qwen3_wide_heads", "llama_tied")}
 
 
 @pytest.mark.parametrize("arch", [*TARGETS, "qwen3_wide_heads", "llama_tied"])
@@ -85,7 +98,9 @@ def test_split_with_every_expert_active_computes_the_dense_model(sources, tmp_pa
     # gate/up rows are byte ranges of the dense tensors (copies); down columns and the zero router are computed
     assert_verified(out, 4, computed=4 * 4 + 4)
     assert record["provenance"]["model.layers.0.block_sparse_moe.experts.1.w1.weight"] == {
-        "copy": "model.layers.0.mlp.gate_proj.weight", "rows": [12, 24]}
+        "copy": "model.layers.0.mlp.gate_proj.weight",
+        "rows": [12, 24],
+    }
     with torch.no_grad():
         assert _relative(_load(out)(IDS).logits, dense(IDS).logits) < 1e-5
 
@@ -160,22 +175,28 @@ def test_plan_shows_the_expert_layout_and_active_parameters(sources, run_dus):
     assert info["total_parameters"] - info["active_parameters"] == 6 * 3 * 32 * 48 * 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--experts", "1"], "--experts must be at least 2"),
-    (["--experts", "4", "--top-k", "5"], "--top-k must be between 1 and the number of experts"),
-    (["--experts", "4", "--init", "magic"], "unknown expert initialisation"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experts", "1"], "--experts must be at least 2"),
+        (["--experts", "4", "--top-k", "5"], "--top-k must be between 1 and the number of experts"),
+        (["--experts", "4", "--init", "magic"], "unknown expert initialisation"),
+    ],
+)
 def test_bad_options_are_one_error_line_and_nothing_written(args, message, sources, run_dus, tmp_path):
     code, out, err = run_dus("upcycle", sources["llama"][0], tmp_path / "out", *args)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("arch, message", [
-    ("mixtral", "already a mixture of experts"),
-    ("gpt2", "cannot upcycle gpt2"),
-    ("gemma2", "cannot upcycle gemma2"),
-])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("mixtral", "already a mixture of experts"),
+        ("gpt2", "cannot upcycle gpt2"),
+        ("gemma2", "cannot upcycle gemma2"),
+    ],
+)
 def test_sources_without_an_moe_counterpart_are_refused(arch, message, run_dus, tmp_path):
     save_model(arch, tmp_path / "src")
     code, out, err = run_dus("upcycle", tmp_path / "src", tmp_path / "out", "--experts", "4")
@@ -184,10 +205,13 @@ def test_sources_without_an_moe_counterpart_are_refused(arch, message, run_dus, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"top_k": 2}, "--top-k is an upcycling option: it needs --experts E"),
-    ({"experts": 4, "drop_ratio": 0.3}, "--drop-ratio is for --expert-init drop, not copy"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"top_k": 2}, "--top-k is an upcycling option: it needs --experts E"),
+        ({"experts": 4, "drop_ratio": 0.3}, "--drop-ratio is for --expert-init drop, not copy"),
+    ],
+)
 def test_expert_options_that_would_be_ignored_are_refused(options, message, sources, tmp_path):
     with pytest.raises(dus.api.InputError, match=message):
         dus.api.build(str(sources["llama"][0]), tmp_path / "out", layers="0:4", **options)
@@ -196,8 +220,9 @@ def test_expert_options_that_would_be_ignored_are_refused(options, message, sour
 
 def test_a_recipe_file_grows_depth_and_experts(sources, tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"source: {sources['llama'][0]}\noverlap: 1\nexperts: 4\ntop_k: 1\nexpert_init: noise\n"
-                      "noise_scale: 0.05\n")
+    recipe.write_text(
+        f"source: {sources['llama'][0]}\noverlap: 1\nexperts: 4\ntop_k: 1\nexpert_init: noise\nnoise_scale: 0.05\n"
+    )
     record = dus.api.build(None, tmp_path / "out", config=str(recipe))
     assert record["plan"]["moe"]["noise_scale"] == 0.05 and record["output"]["num_layers"] == 6
     assert_verified(tmp_path / "out", 6, computed=6 + 6 * 4 * 3)
@@ -229,8 +254,9 @@ def test_a_layer_without_a_gated_mlp_is_refused():
 
 
 def test_llama_with_attention_bias_is_refused_for_mixtral(tmp_path, run_dus):
-    ARCHITECTURES.setdefault("llama_bias", lambda: transformers.LlamaConfig(
-        **{**ARCHITECTURES["llama"]().to_dict(), "attention_bias": True}))
+    ARCHITECTURES.setdefault(
+        "llama_bias", lambda: transformers.LlamaConfig(**{**ARCHITECTURES["llama"]().to_dict(), "attention_bias": True})
+    )
     save_model("llama_bias", tmp_path / "src")
     code, out, err = run_dus("upcycle", tmp_path / "src", tmp_path / "out", "--experts", "4")
     assert code == 2 and "attention_bias = True" in err, err
@@ -271,10 +297,12 @@ def test_upcycling_and_verifying_never_import_torch(sources, tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys, dus.api\n"
-              f"dus.api.upcycle({str(sources['qwen2'][0])!r}, {str(tmp_path / 'out')!r}, experts=4, top_k=2, "
-              "expert_init='drop', verify=True)\n"
-              "print('torch' in sys.modules)\n")
+    script = (
+        "import sys, dus.api\n"
+        f"dus.api.upcycle({str(sources['qwen2'][0])!r}, {str(tmp_path / 'out')!r}, experts=4, top_k=2, "
+        "expert_init='drop', verify=True)\n"
+        "print('torch' in sys.modules)\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
@@ -334,9 +362,24 @@ def test_layer_initialisers_and_experts_together(sources, tmp_path):
     """--init (issue 23's initialisers of inserted layers) with --experts: copy takes the initialised MLP into every
     expert; an init that needs the dense bytes (drop) refuses a computed MLP with the reason."""
     source, _ = sources["llama"]
-    record = dus.api.build(str(source), tmp_path / "a", recipe="expand", new_layers=2, insert_at="0,1",
-                           init="aligned-average", experts=2, verify=True)
+    record = dus.api.build(
+        str(source),
+        tmp_path / "a",
+        recipe="expand",
+        new_layers=2,
+        insert_at="0,1",
+        init="aligned-average",
+        experts=2,
+        verify=True,
+    )
     assert record["output"]["num_layers"] == 6 and record["plan"]["moe"]["experts"] == 2
     with pytest.raises(dus.api.InputError, match="needs the dense MLP of output layer"):
-        dus.api.plan(str(source), recipe="expand", new_layers=2, insert_at="0,1", init="aligned-average", experts=2,
-                     expert_init="drop")
+        dus.api.plan(
+            str(source),
+            recipe="expand",
+            new_layers=2,
+            insert_at="0,1",
+            init="aligned-average",
+            experts=2,
+            expert_init="drop",
+        )

@@ -72,11 +72,14 @@ def test_verify_catches_a_changed_expert_byte(tmp_path):
         dus.api.verify(out)
 
 
-@pytest.mark.parametrize("kwargs, metadata, arch, message", [
-    ({"expert_init": "drop"}, None, "llama", "de-quantization"),
-    ({}, {"llama.expert_count": 8}, "llama", "already a mixture of experts"),
-    ({}, None, "gemma2", "cannot upcycle a GGUF of architecture gemma2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, metadata, arch, message",
+    [
+        ({"expert_init": "drop"}, None, "llama", "de-quantization"),
+        ({}, {"llama.expert_count": 8}, "llama", "already a mixture of experts"),
+        ({}, None, "gemma2", "cannot upcycle a GGUF of architecture gemma2"),
+    ],
+)
 def test_what_a_gguf_cannot_upcycle_is_refused(kwargs, metadata, arch, message, tmp_path):
     source = write_dense(tmp_path / "dense.gguf", arch, metadata)
     with pytest.raises(InputError, match=message):

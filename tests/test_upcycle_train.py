@@ -22,10 +22,21 @@ def train(moe, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def train(output, **options) -> dict:
-        config = {"model": str(moe), "data": [str(corpus["train"])], "output": str(output), "seq_len": 64,
-                  "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "cache_dir": str(cache),
-                  "max_steps": 3, **options}
+        config = {
+            "model": str(moe),
+            "data": [str(corpus["train"])],
+            "output": str(output),
+            "seq_len": 64,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "cache_dir": str(cache),
+            "max_steps": 3,
+            **options,
+        }
         return pretrain(config)
+
     return train
 
 
@@ -68,8 +79,17 @@ def test_freeze_trains_only_the_router_or_only_the_experts(part, train, moe, tmp
 
 def test_moe_options_on_a_dense_model_are_refused(tiny_model, corpus, tmp_path):
     with pytest.raises(InputError, match="not a mixture of experts"):
-        pretrain({"model": str(tiny_model), "data": [str(corpus["train"])], "output": str(tmp_path / "o"),
-                  "seq_len": 64, "batch_size": 4, "max_steps": 1, "freeze": "router"})
+        pretrain(
+            {
+                "model": str(tiny_model),
+                "data": [str(corpus["train"])],
+                "output": str(tmp_path / "o"),
+                "seq_len": 64,
+                "batch_size": 4,
+                "max_steps": 1,
+                "freeze": "router",
+            }
+        )
 
 
 def test_the_router_loss_is_added_to_the_training_loss_only(train, tmp_path):
@@ -86,9 +106,17 @@ def test_a_family_without_a_router_loss_still_logs_tokens_per_expert():
 
     from dus.train.moe import MoeTraining, is_moe
 
-    config = transformers.HunYuanMoEV1Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, num_experts=4, moe_topk=2,
-                                             head_dim=8)
+    config = transformers.HunYuanMoEV1Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        moe_topk=2,
+        head_dim=8,
+    )
     model = transformers.AutoModelForCausalLM.from_config(config)
     assert is_moe(model.config)
     with pytest.raises(InputError, match="defines no router load-balancing loss"):

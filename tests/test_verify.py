@@ -84,9 +84,10 @@ def test_an_old_sha256_only_record_verifies(built, tmp_path, run_dus):
     """dus_plan.json written before BLAKE3: {"sha256", "bytes"} per shard."""
     out = _copy(built, tmp_path)
     record = json.loads((out / "dus_plan.json").read_text())
-    record["output"]["shards"] = {name: {"sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
-                                         "bytes": entry["bytes"]}
-                                  for name, entry in record["output"]["shards"].items()}
+    record["output"]["shards"] = {
+        name: {"sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(), "bytes": entry["bytes"]}
+        for name, entry in record["output"]["shards"].items()
+    }
     (out / "dus_plan.json").write_text(json.dumps(record, indent=2))
     code, text, err = run_dus("verify", out)
     assert code == 0 and "shard sha256 match" in text, err
@@ -186,8 +187,14 @@ def test_flipped_byte_in_a_computed_tensor(tmp_path, run_dus):
 
     save_model("llama", tmp_path / "src")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"source": str(tmp_path / "src"), "layers": [
-        {"range": [0, 4]}, {"layer": 3, "scale": {"modules": ["mlp.down_proj"], "factor": 0.5}}]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "source": str(tmp_path / "src"),
+                "layers": [{"range": [0, 4]}, {"layer": 3, "scale": {"modules": ["mlp.down_proj"], "factor": 0.5}}],
+            }
+        )
+    )
     dus.api.build(None, tmp_path / "out", config=str(recipe))
     shard = tmp_path / "out" / "model.safetensors"
     target = read_header(str(shard))[0]["model.layers.4.mlp.down_proj.weight"]

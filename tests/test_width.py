@@ -15,8 +15,9 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"]
 EXTRA = {  # configs beyond tests/models.py: tied LLaMA (SmolLM2's kind), Gemma (v1), untied Gemma-2
     "llama_tied": lambda: transformers.LlamaConfig(**COMMON, tie_word_embeddings=True),
     "gemma": lambda: transformers.GemmaConfig(**COMMON, head_dim=8),
-    "gemma2_untied": lambda: transformers.Gemma2Config(**COMMON, head_dim=8, sliding_window=6,
-                                                       tie_word_embeddings=False),
+    "gemma2_untied": lambda: transformers.Gemma2Config(
+        **COMMON, head_dim=8, sliding_window=6, tie_word_embeddings=False
+    ),
 }
 
 
@@ -135,12 +136,15 @@ def test_verify_recomputes_widened_tensors(tmp_path):
         dus.api.verify(tmp_path / "wide")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--width", "1.5"], "not a whole number"),
-    (["--width", "2", "--mlp-width", "0.5"], "not a whole number"),
-    (["--width-noise", "0.1"], "needs --width"),
-    (["--width", "2", "--width-noise", "-1"], "finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--width", "1.5"], "not a whole number"),
+        (["--width", "2", "--mlp-width", "0.5"], "not a whole number"),
+        (["--width-noise", "0.1"], "needs --width"),
+        (["--width", "2", "--width-noise", "-1"], "finite number >= 0"),
+    ],
+)
 def test_bad_width_options_are_one_error_line_and_write_nothing(tmp_path, run_dus, llama_source, args, message):
     code, out, err = run_dus("build", llama_source, tmp_path / "out", *args)
     assert_refused(code, err, message, outputs=tmp_path / "out")

@@ -12,9 +12,11 @@ import importlib
 
 # Loaded on first use, as one block: `dus --help` reads AnalyzeOptions from this package without
 # importing torch. Loading all three at once keeps `dus.analyze.measure` the function, not the module.
-_EXPORTS = {"measure": ("angular", "hidden_states", "measure"),
-            "recommend": ("dus_sizes", "explain", "recommend_overlap"),
-            "run": ("analyze", "summary", "write")}
+_EXPORTS = {
+    "measure": ("angular", "hidden_states", "measure"),
+    "recommend": ("dus_sizes", "explain", "recommend_overlap"),
+    "run": ("analyze", "summary", "write"),
+}
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 

@@ -9,8 +9,13 @@ from dus.options import option, verbose_option
 
 @dataclass
 class AnalyzeOptions:
-    model: str = option("", "Hugging Face model directory (config.json, weights, tokenizer).", positional=True,
-                        required=True, metavar="MODEL")
+    model: str = option(
+        "",
+        "Hugging Face model directory (config.json, weights, tokenizer).",
+        positional=True,
+        required=True,
+        metavar="MODEL",
+    )
     text: str = option("", "UTF-8 text file to run the model on.", required=True)
     max_tokens: int = option(8192, "Use at most this many tokens of the text.")
     seq_len: int = option(256, "Tokens per sequence (the text is cut into windows).")

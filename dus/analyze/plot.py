@@ -42,10 +42,23 @@ def plot_distance(distance: list[list[float]], path: Path, rec: dict | None = No
     if rec is not None:
         n = size - 1
         rows = rec["candidates"]
-        ax.scatter([n - r["overlap"] for r in rows], [r["overlap"] for r in rows], s=12, c="white", marker="o",
-                   label="seam of overlap m: (n-m, m)")
-        ax.scatter([n - rec["overlap"]], [rec["overlap"]], s=80, facecolors="none", edgecolors="red", linewidths=2,
-                   label=f"recommended m={rec['overlap']}")
+        ax.scatter(
+            [n - r["overlap"] for r in rows],
+            [r["overlap"] for r in rows],
+            s=12,
+            c="white",
+            marker="o",
+            label="seam of overlap m: (n-m, m)",
+        )
+        ax.scatter(
+            [n - rec["overlap"]],
+            [rec["overlap"]],
+            s=80,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=2,
+            label=f"recommended m={rec['overlap']}",
+        )
         ax.legend(loc="lower left", fontsize=8)
     ax.set_xlabel("hidden state j (0 = embeddings, j = output of layer j-1)")
     ax.set_ylabel("hidden state i")

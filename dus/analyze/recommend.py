@@ -38,8 +38,9 @@ def dus_sizes(layer_params: list[int], other_params: int) -> list[dict]:
     return rows
 
 
-def apply_budget(rows: list[dict], target_params: int | None = None, target_layers: int | None = None,
-                 slack_layers: int = 0) -> dict:
+def apply_budget(
+    rows: list[dict], target_params: int | None = None, target_layers: int | None = None, slack_layers: int = 0
+) -> dict:
     """Mark each row `allowed`; return the budget. Raise InputError if no row fits."""
     n = rows[0]["layers"] // 2 + rows[0]["overlap"]
     key, limit, flag = check_budget(target_params, target_layers, slack_layers) or ("layers", 3 * n // 2, _DEFAULT)
@@ -56,9 +57,14 @@ def apply_budget(rows: list[dict], target_params: int | None = None, target_laye
     return {"by": key, "limit": limit, "option": flag, "slack_layers": slack_layers}
 
 
-def recommend_overlap(distance: list[list[float]], layer_params: list[int], other_params: int,
-                      target_params: int | None = None, target_layers: int | None = None,
-                      slack_layers: int = 0) -> dict:
+def recommend_overlap(
+    distance: list[list[float]],
+    layer_params: list[int],
+    other_params: int,
+    target_params: int | None = None,
+    target_layers: int | None = None,
+    slack_layers: int = 0,
+) -> dict:
     """The overlap with the smoothest seam among those the budget admits, with the table behind it."""
     n = len(layer_params)
     if len(distance) != n + 1:
@@ -68,9 +74,16 @@ def recommend_overlap(distance: list[list[float]], layer_params: list[int], othe
     for r in rows:
         r["seam_distance"] = distance[n - r["overlap"]][r["overlap"]]
     best = min((r for r in rows if r["allowed"]), key=lambda r: (r["seam_distance"], -r["layers"]))
-    return {"overlap": best["overlap"], "layers": best["layers"], "params": best["params"],
-            "seam_distance": best["seam_distance"], "base_layers": n,
-            "base_params": other_params + sum(layer_params), "budget": budget, "candidates": rows}
+    return {
+        "overlap": best["overlap"],
+        "layers": best["layers"],
+        "params": best["params"],
+        "seam_distance": best["seam_distance"],
+        "base_layers": n,
+        "base_params": other_params + sum(layer_params),
+        "budget": budget,
+        "candidates": rows,
+    }
 
 
 def explain(rec: dict) -> str:
@@ -90,18 +103,24 @@ def explain(rec: dict) -> str:
         allowed = "yes" if r["allowed"] else "no"
         mark = "  <- recommended" if r["overlap"] == rec["overlap"] else ""
         seam = f"{r['seam'][0]}->{r['seam'][1]}"
-        lines.append(f"{r['overlap']:>4} {r['layers']:>7} {r['params']:>15,} {seam:>9} {r['seam_distance']:>9.4f}  "
-                     f"{allowed:<7}{mark}".rstrip())
-    lines += ["", f"recommended overlap m={rec['overlap']}: {rec['layers']} layers, {rec['params']:,} params, "
-                  f"seam distance {rec['seam_distance']:.4f}"]
+        lines.append(
+            f"{r['overlap']:>4} {r['layers']:>7} {r['params']:>15,} {seam:>9} {r['seam_distance']:>9.4f}  "
+            f"{allowed:<7}{mark}".rstrip()
+        )
+    lines += [
+        "",
+        f"recommended overlap m={rec['overlap']}: {rec['layers']} layers, {rec['params']:,} params, "
+        f"seam distance {rec['seam_distance']:.4f}",
+    ]
     return "\n".join(lines)
 
 
 _DEFAULT = "default: SOLAR's 1.5x depth"
 
 
-def check_budget(target_params: int | None = None, target_layers: int | None = None,
-                 slack_layers: int = 0) -> tuple[str, int, str] | None:
+def check_budget(
+    target_params: int | None = None, target_layers: int | None = None, slack_layers: int = 0
+) -> tuple[str, int, str] | None:
     """Validate the budget options alone (before any model is loaded): (key, limit, option) or None."""
     if slack_layers < 0:
         raise InputError(f"--slack-layers must be >= 0, got {slack_layers}")

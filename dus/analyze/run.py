@@ -21,13 +21,26 @@ from dus.errors import InputError
 from dus.runtime import check_weights, decoder_layers, load_model, load_tokenizer
 
 _SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-INDEXING = ("hidden_states[0] = embeddings = input of layer 0; hidden_states[i] = output of layer i-1 = input of "
-            "layer i; hidden_states[n] = output of layer n-1 before the final norm")
+INDEXING = (
+    "hidden_states[0] = embeddings = input of layer 0; hidden_states[i] = output of layer i-1 = input of "
+    "layer i; hidden_states[n] = output of layer n-1 before the final norm"
+)
 
 
-def analyze(model_dir: str | Path, text: str, *, max_tokens: int = 8192, seq_len: int = 256, batch_size: int = 8,
-            device: str = "auto", dtype: str = "auto", target_params: int | None = None,
-            target_layers: int | None = None, slack_layers: int = 0, output: str | Path | None = None) -> dict:
+def analyze(
+    model_dir: str | Path,
+    text: str,
+    *,
+    max_tokens: int = 8192,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    target_params: int | None = None,
+    target_layers: int | None = None,
+    slack_layers: int = 0,
+    output: str | Path | None = None,
+) -> dict:
     """Measure per-layer influence and layer distances of `model_dir` on `text`; return (and write) the analysis."""
 
     start = time.time()
@@ -39,8 +52,13 @@ def analyze(model_dir: str | Path, text: str, *, max_tokens: int = 8192, seq_len
     layer_params = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)]
     other_params = sum(p.numel() for p in model.parameters()) - sum(layer_params)
     apply_budget(dus_sizes(layer_params, other_params), **budget)  # a bad budget fails before the slow part
-    result = {"model": str(model_dir), "num_layers": len(layer_params), "device": str(device),
-              "dtype": str(model.dtype).removeprefix("torch."), "hidden_state_indexing": INDEXING}
+    result = {
+        "model": str(model_dir),
+        "num_layers": len(layer_params),
+        "device": str(device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "hidden_state_indexing": INDEXING,
+    }
     result.update(measure(model, windows, batch_size, device))
     result["layer_params"] = layer_params
     result["other_params"] = other_params
@@ -73,18 +91,28 @@ def build_command(result: dict) -> str:
 
 
 def summary(result: dict) -> str:
-    return (f"{result['model']}: {result['num_layers']} layers, {result['tokens']} tokens in "
-            f"{result['sequences']} sequences of {result['seq_len']} on {result['device']} "
-            f"({result['seconds']:.1f}s)\n\n" + explain(result["recommendation"]))
+    return (
+        f"{result['model']}: {result['num_layers']} layers, {result['tokens']} tokens in "
+        f"{result['sequences']} sequences of {result['seq_len']} on {result['device']} "
+        f"({result['seconds']:.1f}s)\n\n" + explain(result["recommendation"])
+    )
 
 
 def run(opts: AnalyzeOptions) -> tuple[dict, dict[str, Path]]:
     """`dus analyze`: measure, recommend, and write analysis.json and the PNGs into --output:
     (result, written paths)."""
-    result = analyze(opts.model, read_text(Path(opts.text)), max_tokens=opts.max_tokens, seq_len=opts.seq_len,
-                     batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
-                     target_params=count(opts.target_params), target_layers=opts.target_layers,
-                     slack_layers=opts.slack_layers)
+    result = analyze(
+        opts.model,
+        read_text(Path(opts.text)),
+        max_tokens=opts.max_tokens,
+        seq_len=opts.seq_len,
+        batch_size=opts.batch_size,
+        device=opts.device,
+        dtype=opts.dtype,
+        target_params=count(opts.target_params),
+        target_layers=opts.target_layers,
+        slack_layers=opts.slack_layers,
+    )
     return result, write(result, Path(opts.output))
 
 

@@ -48,8 +48,12 @@ def request_key(request: dict) -> str | None:
     libraries = [_installed(name) for name in _LIBRARIES]
     if None in libraries:
         return None
-    keyed = {**request, "checks": [{k: v for k, v in check.items() if k not in ("where", "names_where")}
-                                   for check in request.get("checks", [])]}
+    keyed = {
+        **request,
+        "checks": [
+            {k: v for k, v in check.items() if k not in ("where", "names_where")} for check in request.get("checks", [])
+        ],
+    }
     h = hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode())
     for path in sorted(_PACKAGE.rglob("*.py")):
         h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())

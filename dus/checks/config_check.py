@@ -72,8 +72,9 @@ def check_sizes(config: dict, names, where: str) -> None:
         value = config.get(name)
         for item in value if isinstance(value, list) else [value]:
             if item is not None and not (_is_int(item) and 0 < item <= MAX_SIZE):
-                raise InputError(f"{where}: {name} is {_shown(value)}; expected a positive integer "
-                                 f"(at most {MAX_SIZE:,})")
+                raise InputError(
+                    f"{where}: {name} is {_shown(value)}; expected a positive integer (at most {MAX_SIZE:,})"
+                )
 
 
 def check_output_layers(count: int) -> None:
@@ -88,8 +89,9 @@ def check_source(source) -> None:
         check_stack_config(source.layer_config, f"{source.ref}: {source.stack_config}")
     n, count = source.num_layers, len(source.tensors)
     if n > count:  # bounds the per-layer maps that finding the stack builds
-        raise InputError(f"{source.ref}: {source.layer_key} is {n} in config.json, but the checkpoint has only "
-                         f"{count} tensors")
+        raise InputError(
+            f"{source.ref}: {source.layer_key} is {n} in config.json, but the checkpoint has only {count} tensors"
+        )
     source.layer_prefix  # noqa: B018 -- refuses names that do not number exactly n layers
 
 
@@ -168,8 +170,10 @@ def _check_layer_field(name: str, value, key: str, n: int, where: str) -> None:
     if name.endswith(("types", "type")) and kinds - {"string"}:
         raise InputError(f"{where}: {name} holds {_first_not(value, 'string')!r}; expected layer type names (strings)")
     if "container" in kinds or len(kinds) > 1:
-        raise InputError(f"{where}: {name} mixes {' and '.join(sorted(kinds))} entries; expected one value per layer, "
-                         "all of one kind")
+        raise InputError(
+            f"{where}: {name} mixes {' and '.join(sorted(kinds))} entries; expected one value per layer, "
+            "all of one kind"
+        )
 
 
 def _kind(value) -> str:
@@ -188,8 +192,12 @@ def _first_not(values: list, kind: str):
 
 def _names_indices(name: str, value: list, n: int) -> bool:
     """A list the remapper would take for layer indices if they were in range."""
-    return (name not in PER_LAYER_KEYS and name.endswith(INDEX_LIST_SUFFIXES) and len(value) != n
-            and all(_is_int(v) for v in value))
+    return (
+        name not in PER_LAYER_KEYS
+        and name.endswith(INDEX_LIST_SUFFIXES)
+        and len(value) != n
+        and all(_is_int(v) for v in value)
+    )
 
 
 def _check_indices(name: str, value: list, key: str, n: int, where: str) -> None:

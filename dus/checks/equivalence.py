@@ -49,7 +49,7 @@ _PLAIN = (int, float, str, bool, type(None))
 class Difference:
     output_layer: int
     source_layer: int
-    what: str            # e.g. "self_attn.lambda_init 0.42 != 0.21"
+    what: str  # e.g. "self_attn.lambda_init 0.42 != 0.21"
     index_derived: bool  # the output config reproduces the source: only the index differs
 
     @property
@@ -59,12 +59,20 @@ class Difference:
         return "the output config does not give it the source layer's value"
 
     def __str__(self) -> str:
-        return (f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: "
-                f"{self.what}; {self.reason}")
+        return (
+            f"output layer {self.output_layer} (from source layer {self.source_layer}) would differ: "
+            f"{self.what}; {self.reason}"
+        )
 
 
-def check_layers(source_config: dict, output_config: dict, source_layers: list[int], layer_prefix: str,
-                 allow_index_dependent: bool = False, stack_config: str | None = None) -> list[Difference]:
+def check_layers(
+    source_config: dict,
+    output_config: dict,
+    source_layers: list[int],
+    layer_prefix: str,
+    allow_index_dependent: bool = False,
+    stack_config: str | None = None,
+) -> list[Difference]:
     """Refuse (InputError) unless every output layer equals its source layer; return the
     index-dependent differences accepted with allow_index_dependent."""
     found = layer_differences(source_config, output_config, source_layers, layer_prefix, stack_config)
@@ -76,8 +84,13 @@ def check_layers(source_config: dict, output_config: dict, source_layers: list[i
     return found
 
 
-def layer_differences(source_config: dict, output_config: dict, source_layers: list[int],
-                      layer_prefix: str, stack_config: str | None = None) -> list[Difference]:
+def layer_differences(
+    source_config: dict,
+    output_config: dict,
+    source_layers: list[int],
+    layer_prefix: str,
+    stack_config: str | None = None,
+) -> list[Difference]:
     """stack_config: the nested config (text_config) counting the stack of a multimodal model, which
     is built whole (all towers) from the whole config, as AutoModelForCausalLM builds it."""
     from dus.checks.transformers_check import meta_model
@@ -99,8 +112,10 @@ def layer_differences(source_config: dict, output_config: dict, source_layers: l
         if j >= len(src):  # a layer of another, deeper source: nothing of the base to compare with
             continue
         same_index = out_views[j] if j < len(out) else None
-        found += [Difference(i, j, what, derived)
-                  for what, derived in _compare(out_views[i], src_views[j], same_index, (i, j), (len(out), len(src)))]
+        found += [
+            Difference(i, j, what, derived)
+            for what, derived in _compare(out_views[i], src_views[j], same_index, (i, j), (len(out), len(src)))
+        ]
     found += _config_lists(src_model.config, out_model.config, len(src), source_layers, stack_config)
     return found
 
@@ -116,8 +131,10 @@ def _stack(model, prefix: str, n: int, which: str):
         return module
     lists = [m for m in named.values() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
     if len(lists) != 1:
-        raise InputError(f"transformers builds {len(lists)} module lists of {n} layers from the "
-                         f"{which} config, not one decoder stack: cannot check the plan")
+        raise InputError(
+            f"transformers builds {len(lists)} module lists of {n} layers from the "
+            f"{which} config, not one decoder stack: cannot check the plan"
+        )
     return lists[0]
 
 
@@ -148,6 +165,7 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     """Outside the stack (embeddings, norms, heads) dus copies tensors as they are: transformers
     must build the same classes and shapes there, e.g. no per-layer embedding sized by the count
     other than those dus rearranges block by block (dus/plan/per_layer.py)."""
+
     def outside(model, stack):
         inside = {id(m) for m in stack.modules()}
         return module_view(model, skip=inside)
@@ -156,8 +174,10 @@ def _check_outside(src_model, out_model, src_stack, out_stack) -> None:
     src = _per_layer_widths(outside(src_model, src_stack), len(src_stack))
     out = _per_layer_widths(outside(out_model, out_stack), len(out_stack))
     for what, _ in _compare(out, src, None, (-1, -1), (0, 0), settings=False):
-        raise InputError(f"the output model would differ outside its decoder layers: {what}; "
-                         "the source tensor dus copies there would not fit (is it sized by the layer count?)")
+        raise InputError(
+            f"the output model would differ outside its decoder layers: {what}; "
+            "the source tensor dus copies there would not fit (is it sized by the layer count?)"
+        )
 
 
 def _per_layer_widths(view: dict, stack_len: int) -> dict:
@@ -183,8 +203,10 @@ def module_view(layer, skip: set[int] = frozenset()) -> dict[str, tuple]:
     for path, module in layer.named_modules():
         if id(module) in skip:
             continue
-        tensors = {name: tuple(t.shape) for name, t in [*module.named_parameters(recurse=False),
-                                                       *module.named_buffers(recurse=False)]}
+        tensors = {
+            name: tuple(t.shape)
+            for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        }
         settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
         view[path] = (type(module).__name__, tensors, settings)
     return view
@@ -200,8 +222,14 @@ def _plain(value) -> bool:
     return isinstance(value, (*_PLAIN, torch.dtype))
 
 
-def _compare(out: dict, src: dict, out_same_index: dict | None, index: tuple[int, int], counts: tuple[int, int],
-             settings: bool = True):
+def _compare(
+    out: dict,
+    src: dict,
+    out_same_index: dict | None,
+    index: tuple[int, int],
+    counts: tuple[int, int],
+    settings: bool = True,
+):
     """(description, index_derived) for each difference between output layer i and source layer j
     (index = (i, j)) of stacks of counts = (m, n) layers."""
     for path in sorted(set(out) | set(src)):
@@ -231,8 +259,12 @@ def _compare(out: dict, src: dict, out_same_index: dict | None, index: tuple[int
 
 
 def _per_layer(out_value, src_value, counts: tuple[int, int]) -> bool:
-    return (counts[0] != counts[1] and isinstance(out_value, (list, tuple)) and isinstance(src_value, (list, tuple))
-            and (len(out_value), len(src_value)) == counts)
+    return (
+        counts[0] != counts[1]
+        and isinstance(out_value, (list, tuple))
+        and isinstance(src_value, (list, tuple))
+        and (len(out_value), len(src_value)) == counts
+    )
 
 
 def _records_index(out_value, src_value, i: int, j: int) -> bool:
@@ -241,8 +273,9 @@ def _records_index(out_value, src_value, i: int, j: int) -> bool:
     return ints and (out_value, src_value) == (i, j)
 
 
-def _config_lists(src_config, out_config, n: int, source_layers: list[int],
-                  stack_config: str | None = None) -> list[Difference]:
+def _config_lists(
+    src_config, out_config, n: int, source_layers: list[int], stack_config: str | None = None
+) -> list[Difference]:
     """Per-layer lists of the *built* configs (transformers may derive them): entry i of the
     output must be entry j of the source."""
     m = len(source_layers)
@@ -261,8 +294,11 @@ def _config_lists(src_config, out_config, n: int, source_layers: list[int],
             and (len(value), len(other)) == (n, m)
             and not every_layer
         ):
-            found += [Difference(i, j, f"config {name}[{i}] {_show(other[i])} != {_show(value[j])}", False)
-                      for i, j in enumerate(source_layers) if other[i] != value[j]][:1]
+            found += [
+                Difference(i, j, f"config {name}[{i}] {_show(other[i])} != {_show(value[j])}", False)
+                for i, j in enumerate(source_layers)
+                if other[i] != value[j]
+            ][:1]
     return found
 
 

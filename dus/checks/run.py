@@ -32,9 +32,15 @@ def start_checks(sources: dict, config: dict, names: list[str], layers: dict | N
     tensors; then, with `layers` (dus.plan.config.equivalence_request), that every output layer is built
     as its source layer. In a child process it runs while the caller goes on (a build copies); its
     result() is the index-dependent differences accepted (--allow-index-dependent), or the refusal."""
-    checks = [{"config": s.config, "where": str(s.directory / "config.json") if s.directory else s.ref,
-               "names": list(s.tensors) if s.has_weights else None, "names_where": f"{s.ref}: the checkpoint"}
-              for s in sources.values()]
+    checks = [
+        {
+            "config": s.config,
+            "where": str(s.directory / "config.json") if s.directory else s.ref,
+            "names": list(s.tensors) if s.has_weights else None,
+            "names_where": f"{s.ref}: the checkpoint",
+        }
+        for s in sources.values()
+    ]
     checks.append({"config": config, "where": OUTPUT, "names": names, "names_where": f"{OUTPUT}: the planned tensors"})
     return PendingChecks({"checks": checks, "layers": layers})
 
@@ -72,8 +78,9 @@ class PendingChecks:
         request_file.seek(0)
         root = str(Path(__file__).resolve().parents[2])  # the directory holding the dus package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self._child = subprocess.Popen([sys.executable, "-m", "dus.checks.run"], stdin=request_file,
-                                       stdout=self._out, stderr=self._err, env=env)
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "dus.checks.run"], stdin=request_file, stdout=self._out, stderr=self._err, env=env
+        )
 
     def raise_if_refused(self) -> None:
         """Cheap, for a long write: raise now if the child has already refused the plan."""

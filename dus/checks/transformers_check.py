@@ -23,8 +23,10 @@ def check_one(config: dict, where: str, names: list[str] | None = None, names_wh
 
     config = _decoded(config)
     if config["model_type"] not in transformers.CONFIG_MAPPING:
-        raise InputError(f"{where}: model_type is {config['model_type']!r}, which transformers "
-                         f"{transformers.__version__} does not know")
+        raise InputError(
+            f"{where}: model_type is {config['model_type']!r}, which transformers "
+            f"{transformers.__version__} does not know"
+        )
     aliases = transformers.CONFIG_MAPPING[config["model_type"]].attribute_map  # e.g. n_embd for hidden_size
     check_sizes(config, [aliases[k] for k in SIZE_KEYS if k in aliases], where)
     _check_dtypes(config, where)
@@ -59,17 +61,22 @@ def check_covers(model, names, where: str) -> None:
     if loaded is None:  # unchecked is not checked: refuse rather than build a model that may lack weights
         import transformers
 
-        raise BuildError(f"transformers {transformers.__version__} lacks the weight conversion mapping dus "
-                         "reads (dus/private_api.py): cannot check that the checkpoint holds every weight; "
-                         "install a transformers within the bounds of dus's pyproject.toml")
+        raise BuildError(
+            f"transformers {transformers.__version__} lacks the weight conversion mapping dus "
+            "reads (dus/private_api.py): cannot check that the checkpoint holds every weight; "
+            "install a transformers within the bounds of dus's pyproject.toml"
+        )
     from dus.private_api import ignored_when_missing
 
     ignored = ignored_when_missing(model)
     tied: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         tied.setdefault(id(param), []).append(name)
-    missing = [group[0] for group in tied.values()
-               if not loaded.intersection(group) and not any(re.search(p, group[0]) for p in ignored)]
+    missing = [
+        group[0]
+        for group in tied.values()
+        if not loaded.intersection(group) and not any(re.search(p, group[0]) for p in ignored)
+    ]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"{where} has no tensor for {missing[0]!r}{more}, which {type(model).__name__} needs")

@@ -23,23 +23,30 @@ def check_moe(dense_config: dict, moe_config: dict, block: str, layer_prefix: st
     dense, moe = meta_model(dense_config), meta_model(moe_config)
     want, got = _outside_mlp(module_view(dense), block), _outside_mlp(module_view(moe), block)
     if len(want) != len(got):
-        raise InputError(f"{moe_config['model_type']} builds {len(got)} modules outside the MLPs where "
-                         f"{dense_config['model_type']} builds {len(want)}: refusing to upcycle into a different model")
+        raise InputError(
+            f"{moe_config['model_type']} builds {len(got)} modules outside the MLPs where "
+            f"{dense_config['model_type']} builds {len(want)}: refusing to upcycle into a different model"
+        )
     for (path, (_, tensors, settings)), (moe_path, (_, moe_tensors, moe_settings)) in zip(want, got):
         if tensors != moe_tensors:
-            raise InputError(f"{moe_config['model_type']}'s {moe_path} holds {moe_tensors}, the dense {path} "
-                             f"{tensors}: refusing to upcycle into a different model")
+            raise InputError(
+                f"{moe_config['model_type']}'s {moe_path} holds {moe_tensors}, the dense {path} "
+                f"{tensors}: refusing to upcycle into a different model"
+            )
         if layer_prefix.startswith(f"{path}."):  # the model holding the stack: its own flags name its
-            continue                              # family's mask logic (has_sliding_layers), checked per layer
+            continue  # family's mask logic (has_sliding_layers), checked per layer
         for key in sorted(set(settings) & set(moe_settings)):  # a name only one family has is a
-            a, b = settings[key], moe_settings[key]                 # means (layer_type), not what it computes
+            a, b = settings[key], moe_settings[key]  # means (layer_type), not what it computes
             if a != b:
-                raise InputError(f"{moe_config['model_type']} would compute {moe_path} differently from the dense "
-                                 f"{dense_config['model_type']}: {key} is {b!r}, not {a!r}; refusing to upcycle")
+                raise InputError(
+                    f"{moe_config['model_type']} would compute {moe_path} differently from the dense "
+                    f"{dense_config['model_type']}: {key} is {b!r}, not {a!r}; refusing to upcycle"
+                )
 
 
 def _outside_mlp(view: dict, block: str) -> list[tuple[str, tuple]]:
     """(path, view entry) of every module but the causal LM itself and the MLP/MoE blocks, in order."""
     inside = (".mlp", f".{block}")
-    return [(path, entry) for path, entry in view.items()
-            if path and not any(f"{part}." in f"{path}." for part in inside)]
+    return [
+        (path, entry) for path, entry in view.items() if path and not any(f"{part}." in f"{path}." for part in inside)
+    ]

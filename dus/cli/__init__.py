@@ -27,6 +27,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
 def _print_version(value: bool) -> None:
     if value:
         from dus import __version__
@@ -36,10 +37,16 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit."),
-             debug: bool = typer.Option(False, "--debug", help="Show an error's traceback instead of its one line "
-                                                               "(anywhere on the line; or DUS_DEBUG=1).")) -> None:
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="Show an error's traceback instead of its one line (anywhere on the line; or DUS_DEBUG=1).",
+    ),
+) -> None:
     pass
 
 

@@ -66,8 +66,15 @@ def chat_command(opts: ChatOptions) -> None:
     with quiet(opts.verbose):
         tokenizer = load_chat_tokenizer(opts.model, opts.chat_template)
         lm, _ = load_model(opts.model, opts.device, opts.dtype)
-        generate(lm, tokenizer, chat, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                 seed=opts.seed, stream=True)
+        generate(
+            lm,
+            tokenizer,
+            chat,
+            max_new_tokens=opts.max_new_tokens,
+            temperature=opts.temperature,
+            seed=opts.seed,
+            stream=True,
+        )
 
 
 @options_command(app, "contamination", ContaminationOptions)

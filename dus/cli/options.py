@@ -21,10 +21,17 @@ import typer
 
 from dus.options import base_type, default_of, flag, hints, load
 
-_CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                            default=typer.Option(None, "--config", show_default=False,
-                                                 help="YAML file of the same options (dashes or underscores); "
-                                                      "flags given here override it."))
+_CONFIG = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Path | None,
+    default=typer.Option(
+        None,
+        "--config",
+        show_default=False,
+        help="YAML file of the same options (dashes or underscores); flags given here override it.",
+    ),
+)
 
 
 COMMANDS: dict[str, type] = {}  # command name -> its options dataclass, for docs and pipelines
@@ -39,6 +46,7 @@ def options_command(app: typer.Typer, name: str, options: type, loader=None, con
     options (a recipe file); it may change the command's own flags `own` (a dict). By default
     `dus.options.load`.
     """
+
     def register(run):
         COMMANDS[name] = options
         own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
@@ -46,8 +54,11 @@ def options_command(app: typer.Typer, name: str, options: type, loader=None, con
         positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
         config = _CONFIG
         if config_help:
-            config = _CONFIG.replace(default=typer.Option(None, "--config", show_default=False, help=config_help,
-                                                          rich_help_panel=_panel(options)))
+            config = _CONFIG.replace(
+                default=typer.Option(
+                    None, "--config", show_default=False, help=config_help, rich_help_panel=_panel(options)
+                )
+            )
         params.insert(positional, config)
         load_options = loader or (lambda config, values, own: load(options, config, values))
 
@@ -61,6 +72,7 @@ def options_command(app: typer.Typer, name: str, options: type, loader=None, con
         command.__doc__ = run.__doc__
         app.command(name)(command)
         return run
+
     return register
 
 
@@ -86,6 +98,12 @@ def _parameter(f, hint) -> inspect.Parameter:
     if meta["short"]:
         names.insert(0, meta["short"])
     shown = f"  [default: {default}]" if default is not False and default not in (None, "", []) else ""
-    info = typer.Option(None, *names, help=meta["help"] + shown, show_default=False, metavar=meta["metavar"],
-                        rich_help_panel=meta["panel"])
+    info = typer.Option(
+        None,
+        *names,
+        help=meta["help"] + shown,
+        show_default=False,
+        metavar=meta["metavar"],
+        rich_help_panel=meta["panel"],
+    )
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=info)

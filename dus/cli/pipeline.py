@@ -27,8 +27,9 @@ def pipeline_command(
     from dus.pipeline import run_pipeline
     from dus.pipeline.summary import summary_table
 
-    steps = run_pipeline(str(recipe), str(workdir), only=only, start=start, force=force, dry_run=dry_run,
-                         flags=command_flags)
+    steps = run_pipeline(
+        str(recipe), str(workdir), only=only, start=start, force=force, dry_run=dry_run, flags=command_flags
+    )
     if not dry_run:
         print(summary_table(steps))
 

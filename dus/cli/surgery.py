@@ -32,7 +32,8 @@ def plan_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the layer map to this PNG file."),
     mergekit_yaml: bool = typer.Option(
-        False, "--mergekit-yaml",
+        False,
+        "--mergekit-yaml",
         help="Print the plan as a mergekit passthrough recipe (YAML) instead, where one exists.",
     ),
 ):
@@ -91,12 +92,16 @@ def _growth_lines(resolved) -> list[str]:
     lines, recipe = [], resolved.plan.recipe
     if recipe.get("width"):
         src, out = resolved.base.config, resolved.config
-        lines.append(f"width:       hidden {src['hidden_size']} -> {out['hidden_size']}, heads "
-                     f"{src['num_attention_heads']} -> {out['num_attention_heads']}, MLP {src['intermediate_size']} -> "
-                     f"{out['intermediate_size']} (every tensor tiled so the function is kept)")
+        lines.append(
+            f"width:       hidden {src['hidden_size']} -> {out['hidden_size']}, heads "
+            f"{src['num_attention_heads']} -> {out['num_attention_heads']}, MLP {src['intermediate_size']} -> "
+            f"{out['intermediate_size']} (every tensor tiled so the function is kept)"
+        )
     if recipe.get("init", {}).get("layers"):
-        lines.append(f"init:        {recipe['init']['name']} makes output layers "
-                     f"{', '.join(map(str, recipe['init']['layers']))} from the two source layers they sit between")
+        lines.append(
+            f"init:        {recipe['init']['name']} makes output layers "
+            f"{', '.join(map(str, recipe['init']['layers']))} from the two source layers they sit between"
+        )
     return lines
 
 
@@ -105,12 +110,27 @@ def _runs(layers):
     runs = []
     for i, layer in enumerate(layers):
         simple = len(layer.inputs) == 1 and not layer.edits
-        if (runs and simple and runs[-1]["simple"] and runs[-1]["source"] == layer.source
-                and runs[-1]["src_end"] + 1 == layer.source_layer and runs[-1]["end"] + 1 == i):
+        if (
+            runs
+            and simple
+            and runs[-1]["simple"]
+            and runs[-1]["source"] == layer.source
+            and runs[-1]["src_end"] + 1 == layer.source_layer
+            and runs[-1]["end"] + 1 == i
+        ):
             runs[-1].update(end=i, src_end=layer.source_layer)
             continue
-        runs.append({"start": i, "end": i, "src_start": layer.source_layer, "src_end": layer.source_layer,
-                     "source": layer.source, "simple": simple, "layer": layer})
+        runs.append(
+            {
+                "start": i,
+                "end": i,
+                "src_start": layer.source_layer,
+                "src_end": layer.source_layer,
+                "source": layer.source,
+                "simple": simple,
+                "layer": layer,
+            }
+        )
     for run in runs:
         out = f"{run['start']}" if run["start"] == run["end"] else f"{run['start']}-{run['end']}"
         layer = run["layer"]
@@ -165,14 +185,17 @@ def build_command(
     from dus.cli.progress import byte_progress
 
     with byte_progress("building") as progress:
-        record = dus.api.build(None, output, options=opts, shard_size=shard_size, force=force, progress=progress,
-                               file_sha256=file_sha256)
+        record = dus.api.build(
+            None, output, options=opts, shard_size=shard_size, force=force, progress=progress, file_sha256=file_sha256
+        )
     _warn_index_dependent(record.get("index_dependent", []))
     out = record["output"]
     if str(output).endswith(".gguf") and len(out["shards"]) > 1:  # a split set: OUTPUT itself is not written
         output = ", ".join(str(Path(output).parent / name) for name in out["shards"])
-    print(f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "
-          f"{len(out['shards'])} shard(s), {out['total_size']:,} tensor bytes")
+    print(
+        f"wrote {output}: {out['num_layers']} layers, {out['num_parameters']:,} parameters, "
+        f"{len(out['shards'])} shard(s), {out['total_size']:,} tensor bytes"
+    )
     if verify:
         verify_command(output, None)
 

@@ -26,7 +26,9 @@ def upcycle_command(opts: UpcycleOptions) -> None:
         record = dus.api.upcycle(opts.source, opts.output, progress=progress, **build)
     out = record["output"]
     active = f" ({out['active_parameters']:,} active)" if "active_parameters" in out else ""
-    print(f"wrote {opts.output}: {out['num_layers']} layers x {opts.experts} experts (top-{opts.top_k}), "
-          f"{out['num_parameters']:,} parameters{active}, {len(out['shards'])} file(s)")
+    print(
+        f"wrote {opts.output}: {out['num_layers']} layers x {opts.experts} experts (top-{opts.top_k}), "
+        f"{out['num_parameters']:,} parameters{active}, {len(out['shards'])} file(s)"
+    )
     if verify:
         verify_command(opts.output, None)

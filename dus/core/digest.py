@@ -173,7 +173,7 @@ def _hash_range(digest, fd: int, path: str, position: int, nbytes: int, buffer: 
     view = memoryview(buffer)
     end = position + nbytes
     while position < end:
-        got = _pread_into(fd, view[:end - position], position)
+        got = _pread_into(fd, view[: end - position], position)
         if not got:
             raise BuildError(f"{os.path.basename(path)} ended inside a tensor its header promised")
         digest.update(view[:got])
@@ -184,5 +184,5 @@ def _pread_into(fd: int, view: memoryview, position: int) -> int:
     if hasattr(os, "preadv"):
         return os.preadv(fd, [view], position)
     data = os.pread(fd, len(view), position)  # macOS before 11: no preadv
-    view[:len(data)] = data
+    view[: len(data)] = data
     return len(data)

@@ -137,8 +137,10 @@ def output_lock(parent: Path, name: str):
     """Hold `.NAME.dus-lock` in PARENT, or fail at once naming the process that holds it."""
     with _held(parent, name) as mine:
         if not mine:  # exit 1, not 2: the request is valid, the moment is not; it succeeds once the other ends
-            raise BuildError(f"{parent / name} is being written by another dus process{_holder(parent, name)}; "
-                             "wait for it to finish or choose another output")
+            raise BuildError(
+                f"{parent / name} is being written by another dus process{_holder(parent, name)}; "
+                "wait for it to finish or choose another output"
+            )
         _sweep(parent, name)
         yield
 
@@ -324,8 +326,7 @@ def require_space(directory, needed: int) -> None:
     """Refuse before writing when NEEDED bytes clearly cannot fit."""
     free = free_bytes(directory)
     if free < needed:
-        raise BuildError(f"not enough space in {directory}: the model needs {needed:,} bytes, "
-                         f"{free:,} free")
+        raise BuildError(f"not enough space in {directory}: the model needs {needed:,} bytes, {free:,} free")
 
 
 def out_of_space(e: OSError, directory, file: str | None = None, needed: int | None = None) -> BuildError:

@@ -20,17 +20,36 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 # Fields that count the stack's layers besides the layer-count key (xLSTM: num_blocks).
 EXTRA_COUNT_KEYS = (*LAYER_COUNT_KEYS, "num_blocks")
 PER_LAYER_KEYS = {
-    "layer_types", "mlp_layer_types", "no_rope_layers", "attention_types_per_layer", "block_types",
-    "layers_block_type", "intermediate_size", "num_key_value_heads", "num_attention_heads",
-    "num_query_heads", "num_kv_heads", "ffn_multipliers", "head_dim", "sliding_window",
+    "layer_types",
+    "mlp_layer_types",
+    "no_rope_layers",
+    "attention_types_per_layer",
+    "block_types",
+    "layers_block_type",
+    "intermediate_size",
+    "num_key_value_heads",
+    "num_attention_heads",
+    "num_query_heads",
+    "num_kv_heads",
+    "ffn_multipliers",
+    "head_dim",
+    "sliding_window",
     "activation_sparsity_pattern",  # Gemma-3n: one target sparsity per layer
     "indexer_types",  # GLM-5 / DeepSeek sparse attention: each layer's token indexer (full or shared)
 }
 # Per-layer strings, one character a layer (Nemotron-H: "M-M*-": Mamba, MLP, attention).
 PER_LAYER_STRING_KEYS = {"hybrid_override_pattern"}
 INDEX_LIST_KEYS = {
-    "mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "global_attn_layers",
-    "sliding_window_layers", "linear_attn_layers", "swa_layers", "no_rope_layer_idxs", "full_attention_layers",
+    "mlp_only_layers",
+    "full_attn_idxs",
+    "moe_layers",
+    "attn_layer_indices",
+    "global_attn_layers",
+    "sliding_window_layers",
+    "linear_attn_layers",
+    "swa_layers",
+    "no_rope_layer_idxs",
+    "full_attention_layers",
 }
 INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_layer_ids")  # other lists of ints so named are indices too
 # Maps keyed by layer index ("5", "05" or 5 -> settings of that layer).
@@ -69,8 +88,15 @@ LAST_INDEXES = tuple(k for k in _PARAMETERS if k.endswith("_end_index"))
 COUNTS = (*(k for k in _PARAMETERS if k not in (*PERIODS, *OFFSETS, *LAST_INDEXES)), "max_window_layers")
 
 # Sizes that shape tensors (transformers' standard names; a config class may alias them).
-SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "max_position_embeddings")
+SIZE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
 DTYPE_KEYS = ("dtype", "torch_dtype")
 # The longest sequence a model takes, first found wins.
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

@@ -14,8 +14,12 @@ PROMPT = "What is the capital of France? Answer in one sentence."
 
 @dataclass
 class CompareOptions:
-    models: list[str] = option([], "BASE first, then the models to compare with it: model directories, Hub ids "
-                                   "or .gguf files", positional=True, metavar="BASE GROWN...")
+    models: list[str] = option(
+        [],
+        "BASE first, then the models to compare with it: model directories, Hub ids or .gguf files",
+        positional=True,
+        metavar="BASE GROWN...",
+    )
     text: str | None = option(None, "Text file for the perplexity [default: Python's pydoc_data.topics].")
     prompt: str = option(PROMPT, "The user message every model replies to (greedy, through its chat template).")
     max_tokens: int = option(4096, "Perplexity: at most this many tokens of the text.")
@@ -43,9 +47,15 @@ def compare_models(opts: CompareOptions, say=None) -> dict:
         if say:
             say(f"measuring {ref}")
         model, tokenizer = _load(ref, opts.device, opts.dtype)
-        rows.append({"model": ref, "layers": _layers(model), "parameters": sum(p.numel() for p in model.parameters()),
-                     **perplexity(model, tokenizer, text, max_tokens=opts.max_tokens, window=opts.window),
-                     "reply": _reply(model, tokenizer, opts.prompt, opts.max_new_tokens)})
+        rows.append(
+            {
+                "model": ref,
+                "layers": _layers(model),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                **perplexity(model, tokenizer, text, max_tokens=opts.max_tokens, window=opts.window),
+                "reply": _reply(model, tokenizer, opts.prompt, opts.max_new_tokens),
+            }
+        )
         del model
     return {"text": opts.text or "pydoc_data.topics", "prompt": opts.prompt, "models": rows}
 
@@ -76,11 +86,16 @@ def _reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 def table(result: dict) -> str:
     """A markdown table, BASE first; perplexity also as a ratio to BASE's."""
     base = result["models"][0]["perplexity"]
-    rows = [f"perplexity on {result['text']}; greedy reply to {result['prompt']!r}", "",
-            "| model | layers | parameters | perplexity | vs base | tokens | reply |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        f"perplexity on {result['text']}; greedy reply to {result['prompt']!r}",
+        "",
+        "| model | layers | parameters | perplexity | vs base | tokens | reply |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["models"]:
         reply = " ".join(r["reply"].split()).replace("|", "\\|")
-        rows.append(f"| {r['model']} | {r['layers']} | {r['parameters']:,} | {r['perplexity']:.2f} | "
-                    f"{r['perplexity'] / base:.2f}x | {r['tokens']:,} | {reply} |")
+        rows.append(
+            f"| {r['model']} | {r['layers']} | {r['parameters']:,} | {r['perplexity']:.2f} | "
+            f"{r['perplexity'] / base:.2f}x | {r['tokens']:,} | {reply} |"
+        )
     return "\n".join(rows)

@@ -112,8 +112,14 @@ def neighbours(model, tokenizer, text: str, s: Settings, seed: int) -> list[str]
         n = min(s.batch_size, s.neighbours - len(out))
         with torch.no_grad():
             gen = model.generate(
-                ids, do_sample=True, top_k=s.top_k, top_p=1.0, temperature=1.0,
-                max_new_tokens=max(1, len(words) - cut), min_new_tokens=1, num_return_sequences=n,
+                ids,
+                do_sample=True,
+                top_k=s.top_k,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=max(1, len(words) - cut),
+                min_new_tokens=1,
+                num_return_sequences=n,
                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
             )
         out += tokenizer.batch_decode(gen, skip_special_tokens=True)
@@ -134,8 +140,14 @@ def score_file(path: str, target, target_tok, ref, ref_tok, s: Settings) -> File
     return FileResult(path, len(scores), share, scores)
 
 
-def contamination(target_path: str, ref_path: str, data: list[str], s: Settings | None = None,
-                  device: str = "auto", dtype: str = "auto") -> list[FileResult]:
+def contamination(
+    target_path: str,
+    ref_path: str,
+    data: list[str],
+    s: Settings | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> list[FileResult]:
     from dus.instruct.load import load_chat_tokenizer
     from dus.runtime import load_model
 
@@ -151,6 +163,8 @@ def contamination(target_path: str, ref_path: str, data: list[str], s: Settings 
 def table(results: list[FileResult], threshold: float = THRESHOLD) -> str:
     """The card's header; each value says it is a fraction (0.03 is 3% of the examples)."""
     rows = [f"| data | examples | result < {threshold:g}, % |", "|---|---:|---:|"]
-    rows += [f"| {r.data} | {r.examples} | {r.share_below:.2f} (fraction of examples; {100 * r.share_below:.0f}%) |"
-             for r in results]
+    rows += [
+        f"| {r.data} | {r.examples} | {r.share_below:.2f} (fraction of examples; {100 * r.share_below:.0f}%) |"
+        for r in results
+    ]
     return "\n".join(rows)

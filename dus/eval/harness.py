@@ -28,6 +28,7 @@ AUTO_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2")
 @dataclass
 class Plan:
     """What is left to evaluate after reusing finished scores, and the task index to load it from."""
+
     todo: list[Benchmark]
     manager: object
 
@@ -44,7 +45,7 @@ def lm_eval_modules():
 
 
 def parse_tasks(spec: str, num_fewshot: int | None = None, metric: str | None = None) -> list[Benchmark]:
-    """"h6" and/or comma-separated task names. H6 tasks keep the leaderboard's shots and metric."""
+    """ "h6" and/or comma-separated task names. H6 tasks keep the leaderboard's shots and metric."""
     out: list[Benchmark] = []
     for name in (n.strip() for n in spec.split(",")):
         if not name:
@@ -103,8 +104,9 @@ def read_score(bench: Benchmark, out: dict, limit: int | None = None) -> Score:
         raise InputError(f"{bench.task}: metric {key!r} missing for {', '.join(missing)}")
     values = {n: float(results[n][key]) for n in names}
     shots = out.get("n-shot", {}).get(names[0], bench.shots)
-    return Score(bench.task, shots, key, sum(values.values()) / len(values), values if bench.task in groups else {},
-                 limit)
+    return Score(
+        bench.task, shots, key, sum(values.values()) / len(values), values if bench.task in groups else {}, limit
+    )
 
 
 def check_shots(benchmarks: list[Benchmark], manager) -> None:
@@ -124,11 +126,13 @@ def check_shots(benchmarks: list[Benchmark], manager) -> None:
             if have < need:
                 raise InputError(
                     f"{name}: {b.shots}-shot evaluation needs {need} few-shot examples but its few-shot split "
-                    f"{split or '(default)'} has {have}; add examples to it (the shots are fixed for {b.task})")
+                    f"{split or '(default)'} has {have}; add examples to it (the shots are fixed for {b.task})"
+                )
 
 
-def prepare(report: Report, benchmarks: list[Benchmark], include_path: str | None = None,
-            output: str | None = None) -> Plan:
+def prepare(
+    report: Report, benchmarks: list[Benchmark], include_path: str | None = None, output: str | None = None
+) -> Plan:
     """Reuse finished scores, then check the rest can run (tasks known, data reachable, shots available)."""
     from dus.runtime import check_weights
 
@@ -137,8 +141,11 @@ def prepare(report: Report, benchmarks: list[Benchmark], include_path: str | Non
     todo = [b for b in benchmarks if not reusable(done.get(b.task), b)]
     report.scores = [done[b.task] for b in benchmarks if b not in todo]
     if report.scores:
-        print(f"reusing {len(report.scores)} finished task(s) from {Path(output) / 'results.json'}: "
-              f"{', '.join(s.task for s in report.scores)}", file=sys.stderr)
+        print(
+            f"reusing {len(report.scores)} finished task(s) from {Path(output) / 'results.json'}: "
+            f"{', '.join(s.task for s in report.scores)}",
+            file=sys.stderr,
+        )
     if not todo:
         return Plan([], None)
     manager = task_manager([b.task for b in todo], include_path)
@@ -147,8 +154,15 @@ def prepare(report: Report, benchmarks: list[Benchmark], include_path: str | Non
     return Plan(todo, manager)
 
 
-def evaluate(report: Report, benchmarks: list[Benchmark], plan: Plan, device: str = "auto", dtype: str = "auto",
-             batch_size: int | str = "auto", output: str | None = None) -> Report:
+def evaluate(
+    report: Report,
+    benchmarks: list[Benchmark],
+    plan: Plan,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | str = "auto",
+    output: str | None = None,
+) -> Report:
     """One simple_evaluate call per task on one loaded model; OUTPUT's files are rewritten after each."""
     if not plan.todo:
         return report
@@ -160,9 +174,17 @@ def evaluate(report: Report, benchmarks: list[Benchmark], plan: Plan, device: st
     scores, seed = {s.task: s for s in report.scores}, report.seed
     for b in plan.todo:
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[b.task], num_fewshot=b.shots, task_manager=plan.manager, limit=report.limit,
-            log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed,
+            model=lm,
+            tasks=[b.task],
+            num_fewshot=b.shots,
+            task_manager=plan.manager,
+            limit=report.limit,
+            log_samples=False,
+            bootstrap_iters=0,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
         )
         if out is None:  # a non-zero rank under accelerate launch
             continue

@@ -15,8 +15,10 @@ def mean_nll(model, tokenizer, texts: list[str], batch_size: int = 32, max_lengt
     pad = 0 if pad is None else pad
     out: list[float] = []
     for start in range(0, len(texts), batch_size):
-        ids = [tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"]
-               for t in texts[start : start + batch_size]]
+        ids = [
+            tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"]
+            for t in texts[start : start + batch_size]
+        ]
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=model.device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=model.device)

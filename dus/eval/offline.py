@@ -98,10 +98,13 @@ def check_hub(model: str, tasks: list[str], index: dict) -> None:
         raise BuildError(
             f"the Hugging Face Hub is offline ({reason}) and task(s) {', '.join(missing)} need data from it "
             f"({', '.join(data)}, not cached); write local task YAMLs for them and pass --include-path DIR "
-            f"(see {DOCS})")
+            f"(see {DOCS})"
+        )
     if model_remote and not cached(model, "model"):
-        raise BuildError(f"the Hugging Face Hub is offline ({reason}) and the model {model} is not cached; "
-                         "give a local model directory")
+        raise BuildError(
+            f"the Hugging Face Hub is offline ({reason}) and the model {model} is not cached; "
+            "give a local model directory"
+        )
     go_offline()
 
 

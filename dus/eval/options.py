@@ -14,18 +14,25 @@ class EvalOptions:
     perplexity: str | None = option(None, "A text file to measure perplexity on (no extra needed).")
     include_path: str | None = option(None, "Directory of local lm-eval task YAMLs.")
     num_fewshot: int | None = option(None, "Shots for tasks outside H6 [default: the task's].")
-    metric: str | None = option(None, "Metric for tasks outside H6, e.g. acc or exact_match,strict-match "
-                                      "[default: first of acc_norm, acc, exact_match, ...].")
-    limit: int | None = option(None, "At most N examples per task: a smoke test, recorded and marked not comparable "
-                                     "in the results.")
+    metric: str | None = option(
+        None,
+        "Metric for tasks outside H6, e.g. acc or exact_match,strict-match "
+        "[default: first of acc_norm, acc, exact_match, ...].",
+    )
+    limit: int | None = option(
+        None, "At most N examples per task: a smoke test, recorded and marked not comparable in the results."
+    )
     batch_size: str = option("auto", "lm-eval batch size, or auto.")
     max_tokens: int | None = option(None, "--perplexity: use at most this many tokens.")
     window: int = option(512, "--perplexity: tokens per scoring window.")
     seed: int = seed_option()
     device: str = device_option()
     dtype: str = dtype_option()
-    output: str | None = option(None, "Directory for results.json and results.md (rewritten after each task; "
-                                      "a rerun skips finished tasks).", short="-o")
+    output: str | None = option(
+        None,
+        "Directory for results.json and results.md (rewritten after each task; a rerun skips finished tasks).",
+        short="-o",
+    )
     verbose: bool = verbose_option()
 
 

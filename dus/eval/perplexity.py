@@ -23,8 +23,9 @@ def reference_text(max_chars: int | None = None, topics: Iterable[str] | None = 
     return text[:max_chars] if max_chars else text
 
 
-def perplexity(model, tokenizer, text: str, max_tokens: int | None = None, window: int = 512,
-               batch_size: int = 4) -> dict:
+def perplexity(
+    model, tokenizer, text: str, max_tokens: int | None = None, window: int = 512, batch_size: int = 4
+) -> dict:
     """{"perplexity", "nll" (mean nats per predicted token), "tokens" (predicted)}."""
     return windows_perplexity(model, text_windows(tokenizer, text, max_tokens, window), batch_size)
 
@@ -45,8 +46,9 @@ def windows_perplexity(model, windows, batch_size: int = 4, advance=None) -> dic
     with torch.no_grad():
         for batch in windows.split(batch_size):
             logits = model(input_ids=batch).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                    reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+            )
             total += nll.item()
             count += batch[:, 1:].numel()
             if advance:

@@ -57,8 +57,13 @@ def model_fingerprint(model: str) -> str | None:
     path = Path(model).expanduser()
     if not path.exists():
         return None
-    files = [path] if path.is_file() else sorted(  # a .gguf is one file
-        {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(  # a .gguf is one file
+            {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()}
+        )
+    )
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()
@@ -67,9 +72,17 @@ def model_fingerprint(model: str) -> str | None:
 
 
 def to_json(report: Report) -> dict:
-    return {"model": report.model, "model_fingerprint": report.fingerprint, "limit": report.limit,
-            "seed": report.seed, "comparable": report.comparable, "average": report.average,
-            "h6": report.is_h6(), "scores": [asdict(s) for s in report.scores], "perplexity": report.perplexity}
+    return {
+        "model": report.model,
+        "model_fingerprint": report.fingerprint,
+        "limit": report.limit,
+        "seed": report.seed,
+        "comparable": report.comparable,
+        "average": report.average,
+        "h6": report.is_h6(),
+        "scores": [asdict(s) for s in report.scores],
+        "perplexity": report.perplexity,
+    }
 
 
 LIMIT_MARK = "†"
@@ -86,8 +99,11 @@ def markdown(report: Report) -> str:
         mark = "" if report.comparable else LIMIT_MARK
         lines.append(f"| **{label}** | | | **{100 * report.average:.2f}**{mark} |")
         if not report.comparable:
-            lines += ["", f"{LIMIT_MARK} --limit {report.limit}: at most {report.limit} examples per task, a smoke "
-                          "test; not comparable with full-benchmark scores."]
+            lines += [
+                "",
+                f"{LIMIT_MARK} --limit {report.limit}: at most {report.limit} examples per task, a smoke "
+                "test; not comparable with full-benchmark scores.",
+            ]
     if report.perplexity:
         p = report.perplexity
         lines += [""] if lines else []
@@ -106,8 +122,15 @@ def finished(out_dir: str | Path, report: Report) -> dict[str, Score]:
     """Scores in OUT_DIR/results.json measured on the same model files with the same --limit and --seed."""
     try:
         data = json.loads((Path(out_dir) / "results.json").read_text(encoding="utf-8"))
-        same = all(data.get(k) == v for k, v in (("model", report.model), ("model_fingerprint", report.fingerprint),
-                                                  ("limit", report.limit), ("seed", report.seed)))
+        same = all(
+            data.get(k) == v
+            for k, v in (
+                ("model", report.model),
+                ("model_fingerprint", report.fingerprint),
+                ("limit", report.limit),
+                ("seed", report.seed),
+            )
+        )
         return {s["task"]: Score(**s) for s in data["scores"]} if same else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no file, or not one of ours
         return {}

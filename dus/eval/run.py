@@ -51,8 +51,10 @@ def _perplexity(opts: EvalOptions, out: str | None, say=None, bar=None) -> dict:
     text = path.read_text(encoding="utf-8")
     windows = text_windows(load_chat_tokenizer(opts.model), text, opts.max_tokens, opts.window)
     if say:
-        say(f"perplexity of {opts.model} on {path} ({len(text):,} characters): {windows.numel():,} tokens in "
-            f"{len(windows):,} windows of {windows.shape[1]:,}")
+        say(
+            f"perplexity of {opts.model} on {path} ({len(text):,} characters): {windows.numel():,} tokens in "
+            f"{len(windows):,} windows of {windows.shape[1]:,}"
+        )
     lm, _ = load_model(opts.model, opts.device, opts.dtype)
     with bar("perplexity", len(windows)) if bar else nullcontext() as progress:
         result = windows_perplexity(lm, windows, advance=progress.advance if progress else None)
@@ -67,13 +69,25 @@ def check_contamination(opts: ContaminationOptions):
     """(per-file results, settings); with --output, every example's score is written there as JSON."""
     from dus.eval.contamination import Settings, contamination
 
-    s = Settings(examples=opts.examples, neighbours=opts.neighbours, prefix_ratio=opts.prefix_ratio, seed=opts.seed,
-                 batch_size=opts.batch_size, max_length=opts.max_length)
+    s = Settings(
+        examples=opts.examples,
+        neighbours=opts.neighbours,
+        prefix_ratio=opts.prefix_ratio,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+    )
     results = contamination(opts.target, opts.ref, opts.data, s, device=opts.device, dtype=opts.dtype)
     if opts.output:
-        record = {"target": opts.target, "reference": opts.ref, "settings": vars(s),
-                  "results": [{"data": r.data, "examples": r.examples, "result < 0.1, %": r.share_below,
-                               "scores": r.scores} for r in results]}
+        record = {
+            "target": opts.target,
+            "reference": opts.ref,
+            "settings": vars(s),
+            "results": [
+                {"data": r.data, "examples": r.examples, "result < 0.1, %": r.share_below, "scores": r.scores}
+                for r in results
+            ],
+        }
         Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return results, s

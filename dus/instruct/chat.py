@@ -58,8 +58,15 @@ def eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0,
-             seed: int = 0, stream: bool = True) -> Reply:
+def generate(
+    model,
+    tokenizer,
+    messages: list[dict],
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    seed: int = 0,
+    stream: bool = True,
+) -> Reply:
     """The reply, greedy unless temperature > 0; printed token by token when `stream`.
 
     The rendered prompt is tokenized as text with the special tokens, as the SOLAR card does.
@@ -70,8 +77,11 @@ def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 512, 
     text = render(tokenizer, messages, add_generation_prompt=True)
     inputs = tokenizer(text, return_tensors="pt", return_token_type_ids=False).to(model.device)
     # Sampling is plain temperature sampling (no top-k/top-p from the model's config), so --temperature means one thing.
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {
-        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     torch.manual_seed(seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     eos = eos_ids(model, tokenizer)

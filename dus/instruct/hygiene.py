@@ -108,8 +108,13 @@ def overlaps(example: dict, grams: set, n: int, skip: tuple[str, ...] = ()) -> b
     return not grams.isdisjoint(ngrams(text, n))
 
 
-def clean(dataset, exclude_tasks: str | None = None, task_column: str | None = None,
-          decontaminate: list[str] | None = None, n: int = NGRAM):
+def clean(
+    dataset,
+    exclude_tasks: str | None = None,
+    task_column: str | None = None,
+    decontaminate: list[str] | None = None,
+    n: int = NGRAM,
+):
     """(filtered dataset, HygieneReport)."""
     report = HygieneReport(total=len(dataset))
     if exclude_tasks:

@@ -14,25 +14,30 @@ TEMPLATE = "solar, or a .jinja file [default: the tokenizer's, SOLAR's if it has
 class TrainOptions:
     """The options `dus sft` and `dus dpo` share (dus/options.py makes them flags and --config keys)."""
 
-    model: str = option("", "Model directory (or Hub id) to start from.", positional=True, required=True,
-                        metavar="MODEL")
+    model: str = option(
+        "", "Model directory (or Hub id) to start from.", positional=True, required=True, metavar="MODEL"
+    )
     data: list[str] = option([], "Training data, .jsonl/.json or .parquet (repeatable).", required=True, panel=DATA)
     output: str = option("", "Directory for the trained model.", short="-o", required=True)
     chat_template: str | None = option(None, TEMPLATE)
-    exclude_tasks: str | None = option(None, "Drop examples whose task/source matches a name (or *glob*) in this file.",
-                                       panel=DATA)
-    task_field: str | None = option(None, "Column holding the task name [default: first of task, task_name, "
-                                          "_task_name, source].", panel=DATA)
-    decontaminate: list[str] = option([], "Drop examples sharing a word n-gram with this benchmark file "
-                                          "(.jsonl/.json/.txt, repeatable).", panel=DATA)
+    exclude_tasks: str | None = option(
+        None, "Drop examples whose task/source matches a name (or *glob*) in this file.", panel=DATA
+    )
+    task_field: str | None = option(
+        None, "Column holding the task name [default: first of task, task_name, _task_name, source].", panel=DATA
+    )
+    decontaminate: list[str] = option(
+        [], "Drop examples sharing a word n-gram with this benchmark file (.jsonl/.json/.txt, repeatable).", panel=DATA
+    )
     ngram: int = option(13, "n for --decontaminate.", panel=DATA)
     lr: float = option(1e-5, "Peak learning rate.", panel=TRAIN)
     epochs: float = option(1.0, "Passes over the data.", panel=TRAIN)
     max_steps: int = option(-1, "Stop after this many optimizer steps (overrides --epochs).", panel=TRAIN)
     batch_size: int = option(1, "Per-device batch size.", panel=TRAIN)
     grad_accum: int = option(1, "Micro-batches per optimizer step.", panel=TRAIN)
-    seq_len: int = option(1024, "Longest tokenized sequence (the pack size with --packing).", aliases=("max_length",),
-                          panel=TRAIN)
+    seq_len: int = option(
+        1024, "Longest tokenized sequence (the pack size with --packing).", aliases=("max_length",), panel=TRAIN
+    )
     seed: int = seed_option()
     dtype: str = dtype_option("auto | bfloat16 | float32 [auto: bf16 on a GPU that has it].")
     warmup: float = option(0.0, "Warmup steps, or a fraction of the run when below 1.", panel=TRAIN)
@@ -50,12 +55,18 @@ class SFTOptions(TrainOptions):
 
 @dataclass
 class DPOOptions(TrainOptions):
-    model: str = option("", "The SFT model directory: the policy starts from it and the frozen reference is "
-                            "reloaded from it.", positional=True, required=True, metavar="MODEL")
+    model: str = option(
+        "",
+        "The SFT model directory: the policy starts from it and the frozen reference is reloaded from it.",
+        positional=True,
+        required=True,
+        metavar="MODEL",
+    )
     lr: float = option(5e-7, "Peak learning rate.", panel=TRAIN)
     beta: float = option(0.1, "Strength of the pull towards the reference model.", panel=TRAIN)
-    loss_type: str = option("sigmoid", "TRL DPO loss: sigmoid, ipo, hinge, robust, ... (comma-separated to combine).",
-                            panel=TRAIN)
+    loss_type: str = option(
+        "sigmoid", "TRL DPO loss: sigmoid, ipo, hinge, robust, ... (comma-separated to combine).", panel=TRAIN
+    )
 
 
 @dataclass

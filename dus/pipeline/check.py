@@ -24,8 +24,10 @@ def recipe_problems(recipe: Recipe, workdir: Path, flags) -> list[str]:
             problems.append(str(e))
         for path in stage.data_paths():
             if not Path(path).expanduser().exists() and not _made_by_pipeline(Path(path), made):
-                problems.append(f"{stage.name}: data path not found: {path} (relative paths are relative to the "
-                                f"current directory, {Path.cwd()})")
+                problems.append(
+                    f"{stage.name}: data path not found: {path} (relative paths are relative to the "
+                    f"current directory, {Path.cwd()})"
+                )
         made.append(workdir / stage.name)
     return problems
 

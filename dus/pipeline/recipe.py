@@ -30,12 +30,23 @@ SECTIONS = PIPELINE_SECTIONS  # the keys `dus build --config` leaves to the pipe
 PLACEHOLDERS = ("{workdir}", "{smollm2}")
 NPROC = "nproc-per-node"  # the one key that is not the command's: how many processes to launch
 # Set by the pipeline, never by the recipe (`model:` only in the first stage's section: dus/pipeline/run.py).
-SET_BY_PIPELINE = {"build": ("config", "output", "force", "source"), "pretrain": ("output", "resume", "config"),
-                   "sft": ("output",), "dpo": ("output",), "contamination": ("target", "output"), "eval": ("output",)}
+SET_BY_PIPELINE = {
+    "build": ("config", "output", "force", "source"),
+    "pretrain": ("output", "resume", "config"),
+    "sft": ("output",),
+    "dpo": ("output",),
+    "contamination": ("target", "output"),
+    "eval": ("output",),
+}
 # The options naming data files: their content fingerprints decide, with the command, whether a stage is current.
-DATA_OPTIONS = {"build": (), "pretrain": ("data", "eval-data"), "sft": ("data", "exclude-tasks", "decontaminate"),
-                "dpo": ("data", "exclude-tasks", "decontaminate"), "contamination": ("data",),
-                "eval": ("perplexity", "include-path")}
+DATA_OPTIONS = {
+    "build": (),
+    "pretrain": ("data", "eval-data"),
+    "sft": ("data", "exclude-tasks", "decontaminate"),
+    "dpo": ("data", "exclude-tasks", "decontaminate"),
+    "contamination": ("data",),
+    "eval": ("perplexity", "include-path"),
+}
 
 
 @dataclass
@@ -75,8 +86,10 @@ def load_recipe(path: str | Path, workdir: Path) -> Recipe:
     build_keys = {k: v for k, v in data.items() if k in RECIPE_KEYS}
     unknown = sorted(set(data) - RECIPE_KEYS - set(SECTIONS))
     if unknown:
-        raise InputError(f"{path}: unknown key {unknown[0]!r} (stages: {', '.join(STAGES)}; build keys: "
-                         f"{', '.join(sorted(RECIPE_KEYS))})")
+        raise InputError(
+            f"{path}: unknown key {unknown[0]!r} (stages: {', '.join(STAGES)}; build keys: "
+            f"{', '.join(sorted(RECIPE_KEYS))})"
+        )
     stages = []
     for name in STAGES:
         section = data.get(name)
@@ -92,8 +105,9 @@ def load_recipe(path: str | Path, workdir: Path) -> Recipe:
             raise InputError(f"{path}: {name}: `{NPROC}` must be a whole number >= 1, not {nproc!r}")
         for key in options:
             if key.replace("-", "_") in SET_BY_PIPELINE[name]:
-                raise InputError(f"{path}: {name}: `{key}` is set by the pipeline (the previous stage's output, "
-                                 f"WORKDIR/{name}/)")
+                raise InputError(
+                    f"{path}: {name}: `{key}` is set by the pipeline (the previous stage's output, WORKDIR/{name}/)"
+                )
         stages.append(Stage(name, options, nproc))
     if not stages:
         raise InputError(f"{path}: no stage to run (give build keys or any of: {', '.join(STAGES[1:])})")
@@ -122,8 +136,10 @@ def command_argv(stage: Stage, positional: list[str], output: str | None, flags:
     for key, value in stage.options.items():
         param = params.get(key)
         if param is None:
-            raise InputError(f"{stage.name}: unknown option {key!r} for `dus {stage.name}` "
-                             f"(known: {', '.join(sorted(k for k in params if k not in SET_BY_PIPELINE[stage.name]))})")
+            raise InputError(
+                f"{stage.name}: unknown option {key!r} for `dus {stage.name}` "
+                f"(known: {', '.join(sorted(k for k in params if k not in SET_BY_PIPELINE[stage.name]))})"
+            )
         argv += _flag_values(key, param, value)
     return argv
 

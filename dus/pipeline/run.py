@@ -41,8 +41,17 @@ class Step:
     seconds: float = 0.0
 
 
-def run_pipeline(recipe_path: str, workdir: str, only: str | None = None, start: str | None = None,
-                 force: bool = False, dry_run: bool = False, say=print, *, flags) -> list[Step]:
+def run_pipeline(
+    recipe_path: str,
+    workdir: str,
+    only: str | None = None,
+    start: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    say=print,
+    *,
+    flags,
+) -> list[Step]:
     """`flags(stage)`: the stage command's options (dus.cli.pipeline.command_flags)."""
     workdir_path = Path(workdir).expanduser().resolve()
     recipe = load_recipe(recipe_path, workdir_path)
@@ -98,9 +107,12 @@ def _step(recipe: Recipe, stage: Stage, workdir: Path, parent: str | None, flags
     else:
         given = stage.options.pop("model", None)
         if (parent is None) == (given is None):
-            raise InputError(f"{recipe.path}: {stage.name}: `model:` is for the first stage only (later stages read "
-                             f"the previous stage's output)" if given else
-                             f"{recipe.path}: {stage.name} is the first stage: give `model:` in its section")
+            raise InputError(
+                f"{recipe.path}: {stage.name}: `model:` is for the first stage only (later stages read "
+                f"the previous stage's output)"
+                if given
+                else f"{recipe.path}: {stage.name} is the first stage: give `model:` in its section"
+            )
         parent = parent or str(given)
         target = str(out / "contamination.json") if stage.name == "contamination" else str(out)
         argv = command_argv(stage, [parent], target, flags)
@@ -137,8 +149,11 @@ def recorded(step: Step) -> dict | None:
             record = json.loads((step.output / STAGE_RECORD).read_text())
     except (InputError, OSError, json.JSONDecodeError):
         return None
-    facts = {"command": _canonical(record.get("command", [])), "parent": (record.get("parent") or {}).get("manifest"),
-             "data": record.get("data", {})}
+    facts = {
+        "command": _canonical(record.get("command", [])),
+        "parent": (record.get("parent") or {}).get("manifest"),
+        "data": record.get("data", {}),
+    }
     if step.stage.name == "build":
         facts["options"] = record.get("options")
     return facts
@@ -162,11 +177,16 @@ def _run(step: Step, workdir: Path) -> None:
     done = subprocess.run(command)
     step.seconds = time.perf_counter() - started
     if done.returncode:
-        raise BuildError(f"stage {step.stage.name} failed (exit {done.returncode}); rerun the pipeline to continue "
-                         f"from it")
+        raise BuildError(
+            f"stage {step.stage.name} failed (exit {done.returncode}); rerun the pipeline to continue from it"
+        )
     if step.stage.name not in MODEL_STAGES:
-        record = stage_record(step.stage.name, {"ref": step.parent, "manifest": step.expected["parent"]},
-                              command_line=argv, data=step.expected["data"])
+        record = stage_record(
+            step.stage.name,
+            {"ref": step.parent, "manifest": step.expected["parent"]},
+            command_line=argv,
+            data=step.expected["data"],
+        )
         (step.output / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     pending.unlink()
     step.status = "ran"

@@ -42,8 +42,10 @@ def _trained(out: Path, options: dict) -> str:
 
 def _contamination(out: Path, options: dict) -> str:
     record = json.loads((out / "contamination.json").read_text())
-    return "; ".join(f"{Path(r['data']).stem} {r['result < 0.1, %']:.2f}" for r in record["results"]) + \
-        " (result < 0.1, as a fraction)"
+    return (
+        "; ".join(f"{Path(r['data']).stem} {r['result < 0.1, %']:.2f}" for r in record["results"])
+        + " (result < 0.1, as a fraction)"
+    )
 
 
 def _eval(out: Path, options: dict) -> str:
@@ -56,5 +58,11 @@ def _eval(out: Path, options: dict) -> str:
     return text + (f" (* --limit {limit}: smoke test, not comparable)" if limit else "")
 
 
-FIGURES = {"build": _build, "pretrain": _pretrain, "sft": _trained, "dpo": _trained,
-           "contamination": _contamination, "eval": _eval}
+FIGURES = {
+    "build": _build,
+    "pretrain": _pretrain,
+    "sft": _trained,
+    "dpo": _trained,
+    "contamination": _contamination,
+    "eval": _eval,
+}

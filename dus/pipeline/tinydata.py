@@ -19,10 +19,16 @@ from pathlib import Path
 
 from dus.errors import InputError
 
-MC = {"output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nAnswer:",
-      "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
-      "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                      {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
+MC = {
+    "output_type": "multiple_choice",
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_choice": "{{choices}}",
+    "doc_to_target": "{{answer}}",
+    "metric_list": [
+        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+    ],
+}
 GSM = {
     "output_type": "generate_until",
     "doc_to_text": "Question: {{question}}\nAnswer:",
@@ -48,12 +54,14 @@ def prepare(kind: str, directory: Path) -> Path:
     names = sorted(topics)
     held = [n for i, n in enumerate(names) if i % 8 == 0]
     seen = [n for i, n in enumerate(names) if i % 8]
-    files = {"pretrain/train.jsonl": [{"text": topics[n]} for n in seen],
-             "pretrain/eval.jsonl": [{"text": topics[n]} for n in held],
-             "sft.jsonl": [_chat(n, topics) for n in seen],
-             "dpo.jsonl": [_pair(n, seen[(i + 7) % len(seen)], topics) for i, n in enumerate(seen)],
-             "bench/seen.jsonl": [_qa(n, topics) for n in seen[:40]],
-             "bench/unseen.jsonl": [_qa(n, topics) for n in held[:40]]}
+    files = {
+        "pretrain/train.jsonl": [{"text": topics[n]} for n in seen],
+        "pretrain/eval.jsonl": [{"text": topics[n]} for n in held],
+        "sft.jsonl": [_chat(n, topics) for n in seen],
+        "dpo.jsonl": [_pair(n, seen[(i + 7) % len(seen)], topics) for i, n in enumerate(seen)],
+        "bench/seen.jsonl": [_qa(n, topics) for n in seen[:40]],
+        "bench/unseen.jsonl": [_qa(n, topics) for n in held[:40]],
+    }
     rng = random.Random(0)
     for task in MC_TASKS:
         for split, count in (("train", POOL_ITEMS), ("test", TEST_ITEMS)):
@@ -63,10 +71,17 @@ def prepare(kind: str, directory: Path) -> Path:
     for rel, rows in files.items():
         _write(directory / rel, "".join(json.dumps(r) + "\n" for r in rows))
     for task in (*MC_TASKS, "gsm8k"):
-        body = {"task": task, "dataset_path": "json", "training_split": "train", "fewshot_split": "train",
-                "test_split": "test", "dataset_kwargs": {"data_files": {
-                    s: str(directory / f"tasks/{task}_{s}.jsonl") for s in ("train", "test")}},
-                **(GSM if task == "gsm8k" else MC)}
+        body = {
+            "task": task,
+            "dataset_path": "json",
+            "training_split": "train",
+            "fewshot_split": "train",
+            "test_split": "test",
+            "dataset_kwargs": {
+                "data_files": {s: str(directory / f"tasks/{task}_{s}.jsonl") for s in ("train", "test")}
+            },
+            **(GSM if task == "gsm8k" else MC),
+        }
         _write(directory / f"tasks/{task}.yaml", json.dumps(body, indent=2) + "\n")  # JSON is YAML
     return directory
 
@@ -85,14 +100,20 @@ def _question(name: str) -> str:
 
 
 def _chat(name: str, topics: dict) -> dict:
-    return {"messages": [{"role": "user", "content": _question(name)},
-                         {"role": "assistant", "content": _opening(topics[name])}]}
+    return {
+        "messages": [
+            {"role": "user", "content": _question(name)},
+            {"role": "assistant", "content": _opening(topics[name])},
+        ]
+    }
 
 
 def _pair(name: str, other: str, topics: dict) -> dict:
-    return {"prompt": [{"role": "user", "content": _question(name)}],
-            "chosen": [{"role": "assistant", "content": _opening(topics[name])}],
-            "rejected": [{"role": "assistant", "content": _opening(topics[other])}]}
+    return {
+        "prompt": [{"role": "user", "content": _question(name)}],
+        "chosen": [{"role": "assistant", "content": _opening(topics[name])}],
+        "rejected": [{"role": "assistant", "content": _opening(topics[other])}],
+    }
 
 
 def _qa(name: str, topics: dict) -> dict:
@@ -102,8 +123,11 @@ def _qa(name: str, topics: dict) -> dict:
 def _choice(rng: random.Random, names: list[str], topics: dict) -> dict:
     options = rng.sample(names, 4)
     answer = rng.randrange(4)
-    return {"question": f"Which help topic begins: {_opening(topics[options[answer]], 12)}", "choices": options,
-            "answer": answer}
+    return {
+        "question": f"Which help topic begins: {_opening(topics[options[answer]], 12)}",
+        "choices": options,
+        "answer": answer,
+    }
 
 
 def _sum(rng: random.Random) -> dict:

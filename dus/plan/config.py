@@ -42,8 +42,9 @@ FREE_PARAMETERS = {
 }
 
 
-def output_config(config: dict, source_layers: list[int], dtype: str | None = None,
-                  overrides: dict | None = None) -> dict:
+def output_config(
+    config: dict, source_layers: list[int], dtype: str | None = None, overrides: dict | None = None
+) -> dict:
     """The config of a stack whose output layer i is source layer source_layers[i]."""
     out = copy.deepcopy(config)
     key = layer_count_key(config)
@@ -65,8 +66,9 @@ def output_config(config: dict, source_layers: list[int], dtype: str | None = No
     return apply_overrides(out, overrides or {})
 
 
-def nested_output_config(config: dict, stack_config: str, source_layers: list[int], dtype: str | None = None,
-                         overrides: dict | None = None) -> dict:
+def nested_output_config(
+    config: dict, stack_config: str, source_layers: list[int], dtype: str | None = None, overrides: dict | None = None
+) -> dict:
     """A multimodal config whose nested `stack_config` (text_config) counts the grown stack: that one
     is remapped as output_config remaps a whole config; the other towers' configs are kept."""
     out = copy.deepcopy(config)
@@ -95,8 +97,9 @@ def planned_config(plan, base_config: dict) -> dict:
     if plan.recipe.get("stack_config"):
         if plan.recipe.get("width"):
             raise InputError("width growth of a nested (multimodal) stack is not supported")
-        return nested_output_config(base_config, plan.recipe["stack_config"], source_layers, dtype,
-                                    plan.config_overrides)
+        return nested_output_config(
+            base_config, plan.recipe["stack_config"], source_layers, dtype, plan.config_overrides
+        )
     return output_config(widened_source_config(plan, base_config), source_layers, dtype, plan.config_overrides)
 
 
@@ -125,8 +128,11 @@ def _remap_list(name: str, value: list, n: int, source_layers: list[int]) -> lis
 
 
 def _is_index_list(name: str, value: list, n: int) -> bool:
-    return (name.endswith(INDEX_LIST_SUFFIXES) and len(value) != n
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in value))
+    return (
+        name.endswith(INDEX_LIST_SUFFIXES)
+        and len(value) != n
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in value)
+    )
 
 
 def _is_layer_map(name: str, value: dict, n: int) -> bool:
@@ -181,15 +187,19 @@ def _check_formulas(config: dict, source_layers: list[int], out: dict | None = N
             continue
         for i, src in enumerate(source_layers):
             if is_special(i, out) != is_special(src, config):
-                raise InputError(f"config describes its layers by the formula {label}, which cannot express this "
-                                 f"plan (output layer {i} would differ from its source layer {src}); refusing to "
-                                 "write a model that differs from its plan")
+                raise InputError(
+                    f"config describes its layers by the formula {label}, which cannot express this "
+                    f"plan (output layer {i} would differ from its source layer {src}); refusing to "
+                    "write a model that differs from its plan"
+                )
     pattern = config.get("sliding_window_pattern")
     if isinstance(pattern, int) and pattern > 0 and "layer_types" not in config:
         for i, src in enumerate(source_layers):
             if ((i + 1) % pattern == 0) != ((src + 1) % pattern == 0):
-                raise InputError("config describes its sliding-window layers by sliding_window_pattern, which "
-                                 f"cannot express this plan (output layer {i} vs source layer {src})")
+                raise InputError(
+                    "config describes its sliding-window layers by sliding_window_pattern, which "
+                    f"cannot express this plan (output layer {i} vs source layer {src})"
+                )
 
 
 def _sync_max_window_layers(config: dict) -> None:
@@ -228,12 +238,19 @@ def equivalence_request(plan, base, output_config: dict, allow_index_dependent: 
     if plan.moe:  # the layers are compared as dense copies; dus/checks/upcycle_check.py compares the MoE with them
         output_config = planned_config(dataclasses.replace(plan, moe={}), base.config)
         upcycled = {"moe": moe_request(plan, base)}
-    scalars = {k: v for k, v in plan.config_overrides.items()
-               if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS}
+    scalars = {
+        k: v for k, v in plan.config_overrides.items() if not isinstance(v, (list, dict)) and k not in EXTRA_COUNT_KEYS
+    }
     source_config = apply_overrides(widened_source_config(plan, base.config), scalars)
-    return {"source_config": source_config, "output_config": output_config,
-            "source_layers": [layer.source_layer for layer in plan.layers], "layer_prefix": base.layer_prefix,
-            "allow_index_dependent": allow_index_dependent, "stack_config": base.stack_config, **upcycled}
+    return {
+        "source_config": source_config,
+        "output_config": output_config,
+        "source_layers": [layer.source_layer for layer in plan.layers],
+        "layer_prefix": base.layer_prefix,
+        "allow_index_dependent": allow_index_dependent,
+        "stack_config": base.stack_config,
+        **upcycled,
+    }
 
 
 def moe_request(plan, base) -> dict | None:
@@ -242,6 +259,9 @@ def moe_request(plan, base) -> dict | None:
         return None
     from dus.plan.moe_family import family_of_target
 
-    return {"dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
-            "moe_config": planned_config(plan, base.config), "block": family_of_target(plan.moe).block,
-            "layer_prefix": base.layer_prefix}
+    return {
+        "dense_config": planned_config(dataclasses.replace(plan, moe={}), base.config),
+        "moe_config": planned_config(plan, base.config),
+        "block": family_of_target(plan.moe).block,
+        "layer_prefix": base.layer_prefix,
+    }

@@ -36,11 +36,24 @@ NOT_PER_LAYER = ("rope.dimension_sections",)
 # period, else falls back to a default period: arch -> (default period, dense first). With
 # dense_first layer i is full when i % period == 0, otherwise when i % period == period - 1.
 PERIODIC_SWA = {
-    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
-    "cohere2": (4, False), "cohere2moe": (4, True), "olmo2": (4, False), "plamo3": (8, False),
-    "llama4": (4, False), "exaone4": (4, False), "exaone-moe": (4, False), "gpt-oss": (2, False),
-    "afmoe": (4, False), "laguna": (4, True), "mellum": (4, False), "smallthinker": (4, True),
-    "modern-bert": (3, True), "muse-glimmer": (4, False),
+    "gemma2": (2, False),
+    "gemma3": (6, False),
+    "gemma3n": (5, False),
+    "gemma-embedding": (6, False),
+    "cohere2": (4, False),
+    "cohere2moe": (4, True),
+    "olmo2": (4, False),
+    "plamo3": (8, False),
+    "llama4": (4, False),
+    "exaone4": (4, False),
+    "exaone-moe": (4, False),
+    "gpt-oss": (2, False),
+    "afmoe": (4, False),
+    "laguna": (4, True),
+    "mellum": (4, False),
+    "smallthinker": (4, True),
+    "modern-bert": (3, True),
+    "muse-glimmer": (4, False),
 }
 # Architectures whose loader turns sliding windows on only at one layer count (exaone4: 64, the 32B).
 SWA_LAYER_COUNT = {"exaone4": 64}
@@ -76,7 +89,7 @@ def placed(spec) -> Placed:
 
 
 def ggml_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
-    (block, size), = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
+    ((block, size),) = [(b, n) for name, b, n in ggml_types().values() if name == type_name]
     count = 1
     for d in shape:
         count *= d
@@ -102,8 +115,9 @@ class GGUFPlan(ResolvedPlan):
         return self.base.files[0].alignment
 
 
-def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOptions,
-                 record: str | None = None) -> GGUFPlan:
+def resolve_gguf(
+    plan: Plan, sources: dict[str, GGUFSource], options: PlanOptions, record: str | None = None
+) -> GGUFPlan:
     """Bind `plan` to its GGUF source; `record` (from a built file) replaces the lineage record."""
     _check_copy_only(plan, sources)
     base = sources[plan.base]
@@ -120,8 +134,9 @@ def resolve_gguf(plan: Plan, sources: dict[str, GGUFSource], options: PlanOption
         from dus.plan.upcycle_gguf import expert_metadata
 
         resolved.metadata = expert_metadata(plan.moe, base, resolved.metadata)
-    resolved.config = {k: v.value for k, v in resolved.metadata.items()
-                       if not k.startswith("tokenizer.") and k != PLAN_KEY}
+    resolved.config = {
+        k: v.value for k, v in resolved.metadata.items() if not k.startswith("tokenizer.") and k != PLAN_KEY
+    }
     return resolved
 
 
@@ -130,17 +145,25 @@ def check_gguf_options(options: PlanOptions, refs: dict[str, str]) -> None:
     if len(refs) > 1:
         raise InputError("a GGUF build takes one source model")
     if options.dtype not in (None, "auto"):
-        raise InputError(f"dtype {options.dtype} (from --dtype, a preset or a recipe) does not apply to a GGUF "
-                         "build: every tensor keeps its ggml type")
+        raise InputError(
+            f"dtype {options.dtype} (from --dtype, a preset or a recipe) does not apply to a GGUF "
+            "build: every tensor keeps its ggml type"
+        )
     if options.config_overrides:
-        raise InputError("config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
-                         "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)")
+        raise InputError(
+            "config_overrides (from a preset or a recipe) edit config.json; a GGUF build remaps its "
+            "metadata itself (change keys afterwards with gguf-py's gguf_new_metadata.py)"
+        )
     if any(getattr(options, key) is not None for key in ("width", "mlp_width", "width_noise")):
-        raise InputError("width growth computes every tensor, which in a quantized GGUF would need de-quantization "
-                         "(not supported): build from safetensors")
+        raise InputError(
+            "width growth computes every tensor, which in a quantized GGUF would need de-quantization "
+            "(not supported): build from safetensors"
+        )
     if options.recipe == "expand":
-        raise InputError("--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
-                         "(not supported): a GGUF build copies layers byte for byte")
+        raise InputError(
+            "--recipe expand zeroes projections, which in a quantized GGUF would need de-quantization "
+            "(not supported): a GGUF build copies layers byte for byte"
+        )
 
 
 def _check_copy_only(plan: Plan, sources: dict) -> None:
@@ -158,9 +181,14 @@ def gguf_record(resolved: GGUFPlan) -> dict:
     re-derive every byte."""
     return {
         "dus_version": __version__,
-        "sources": {name: {"ref": str(Path(s.ref).expanduser().resolve()), "num_layers": s.num_layers,
-                           "layer_prefix": s.layer_prefix}
-                    for name, s in resolved.sources.items()},
+        "sources": {
+            name: {
+                "ref": str(Path(s.ref).expanduser().resolve()),
+                "num_layers": s.num_layers,
+                "layer_prefix": s.layer_prefix,
+            }
+            for name, s in resolved.sources.items()
+        },
         "plan": resolved.plan.to_json(),
     }
 
@@ -191,8 +219,9 @@ def output_metadata(source: GGUFSource, source_layers: list[int], record: str, n
 
 
 def _is_per_layer(key: str, value: Value, arch: str, n: int) -> bool:
-    return (value.type == ARRAY and key.startswith(arch + ".") and len(value.value) == n
-            and not key.endswith(NOT_PER_LAYER))
+    return (
+        value.type == ARRAY and key.startswith(arch + ".") and len(value.value) == n and not key.endswith(NOT_PER_LAYER)
+    )
 
 
 def _sliding_window_pattern(out: dict, meta: dict, arch: str, n: int, source_layers: list[int]) -> None:
@@ -245,9 +274,11 @@ def _check_periods(meta: dict, arch: str, source_layers: list[int]) -> None:
         period = int(value.value)
         bad = next((i for i, s in enumerate(source_layers) if period > 0 and i % period != s % period), None)
         if bad is not None:
-            raise InputError(f"{key} = {period} makes layers special by their index, and this plan breaks that period "
-                             f"(output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
-                             "refusing to write a model that differs from its plan")
+            raise InputError(
+                f"{key} = {period} makes layers special by their index, and this plan breaks that period "
+                f"(output layer {bad} is source layer {source_layers[bad]}); no GGUF key can express it: "
+                "refusing to write a model that differs from its plan"
+            )
 
 
 def _check_no_rope(meta: dict, arch: str, n: int, source_layers: list[int]) -> None:
@@ -270,20 +301,24 @@ def _check_trailing(meta: dict, arch: str, n: int, source_layers: list[int]) -> 
         value = meta.get(f"{arch}.{suffix}")
         k = int(value.value) if value is not None and value.type in SCALARS else 0
         if k > 0 and (source_layers[-k:] != list(range(n - k, n)) or any(s >= n - k for s in source_layers[:-k])):
-            raise InputError(f"{arch}.{suffix} = {k} makes the last {k} layers special; this plan does not keep them "
-                             "last and once: refusing to write a model that differs from its plan")
+            raise InputError(
+                f"{arch}.{suffix} = {k} makes the last {k} layers special; this plan does not keep them "
+                "last and once: refusing to write a model that differs from its plan"
+            )
 
 
 def _lineage(source: GGUFSource) -> dict[str, Value]:
     """`general.base_model.*` naming the source, as llama.cpp's converters write it."""
     meta = source.metadata
     name = meta.get("general.name")
-    out = {"general.base_model.count": make_value(U32, 1),
-           "general.base_model.0.name": make_value(STRING, name.value if name and name.type == STRING
-                                                   else Path(source.files[0].path).stem)}
+    out = {
+        "general.base_model.count": make_value(U32, 1),
+        "general.base_model.0.name": make_value(
+            STRING, name.value if name and name.type == STRING else Path(source.files[0].path).stem
+        ),
+    }
     for field_name in ("organization", "version", "repo_url"):
         value = meta.get(f"general.{field_name}")
         if value is not None and value.type == STRING:
             out[f"general.base_model.0.{field_name}"] = value
     return out
-

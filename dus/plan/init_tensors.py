@@ -15,10 +15,17 @@ from dus.plan.layout import Computed, TensorSpec
 from dus.read.architecture import split_layer_name
 
 # Module -> the group whose units are aligned: MLP neurons, or attention key/value groups (whole heads).
-ALIGNED = {"mlp.gate_proj": "mlp", "mlp.up_proj": "mlp", "self_attn.q_proj": "q", "self_attn.k_proj": "kv",
-           "self_attn.v_proj": "kv"}
-FEATURES = {"mlp": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-            "attention": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")}
+ALIGNED = {
+    "mlp.gate_proj": "mlp",
+    "mlp.up_proj": "mlp",
+    "self_attn.q_proj": "q",
+    "self_attn.k_proj": "kv",
+    "self_attn.v_proj": "kv",
+}
+FEATURES = {
+    "mlp": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "attention": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+}
 
 
 def initialised(specs: list[TensorSpec], plan, sources: dict) -> list[TensorSpec]:
@@ -50,12 +57,19 @@ def _aligned(spec: TensorSpec, suffix: str, base, p: int, sinkhorn: dict) -> Ten
     try:
         features = [base.tensors[layers[q][name]] for q in (p, p + 1) for name in FEATURES[group]]
     except KeyError as e:
-        raise InputError(f"--init aligned-average aligns LLaMA-style layers (q/k/v/o_proj, gate/up/down_proj); "
-                         f"this one has no {e.args[0]}") from None
+        raise InputError(
+            f"--init aligned-average aligns LLaMA-style layers (q/k/v/o_proj, gate/up/down_proj); "
+            f"this one has no {e.args[0]}"
+        ) from None
     config = base.config
     heads = config["num_attention_heads"]
-    params = {"unit": unit, "kv_heads": config.get("num_key_value_heads") or heads, "heads": heads,
-              "head_dim": config.get("head_dim") or config["hidden_size"] // heads, **sinkhorn}
+    params = {
+        "unit": unit,
+        "kv_heads": config.get("num_key_value_heads") or heads,
+        "heads": heads,
+        "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
+        **sinkhorn,
+    }
     inputs = (base.tensors[layers[p][suffix]], base.tensors[layers[p + 1][suffix]], *features)
     return replace(spec, computed=Computed("aligned_average", inputs, tuple(sorted(params.items()))))
 

@@ -43,11 +43,13 @@ def insertion_points(n: int, insert_at: str | None, new_layers: int | None) -> l
         if new_layers is None:
             raise InputError("--insert-at top-half needs --new-layers K")
         if not 1 <= new_layers <= len(gaps):
-            raise InputError(f"--insert-at top-half has {len(gaps)} places between the upper {n - n // 2} layers; "
-                             f"--new-layers {new_layers} must be 1..{len(gaps)}")
+            raise InputError(
+                f"--insert-at top-half has {len(gaps)} places between the upper {n - n // 2} layers; "
+                f"--new-layers {new_layers} must be 1..{len(gaps)}"
+            )
         return [gaps[j * len(gaps) // new_layers] for j in range(new_layers)]
     if spec.startswith("every:"):
-        every = _int(spec[len("every:"):], insert_at)
+        every = _int(spec[len("every:") :], insert_at)
         if not 1 <= every <= n:
             raise InputError(f"--insert-at every:K needs 1 <= K <= {n}, got {every}")
         points = _every(n, every)
@@ -82,9 +84,11 @@ def expand(n: int, points: list[int], init: str, residual_modules: tuple[str, ..
             raise InputError("--init predicted fits its map over layer triples: the source needs at least 3 layers")
         edge = [p for p in points if p == n - 1]
         if edge:
-            raise InputError(f"--init {init} builds a new layer from the layers before and after it, and a layer "
-                             f"inserted after the last layer ({n - 1}) has no layer after it: choose --insert-at "
-                             "top-half or insertion points below the top")
+            raise InputError(
+                f"--init {init} builds a new layer from the layers before and after it, and a layer "
+                f"inserted after the last layer ({n - 1}) has no layer after it: choose --insert-at "
+                "top-half or insertion points below the top"
+            )
     zero = Edit("zero", tuple(residual_modules))
     layers: list[OutputLayer] = []
     for i in range(n):
@@ -106,8 +110,10 @@ def _new_layer(p: int, init: str, zero: Edit) -> OutputLayer:
 def mark_repeats(layers: list[OutputLayer], init: str, residual_modules: tuple[str, ...]) -> list[OutputLayer]:
     """copy / zero-out on a plan that repeats layers: every later occurrence of a source layer is new."""
     if init in NEIGHBOUR_INITS:
-        raise InputError(f"--init {init} initialises a layer inserted between two source layers: use it with "
-                         "--recipe expand (--new-layers K or --insert-at)")
+        raise InputError(
+            f"--init {init} initialises a layer inserted between two source layers: use it with "
+            "--recipe expand (--new-layers K or --insert-at)"
+        )
     seen, out = set(), []
     for layer in layers:
         key = (layer.source, layer.source_layer)

@@ -56,8 +56,13 @@ class TensorSpec:
 
     @property
     def is_byte_copy(self) -> bool:
-        return (self.computed is None and self.blocks is None and len(self.parts) == 1 and self.factor == 1.0
-                and self.parts[0][0].dtype == self.dtype)
+        return (
+            self.computed is None
+            and self.blocks is None
+            and len(self.parts) == 1
+            and self.factor == 1.0
+            and self.parts[0][0].dtype == self.dtype
+        )
 
     @property
     def is_block_copy(self) -> bool:
@@ -70,8 +75,11 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
     base = sources[plan.base]
     prefix = base.layer_prefix
     out_dtype = _dtype_code(plan.dtype)
-    specs = [_non_layer(name, info, out_dtype, plan, sources) for name, info in base.tensors.items()
-             if split_layer_name(name, prefix) is None]
+    specs = [
+        _non_layer(name, info, out_dtype, plan, sources)
+        for name, info in base.tensors.items()
+        if split_layer_name(name, prefix) is None
+    ]
     head = [s for s in specs if _is_embedding(s.name)]
     tail = [s for s in specs if not _is_embedding(s.name)]
     layers = []
@@ -85,8 +93,10 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
             _check_layer(sources, ref.source, ref.layer)
             _check_same_shapes(sources, (first.source, first.layer), (ref.source, ref.layer))
         for suffix in sources[first.source].layer_tensors[first.layer]:
-            parts = tuple((sources[r.source].tensors[sources[r.source].layer_tensors[r.layer][suffix]], r.weight)
-                          for r in layer.inputs)
+            parts = tuple(
+                (sources[r.source].tensors[sources[r.source].layer_tensors[r.layer][suffix]], r.weight)
+                for r in layer.inputs
+            )
             factor = 1.0
             for edit in layer.edits:
                 if edit.matches(suffix):
@@ -99,13 +109,13 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
     return head + layers + tail
 
 
-def _non_layer(name: str, info: TensorInfo, out_dtype: str | None, plan: Plan,
-               sources: dict[str, Source]) -> TensorSpec:
+def _non_layer(
+    name: str, info: TensorInfo, out_dtype: str | None, plan: Plan, sources: dict[str, Source]
+) -> TensorSpec:
     packed = per_layer_tensor(name, sources, plan.layers)
     if packed is not None:  # one block per layer (Gemma-3n's per-layer embeddings): the blocks in plan order
         shape, parts, blocks = packed
-        return TensorSpec(name, _converted(info.dtype, out_dtype), shape, tuple((p, 1.0) for p in parts),
-                          blocks=blocks)
+        return TensorSpec(name, _converted(info.dtype, out_dtype), shape, tuple((p, 1.0) for p in parts), blocks=blocks)
     return TensorSpec(name, _converted(info.dtype, out_dtype), info.shape, ((info, 1.0),))
 
 

@@ -61,15 +61,17 @@ def make_plan(sources: dict[str, Source], options: PlanOptions) -> Plan:
     if init:
         described["init"] = insert.init_record(init, layers)
         if width and init in insert.NEIGHBOUR_INITS:
-            raise InputError(f"--init {init} with --width is not supported: build the deeper model first, "
-                             "then widen it")
+            raise InputError(
+                f"--init {init} with --width is not supported: build the deeper model first, then widen it"
+            )
     if width:
         described["width"] = width
     overrides = options.config_overrides or {}
     if not isinstance(overrides, dict):
         raise InputError(f"config_overrides must be a mapping of config field: value, got {overrides!r}")
-    plan = Plan(layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides),
-                dtype_name(options.dtype))
+    plan = Plan(
+        layers, {name: s.ref for name, s in sources.items()}, described, dict(overrides), dtype_name(options.dtype)
+    )
     expert_options = {key: getattr(options, key) for key in EXPERT_OPTIONS}
     if any(value is not None for value in expert_options.values()):  # sparse upcycling (dus/plan/upcycle.py)
         from dus.plan.upcycle import upcycle_plan
@@ -86,7 +88,8 @@ def _given(value, default):
 def _width_only(options: PlanOptions) -> bool:
     depth = ("recipe", "overlap", "layers", "factor", "group", "new_layers", "init", "insert_at")
     return (options.width is not None or options.mlp_width is not None) and all(
-        getattr(options, k) is None for k in depth)
+        getattr(options, k) is None for k in depth
+    )
 
 
 def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:

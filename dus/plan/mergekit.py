@@ -27,11 +27,24 @@ from dus.read.architecture import packed_axis, split_layer_name
 from dus.read.source import Source
 
 # mergekit's MergeConfiguration fields; dus reads those in READ, and refuses or ignores the rest below.
-MERGEKIT_KEYS = {"merge_method", "slices", "models", "modules", "base_model", "dtype", "out_dtype",
-                 "tokenizer_source", "tokenizer", "chat_template", "parameters"}
+MERGEKIT_KEYS = {
+    "merge_method",
+    "slices",
+    "models",
+    "modules",
+    "base_model",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "parameters",
+}
 READ = {"merge_method", "slices", "models", "base_model", "dtype", "out_dtype", "tokenizer_source", "parameters"}
-SLICE_KEYS, SOURCE_KEYS = {"sources", "base_model", "residual_weight", "parameters"}, {"model", "layer_range",
-                                                                                        "parameters"}
+SLICE_KEYS, SOURCE_KEYS = (
+    {"sources", "base_model", "residual_weight", "parameters"},
+    {"model", "layer_range", "parameters"},
+)
 
 
 def is_mergekit(data: dict) -> bool:
@@ -67,9 +80,11 @@ class MergekitLayers:
             if piece.stop == -1:  # `models:`: the whole model
                 piece = Slice(piece.model, 0, source.num_layers, piece.scale)
             if not (0 <= piece.start < piece.stop <= source.num_layers):
-                raise InputError(f"{self.path}: slice {number}: layer_range [{piece.start}, {piece.stop}] is outside "
-                                 f"{source.ref}'s {source.num_layers} layers (valid: 0 <= start < stop <= "
-                                 f"{source.num_layers})")
+                raise InputError(
+                    f"{self.path}: slice {number}: layer_range [{piece.start}, {piece.stop}] is outside "
+                    f"{source.ref}'s {source.num_layers} layers (valid: 0 <= start < stop <= "
+                    f"{source.num_layers})"
+                )
             for index in range(piece.start, piece.stop):
                 edits = _edits(piece.scale, source.layer_tensors[index])
                 layers.append(OutputLayer((LayerRef(index, piece.model),), edits, bool(edits)))
@@ -89,9 +104,13 @@ def recipe_options(data: dict, path: str | Path) -> dict:
     names = _source_names(models)
     _check_one_model_outside_layers(data, slices, path)
     top = (data.get("parameters") or {}).get("scale")
-    options = {"sources": {names[m]: m for m in models}, "recipe": "layers",
-               "layers": MergekitLayers(path, tuple(Slice(names[m], start, stop, (*scale, top))
-                                                    for m, start, stop, scale in slices))}
+    options = {
+        "sources": {names[m]: m for m in models},
+        "recipe": "layers",
+        "layers": MergekitLayers(
+            path, tuple(Slice(names[m], start, stop, (*scale, top)) for m, start, stop, scale in slices)
+        ),
+    }
     dtype = data.get("out_dtype") or data.get("dtype")
     if dtype:
         options["dtype"] = str(dtype)
@@ -103,13 +122,17 @@ def _check_method(data: dict, path: str) -> None:
     if method is None:
         raise InputError(f"{path}: no merge_method (a mergekit recipe dus builds says `merge_method: passthrough`)")
     if method != "passthrough":
-        raise InputError(f"{path}: merge_method {method!r} merges weights, which mergekit does; dus builds "
-                         "passthrough recipes (layer stacks) only")
+        raise InputError(
+            f"{path}: merge_method {method!r} merges weights, which mergekit does; dus builds "
+            "passthrough recipes (layer stacks) only"
+        )
     if data.get("modules"):
         raise InputError(f"{path}: per-module recipes (modules:) are not supported; use slices")
     if data.get("tokenizer"):
-        raise InputError(f"{path}: a tokenizer: section builds a new vocabulary (a merge of embeddings); dus copies "
-                         "the tokenizer of the first slice's model")
+        raise InputError(
+            f"{path}: a tokenizer: section builds a new vocabulary (a merge of embeddings); dus copies "
+            "the tokenizer of the first slice's model"
+        )
 
 
 def _warn_unknown(data: dict, path: str) -> None:
@@ -118,13 +141,18 @@ def _warn_unknown(data: dict, path: str) -> None:
     for piece in data.get("slices") or []:
         if isinstance(piece, dict):
             ignored += [f"slices.{k}" for k in sorted(set(piece) - SLICE_KEYS)]
-            ignored += [f"slices.sources.{k}" for s in piece.get("sources") or [] if isinstance(s, dict)
-                        for k in sorted(set(s) - SOURCE_KEYS)]
+            ignored += [
+                f"slices.sources.{k}"
+                for s in piece.get("sources") or []
+                if isinstance(s, dict)
+                for k in sorted(set(s) - SOURCE_KEYS)
+            ]
     params = [f"parameters.{k}" for p in _all_parameters(data) for k in sorted(p) if k != "scale"]
     ignored = list(dict.fromkeys(ignored + params))
     if ignored:
-        print(f"warning: {path}: ignoring keys dus does not apply to a passthrough: {', '.join(ignored)}",
-              file=sys.stderr)
+        print(
+            f"warning: {path}: ignoring keys dus does not apply to a passthrough: {', '.join(ignored)}", file=sys.stderr
+        )
 
 
 def _all_parameters(data: dict) -> list[dict]:
@@ -145,8 +173,10 @@ def _slices(data: dict, path: str) -> list[tuple[str, int, int, tuple]]:
         models = data["models"]
         if not isinstance(models, list) or len(models) != 1:
             count = len(models) if isinstance(models, list) else "not a list of"
-            raise InputError(f"{path}: models: lists {count} models; a passthrough takes one (a list of several "
-                             "is a merge, which mergekit does)")
+            raise InputError(
+                f"{path}: models: lists {count} models; a passthrough takes one (a list of several "
+                "is a merge, which mergekit does)"
+            )
         entry = _mapping(models[0], f"{path}: models[0]")
         return [(_model(entry, path), 0, -1, (_scale(entry), None))]
     pieces = data.get("slices")
@@ -164,8 +194,12 @@ def _slice(piece, number: int, path: str) -> tuple[str, int, int, tuple]:
         raise InputError(f"{where}: has {count} sources; a passthrough slice takes exactly one (several are a merge)")
     source = _mapping(sources[0], where)
     span = source.get("layer_range")
-    if (not isinstance(span, list) or len(span) != 2 or not all(type(v) is int for v in span)
-            or not 0 <= span[0] < span[1]):
+    if (
+        not isinstance(span, list)
+        or len(span) != 2
+        or not all(type(v) is int for v in span)
+        or not 0 <= span[0] < span[1]
+    ):
         raise InputError(f"{where}: layer_range must be [start, stop] with 0 <= start < stop, got {span!r}")
     return _model(source, where), span[0], span[1], (_scale(source), _scale(piece))
 
@@ -204,15 +238,20 @@ def _source_names(models: list[str]) -> dict[str, str]:
 def _check_one_model_outside_layers(data: dict, slices: list, path: str) -> None:
     first, last = slices[0][0], slices[-1][0]
     if first != last:
-        raise InputError(f"{path}: mergekit takes the embeddings from the first slice's model ({first}) and the "
-                         f"final norm and head from the last slice's ({last}); dus takes every tensor outside the "
-                         "layers from one model: end with a slice of the first model")
+        raise InputError(
+            f"{path}: mergekit takes the embeddings from the first slice's model ({first}) and the "
+            f"final norm and head from the last slice's ({last}); dus takes every tensor outside the "
+            "layers from one model: end with a slice of the first model"
+        )
     for key in ("base_model", "tokenizer_source"):
         value = data.get(key)
-        if value not in (None, first) and not (key == "tokenizer_source" and value == "base"
-                                               and data.get("base_model") in (None, first)):
-            raise InputError(f"{path}: {key} {value!r} is not the first slice's model ({first}): dus takes the config "
-                             "and tokenizer from the model the embeddings come from")
+        if value not in (None, first) and not (
+            key == "tokenizer_source" and value == "base" and data.get("base_model") in (None, first)
+        ):
+            raise InputError(
+                f"{path}: {key} {value!r} is not the first slice's model ({first}): dus takes the config "
+                "and tokenizer from the model the embeddings come from"
+            )
 
 
 def _setting(settings: tuple, tensor_name: str):
@@ -237,8 +276,10 @@ def _evaluate(setting, tensor_name: str):
             if condition is None or condition == "*" or condition in tensor_name:
                 return _evaluate(entry.get("value"), tensor_name)
         return None
-    raise InputError(f"scale {setting!r}: dus reads one number, or a list of {{filter, value}} with one number each "
-                     "(gradients, lists of values along a slice, are not supported)")
+    raise InputError(
+        f"scale {setting!r}: dus reads one number, or a list of {{filter, value}} with one number each "
+        "(gradients, lists of values along a slice, are not supported)"
+    )
 
 
 def _edits(scale: tuple, layer_tensors: dict[str, str]) -> tuple[Edit, ...]:
@@ -259,11 +300,14 @@ def _check_outside_layers(layers: MergekitLayers, sources: dict[str, Source]) ->
             for piece in (layers.slices[0], layers.slices[-1]):
                 factor = _setting(piece.scale, name)
                 if factor not in (None, 1.0):
-                    raise InputError(f"{layers.path}: scale {factor:g} applies to {name}, outside the layers; dus "
-                                     "scales layer tensors only (add a filter that names them)")
+                    raise InputError(
+                        f"{layers.path}: scale {factor:g} applies to {name}, outside the layers; dus "
+                        "scales layer tensors only (add a filter that names them)"
+                    )
 
 
 # The reverse: a plan as mergekit passthrough YAML.
+
 
 def to_mergekit_yaml(plan: Plan, sources: dict[str, Source]) -> str:
     """The plan as a mergekit passthrough recipe, or InputError saying why it has none."""
@@ -312,8 +356,12 @@ def _runs(plan: Plan) -> list[list[OutputLayer]]:
     runs: list[list[OutputLayer]] = []
     for layer in plan.layers:
         last = runs[-1][-1] if runs else None
-        if (last is not None and last.source == layer.source and last.edits == layer.edits
-                and last.source_layer + 1 == layer.source_layer):
+        if (
+            last is not None
+            and last.source == layer.source
+            and last.edits == layer.edits
+            and last.source_layer + 1 == layer.source_layer
+        ):
             runs[-1].append(layer)
         else:
             runs.append([layer])
@@ -325,8 +373,11 @@ def _scale_setting(layer: OutputLayer, source: Source) -> list[dict]:
     if not layer.edits:
         return []
     tensors = source.layer_tensors[layer.source_layer]
-    entries = [{"filter": f".{module}" + ("" if module in tensors else "."), "value": edit.factor}
-               for edit in layer.edits for module in edit.modules]
+    entries = [
+        {"filter": f".{module}" + ("" if module in tensors else "."), "value": edit.factor}
+        for edit in layer.edits
+        for module in edit.modules
+    ]
     entries.append({"value": 1.0})
     for suffix, name in tensors.items():
         want = 1.0
@@ -334,6 +385,8 @@ def _scale_setting(layer: OutputLayer, source: Source) -> list[dict]:
             if edit.matches(suffix):
                 want *= edit.factor
         if _setting((entries,), name) != want:
-            raise InputError(f"this plan has no mergekit passthrough recipe: its edits of layer {layer.source_layer} "
-                             f"cannot be told apart by tensor-name filters ({suffix})")
+            raise InputError(
+                f"this plan has no mergekit passthrough recipe: its edits of layer {layer.source_layer} "
+                f"cannot be told apart by tensor-name filters ({suffix})"
+            )
     return entries

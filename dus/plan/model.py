@@ -87,15 +87,26 @@ class Plan:
     def from_json(cls, data: dict) -> Plan:
         try:
             layers = [_layer_from_json(entry) for entry in data["layers"]]
-            return cls(layers, dict(data["sources"]), data.get("recipe", {}),
-                       data.get("config_overrides", {}), data.get("dtype", "auto"), dict(data.get("moe", {})))
+            return cls(
+                layers,
+                dict(data["sources"]),
+                data.get("recipe", {}),
+                data.get("config_overrides", {}),
+                data.get("dtype", "auto"),
+                dict(data.get("moe", {})),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"invalid plan JSON: {e}") from e
 
 
 def _layer_json(index: int, layer: OutputLayer) -> dict:
-    entry = {"index": index, "source_layer": layer.source_layer, "source": layer.source,
-             "op": layer.op, "new": layer.new}
+    entry = {
+        "index": index,
+        "source_layer": layer.source_layer,
+        "source": layer.source,
+        "op": layer.op,
+        "new": layer.new,
+    }
     if len(layer.inputs) > 1:
         entry["inputs"] = [{"source": r.source, "layer": r.layer, "weight": r.weight} for r in layer.inputs]
     if layer.edits:

@@ -37,61 +37,95 @@ def growth_option(help: str, **kwargs):
 
 @dataclass
 class PlanOptions:
-    source: str | None = option(None, "Model directory, Hub repo id, a .gguf file, or a bare config.json "
-                                      "(or `source:` in --config)", positional=True, metavar="SOURCE")
-    sources: object = plan_option("Several source models, name: model (the first is the base: config and "
-                                  "non-layer tensors); layer entries name them.", cli=False)
+    source: str | None = option(
+        None,
+        "Model directory, Hub repo id, a .gguf file, or a bare config.json (or `source:` in --config)",
+        positional=True,
+        metavar="SOURCE",
+    )
+    sources: object = plan_option(
+        "Several source models, name: model (the first is the base: config and "
+        "non-layer tensors); layer entries name them.",
+        cli=False,
+    )
     recipe: str | None = plan_option("dus | stack | interleave | idus | expand | layers.")
-    overlap: int | None = plan_option("SOLAR DUS: drop the last M layers of copy one and the first M of copy two "
-                                      "[default: 8].")
-    layers: object = plan_option("Explicit stack of source layers: half-open ranges and indices, e.g. 0:24,8:32 or "
-                                 "0:8,7,7,8:16 (in --config also a list of layer entries).")
+    overlap: int | None = plan_option(
+        "SOLAR DUS: drop the last M layers of copy one and the first M of copy two [default: 8]."
+    )
+    layers: object = plan_option(
+        "Explicit stack of source layers: half-open ranges and indices, e.g. 0:24,8:32 or "
+        "0:8,7,7,8:16 (in --config also a list of layer entries)."
+    )
     factor: int | None = plan_option("stack / interleave: growth factor G [default: 2].")
     group: int | None = plan_option("idus: layers per group K [default: 8].")
     new_layers: int | None = plan_option("expand: number of zero-initialised identity blocks to insert.")
     dtype: str | None = plan_option("auto | bfloat16 | float16 | float32 [default: auto, keep the source's].")
     preset: str | None = plan_option("A published recipe: solar (SOLAR-10.7B from Mistral-7B).")
     config_overrides: object = plan_option("Merged into the output config.json; null deletes a key.", cli=False)
-    shard_size: object = plan_option("Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB]; --shard-size wins.",
-                                     cli=False)
+    shard_size: object = plan_option(
+        "Largest shard, e.g. 5GB, 500MB, 2GiB [default: 5GB]; --shard-size wins.", cli=False
+    )
     stack: str | None = plan_option(
         "PREFIX[:CONFIG]: the numbered tensor-name prefix to grow where the checkpoint holds several stacks (a "
         "language model beside a vision tower), and the nested config counting its layers when the count cannot "
-        "tell (see docs/recipes.md).")
+        "tell (see docs/recipes.md)."
+    )
     allow_index_dependent: bool = plan_option(
         "Build even where the architecture computes part of a layer from its index (the copies then differ from "
-        "their sources); recorded in dus_plan.json and the model card.", default=False)
+        "their sources); recorded in dus_plan.json and the model card.",
+        default=False,
+    )
     # Width growth and new-layer initialisers (dus/plan/width.py, dus/plan/insert.py).
-    width: float | None = growth_option("Grow hidden size, query and key/value heads and MLP by this whole factor, "
-                                        "keeping the function (HyperCloning).", metavar="F")
-    mlp_width: float | None = growth_option("Grow only the MLP's intermediate size by this whole factor (Net2Net).",
-                                            metavar="F")
-    width_noise: float | None = growth_option("Symmetry-breaking noise on the cloned weights, as a multiple of each "
-                                              "weight's standard deviation; cancels in the function [default: 0].",
-                                              metavar="SCALE")
+    width: float | None = growth_option(
+        "Grow hidden size, query and key/value heads and MLP by this whole factor, "
+        "keeping the function (HyperCloning).",
+        metavar="F",
+    )
+    mlp_width: float | None = growth_option(
+        "Grow only the MLP's intermediate size by this whole factor (Net2Net).", metavar="F"
+    )
+    width_noise: float | None = growth_option(
+        "Symmetry-breaking noise on the cloned weights, as a multiple of each "
+        "weight's standard deviation; cancels in the function [default: 0].",
+        metavar="SCALE",
+    )
     width_seed: int | None = growth_option("Seed of the width noise [default: 0].")
-    init: str | None = growth_option("How inserted or repeated layers start: copy | zero-out | aligned-average | "
-                                     "predicted [default: zero-out for expand, copy otherwise].")
-    insert_at: str | None = growth_option("expand: where new layers go: top-half | every:K | I,J,… (after these "
-                                          "source layers) [default: after every n/K layers].")
+    init: str | None = growth_option(
+        "How inserted or repeated layers start: copy | zero-out | aligned-average | "
+        "predicted [default: zero-out for expand, copy otherwise]."
+    )
+    insert_at: str | None = growth_option(
+        "expand: where new layers go: top-half | every:K | I,J,… (after these "
+        "source layers) [default: after every n/K layers]."
+    )
 
     # Sparse upcycling (dus/plan/upcycle.py, docs/upcycle.md): any of these grows every output layer's MLP into
     # experts and a router; dus/plan/moe_family.py checks them.
-    experts: int | None = option(None, "Also grow every layer's MLP into E experts and a router (dense -> MoE).",
-                                 panel=MOE_PANEL)
+    experts: int | None = option(
+        None, "Also grow every layer's MLP into E experts and a router (dense -> MoE).", panel=MOE_PANEL
+    )
     top_k: int | None = option(None, "Experts each token uses K (1..E) [default: 2].", panel=MOE_PANEL)
-    expert_init: str | None = option(None, "copy | drop | split | noise [default: copy, which keeps the function].",
-                                     panel=MOE_PANEL)
-    expert_seed: int | None = option(None, "Seed of the router and of drop/noise draws [default: 0].",
-                                     panel=MOE_PANEL)
-    drop_ratio: float | None = option(None, "--expert-init drop: share of each expert's neurons re-initialised "
-                                            "[default: 0.5].", panel=MOE_PANEL)
-    noise_scale: float | None = option(None, "--expert-init noise: noise std as a multiple of each matrix's std "
-                                             "[default: 0.01].", panel=MOE_PANEL)
-    router_std: float | None = option(None, "Std of the seeded router weights [default: the config's "
-                                            "initializer_range, else 0.02].", panel=MOE_PANEL, cli=False)
-    calibration: str | None = option(None, "--expert-init split: group neurons that fire together on this text "
-                                           "file, not by position.", panel=MOE_PANEL)
+    expert_init: str | None = option(
+        None, "copy | drop | split | noise [default: copy, which keeps the function].", panel=MOE_PANEL
+    )
+    expert_seed: int | None = option(None, "Seed of the router and of drop/noise draws [default: 0].", panel=MOE_PANEL)
+    drop_ratio: float | None = option(
+        None, "--expert-init drop: share of each expert's neurons re-initialised [default: 0.5].", panel=MOE_PANEL
+    )
+    noise_scale: float | None = option(
+        None, "--expert-init noise: noise std as a multiple of each matrix's std [default: 0.01].", panel=MOE_PANEL
+    )
+    router_std: float | None = option(
+        None,
+        "Std of the seeded router weights [default: the config's initializer_range, else 0.02].",
+        panel=MOE_PANEL,
+        cli=False,
+    )
+    calibration: str | None = option(
+        None,
+        "--expert-init split: group neurons that fire together on this text file, not by position.",
+        panel=MOE_PANEL,
+    )
 
     def recorded(self) -> dict:
         """The options given, in the order given, as dus_plan.json records them (`dus pipeline` compares

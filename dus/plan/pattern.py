@@ -29,9 +29,11 @@ def broken_pattern_note(source_config: dict, output_config: dict) -> str | None:
     if p == len(source) or all(kind == source[i % p] for i, kind in enumerate(output)):
         return None  # no repeating pattern to break, or the output still repeats it
     off = [i for i, kind in enumerate(output) if kind != source[i % p]]
-    return (f"layer_types no longer repeats the source's {p}-layer pattern (output layers {_short(off)} differ from "
-            f"it): converters that assume the period, such as llama.cpp's convert_hf_to_gguf.py, would give "
-            f"those layers the wrong attention; {GGUF_HINT}")
+    return (
+        f"layer_types no longer repeats the source's {p}-layer pattern (output layers {_short(off)} differ from "
+        f"it): converters that assume the period, such as llama.cpp's convert_hf_to_gguf.py, would give "
+        f"those layers the wrong attention; {GGUF_HINT}"
+    )
 
 
 def _short(indices: list[int], shown: int = 6) -> str:

@@ -44,8 +44,10 @@ def per_layer_tensor(name: str, sources: dict, plan_layers: list) -> tuple[tuple
     parts, order = [], []
     for layer in plan_layers:
         if len(layer.inputs) > 1:
-            raise InputError(f"{name} holds one block per layer: a blended layer would need its blocks averaged, "
-                             "which dus does not do; copy layers instead")
+            raise InputError(
+                f"{name} holds one block per layer: a blended layer would need its blocks averaged, "
+                "which dus does not do; copy layers instead"
+            )
         source = sources[layer.source]
         if name not in source.tensors:
             raise InputError(f"source {layer.source!r} has no {name}, which holds one block per layer")
@@ -53,8 +55,11 @@ def per_layer_tensor(name: str, sources: dict, plan_layers: list) -> tuple[tuple
         if info not in parts:
             parts.append(info)
         order.append((parts.index(info), layer.source_layer))
-    shapes = {_block_shape(info, axis, sources[source].num_layers, name)
-              for source in {layer.source for layer in plan_layers} for info in [sources[source].tensors[name]]}
+    shapes = {
+        _block_shape(info, axis, sources[source].num_layers, name)
+        for source in {layer.source for layer in plan_layers}
+        for info in [sources[source].tensors[name]]
+    }
     if len(shapes) != 1:
         raise InputError(f"{name}: the sources' blocks differ in shape ({', '.join(map(str, sorted(shapes)))})")
     first = parts[0]
@@ -64,7 +69,7 @@ def per_layer_tensor(name: str, sources: dict, plan_layers: list) -> tuple[tuple
     for d in first.shape[:axis]:
         rows *= d
     block_bits = DTYPE_BITS[first.dtype] * width
-    for d in first.shape[axis + 1:]:
+    for d in first.shape[axis + 1 :]:
         block_bits *= d
     if block_bits % 8:
         raise InputError(f"{name}: a block of {first.dtype} is not a whole number of bytes")
@@ -73,14 +78,22 @@ def per_layer_tensor(name: str, sources: dict, plan_layers: list) -> tuple[tuple
 
 def _block_shape(info: TensorInfo, axis: int, n: int, name: str) -> tuple:
     if len(info.shape) <= axis or info.shape[axis] % n:
-        raise InputError(f"{name} is {list(info.shape)}: its axis {axis} should hold one block per layer "
-                         f"({n} layers), which it does not divide into")
+        raise InputError(
+            f"{name} is {list(info.shape)}: its axis {axis} should hold one block per layer "
+            f"({n} layers), which it does not divide into"
+        )
     return (info.dtype, *(d // n if a == axis else d for a, d in enumerate(info.shape)))
 
 
 def rearranged(specs: list, plan_layers: list) -> dict:
     """dus_plan.json's record of the tensors rearranged block by block: each output row is the listed
     (source, layer) blocks of `block_bytes` bytes, in order; `dus verify` re-derives and compares it."""
-    return {spec.name: {"rows": spec.blocks.rows, "block_bytes": spec.blocks.block_bytes,
-                        "blocks": [[layer.source, layer.source_layer] for layer in plan_layers]}
-            for spec in specs if spec.blocks is not None}
+    return {
+        spec.name: {
+            "rows": spec.blocks.rows,
+            "block_bytes": spec.blocks.block_bytes,
+            "blocks": [[layer.source, layer.source_layer] for layer in plan_layers],
+        }
+        for spec in specs
+        if spec.blocks is not None
+    }

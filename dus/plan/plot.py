@@ -33,11 +33,22 @@ def plot_plan(plan: Plan, source_layers: int, path: str | Path) -> dict[str, lis
     out_y = [i * (height - 1) / max(out_layers - 1, 1) for i in range(out_layers)]
     for i, layer in enumerate(plan.layers):
         for ref in layer.inputs:
-            ax.plot([0, 1], [src_y[ref.layer], out_y[i]], color=COLORS[layer.op], lw=0.9,
-                    alpha=0.85 if len(layer.inputs) == 1 else 0.6)
+            ax.plot(
+                [0, 1],
+                [src_y[ref.layer], out_y[i]],
+                color=COLORS[layer.op],
+                lw=0.9,
+                alpha=0.85 if len(layer.inputs) == 1 else 0.6,
+            )
     ax.scatter([0] * source_layers, src_y, s=14, color="black", zorder=3)
-    ax.scatter([1] * out_layers, out_y, s=14, zorder=3,
-               color=["white" if l.new else "black" for l in plan.layers], edgecolors="black")
+    ax.scatter(
+        [1] * out_layers,
+        out_y,
+        s=14,
+        zorder=3,
+        color=["white" if l.new else "black" for l in plan.layers],
+        edgecolors="black",
+    )
     for op, color in COLORS.items():
         if any(l.op == op for l in plan.layers):
             ax.plot([], [], color=color, label=op)
@@ -60,7 +71,9 @@ def plot_plan(plan: Plan, source_layers: int, path: str | Path) -> dict[str, lis
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    labels = {"source": [t.get_text() for t in ax.get_yticklabels()],
-              "output": [t.get_text() for t in right.get_yticklabels()]}
+    labels = {
+        "source": [t.get_text() for t in ax.get_yticklabels()],
+        "output": [t.get_text() for t in right.get_yticklabels()],
+    }
     plt.close(fig)
     return labels

@@ -11,8 +11,12 @@ from dus.errors import InputError
 
 # Each recipe's parameters and defaults (None: required).
 RECIPE_PARAMS = {
-    "dus": {"overlap": 8}, "stack": {"factor": 2}, "interleave": {"factor": 2}, "idus": {"group": 8},
-    "expand": {"new_layers": None}, "layers": {"layers": None},
+    "dus": {"overlap": 8},
+    "stack": {"factor": 2},
+    "interleave": {"factor": 2},
+    "idus": {"group": 8},
+    "expand": {"new_layers": None},
+    "layers": {"layers": None},
 }
 ALL_PARAMS = {key for params in RECIPE_PARAMS.values() for key in params}
 
@@ -36,8 +40,10 @@ def check_recipe_options(recipe: str, given: dict, where: str = "") -> None:
     ignored = sorted(k for k in ALL_PARAMS - set(RECIPE_PARAMS[recipe]) if given.get(k) is not None)
     if ignored:
         own = ", ".join(_flag(k) for k in RECIPE_PARAMS[recipe])
-        raise InputError(f"{where}{_flag(ignored[0])} is not an option of --recipe {recipe}, which would ignore it "
-                         f"(its options: {own})")
+        raise InputError(
+            f"{where}{_flag(ignored[0])} is not an option of --recipe {recipe}, which would ignore it "
+            f"(its options: {own})"
+        )
 
 
 def check_dus_grows(n: int, overlap: int) -> None:
@@ -46,6 +52,8 @@ def check_dus_grows(n: int, overlap: int) -> None:
     if 0 <= overlap < n and out <= n:
         what = "the same depth" if out == n else f"fewer layers ({out})"
         largest = (n - 1) // 2
-        raise InputError(f"--overlap {overlap} on a {n}-layer model gives {what}: DUS grows the stack only while "
-                         f"2(n - m) > n, so m <= {largest} here (--overlap {largest}: {2 * (n - largest)} layers); "
-                         f"for a deliberately same-depth or shallower stack give it with --layers")
+        raise InputError(
+            f"--overlap {overlap} on a {n}-layer model gives {what}: DUS grows the stack only while "
+            f"2(n - m) > n, so m <= {largest} here (--overlap {largest}: {2 * (n - largest)} layers); "
+            f"for a deliberately same-depth or shallower stack give it with --layers"
+        )

@@ -37,15 +37,30 @@ def repeating_pattern(layers) -> str | None:
         return None
     indices, source = [l.source_layer for l in layers], layers[0].source
     first, count = indices[0], len(indices)
-    repeat = next((k for k in range(2, count + 1) if count % k == 0
-                   and indices == [first + i for i in range(count // k) for _ in range(k)]), None)
+    repeat = next(
+        (
+            k
+            for k in range(2, count + 1)
+            if count % k == 0 and indices == [first + i for i in range(count // k) for _ in range(k)]
+        ),
+        None,
+    )
     if repeat:  # interleave: each layer `repeat` times in place
         last = first + count // repeat - 1
-        return f"0-{count - 1}  <-  {source} {first}-{last}, each layer {repeat} times in place " \
-               f"({first},{first},...,{last},{last})" if repeat == 2 else \
-               f"0-{count - 1}  <-  {source} {first}-{last}, each layer {repeat} times in place"
-    period = next((p for p in range(2, count // 2 + 1) if count % p == 0 and indices == indices[:p] * (count // p)
-                   and indices[:p] == list(range(first, first + p))), None)
+        return (
+            f"0-{count - 1}  <-  {source} {first}-{last}, each layer {repeat} times in place "
+            f"({first},{first},...,{last},{last})"
+            if repeat == 2
+            else f"0-{count - 1}  <-  {source} {first}-{last}, each layer {repeat} times in place"
+        )
+    period = next(
+        (
+            p
+            for p in range(2, count // 2 + 1)
+            if count % p == 0 and indices == indices[:p] * (count // p) and indices[:p] == list(range(first, first + p))
+        ),
+        None,
+    )
     if period:  # stack: the whole run of layers repeated
         times = count // period
         rule = f" (output layer i <- {source} layer i mod {period})" if first == 0 else ""

@@ -40,8 +40,9 @@ def upcycled(tensors: list[TensorSpec], plan, sources: dict) -> list[TensorSpec]
     in_layers = [i for i, s in enumerate(tensors) if split_layer_name(s.name, base.layer_prefix) is not None]
     first, last = in_layers[0], in_layers[-1] + 1  # layout puts the decoder layers together
     sources_of = [layer.source_layer for layer in plan.layers]
-    return (tensors[:first] + upcycled_layers(plan.moe, base.layer_prefix, tensors[first:last], sources_of)
-            + tensors[last:])
+    return (
+        tensors[:first] + upcycled_layers(plan.moe, base.layer_prefix, tensors[first:last], sources_of) + tensors[last:]
+    )
 
 
 def upcycled_layers(moe: dict, prefix: str, specs: list[TensorSpec], sources_of: list[int]) -> list[TensorSpec]:
@@ -63,14 +64,17 @@ def upcycled_layers(moe: dict, prefix: str, specs: list[TensorSpec], sources_of:
     return out
 
 
-def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[str, TensorSpec],
-               source_layer: int) -> list[TensorSpec]:
+def _moe_block(
+    moe: dict, family: Family, layer: str, index: int, dense: dict[str, TensorSpec], source_layer: int
+) -> list[TensorSpec]:
     init, experts = moe["init"], moe["experts"]
     if init != "copy":
         for spec in dense.values():
             if spec.computed is not None or len(spec.parts) != 1 or spec.parts[0][1] != 1.0 or spec.factor != 1.0:
-                raise InputError(f"--expert-init {init} needs the dense MLP of output layer {index} as a plain copy; "
-                                 "it is a blend, scale or zero (use --expert-init copy)")
+                raise InputError(
+                    f"--expert-init {init} needs the dense MLP of output layer {index} as a plain copy; "
+                    "it is a blend, scale or zero (use --expert-init copy)"
+                )
     block = f"{layer}{family.block}."
     gate = dense["gate_proj"]
     hidden = gate.shape[1]
@@ -78,8 +82,13 @@ def _moe_block(moe: dict, family: Family, layer: str, index: int, dense: dict[st
     if init == "split":
         tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), ())]  # zero: every weight 1/E
     else:
-        params = (("experts", experts), ("hidden", hidden), ("layer", index), ("seed", moe["seed"]),
-                  ("std", moe["router_std"]))
+        params = (
+            ("experts", experts),
+            ("hidden", hidden),
+            ("layer", index),
+            ("seed", moe["seed"]),
+            ("std", moe["router_std"]),
+        )
         router = Computed("moe_router", (), params)
         tensors = [TensorSpec(router_name, gate.dtype, (experts, hidden), (), computed=router)]
     for e in range(experts):
@@ -108,8 +117,11 @@ def _expert(moe: dict, dense: TensorSpec, projection: str, layer: int, expert: i
         neurons = tuple(i for i, c in enumerate(cluster) if c == expert)
         shape = list(info.shape)
         shape[axis] = len(neurons)
-        op, params = ("moe_split_down", (("expert", expert), ("experts", moe["experts"]), ("neurons", neurons))) \
-            if axis == 1 else ("moe_split_rows", (("neurons", neurons),))
+        op, params = (
+            ("moe_split_down", (("expert", expert), ("experts", moe["experts"]), ("neurons", neurons)))
+            if axis == 1
+            else ("moe_split_rows", (("neurons", neurons),))
+        )
         return dataclasses.replace(dense, shape=tuple(shape), computed=Computed(op, (info,), params))
     if init == "split":
         return _split(dense, info, axis, expert, moe["experts"])
@@ -138,14 +150,14 @@ def _split(dense: TensorSpec, info: TensorInfo, axis: int, expert: int, experts:
 
 def parameter_counts(moe: dict, specs: list[TensorSpec]) -> dict:
     """Total parameters, and those one token uses (the routed experts count top_k / experts)."""
+
     def count(spec: TensorSpec) -> int:
         return math.prod(spec.shape)
 
     marker = "_exps." if moe.get("format") == "gguf" else f".{family_of_target(moe).block}.experts."
     total = sum(count(s) for s in specs)
     routed = sum(count(s) for s in specs if marker in s.name)
-    return {"total_parameters": total,
-            "active_parameters": total - routed + routed * moe["top_k"] // moe["experts"]}
+    return {"total_parameters": total, "active_parameters": total - routed + routed * moe["top_k"] // moe["experts"]}
 
 
 def upcycle_plan(plan, base, options: dict) -> None:
@@ -168,8 +180,9 @@ def upcycle_plan(plan, base, options: dict) -> None:
             raise InputError("--calibration runs the dense model: give a model directory or Hub id, not a config")
         layers = [layer.source_layer for layer in plan.layers]
         plan.moe["calibration"] = str(Path(options["calibration"]).expanduser().resolve())
-        plan.moe["clusters"] = neuron_clusters(str(base.directory), options["calibration"], plan.moe["experts"],
-                                               layers, plan.moe["seed"])
+        plan.moe["clusters"] = neuron_clusters(
+            str(base.directory), options["calibration"], plan.moe["experts"], layers, plan.moe["seed"]
+        )
 
 
 def provenance(specs: list[TensorSpec], sources: dict) -> dict[str, dict]:
@@ -206,26 +219,36 @@ def provenance(specs: list[TensorSpec], sources: dict) -> dict[str, dict]:
 def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
     """The `moe` entry of `dus plan --json` and of the record: settings, layout, parameter counts."""
     if moe.get("format") == "gguf":
-        return {**moe, "layout": {"router": f"{layer_prefix}N.ffn_gate_inp.weight (F32, zero)",
-                                  "experts": f"{layer_prefix}N.ffn_{{gate,up,down}}_exps.weight ({moe['experts']} "
-                                             "stacked byte copies of the dense tensor)"},
-                **parameter_counts(moe, specs)}
+        return {
+            **moe,
+            "layout": {
+                "router": f"{layer_prefix}N.ffn_gate_inp.weight (F32, zero)",
+                "experts": f"{layer_prefix}N.ffn_{{gate,up,down}}_exps.weight ({moe['experts']} "
+                "stacked byte copies of the dense tensor)",
+            },
+            **parameter_counts(moe, specs),
+        }
     family = family_of_target(moe)
     block = f"{layer_prefix}N.{family.block}."
-    layout = {"router": f"{block}{family.router}.weight",
-              "experts": f"{block}experts.{{0..{moe['experts'] - 1}}}.{{{','.join(family.expert_names)}}}.weight"}
+    layout = {
+        "router": f"{block}{family.router}.weight",
+        "experts": f"{block}experts.{{0..{moe['experts'] - 1}}}.{{{','.join(family.expert_names)}}}.weight",
+    }
     if family.shared:
         layout["shared_expert"] = f"{block}{family.shared}.{{gate_proj,up_proj,down_proj}}.weight (down zero)" + (
-            f", {block}{family.shared_gate}.weight (zero)" if family.shared_gate else "")
+            f", {block}{family.shared_gate}.weight (zero)" if family.shared_gate else ""
+        )
     return {**moe, "layout": layout, **parameter_counts(moe, specs)}
 
 
 def summary_lines(info: dict) -> list[str]:
     """`dus plan`'s lines for an upcycled plan."""
     seed = info.get("seed", "-")
-    return [f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {seed}), "
-            f"{info['family']} ({info['architecture']}); function preserved: {info['function_preserved']}",
-            f"parameters:  {info['active_parameters']:,} active of {info['total_parameters']:,} total",
-            f"router:      {info['layout']['router']}",
-            f"experts at:  {info['layout']['experts']}",
-            *([f"shared:      {info['layout']['shared_expert']}"] if "shared_expert" in info["layout"] else [])]
+    return [
+        f"experts:     {info['experts']} per layer, top-{info['top_k']}, init {info['init']} (seed {seed}), "
+        f"{info['family']} ({info['architecture']}); function preserved: {info['function_preserved']}",
+        f"parameters:  {info['active_parameters']:,} active of {info['total_parameters']:,} total",
+        f"router:      {info['layout']['router']}",
+        f"experts at:  {info['layout']['experts']}",
+        *([f"shared:      {info['layout']['shared_expert']}"] if "shared_expert" in info["layout"] else []),
+    ]

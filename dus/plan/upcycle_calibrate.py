@@ -31,12 +31,17 @@ def neuron_clusters(model_dir: str, text_path: str, experts: int, layers: list[i
     model, _ = load_model(model_dir, "cpu", "float32")
     ids = load_tokenizer(model_dir)(path.read_text(encoding="utf-8"), return_tensors="pt").input_ids[:, :MAX_TOKENS]
     if ids.shape[1] < experts:
-        raise InputError(f"--calibration {text_path}: {ids.shape[1]} tokens are too few to tell {experts} "
-                         "experts apart")
+        raise InputError(
+            f"--calibration {text_path}: {ids.shape[1]} tokens are too few to tell {experts} experts apart"
+        )
     seen: dict[int, torch.Tensor] = {}
     stack = decoder_layers(model)
-    hooks = [stack[i].mlp.down_proj.register_forward_pre_hook(
-        lambda module, args, i=i: seen.__setitem__(i, args[0][0].abs().T.contiguous())) for i in sorted(set(layers))]
+    hooks = [
+        stack[i].mlp.down_proj.register_forward_pre_hook(
+            lambda module, args, i=i: seen.__setitem__(i, args[0][0].abs().T.contiguous())
+        )
+        for i in sorted(set(layers))
+    ]
     with torch.no_grad():
         model(input_ids=ids)
     for hook in hooks:

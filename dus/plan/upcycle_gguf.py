@@ -26,22 +26,38 @@ def gguf_settings(options: dict, source) -> dict:
     arch, meta = source.architecture, source.metadata
     count = meta.get(f"{arch}.expert_count")
     if count is not None and count.value:
-        raise InputError(f"the source is already a mixture of experts ({arch}.expert_count = {count.value}): "
-                         "upcycling grows a dense model")
+        raise InputError(
+            f"the source is already a mixture of experts ({arch}.expert_count = {count.value}): "
+            "upcycling grows a dense model"
+        )
     if arch != "llama":
-        raise InputError(f"cannot upcycle a GGUF of architecture {arch}: dus writes llama.cpp's llama architecture "
-                         "with experts (as Mixtral converts), from a llama GGUF")
+        raise InputError(
+            f"cannot upcycle a GGUF of architecture {arch}: dus writes llama.cpp's llama architecture "
+            "with experts (as Mixtral converts), from a llama GGUF"
+        )
     experts, top_k, init = expert_counts(options)
     if init != "copy":
-        raise InputError(f"--init {init} computes expert values, which in a quantized GGUF would need de-quantization "
-                         "(not supported): a GGUF upcycles with --init copy")
+        raise InputError(
+            f"--init {init} computes expert values, which in a quantized GGUF would need de-quantization "
+            "(not supported): a GGUF upcycles with --init copy"
+        )
     layer = source.layer_tensors[0]
     missing = [p for p in PROJECTIONS if f"{p}.weight" not in layer]
     if missing:
-        raise InputError(f"no recognisable gated MLP ({', '.join(p + '.weight' for p in PROJECTIONS)}) in the GGUF's "
-                         f"blocks: it has {', '.join(sorted(layer))}")
-    return {"format": "gguf", "family": arch, "architecture": f"{arch} with experts (GGUF)", "experts": experts,
-            "top_k": top_k, "init": init, "router": "zero", "function_preserved": "yes"}
+        raise InputError(
+            f"no recognisable gated MLP ({', '.join(p + '.weight' for p in PROJECTIONS)}) in the GGUF's "
+            f"blocks: it has {', '.join(sorted(layer))}"
+        )
+    return {
+        "format": "gguf",
+        "family": arch,
+        "architecture": f"{arch} with experts (GGUF)",
+        "experts": experts,
+        "top_k": top_k,
+        "init": init,
+        "router": "zero",
+        "function_preserved": "yes",
+    }
 
 
 def expert_tensors(moe: dict, source, specs: list[TensorSpec]) -> list[TensorSpec]:
@@ -55,8 +71,11 @@ def expert_tensors(moe: dict, source, specs: list[TensorSpec]) -> list[TensorSpe
             continue
         if projection == "ffn_gate":
             out.append(TensorSpec(f"{block}.ffn_gate_inp.weight", "F32", (experts, spec.shape[-1]), ()))
-        out.append(dataclasses.replace(spec, name=f"{block}.{projection}_exps.weight",
-                                       shape=(experts, *spec.shape), parts=spec.parts * experts))
+        out.append(
+            dataclasses.replace(
+                spec, name=f"{block}.{projection}_exps.weight", shape=(experts, *spec.shape), parts=spec.parts * experts
+            )
+        )
     return out
 
 

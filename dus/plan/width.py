@@ -33,6 +33,8 @@ from dus.plan.options import PlanOptions
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 GEMMA = ("gemma", "gemma2", "gemma3_text")
+
+
 def width_options(options: PlanOptions) -> dict | None:
     """The plan's width record from the options (None: no width growth)."""
     width, mlp, noise = options.width, options.mlp_width, options.width_noise
@@ -54,16 +56,20 @@ def _integer(value, flag: str) -> int:
         return 1
     number = float(value)
     if number != int(number) or number < 1:
-        raise InputError(f"{flag} {number:g} is not a whole number >= 1: tiling keeps the model's function only when "
-                         "every neuron and head is cloned the same number of times")
+        raise InputError(
+            f"{flag} {number:g} is not a whole number >= 1: tiling keeps the model's function only when "
+            "every neuron and head is cloned the same number of times"
+        )
     return int(number)
 
 
 def check_family(config: dict) -> None:
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
-        raise InputError(f"width growth supports {', '.join(FAMILIES)}; {model_type!r} is not among them "
-                         "(the role of each of its tensors in a function-keeping widening is not known)")
+        raise InputError(
+            f"width growth supports {', '.join(FAMILIES)}; {model_type!r} is not among them "
+            "(the role of each of its tensors in a function-keeping widening is not known)"
+        )
     missing = [k for k in ("hidden_size", "num_attention_heads", "intermediate_size") if not config.get(k)]
     if missing:
         raise InputError(f"width growth needs {missing[0]!r} in config.json")

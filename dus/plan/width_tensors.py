@@ -15,13 +15,22 @@ from dus.read.architecture import split_layer_name
 # Dims: "hidden" (×F), "heads" (×F, whole heads), "mlp" (×F·mlp factor), None (kept).
 # Scale kinds: 1, "qk" (c where q/k feed an RMSNorm, else 1), "residual" (c).
 _LAYER = {
-    "self_attn.q_proj": ("heads", "hidden", "qk"), "self_attn.k_proj": ("heads", "hidden", "qk"),
-    "self_attn.v_proj": ("heads", "hidden", 1), "self_attn.o_proj": ("hidden", "heads", "residual"),
-    "mlp.gate_proj": ("mlp", "hidden", 1), "mlp.up_proj": ("mlp", "hidden", 1),
+    "self_attn.q_proj": ("heads", "hidden", "qk"),
+    "self_attn.k_proj": ("heads", "hidden", "qk"),
+    "self_attn.v_proj": ("heads", "hidden", 1),
+    "self_attn.o_proj": ("hidden", "heads", "residual"),
+    "mlp.gate_proj": ("mlp", "hidden", 1),
+    "mlp.up_proj": ("mlp", "hidden", 1),
     "mlp.down_proj": ("hidden", "mlp", "residual"),
 }
-_NORMS = {"input_layernorm": 1, "post_attention_layernorm": 1, "pre_feedforward_layernorm": 1,
-          "post_feedforward_layernorm": "residual", "self_attn.q_norm": None, "self_attn.k_norm": None}
+_NORMS = {
+    "input_layernorm": 1,
+    "post_attention_layernorm": 1,
+    "pre_feedforward_layernorm": 1,
+    "post_feedforward_layernorm": "residual",
+    "self_attn.q_norm": None,
+    "self_attn.k_norm": None,
+}
 
 
 def widen(specs: list[TensorSpec], config: dict, layer_prefix: str, width: dict) -> list[TensorSpec]:
@@ -35,8 +44,12 @@ def widen(specs: list[TensorSpec], config: dict, layer_prefix: str, width: dict)
     # Beside a pre-feedforward norm (Gemma-2/3), post_attention_layernorm normalises the attention's output
     # before the residual add; otherwise (LLaMA, Gemma) it is the MLP's input norm.
     sandwich = any(".pre_feedforward_layernorm." in s.name for s in specs)
-    return [_widened(spec, tensor_role(spec.name, layer_prefix, sandwich, config["model_type"]), dims, kinds, e, gemma,
-                     width) for spec in specs]
+    return [
+        _widened(
+            spec, tensor_role(spec.name, layer_prefix, sandwich, config["model_type"]), dims, kinds, e, gemma, width
+        )
+        for spec in specs
+    ]
 
 
 def tensor_role(name: str, prefix: str, sandwich: bool, model_type: str) -> tuple:
@@ -56,12 +69,13 @@ def tensor_role(name: str, prefix: str, sandwich: bool, model_type: str) -> tupl
     elif module in _NORMS and kind == "weight":
         scale = "residual" if sandwich and module == "post_attention_layernorm" else _NORMS[module]
         return (None if scale is None else "hidden"), None, (1 if scale is None else scale), True, False
-    raise InputError(f"width growth does not know the role of tensor {name!r} in a {model_type} model: "
-                     "refusing rather than writing a model that computes something else")
+    raise InputError(
+        f"width growth does not know the role of tensor {name!r} in a {model_type} model: "
+        "refusing rather than writing a model that computes something else"
+    )
 
 
-def _widened(spec: TensorSpec, role: tuple, dims: dict, kinds: dict, e: float, gemma: bool,
-             width: dict) -> TensorSpec:
+def _widened(spec: TensorSpec, role: tuple, dims: dict, kinds: dict, e: float, gemma: bool, width: dict) -> TensorSpec:
     out_dim, in_dim, scale_kind, norm, embedding = role
     a, b = dims[out_dim], dims[in_dim]
     reps = (a, b) if len(spec.shape) == 2 else (a,)
@@ -75,8 +89,13 @@ def _widened(spec: TensorSpec, role: tuple, dims: dict, kinds: dict, e: float, g
     if shape == spec.shape and scale == 1.0:  # kept as it is (q/k norms): a byte copy, proven as one
         return spec
     noise = width["noise"] if (b > 1 and not embedding and len(spec.shape) == 2) else 0.0
-    params = {"reps": reps, "scale": scale, "weights": tuple(w for _, w in spec.parts), "factor": spec.factor,
-              "gemma_norm": bool(norm and gemma)}
+    params = {
+        "reps": reps,
+        "scale": scale,
+        "weights": tuple(w for _, w in spec.parts),
+        "factor": spec.factor,
+        "gemma_norm": bool(norm and gemma),
+    }
     if noise:
         params.update(noise=noise, seed=_seed(width["seed"], spec.name))
     computed = Computed("width_tile", tuple(info for info, _ in spec.parts), tuple(sorted(params.items())))
@@ -86,4 +105,3 @@ def _widened(spec: TensorSpec, role: tuple, dims: dict, kinds: dict, e: float, g
 def _seed(seed: int, name: str) -> int:
     """A per-tensor seed: the plan's seed and the tensor's name, stable across runs and machines."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=7).digest(), "little")
-

@@ -76,8 +76,10 @@ def find_layer_prefix(names: Iterable[str], n: int, stack: str | None = None) ->
         return stack_prefix(indices, stack)
     matches = [p for p, found in indices.items() if found == set(range(n))]
     if len(matches) != 1:
-        raise InputError(f"cannot find a unique stack of {n} decoder layers in the tensor names (numbered prefixes: "
-                         f"{_shown(indices)}){'; name one with --stack PREFIX' if len(matches) > 1 else ''}")
+        raise InputError(
+            f"cannot find a unique stack of {n} decoder layers in the tensor names (numbered prefixes: "
+            f"{_shown(indices)}){'; name one with --stack PREFIX' if len(matches) > 1 else ''}"
+        )
     return matches[0]
 
 
@@ -92,8 +94,10 @@ def stack_prefix(indices: dict[str, set[int]], stack: str) -> str:
     prefix, _ = split_stack(stack)
     found = indices.get(prefix)
     if not found or found != set(range(len(found))):
-        raise InputError(f"--stack {stack}: no stack of layers numbered 0..k-1 under that prefix (numbered prefixes: "
-                         f"{_shown(indices)})")
+        raise InputError(
+            f"--stack {stack}: no stack of layers numbered 0..k-1 under that prefix (numbered prefixes: "
+            f"{_shown(indices)})"
+        )
     return prefix
 
 
@@ -105,24 +109,30 @@ def stack_config_key(config: dict, names: Iterable[str], stack: str | None) -> s
     if stack is None:
         if nested and not any(isinstance(config.get(k), int) for k in LAYER_COUNT_KEYS):
             counts = ", ".join(f"{k}: {v} layers" for k, v in nested.items())
-            raise InputError(f"config.json counts layers only in nested configs ({counts}; numbered prefixes: "
-                             f"{_shown(numbered_prefixes(names))}); name the stack to grow with --stack PREFIX")
+            raise InputError(
+                f"config.json counts layers only in nested configs ({counts}; numbered prefixes: "
+                f"{_shown(numbered_prefixes(names))}); name the stack to grow with --stack PREFIX"
+            )
         return None
     indices = numbered_prefixes(names)
     k = len(indices[stack_prefix(indices, stack)])
     _, named = split_stack(stack)
     if named is not None:
         if nested.get(named) != k:
-            raise InputError(f"--stack {stack}: {k} layers under the prefix, but config.json has no nested config "
-                             f"{named!r} counting {k} layers (nested configs: {_counts(nested)})")
+            raise InputError(
+                f"--stack {stack}: {k} layers under the prefix, but config.json has no nested config "
+                f"{named!r} counting {k} layers (nested configs: {_counts(nested)})"
+            )
         return named
     if any(config.get(key) == k for key in LAYER_COUNT_KEYS if isinstance(config.get(key), int)):
         return None
     matches = [key for key, count in nested.items() if count == k]
     if len(matches) != 1:
         hint = f"; name one, e.g. --stack {stack}:{matches[0]}" if matches else ""
-        raise InputError(f"--stack {stack}: {k} layers, but {'several' if matches else 'no'} config(s) count {k} "
-                         f"layers (nested configs: {_counts(nested)}){hint}")
+        raise InputError(
+            f"--stack {stack}: {k} layers, but {'several' if matches else 'no'} config(s) count {k} "
+            f"layers (nested configs: {_counts(nested)}){hint}"
+        )
     return matches[0]
 
 
@@ -154,7 +164,7 @@ def split_layer_name(name: str, prefix: str) -> tuple[int, str] | None:
     """'model.layers.3.mlp.up_proj.weight' -> (3, 'mlp.up_proj.weight'), else None."""
     if not name.startswith(prefix):
         return None
-    index, _, suffix = name[len(prefix):].partition(".")
+    index, _, suffix = name[len(prefix) :].partition(".")
     return (int(index), suffix) if index.isdigit() and suffix else None
 
 
@@ -164,6 +174,8 @@ def residual_output_modules(layer_suffixes: Iterable[str]) -> tuple[str, ...]:
     attn = sorted(m for m in modules if _ATTN_OUT.match(m))
     mlp = sorted(m for m in modules if _MLP_OUT.match(m))
     if not attn or not mlp:
-        raise InputError("cannot find both residual-output projections (attention output and MLP down projection) "
-                         f"among this architecture's layer modules: {', '.join(sorted(modules))}")
+        raise InputError(
+            "cannot find both residual-output projections (attention output and MLP down projection) "
+            f"among this architecture's layer modules: {', '.join(sorted(modules))}"
+        )
     return tuple(attn + mlp)

@@ -91,8 +91,10 @@ def read_split_set(path: Path) -> list[GGUFFile]:
         raise InputError(f"{os.path.basename(files[0].path)}: a tensor appears in two files of the split set")
     want = first.get("split.tensors.count")
     if want is None or want.value != len(names):
-        raise InputError(f"{os.path.basename(files[0].path)}: split.tensors.count is "
-                         f"{getattr(want, 'value', None)}, the files hold {len(names)} tensors")
+        raise InputError(
+            f"{os.path.basename(files[0].path)}: split.tensors.count is "
+            f"{getattr(want, 'value', None)}, the files hold {len(names)} tensors"
+        )
     return files
 
 

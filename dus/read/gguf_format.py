@@ -35,7 +35,6 @@ _U64 = struct.Struct("<Q")
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
 
-
 @dataclass(frozen=True)
 class Value:
     """A metadata value: its GGUF type, its Python value, and its encoding (type tag included)."""
@@ -96,7 +95,7 @@ class Cursor:
         if n > len(self.buf) - self.pos:
             self.fail(f"{what} runs past the end of the file (truncated, or a length that lies)")
         self.pos += n
-        return self.buf[self.pos - n:self.pos]
+        return self.buf[self.pos - n : self.pos]
 
     def unpack(self, fmt: str, what: str):
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt), what))[0]
@@ -157,10 +156,10 @@ def _value(cur: Cursor, key: str) -> Value:
     vtype = cur.unpack("I", f"type of {key!r}")
     if vtype in SCALARS:
         value = cur.unpack(SCALARS[vtype], f"value of {key!r}")
-        return Value(vtype, value, bytes(cur.buf[start:cur.pos]))
+        return Value(vtype, value, bytes(cur.buf[start : cur.pos]))
     if vtype == STRING:
         value = cur.string(f"value of {key!r}")
-        return Value(vtype, value, bytes(cur.buf[start:cur.pos]))
+        return Value(vtype, value, bytes(cur.buf[start : cur.pos]))
     if vtype != ARRAY:
         cur.fail(f"metadata {key!r} has unknown value type {vtype}")
     item_type = cur.unpack("I", f"array type of {key!r}")
@@ -176,7 +175,7 @@ def _value(cur: Cursor, key: str) -> Value:
         items = _strings(cur, count, key)
     else:
         cur.fail(f"array {key!r} has unsupported item type {item_type}")
-    return Value(ARRAY, items, bytes(cur.buf[start:cur.pos]), item_type)
+    return Value(ARRAY, items, bytes(cur.buf[start : cur.pos]), item_type)
 
 
 def _strings(cur: Cursor, count: int, key: str) -> list[str]:
@@ -186,7 +185,7 @@ def _strings(cur: Cursor, count: int, key: str) -> list[str]:
     for _ in range(count):
         if pos + 8 > end or (n := unpack(buf, pos)[0]) > end - pos - 8:
             cur.fail(f"an item of array {key!r} runs past the end of the file (truncated, or a length that lies)")
-        raw.append(buf[pos + 8:pos + 8 + n])
+        raw.append(buf[pos + 8 : pos + 8 + n])
         pos += 8 + n
     cur.pos = pos
     try:

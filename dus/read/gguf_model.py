@@ -15,8 +15,10 @@ def check_gguf_file(ref: str | Path) -> Path:
     if not path.is_file():
         raise InputError(f"{ref}: does not exist")
     if SPLIT_NAME.match(path.name):
-        raise InputError(f"{ref}: one file of a split GGUF set: transformers reads a single .gguf file (build it "
-                         "without --shard-size, or join the set with llama.cpp's gguf-split --merge)")
+        raise InputError(
+            f"{ref}: one file of a split GGUF set: transformers reads a single .gguf file (build it "
+            "without --shard-size, or join the set with llama.cpp's gguf-split --merge)"
+        )
     return path
 
 
@@ -35,5 +37,6 @@ def load_gguf(ref: str | Path, what: str, **kwargs):
     except ImportError as e:
         raise InputError(f"reading a .gguf needs the `gguf` package (pip install 'dus[gguf]'): {e}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise InputError(f"cannot load the {what} from {ref} through transformers: {' '.join(str(e).split())[:300]}") \
-            from None
+        raise InputError(
+            f"cannot load the {what} from {ref} through transformers: {' '.join(str(e).split())[:300]}"
+        ) from None

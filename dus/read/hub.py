@@ -28,8 +28,9 @@ def download(repo_id: str, patterns: list[str], revision: str | None = None) -> 
         return Path(snapshot_download(repo_id, allow_patterns=patterns, revision=revision))
     except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         at = f" at revision {revision}" if revision else ""
-        raise InputError(f"{repo_id}: cannot get it{at} from the Hugging Face Hub or its cache "
-                         f"({e.__class__.__name__})") from e
+        raise InputError(
+            f"{repo_id}: cannot get it{at} from the Hugging Face Hub or its cache ({e.__class__.__name__})"
+        ) from e
 
 
 def remote_tensors(repo_id: str, revision: str) -> dict[str, TensorInfo]:

@@ -30,9 +30,18 @@ from dus.read.safetensors import DTYPE_CODES, DTYPE_SIZES, TensorInfo, read_head
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 SIDE_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-    "chat_template.jinja", "chat_template.json", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -101,8 +110,9 @@ class Source:
         return [path for f in SIDE_FILES if (path := model_file(self.directory, f)).is_file()]
 
 
-def open_source(ref: str, *, need_weights: bool = True, stack: str | None = None,
-                revision: str | None = None) -> Source:
+def open_source(
+    ref: str, *, need_weights: bool = True, stack: str | None = None, revision: str | None = None
+) -> Source:
     """`stack`: the numbered tensor-name prefix to grow (--stack), where the checkpoint holds several;
     `revision`: for a Hub repo id, the commit to read (None: the newest, or the cache's for `main` offline)."""
     source = _open_source(ref, need_weights, revision)
@@ -189,8 +199,10 @@ def local_tensors(directory: Path) -> dict[str, TensorInfo] | None:
         return tensors
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise InputError(f"{directory}: only safetensors checkpoints are supported; refusing to unpickle "
-                         f"{pickles[0]} (pickle files can run code). Convert it to safetensors first.")
+        raise InputError(
+            f"{directory}: only safetensors checkpoints are supported; refusing to unpickle "
+            f"{pickles[0]} (pickle files can run code). Convert it to safetensors first."
+        )
     return None
 
 

@@ -62,8 +62,13 @@ def loads(raw: bytes, where: str):
         return dict(pairs)
 
     try:
-        value = json.loads(data, object_pairs_hook=unique, parse_int=integer, parse_float=real,
-                           parse_constant=lambda name: refuse(f"is {name}: JSON has no such value"))
+        value = json.loads(
+            data,
+            object_pairs_hook=unique,
+            parse_int=integer,
+            parse_float=real,
+            parse_constant=lambda name: refuse(f"is {name}: JSON has no such value"),
+        )
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: invalid JSON ({e})") from None
     if refused or "\\u" in data:  # only \u escapes can make a lone surrogate

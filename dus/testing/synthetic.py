@@ -28,6 +28,7 @@ def write_synthetic(directory: str | Path, config: dict, dtype: str = "bfloat16"
         weight_map = {s.name: name for name, part in zip(names, shards) for s in part}
         total = sum(s.nbytes for s in specs)
         (directory / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return sum(s.nbytes for s in specs)

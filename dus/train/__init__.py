@@ -1,7 +1,7 @@
 """Continued pretraining after depth up-scaling: `dus pretrain`, from one CPU to many GPUs on FSDP2.
 
-    from dus.train import PretrainConfig, pretrain
-    pretrain(PretrainConfig(model="out/solar", data=["corpus/"], output="runs/cpt", max_steps=1000))
+from dus.train import PretrainConfig, pretrain
+pretrain(PretrainConfig(model="out/solar", data=["corpus/"], output="runs/cpt", max_steps=1000))
 """
 
 from dus.train.config import PretrainConfig, load_config

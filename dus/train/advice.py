@@ -16,8 +16,10 @@ def warmup_warning(steps: int, warmup: int, lr: float, last_lr: float) -> str | 
     """`last_lr`: the learning rate the run's last step trains at."""
     if not warmup or warmup < steps:
         return None
-    return (f"warning: --warmup-steps {warmup} >= this run's {steps} steps: the learning rate never reaches --lr "
-            f"{lr:g} (the last step trains at {last_lr:.2g}); lower --warmup-steps")
+    return (
+        f"warning: --warmup-steps {warmup} >= this run's {steps} steps: the learning rate never reaches --lr "
+        f"{lr:g} (the last step trains at {last_lr:.2g}); lower --warmup-steps"
+    )
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:
@@ -31,8 +33,10 @@ def checkpoint_warning(steps: int, size: int, final: bool) -> str | None:
     """`final`: the run ends with a checkpoint although it finishes its schedule (--final-checkpoint)."""
     if not final or steps > SHORT_RUN_STEPS or size < LARGE_CHECKPOINT_BYTES:
         return None
-    return (f"warning: this {steps}-step run ends with a {filesize.decimal(size)} checkpoint (weights and AdamW "
-            f"state, only to continue training later); --no-final-checkpoint leaves only the exported model")
+    return (
+        f"warning: this {steps}-step run ends with a {filesize.decimal(size)} checkpoint (weights and AdamW "
+        f"state, only to continue training later); --no-final-checkpoint leaves only the exported model"
+    )
 
 
 def rounded_away(state: dict[str, torch.Tensor], source, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -54,9 +58,11 @@ def export_warning(total: int, changed: int, lost: int, dtype: torch.dtype) -> s
     if not total or lost * 2 <= total:
         return None
     name = str(dtype).removeprefix("torch.")
-    return (f"warning: the {name} export rounds away the update of {lost / total:.1%} of the weights (below "
-            f"{name}'s resolution; {(changed - lost) / total:.1%} differ from the input model): export in float32 "
-            f"with --export-dtype float32, or train longer or at a higher --lr")
+    return (
+        f"warning: the {name} export rounds away the update of {lost / total:.1%} of the weights (below "
+        f"{name}'s resolution; {(changed - lost) / total:.1%} differ from the input model): export in float32 "
+        f"with --export-dtype float32, or train longer or at a higher --lr"
+    )
 
 
 class SourceTensors:

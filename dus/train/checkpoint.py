@@ -49,11 +49,20 @@ MAX_RECORD_BYTES = 1 << 20  # a record lists a few files per rank
 # Everything a DCP `.metadata` pickle may name (torch 2.x), and nothing that can run code.
 _DCP = "torch.distributed.checkpoint.metadata"
 SAFE_GLOBALS = {
-    (_DCP, "Metadata"), (_DCP, "TensorStorageMetadata"), (_DCP, "ChunkStorageMetadata"),
-    (_DCP, "BytesStorageMetadata"), (_DCP, "TensorProperties"), (_DCP, "_MEM_FORMAT_ENCODING"),
-    (_DCP, "MetadataIndex"), (_DCP, "StorageMeta"), DCP_STORAGE_INFO,
-    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"), ("pathlib._local", "PosixPath"),  # StorageMeta.checkpoint_id
+    (_DCP, "Metadata"),
+    (_DCP, "TensorStorageMetadata"),
+    (_DCP, "ChunkStorageMetadata"),
+    (_DCP, "BytesStorageMetadata"),
+    (_DCP, "TensorProperties"),
+    (_DCP, "_MEM_FORMAT_ENCODING"),
+    (_DCP, "MetadataIndex"),
+    (_DCP, "StorageMeta"),
+    DCP_STORAGE_INFO,
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib._local", "PosixPath"),  # StorageMeta.checkpoint_id
 }
 
 # What a record or state that passed its digests but still does not fit raises while being applied.
@@ -103,9 +112,17 @@ def _unb64(s: str) -> torch.Tensor:
 def rng_state() -> dict:
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss], "torch": _b64(torch.get_rng_state()),
-             "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "cached_gaussian": float(cached)}}
+    state = {
+        "python": [version, list(internal), gauss],
+        "torch": _b64(torch.get_rng_state()),
+        "numpy": {
+            "name": name,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = _b64(torch.cuda.get_rng_state())
     return state
@@ -115,8 +132,9 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(_rng_bytes(state["torch"], torch.get_rng_state()))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(_rng_bytes(state["cuda"], torch.cuda.get_rng_state()))
@@ -197,8 +215,13 @@ def _record_problem(record: object, directory: str) -> str | None:
     for name, entry in files.items():
         if name in (".", "..", RECORD) or "/" in name or "\\" in name or "\0" in name:
             return f"file name {name!r}"
-        if (not isinstance(entry, dict) or set(entry) != {"bytes", "sha256"} or type(entry["bytes"]) is not int
-                or entry["bytes"] < 0 or not _is_sha256(entry["sha256"])):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"bytes", "sha256"}
+            or type(entry["bytes"]) is not int
+            or entry["bytes"] < 0
+            or not _is_sha256(entry["sha256"])
+        ):
             return f"entry of {name!r}"
     return None
 
@@ -216,13 +239,15 @@ def verify_files(path: Path, files: dict[str, dict]) -> None:
         size = file.stat().st_size
         if size != entry["bytes"]:
             how = "truncated or modified" if size < entry["bytes"] else "modified"
-            raise InputError(f"{file}: {size:,} bytes, but {RECORD} records {entry['bytes']:,}: "
-                             f"the checkpoint is {how}")
+            raise InputError(
+                f"{file}: {size:,} bytes, but {RECORD} records {entry['bytes']:,}: the checkpoint is {how}"
+            )
     names = sorted(files)
     for name, digest in zip(names, file_digests([path / n for n in names], "sha256")):
         if digest != files[name]["sha256"]:
-            raise InputError(f"{path / name}: sha256 differs from the one {RECORD} records: "
-                             "the checkpoint is corrupt or modified")
+            raise InputError(
+                f"{path / name}: sha256 differs from the one {RECORD} records: the checkpoint is corrupt or modified"
+            )
 
 
 # --- DCP's metadata, unpickled with an allowlist -------------------------------------------------
@@ -239,8 +264,10 @@ class MetadataUnpickler(pickle.Unpickler):
             return vars(torch)[name]
         if (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
-        raise InputError(f"{self.path}: refusing to unpickle {module}.{name}: only torch.distributed.checkpoint "
-                         "metadata classes are allowed in a checkpoint")
+        raise InputError(
+            f"{self.path}: refusing to unpickle {module}.{name}: only torch.distributed.checkpoint "
+            "metadata classes are allowed in a checkpoint"
+        )
 
     def persistent_load(self, pid):
         raise InputError(f"{self.path}: refusing a persistent id in checkpoint metadata")
@@ -252,8 +279,16 @@ def load_metadata(path: Path, files: dict[str, dict]) -> Metadata:
     try:
         with open(file, "rb") as f:
             metadata = MetadataUnpickler(f, file).load()
-    except (pickle.UnpicklingError, EOFError, OSError, ImportError, RecursionError, MemoryError, RuntimeError,
-            *MALFORMED) as e:  # while unpickling, every failure comes from the bytes
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        ImportError,
+        RecursionError,
+        MemoryError,
+        RuntimeError,
+        *MALFORMED,
+    ) as e:  # while unpickling, every failure comes from the bytes
         raise InputError(f"{file}: not valid checkpoint metadata ({_first_line(e)})") from None
     problem = _metadata_problem(metadata, files)
     if problem:
@@ -272,8 +307,14 @@ def _metadata_problem(metadata: object, files: dict[str, dict]) -> str | None:
         size = files.get(info.relative_path, {}).get("bytes") if isinstance(info.relative_path, str) else None
         if size is None:
             return f"{index.fqn!r} is stored in {info.relative_path!r}, a file {RECORD} does not list"
-        if (type(info.offset) is not int or type(info.length) is not int or info.offset < 0 or info.length < 0
-                or info.offset + info.length > size or info.transform_descriptors):
+        if (
+            type(info.offset) is not int
+            or type(info.length) is not int
+            or info.offset < 0
+            or info.length < 0
+            or info.offset + info.length > size
+            or info.transform_descriptors
+        ):
             return f"the storage range of {index.fqn!r}"
     return None
 
@@ -299,8 +340,10 @@ class WeightsOnlyPlanner(DefaultLoadPlanner):
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: keep only its reason
             why = next((ln.strip() for ln in str(e).splitlines() if "unsupported global" in ln.lower()), "")
-            raise InputError(f"refusing to unpickle item {read_item.dest_index.fqn!r}: only tensors and plain "
-                             f"data are allowed{f' ({why})' if why else ''}") from None
+            raise InputError(
+                f"refusing to unpickle item {read_item.dest_index.fqn!r}: only tensors and plain "
+                f"data are allowed{f' ({why})' if why else ''}"
+            ) from None
         if self.flatten_state_dict:
             dcp_set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
@@ -310,19 +353,24 @@ class WeightsOnlyPlanner(DefaultLoadPlanner):
 def _check_fit(path: Path, metadata: Metadata, state: dict) -> None:
     """DCP loads the entries the run asks for and ignores the rest, so a checkpoint of a deeper model (or
     other frozen layers) would half-load without a word: the entries must be the same."""
+
     def entries(keys) -> set[str]:
         return {k for k in keys if not k.startswith("rank")}  # each rank loads only its own "rankN"
+
     flat = dcp_flatten(state)
     ours, saved = entries(flat), entries(metadata.state_dict_metadata)
     if ours != saved:
         example = min(saved - ours) if saved - ours else min(ours - saved)
-        raise InputError(f"{path} holds another model or other trained layers ({len(saved ^ ours)} entries differ, "
-                         f"e.g. {example!r}): resume with the model and --freeze that wrote it")
+        raise InputError(
+            f"{path} holds another model or other trained layers ({len(saved ^ ours)} entries differ, "
+            f"e.g. {example!r}): resume with the model and --freeze that wrote it"
+        )
     for key in sorted(ours):
         stored = getattr(metadata.state_dict_metadata[key], "size", None)  # tensors only
         if isinstance(flat[key], torch.Tensor) and stored is not None and tuple(stored) != tuple(flat[key].shape):
-            raise InputError(f"{path} holds another model: {key!r} is {list(stored)} there, "
-                             f"{list(flat[key].shape)} in this run")
+            raise InputError(
+                f"{path} holds another model: {key!r} is {list(stored)} there, {list(flat[key].shape)} in this run"
+            )
 
 
 # --- the checkpointer ----------------------------------------------------------------------------
@@ -352,14 +400,21 @@ class Checkpointer:
         barrier(self.d)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         with _single_process_ok():
-            dcp.save({"model": model_sd, "optim": optim_sd, "trainer": _to_json(shared),
-                      f"rank{self.d.rank}": _to_json(per_rank)}, checkpoint_id=path)
+            dcp.save(
+                {
+                    "model": model_sd,
+                    "optim": optim_sd,
+                    "trainer": _to_json(shared),
+                    f"rank{self.d.rank}": _to_json(per_rank),
+                },
+                checkpoint_id=path,
+            )
         barrier(self.d)  # every rank's files are written
         if self.d.is_main:
             follow_umask(path)
             write_record(path, step)
             if self.keep:
-                for old in self.complete()[:-self.keep]:
+                for old in self.complete()[: -self.keep]:
                     shutil.rmtree(old, ignore_errors=True)
         barrier(self.d)
         return path

@@ -18,8 +18,9 @@ from dus.runtime import device_name, dtype_name
 
 @dataclass
 class PretrainConfig:
-    model: str = option("", "input model directory (e.g. the output of `dus build`)", positional=True,
-                        metavar="MODEL_DIR")
+    model: str = option(
+        "", "input model directory (e.g. the output of `dus build`)", positional=True, metavar="MODEL_DIR"
+    )
     data: list[str] = option(
         [], "training text: .txt, .jsonl/.json (a `text` field), .parquet, or a directory of them; repeatable"
     )
@@ -58,11 +59,17 @@ class PretrainConfig:
     dtype: str = option("auto", "compute dtype: bfloat16, float32, or auto (bfloat16 on GPU, float32 on CPU)")
     grad_checkpointing: bool = option(False, "recompute each decoder layer in backward to save activation memory")
     compile: bool = option(False, "torch.compile each decoder layer")
-    freeze: str = option("none", "none, original (train only the layers dus_plan.json marks new; on a widened model "
-                                  "only the added width), layers:SPEC (e.g. layers:0:4,7), or for a mixture of "
-                                  "experts router or experts (train only those)")
-    router_aux_loss_coef: float | None = option(None, "mixture of experts: weight of the router's load-balancing loss "
-                                                      "in the training loss (0: off) [default: the model config's]")
+    freeze: str = option(
+        "none",
+        "none, original (train only the layers dus_plan.json marks new; on a widened model "
+        "only the added width), layers:SPEC (e.g. layers:0:4,7), or for a mixture of "
+        "experts router or experts (train only those)",
+    )
+    router_aux_loss_coef: float | None = option(
+        None,
+        "mixture of experts: weight of the router's load-balancing loss "
+        "in the training loss (0: off) [default: the model config's]",
+    )
     # bookkeeping
     seed: int = option(0, "seed for data order and any randomness in the model")
     save_every: int = option(1000, "checkpoint every N steps and at the end (0: only when --stop-after leaves early)")
@@ -88,20 +95,27 @@ class PretrainConfig:
 
     def validate(self) -> PretrainConfig:
         # The Python API may pass Paths or a single path; run.json and messages want strings.
-        self.data, self.eval_data = ([str(x) for x in ([v] if isinstance(v, (str, Path)) else v)]
-                                     for v in (self.data, self.eval_data))
+        self.data, self.eval_data = (
+            [str(x) for x in ([v] if isinstance(v, (str, Path)) else v)] for v in (self.data, self.eval_data)
+        )
         self.model, self.output, self.cache_dir = str(self.model), str(self.output), str(self.cache_dir)
         for name in ("model", "output"):
             if not getattr(self, name):
                 raise InputError(f"no {name} given (pass it on the command line or as `{name}:` in --config)")
         if not self.data:
             raise InputError("no training data given: pass --data PATH")
-        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_every",
-                     "eval_batches", "num_proc"):
+        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "num_proc"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_steps", "max_tokens", "stop_after", "warmup_steps", "save_every", "keep_checkpoints",
-                     "shuffle_buffer"):
+        for name in (
+            "max_steps",
+            "max_tokens",
+            "stop_after",
+            "warmup_steps",
+            "save_every",
+            "keep_checkpoints",
+            "shuffle_buffer",
+        ):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -134,7 +148,6 @@ class PretrainConfig:
                 "the corpus is too small for one optimizer step: lower --batch-size, --grad-accum or --seq-len"
             )
         return min(limits)
-
 
 
 def load_config(path: str | Path | None, overrides: dict) -> PretrainConfig:

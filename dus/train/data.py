@@ -36,8 +36,14 @@ def load_documents(paths: list[str], cfg: PretrainConfig) -> Dataset | IterableD
         level = datasets.logging.get_verbosity()
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a parse error is reported once, below
         try:
-            ds = load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming,
-                              cache_dir=cfg.cache_dir or None, **extra)
+            ds = load_dataset(
+                builder,
+                data_files=files,
+                split="train",
+                streaming=cfg.streaming,
+                cache_dir=cfg.cache_dir or None,
+                **extra,
+            )
         except (datasets.exceptions.DatasetGenerationError, ValueError) as e:
             cause = f": {e.__cause__}" if e.__cause__ else ""
             raise InputError(f"cannot read {files[0]}{' and others' if len(files) > 1 else ''}: {e}{cause}") from None
@@ -45,8 +51,9 @@ def load_documents(paths: list[str], cfg: PretrainConfig) -> Dataset | IterableD
             datasets.logging.set_verbosity(level)
         column = "text" if builder == "text" else cfg.text_field
         if ds.column_names is not None and column not in ds.column_names:
-            raise InputError(f"{files[0]} has no {column!r} field (columns: {', '.join(ds.column_names)}); "
-                             "set --text-field")
+            raise InputError(
+                f"{files[0]} has no {column!r} field (columns: {', '.join(ds.column_names)}); set --text-field"
+            )
         ds = ds.select_columns([column])
         parts.append(ds.rename_column(column, "text") if column != "text" else ds)
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
@@ -62,7 +69,7 @@ def pack(docs: Dataset | IterableDataset, tokenizer, seq_len: int, num_proc: int
 
     def blocks(batch):
         flat = list(chain.from_iterable(batch["ids"]))
-        return {"input_ids": [flat[i:i + seq_len] for i in range(0, len(flat) - seq_len + 1, seq_len)]}
+        return {"input_ids": [flat[i : i + seq_len] for i in range(0, len(flat) - seq_len + 1, seq_len)]}
 
     kw = {} if isinstance(docs, IterableDataset) else {"num_proc": num_proc if num_proc > 1 else None}
     docs = docs.map(tokenize, batched=True, remove_columns=["text"], **kw)
@@ -80,14 +87,16 @@ class BlockLoader:
         self.blocks, self.batch_size, self.d, self.seed = blocks.with_format("torch"), batch_size, d, seed
         self.batches_per_epoch = len(blocks) // d.world // batch_size
         if self.batches_per_epoch == 0:
-            raise InputError(f"the corpus has {len(blocks)} blocks, fewer than --batch-size x ranks "
-                             f"({batch_size} x {d.world}): lower them or --seq-len, or add data")
+            raise InputError(
+                f"the corpus has {len(blocks)} blocks, fewer than --batch-size x ranks "
+                f"({batch_size} x {d.world}): lower them or --seq-len, or add data"
+            )
         self.epoch, self.index, self._order = 0, 0, None
 
     def order(self) -> torch.Tensor:
         if self._order is None or self._order[0] != self.epoch:
             perm = torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-            self._order = (self.epoch, perm[self.d.rank::self.d.world])
+            self._order = (self.epoch, perm[self.d.rank :: self.d.world])
         return self._order[1]
 
     def next_batch(self) -> torch.Tensor:
@@ -95,7 +104,7 @@ class BlockLoader:
             self.epoch, self.index = self.epoch + 1, 0
         start = self.index * self.batch_size
         self.index += 1
-        return self.blocks[self.order()[start:start + self.batch_size].tolist()]["input_ids"]
+        return self.blocks[self.order()[start : start + self.batch_size].tolist()]["input_ids"]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -183,5 +192,5 @@ def _eval_batches(blocks: Dataset | IterableDataset, limit: int, batch_size: int
     rows = rows[: len(rows) // d.world * d.world]
     if not rows:
         raise InputError("the eval data has fewer complete --seq-len blocks than ranks")
-    mine = torch.tensor(rows[d.rank::d.world])
+    mine = torch.tensor(rows[d.rank :: d.world])
     return list(mine.split(batch_size))

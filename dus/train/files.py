@@ -27,8 +27,11 @@ def resolve_files(paths: list[str]) -> dict[str, list[str]]:
         if not path.exists():
             raise InputError(f"data path not found: {name}")
         if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and _builder(p)
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            files = [
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and _builder(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
             if not files:
                 raise InputError(f"no .txt, .jsonl, .json or .parquet files under {name}")
         elif _builder(path):
@@ -49,10 +52,13 @@ def reading_line(model: str, data: list[str], seq_len: int, streaming: bool) -> 
 
     config = json.loads((check_model_dir(model) / "config.json").read_text())
     text = config.get("text_config") or config
-    layers = next((text[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(text.get(k), int)),
-                  None)
+    layers = next(
+        (text[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(text.get(k), int)), None
+    )
     files = [f for group in resolve_files(data).values() for f in group]
     size = sum(os.path.getsize(f) for f in files)
-    return (f"pretrain {model}" + (f" ({layers} layers)" if layers else "") + f": "
-            f"{'streaming' if streaming else 'tokenizing'} {len(files):,} data file(s), {filesize.decimal(size)}, "
-            f"into {seq_len:,}-token blocks, then loading the model")
+    return (
+        f"pretrain {model}" + (f" ({layers} layers)" if layers else "") + f": "
+        f"{'streaming' if streaming else 'tokenizing'} {len(files):,} data file(s), {filesize.decimal(size)}, "
+        f"into {seq_len:,}-token blocks, then loading the model"
+    )

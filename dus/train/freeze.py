@@ -30,7 +30,7 @@ def trainable_layers(freeze: str, model_dir: str, n: int) -> list[int] | None:
         return _new_layers(Path(model_dir), n)
     if freeze.startswith("layers:"):
         try:
-            return sorted(set(parse_layer_spec(freeze[len("layers:"):], n)))
+            return sorted(set(parse_layer_spec(freeze[len("layers:") :], n)))
         except InputError as e:
             raise InputError(f"--freeze {freeze}: {e}") from None
     raise InputError(f"--freeze must be none, original, layers:SPEC, router or experts, not {freeze!r}")

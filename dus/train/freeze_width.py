@@ -30,8 +30,10 @@ def width_record(model_dir: str) -> dict | None:
 def freeze_source_width(model: torch.nn.Module, width: dict, world: int = 1) -> list[tuple]:
     """Mask the original blocks' gradients; return what `keep_fixed` restores after each step."""
     if world > 1:
-        raise InputError("--freeze original on a widened model freezes parts of tensors, which needs one process "
-                         "(FSDP shards them across ranks): run it on one process, or use --freeze none")
+        raise InputError(
+            "--freeze original on a widened model freezes parts of tensors, which needs one process "
+            "(FSDP shards them across ranks): run it on one process, or use --freeze none"
+        )
     layers = decoder_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers) + "."
     sandwich = any("pre_feedforward_layernorm" in name for name, _ in model.named_parameters())
@@ -39,7 +41,7 @@ def freeze_source_width(model: torch.nn.Module, width: dict, world: int = 1) -> 
     kept = []
     for name, param in model.named_parameters():
         out_dim, in_dim, *_ = tensor_role(name, prefix, sandwich, model.config.model_type)
-        reps = (dims[out_dim], dims[in_dim])[:param.ndim]
+        reps = (dims[out_dim], dims[in_dim])[: param.ndim]
         if all(r == 1 for r in reps):
             param.requires_grad_(False)
             continue
@@ -59,4 +61,5 @@ def keep_fixed(optimizer: torch.optim.Optimizer, kept: list[tuple]) -> None:
         with torch.no_grad():
             for param, block, saved in kept:
                 param[block] = saved
+
     optimizer.register_step_post_hook(restore)

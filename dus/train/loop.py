@@ -89,16 +89,23 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, m
     """Linear warmup from lr/warmup to lr over `warmup` steps (no step at lr 0), then cosine decay
     reaching lr * min_ratio at the last of `total` steps."""
     return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
-        optimizer, warmup, total, min_lr_rate=min_ratio, warmup_lr_rate=1 / warmup if warmup else None)
+        optimizer, warmup, total, min_lr_rate=min_ratio, warmup_lr_rate=1 / warmup if warmup else None
+    )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
     """Weight decay on matrices only; frozen parameters are left out, so they get no state."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=True if device.type == "cuda" else None)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=True if device.type == "cuda" else None,
+    )
 
 
 def forward_loss(model, batch: torch.Tensor, d: Dist, dtype: torch.dtype) -> torch.Tensor:
@@ -110,8 +117,9 @@ def forward_loss(model, batch: torch.Tensor, d: Dist, dtype: torch.dtype) -> tor
         return model(input_ids=batch, labels=batch, use_cache=False).loss
 
 
-def train_step(model, optimizer, scheduler, batches: list[torch.Tensor], d: Dist, dtype: torch.dtype,
-               grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+def train_step(
+    model, optimizer, scheduler, batches: list[torch.Tensor], d: Dist, dtype: torch.dtype, grad_clip: float
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step over gradient-accumulated micro-batches: (mean loss, grad norm, lr used)."""
     total = torch.zeros((), device=d.device)
     for batch in batches:
@@ -182,8 +190,10 @@ class Trainer:
         """A mixture of experts: its aux loss, tokens per expert, --freeze router|experts (dus/train/moe.py)."""
         if not is_moe(self.hf_config):
             if self.cfg.freeze in PARTS or self.cfg.router_aux_loss_coef is not None:
-                raise InputError(f"{self.cfg.model} is not a mixture of experts: --freeze {self.cfg.freeze} and "
-                                 "--router-aux-loss-coef are for one")
+                raise InputError(
+                    f"{self.cfg.model} is not a mixture of experts: --freeze {self.cfg.freeze} and "
+                    "--router-aux-loss-coef are for one"
+                )
             return None
         if self.cfg.freeze in PARTS:
             freeze_parts(self.model, self.cfg.freeze)
@@ -197,8 +207,10 @@ class Trainer:
                 f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --output"
             )
         if self.cfg.resume and not latest and unrecorded:
-            raise InputError(f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
-                             "pickled its state): it cannot be resumed safely; move it away or choose a new --output")
+            raise InputError(
+                f"{unrecorded} has no {RECORD} (an interrupted save, or one by an older dus that "
+                "pickled its state): it cannot be resumed safely; move it away or choose a new --output"
+            )
         if self.cfg.resume and not latest and self.d.is_main:
             print(f"no checkpoint in {self.ckpt.root}: starting from step 0", flush=True)
         if latest:
@@ -208,8 +220,14 @@ class Trainer:
     def _layout(self) -> dict:
         """What the data position depends on; a resume must match it."""
         c = self.cfg
-        return {"world": self.d.world, "batch_size": c.batch_size, "seq_len": c.seq_len,
-                "grad_accum": c.grad_accum, "streaming": c.streaming, "seed": c.seed}
+        return {
+            "world": self.d.world,
+            "batch_size": c.batch_size,
+            "seq_len": c.seq_len,
+            "grad_accum": c.grad_accum,
+            "streaming": c.streaming,
+            "seed": c.seed,
+        }
 
     def _resume(self, path: Path) -> None:
         saved = self.ckpt.load_shared(path).get("layout")
@@ -235,11 +253,18 @@ class Trainer:
         return path.open("a")
 
     def _run_info(self, resumed: Path | None) -> dict:
-        return {"config": asdict(self.cfg), "world_size": self.d.world, "device": str(self.d.device),
-                "compute_dtype": str(self.dtype).removeprefix("torch."), "max_steps": self.max_steps,
-                "tokens_per_step": self.tokens_per_step, "params": self.counts,
-                "trained_layers": "all" if self.train_layers is None else self.train_layers,
-                "sharding": sharding_summary(self.model), "resumed_from": str(resumed) if resumed else None}
+        return {
+            "config": asdict(self.cfg),
+            "world_size": self.d.world,
+            "device": str(self.d.device),
+            "compute_dtype": str(self.dtype).removeprefix("torch."),
+            "max_steps": self.max_steps,
+            "tokens_per_step": self.tokens_per_step,
+            "params": self.counts,
+            "trained_layers": "all" if self.train_layers is None else self.train_layers,
+            "sharding": sharding_summary(self.model),
+            "resumed_from": str(resumed) if resumed else None,
+        }
 
     def _write_info(self) -> None:
         if self.d.is_main:
@@ -285,8 +310,14 @@ class Trainer:
     def _train_record(self, loss: torch.Tensor, norm: torch.Tensor, lr: float, since: tuple[float, float]) -> dict:
         loss = all_reduce_sum(loss.detach().clone(), self.d) / self.d.world
         self._lap()
-        record = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": norm.item(), "tokens": self.tokens,
-                  **self._throughput(self.timed_s - since[0], self.timed_tokens - since[1])}
+        record = {
+            "step": self.step,
+            "loss": loss.item(),
+            "lr": lr,
+            "grad_norm": norm.item(),
+            "tokens": self.tokens,
+            **self._throughput(self.timed_s - since[0], self.timed_tokens - since[1]),
+        }
         if self.moe:
             record.update(self.moe.record(lambda t: all_reduce_sum(t, self.d)))
         if self.d.device.type == "cuda":
@@ -332,10 +363,12 @@ class Trainer:
 
     def _banner(self, start: int, last: int) -> str:
         c, n = self.counts, len(self.train_layers) if self.train_layers is not None else "all"
-        return (f"pretraining {self.cfg.model}: {_count(c['total'])} params, {_count(c['trainable'])} trainable "
-                f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
-                f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step "
-                f"({(last - start) * self.tokens_per_step:,} tokens)")
+        return (
+            f"pretraining {self.cfg.model}: {_count(c['total'])} params, {_count(c['trainable'])} trainable "
+            f"({n} layers), {self.d.world} x {self.d.device.type}, {self.info['compute_dtype']}, "
+            f"steps {start}->{last} of {self.max_steps}, {self.tokens_per_step:,} tokens/step "
+            f"({(last - start) * self.tokens_per_step:,} tokens)"
+        )
 
     def _warn_short_run(self, start: int, last: int) -> None:
         if not self.d.is_main or start:
@@ -343,8 +376,10 @@ class Trainer:
         cfg = self.cfg
         last_lr = cfg.lr * self.scheduler.lr_lambdas[0](self.max_steps - 1)
         final = bool(cfg.save_every) and cfg.final_checkpoint and last == self.max_steps
-        for line in (warmup_warning(self.max_steps, cfg.warmup_steps, cfg.lr, last_lr),
-                     checkpoint_warning(last, checkpoint_bytes(self.model), final)):
+        for line in (
+            warmup_warning(self.max_steps, cfg.warmup_steps, cfg.lr, last_lr),
+            checkpoint_warning(last, checkpoint_bytes(self.model), final),
+        ):
             if line:
                 print(line, file=sys.stderr, flush=True)
 
@@ -352,8 +387,12 @@ class Trainer:
         return save_due(self.step, last, self.max_steps, self.cfg.save_every, self.cfg.final_checkpoint)
 
     def _save(self) -> Path:
-        shared = {"step": self.step, "tokens": self.tokens, "scheduler": self.scheduler.state_dict(),
-                  "layout": self._layout()}
+        shared = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "scheduler": self.scheduler.state_dict(),
+            "layout": self._layout(),
+        }
         mine = {"data": self.data.train.state_dict(), "rng": rng_state()}
         if self.samples:
             self.samples.flush()
@@ -361,10 +400,16 @@ class Trainer:
 
     def _finish(self, record: dict, evals: list[dict]) -> dict:
         done = self.step >= self.max_steps
-        summary = {"step": self.step, "max_steps": self.max_steps, "tokens": self.tokens, "finished": done,
-                   **self._throughput(self.timed_s, self.timed_tokens), "loss": record.get("loss"),
-                   "eval_loss": evals[-1]["eval_loss"] if evals else None,
-                   "eval_ppl": evals[-1]["eval_ppl"] if evals else None}
+        summary = {
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "tokens": self.tokens,
+            "finished": done,
+            **self._throughput(self.timed_s, self.timed_tokens),
+            "loss": record.get("loss"),
+            "eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        }
         summary["tokens_per_s_per_device"] = summary["tokens_per_s"] / self.d.world if summary["tokens_per_s"] else None
         if self.samples:
             self.samples.close()
@@ -411,10 +456,14 @@ def export_hf(state: dict, model_dir: str, out: Path, tokenizer, cfg: PretrainCo
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         cfg = cfg or PretrainConfig(model=model_dir, output=str(out))
-        write_manifest(staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg),
-                                               [*cfg.data, *cfg.eval_data]))
-        (staging / "README.md").write_text(stage_card("pretrain", model_dir, "Continued pretraining with `dus "
-                                                      "pretrain` (its options are in dus_plan.json)."))
+        write_manifest(
+            staging, stage_manifest("pretrain", staging, model_dir, asdict(cfg), [*cfg.data, *cfg.eval_data])
+        )
+        (staging / "README.md").write_text(
+            stage_card(
+                "pretrain", model_dir, "Continued pretraining with `dus pretrain` (its options are in dus_plan.json)."
+            )
+        )
 
 
 def _summary_line(s: dict, out: Path) -> str:

@@ -45,9 +45,15 @@ def flops_per_token(config, non_embedding_params: int, seq_len: int) -> float:
 
 def format_record(record: dict, max_steps: int) -> str:
     parts = [f"step {record['step']}/{max_steps}"]
-    for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("eval_ppl", "eval_ppl {:.2f}"),
-                     ("lr", "lr {:.2e}"), ("grad_norm", "grad_norm {:.3f}"), ("tokens_per_s", "{:,.0f} tok/s"),
-                     ("mfu", "mfu {:.1%}")):
+    for key, fmt in (
+        ("loss", "loss {:.4f}"),
+        ("eval_loss", "eval_loss {:.4f}"),
+        ("eval_ppl", "eval_ppl {:.2f}"),
+        ("lr", "lr {:.2e}"),
+        ("grad_norm", "grad_norm {:.3f}"),
+        ("tokens_per_s", "{:,.0f} tok/s"),
+        ("mfu", "mfu {:.1%}"),
+    ):
         if record.get(key) is not None:
             parts.append(fmt.format(record[key]))
     return " | ".join(parts)
@@ -58,6 +64,7 @@ def quiet_libraries(show: bool) -> None:
     if not (show and sys.stderr.isatty()):
         import datasets
         import transformers
+
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
 
@@ -82,6 +89,7 @@ class MetricsLog:
         truncate_jsonl(self.path, resume_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
         from dus.bars import CountBar
 

@@ -63,8 +63,14 @@ def build_model(model_dir: str, d: Dist) -> tuple[PreTrainedModel, PreTrainedMod
     return model, _from_pretrained(model_dir) if d.is_main else None
 
 
-def prepare_model(model: PreTrainedModel, source: PreTrainedModel | None, d: Dist, compute_dtype: torch.dtype,
-                  grad_checkpointing: bool, compile: bool) -> PreTrainedModel:
+def prepare_model(
+    model: PreTrainedModel,
+    source: PreTrainedModel | None,
+    d: Dist,
+    compute_dtype: torch.dtype,
+    grad_checkpointing: bool,
+    compile: bool,
+) -> PreTrainedModel:
     layers = decoder_layers(model)
     model.config.use_cache = False
     if grad_checkpointing:

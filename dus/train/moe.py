@@ -24,8 +24,10 @@ PARTS = {"router": ROUTER, "experts": EXPERTS}
 
 def is_moe(config) -> bool:
     text = config.get_text_config()
-    return any(isinstance(getattr(text, key, None), int) and getattr(text, key) > 1
-               for key in ("num_local_experts", "num_experts"))
+    return any(
+        isinstance(getattr(text, key, None), int) and getattr(text, key) > 1
+        for key in ("num_local_experts", "num_experts")
+    )
 
 
 def freeze_parts(model: nn.Module, part: str) -> None:
@@ -87,5 +89,8 @@ class MoeTraining:
         counts = all_reduce(self.counts.clone())
         self.counts = None
         total = counts.sum().item()
-        return {"router_aux_loss_coef": self.coef, "tokens_per_expert": [int(c) for c in counts.tolist()],
-                "max_expert_share": (counts.max().item() / total) if total else None}
+        return {
+            "router_aux_loss_coef": self.coef,
+            "tokens_per_expert": [int(c) for c in counts.tolist()],
+            "max_expert_share": (counts.max().item() / total) if total else None,
+        }

@@ -46,9 +46,11 @@ def init_distributed(device: str = "auto") -> Dist:
     if cuda and (world > 1 or name == "cuda"):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.index >= torch.cuda.device_count():  # torchrun --nproc-per-node above the GPU count
-            raise InputError(f"this rank is local rank {device.index}, but this node has "
-                             f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes "
-                             "per node, or pass --device cpu")
+            raise InputError(
+                f"this rank is local rank {device.index}, but this node has "
+                f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes "
+                "per node, or pass --device cpu"
+            )
     else:
         device = torch.device(name)
     if cuda:

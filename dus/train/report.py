@@ -52,6 +52,7 @@ def default_output(run_dirs: list[Path]) -> Path:
 def plot_loss(run_dirs: str | Path | list, out: str | Path | None = None) -> Path:
     """The PNG's path. A run's train loss is a line, its eval loss dots on a dashed line, in the run's colour."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

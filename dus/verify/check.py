@@ -66,8 +66,10 @@ def _check_lineage(output: Path) -> list[dict]:
     chain = lineage(output)
     if chain[-1]["status"] == "changed":
         link = chain[-1]
-        raise VerifyError(f"parent {link['ref']} ({link['stage']}) changed since this model was made from it: "
-                          f"its {MANIFEST_FILE} differs from the digest recorded here")
+        raise VerifyError(
+            f"parent {link['ref']} ({link['stage']}) changed since this model was made from it: "
+            f"its {MANIFEST_FILE} differs from the digest recorded here"
+        )
     return chain
 
 
@@ -84,8 +86,10 @@ def _verify_trained(output: Path, record: dict) -> VerifyReport:
     for name, recorded in shards.items():
         got = file_digest(output / name, kind)
         if got != recorded:
-            raise VerifyError(f"{name}: {kind} {got[kind][:16]}… ({got['bytes']:,} bytes) differs from the recorded "
-                              f"{recorded[kind][:16]}… ({recorded['bytes']:,} bytes)")
+            raise VerifyError(
+                f"{name}: {kind} {got[kind][:16]}… ({got['bytes']:,} bytes) differs from the recorded "
+                f"{recorded[kind][:16]}… ({recorded['bytes']:,} bytes)"
+            )
     report.checks.append(f"{len(shards)} shard {kind} match")
     try:
         tensors = local_tensors(output) or {}
@@ -110,8 +114,10 @@ def _verify_build(output: Path, record: dict, source: str | None) -> VerifyRepor
     refs = {name: (s["ref"], s.get("revision")) for name, s in record["sources"].items()}
     if source:
         refs[plan.base] = (source, None)
-    sources = {name: open_source(ref, stack=plan.recipe.get("stack"), revision=revision)
-               for name, (ref, revision) in refs.items()}
+    sources = {
+        name: open_source(ref, stack=plan.recipe.get("stack"), revision=revision)
+        for name, (ref, revision) in refs.items()
+    }
     expected = planned_tensors(plan, sources)
     if record.get("rearranged", {}) != rearranged(expected, plan.layers):
         raise VerifyError(f"{MANIFEST_FILE}'s record of the tensors rearranged block by block differs from its plan's")
@@ -157,8 +163,9 @@ def _check_names_shapes(expected: list[TensorSpec], tensors: dict[str, TensorInf
     return f"{len(expected)} tensor names, dtypes and shapes match"
 
 
-def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSpec],
-                  tensors: dict[str, TensorInfo]) -> list[str]:
+def _check_shards(
+    output: Path, shards: dict[str, dict], expected: list[TensorSpec], tensors: dict[str, TensorInfo]
+) -> list[str]:
     """Read each shard once, front to back: a second thread hashes every byte read while
     each tensor is compared with its planned source bytes (or the recomputed blend/scale).
     A shard whose hash differs is reported before a tensor that differs inside it."""
@@ -199,8 +206,10 @@ def _check_shards(output: Path, shards: dict[str, dict], expected: list[TensorSp
                 f"tensor {spec.name!r} bytes differ from its planned source ({os.path.basename(planned)})"
             )
     copies = sum(spec.is_byte_copy or spec.is_block_copy for spec in expected)
-    return [f"{len(shards)} shard {kind} match",
-            f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)"]
+    return [
+        f"{len(shards)} shard {kind} match",
+        f"bytes of all tensors match their sources ({copies} copies, {len(expected) - copies} computed)",
+    ]
 
 
 def _same_bytes(spec: TensorSpec, out, nbytes: int, hasher: ShardHasher) -> bool:
@@ -282,8 +291,10 @@ def _plan_checks(pending) -> list[str]:
         raise VerifyError(str(e)) from None
     checks = ["transformers accepts the configs and builds every weight and every layer as planned"]
     if accepted:
-        checks.append(f"built with --allow-index-dependent: {len(accepted)} layer setting(s) differ from "
-                      f"their source by the layer index (first: {accepted[0]})")
+        checks.append(
+            f"built with --allow-index-dependent: {len(accepted)} layer setting(s) differ from "
+            f"their source by the layer index (first: {accepted[0]})"
+        )
     return checks
 
 

@@ -42,18 +42,23 @@ def verify_gguf(output: Path, source: str | None = None) -> VerifyReport:
         raise InputError(f"{output}: invalid {PLAN_KEY} record ({e})") from None
     if source:
         refs[plan.base] = source
-    resolved = resolve_gguf(plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, PlanOptions(),
-                            stored.value)
+    resolved = resolve_gguf(
+        plan, {name: open_gguf_source(ref) for name, ref in refs.items()}, PlanOptions(), stored.value
+    )
     base_name = output.name if len(files) == 1 else _unsplit_name(output)
     expected = plan_files(resolved, output.with_name(base_name), [len(f.tensors) for f in files])
     for want, got in zip(expected, files):
         _check_header(want, got)
     for want, got in zip(expected, files):
         _check_data(want, got)
-    return VerifyReport(output, [
-        f"{len(files)} file(s): metadata and tensor infos as planned ({len(plan.layers)} layers, "
-        f"{len(resolved.metadata)} metadata keys)",
-        f"bytes of all {len(resolved.tensors)} tensors match their sources"])
+    return VerifyReport(
+        output,
+        [
+            f"{len(files)} file(s): metadata and tensor infos as planned ({len(plan.layers)} layers, "
+            f"{len(resolved.metadata)} metadata keys)",
+            f"bytes of all {len(resolved.tensors)} tensors match their sources",
+        ],
+    )
 
 
 def _first_file(output: Path) -> Path:
@@ -78,13 +83,17 @@ def _check_header(want: FilePlan, got: GGUFFile) -> None:
     written = list(got.tensors.items())
     for (start, info), (tensor, written_info) in zip(planned, written):
         if (written_info.dtype, written_info.shape, written_info.start) != (info.dtype, info.shape, start):
-            raise VerifyError(f"{name}: tensor {tensor!r} is {written_info.dtype}{list(written_info.shape)} "
-                              f"at byte {written_info.start}, planned {info.dtype}{list(info.shape)} at {start}")
+            raise VerifyError(
+                f"{name}: tensor {tensor!r} is {written_info.dtype}{list(written_info.shape)} "
+                f"at byte {written_info.start}, planned {info.dtype}{list(info.shape)} at {start}"
+            )
     with open(got.path, "rb") as f:
         header = f.read(len(want.header))
     if header != want.header:
-        raise VerifyError(f"{name}: header (metadata or tensor names) differs from the plan's; "
-                          f"first differing key: {_first_difference(want, got)}")
+        raise VerifyError(
+            f"{name}: header (metadata or tensor names) differs from the plan's; "
+            f"first differing key: {_first_difference(want, got)}"
+        )
     if os.path.getsize(got.path) != want.size:
         raise VerifyError(f"{name}: {os.path.getsize(got.path)} bytes, planned {want.size}")
 
@@ -116,8 +125,10 @@ def _check_data(want: FilePlan, got: GGUFFile) -> None:
                     while left:
                         chunk = out.read(min(HASH_CHUNK, left))
                         if not chunk or chunk != src.read(len(chunk)):
-                            raise VerifyError(f"{name}: tensor {tensor!r} bytes differ from its planned source "
-                                              f"({os.path.basename(info.path)})")
+                            raise VerifyError(
+                                f"{name}: tensor {tensor!r} bytes differ from its planned source "
+                                f"({os.path.basename(info.path)})"
+                            )
                         left -= len(chunk)
             if out.read().strip(b"\0"):
                 raise VerifyError(f"{name}: non-zero bytes after the last tensor")

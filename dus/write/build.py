@@ -26,8 +26,14 @@ from dus.write.shards import split_shards, write_shards
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: bool = False,
-                progress: Callable[[int], None] | None = None, digest: str = DEFAULT) -> dict:
+def write_model(
+    resolved: ResolvedPlan,
+    output: Path,
+    shard_bytes: int,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    digest: str = DEFAULT,
+) -> dict:
     shards = split_shards(resolved.tensors, shard_bytes)
     note = broken_pattern_note(resolved.base.config, resolved.config)
     if note:
@@ -39,10 +45,13 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
             require_space(staging.parent, resolved.output_bytes + side_bytes)
             digests = write_shards(str(staging), shards, _watching(resolved, progress), digest)
             if len(shards) > 1:
-                _write_json(staging / INDEX_FILE, {
-                    "metadata": {"total_size": resolved.output_bytes},
-                    "weight_map": {s.name: name for name, specs in zip(digests, shards) for s in specs},
-                })
+                _write_json(
+                    staging / INDEX_FILE,
+                    {
+                        "metadata": {"total_size": resolved.output_bytes},
+                        "weight_map": {s.name: name for name, specs in zip(digests, shards) for s in specs},
+                    },
+                )
             _write_json(staging / "config.json", resolved.config)
             for path in resolved.base.side_files():
                 shutil.copyfile(path, staging / path.name)
@@ -62,20 +71,30 @@ def write_model(resolved: ResolvedPlan, output: Path, shard_bytes: int, force: b
 
 def _watching(resolved: ResolvedPlan, progress: Callable[[int], None] | None) -> Callable[[int], None]:
     """Progress that also stops the copy as soon as transformers' checks refuse the plan."""
+
     def step(nbytes: int) -> None:
         if progress:
             progress(nbytes)
         resolved.raise_if_refused()
+
     return step
 
 
 def build_record(resolved: ResolvedPlan, digests: dict) -> dict:
     """What a build's dus_plan.json holds: enough to rebuild and to verify the output (dus/manifest.py)."""
     record = stage_record(
-        "build", parent_entry(_portable_ref(resolved.base)), options=resolved.options.recorded(),
-        sources={name: {"ref": _portable_ref(s), "revision": s.revision, "num_layers": s.num_layers,
-                        "layer_prefix": s.layer_prefix}
-                 for name, s in resolved.sources.items()},
+        "build",
+        parent_entry(_portable_ref(resolved.base)),
+        options=resolved.options.recorded(),
+        sources={
+            name: {
+                "ref": _portable_ref(s),
+                "revision": s.revision,
+                "num_layers": s.num_layers,
+                "layer_prefix": s.layer_prefix,
+            }
+            for name, s in resolved.sources.items()
+        },
         plan=resolved.plan.to_json(),
         output={
             "num_layers": len(resolved.plan.layers),

@@ -34,11 +34,18 @@ def block_chunks(spec: TensorSpec, chunk: int = CHUNK) -> Iterator[bytes]:
     try:
         for first in range(0, blocks.rows, per_chunk):
             count = min(per_chunk, blocks.rows - first)
-            data = [memoryview(_pread(files[info.path], count * size, info.start + first * size))
-                    for info, size in zip(parts, row_bytes)]
-            yield b"".join(data[part][row * row_bytes[part] + block * blocks.block_bytes:
-                                      row * row_bytes[part] + (block + 1) * blocks.block_bytes]
-                           for row in range(count) for part, block in blocks.order)
+            data = [
+                memoryview(_pread(files[info.path], count * size, info.start + first * size))
+                for info, size in zip(parts, row_bytes)
+            ]
+            yield b"".join(
+                data[part][
+                    row * row_bytes[part] + block * blocks.block_bytes : row * row_bytes[part]
+                    + (block + 1) * blocks.block_bytes
+                ]
+                for row in range(count)
+                for part, block in blocks.order
+            )
     finally:
         for fd in files.values():
             os.close(fd)

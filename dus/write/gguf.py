@@ -50,7 +50,7 @@ def plan_files(resolved, output: Path, counts: list[int]) -> list[FilePlan]:
     files, start = [], 0
     for index, count in enumerate(counts):
         metadata = _split_metadata(resolved.metadata, index, len(counts), len(specs))
-        files.append(_file_plan(names[index], metadata, specs[start:start + count], resolved.alignment))
+        files.append(_file_plan(names[index], metadata, specs[start : start + count], resolved.alignment))
         start += count
     return files
 
@@ -79,13 +79,15 @@ def _split_metadata(metadata: dict[str, Value], index: int, count: int, n_tensor
     if count == 1:
         return metadata
     keep = metadata if index == 0 else {k: v for k, v in metadata.items() if k == "general.alignment"}
-    return {**keep, "split.no": make_value(U16, index), "split.count": make_value(U16, count),
-            "split.tensors.count": make_value(I32, n_tensors)}
+    return {
+        **keep,
+        "split.no": make_value(U16, index),
+        "split.count": make_value(U16, count),
+        "split.tensors.count": make_value(I32, n_tensors),
+    }
 
 
-def _file_plan(
-    name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int
-) -> FilePlan:
+def _file_plan(name: str, metadata: dict[str, Value], tensors: list[tuple[str, Placed]], alignment: int) -> FilePlan:
     type_ids = {type_name: type_id for type_id, (type_name, _, _) in ggml_types().items()}
     parts = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
     for key, value in metadata.items():
@@ -108,8 +110,13 @@ def _aligned(n: int, alignment: int) -> int:
     return -(-n // alignment) * alignment
 
 
-def write_gguf(resolved, output: Path, max_bytes: int | None = None, force: bool = False,
-               progress: Callable[[int], None] | None = None) -> dict:
+def write_gguf(
+    resolved,
+    output: Path,
+    max_bytes: int | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """Write OUTPUT (.gguf); return the build record the CLI prints."""
     files = plan_files(resolved, output, split_counts(resolved, max_bytes))
     parent = output.parent
@@ -132,16 +139,24 @@ def write_gguf(resolved, output: Path, max_bytes: int | None = None, force: bool
         for path in replaced:
             if path.name not in {f.name for f in files}:
                 path.unlink(missing_ok=True)
-    return {"output": {"num_layers": len(resolved.plan.layers), "num_parameters": resolved.num_parameters,
-                       "total_size": resolved.output_bytes,
-                       "shards": {f.name: {"bytes": f.size} for f in files}}}
+    return {
+        "output": {
+            "num_layers": len(resolved.plan.layers),
+            "num_parameters": resolved.num_parameters,
+            "total_size": resolved.output_bytes,
+            "shards": {f.name: {"bytes": f.size} for f in files},
+        }
+    }
 
 
 def _output_set(output: Path) -> list[Path]:
     """The files OUTPUT names now: OUTPUT itself and any split set of its stem (NAME-00001-of-00003.gguf ...)."""
     split = re.compile(re.escape(output.name[: -len(".gguf")]) + r"-[0-9]{5}-of-[0-9]{5}\.gguf")
-    return [output.parent / name for name in sorted(os.listdir(output.parent))
-            if name == output.name or split.fullmatch(name)]
+    return [
+        output.parent / name
+        for name in sorted(os.listdir(output.parent))
+        if name == output.name or split.fullmatch(name)
+    ]
 
 
 def _write_file(file: FilePlan, path: Path, progress: Callable[[int], None]) -> None:

@@ -22,7 +22,7 @@ def predict(layers: list[torch.Tensor], after: int, rank: int, ridge: float) -> 
     mean = sum(f.to(torch.float64) for f in flat) / n
     gram = torch.zeros(n, n, dtype=torch.float64)
     for start in range(0, mean.numel(), CHUNK):
-        part = torch.stack([f[start:start + CHUNK].to(torch.float64) for f in flat]) - mean[start:start + CHUNK]
+        part = torch.stack([f[start : start + CHUNK].to(torch.float64) for f in flat]) - mean[start : start + CHUNK]
         gram += part @ part.T
     values, vectors = torch.linalg.eigh(gram)  # ascending
     keep = values > values.max() * 1e-12

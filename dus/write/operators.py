@@ -25,6 +25,7 @@ def register(name: str) -> Callable[[Callable], Callable]:
             raise ValueError(f"operator {name!r} registered twice")
         _REGISTRY[name] = fn
         return fn
+
     return add
 
 
@@ -41,6 +42,7 @@ def register_bytes(name: str) -> Callable[[Callable], Callable]:
     def add(fn: Callable) -> Callable:
         _BYTES[name] = fn
         return fn
+
     return add
 
 

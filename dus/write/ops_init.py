@@ -46,8 +46,14 @@ def _kv_groups(features, heads: int, kv_heads: int, head_dim: int) -> torch.Tens
     """One row per key/value group: its query heads', key head's and value head's weights."""
     q, k, v = (f.to(torch.float64) for f in features)
     per = heads // kv_heads
-    return torch.cat([q.reshape(kv_heads, per * head_dim * q.shape[1]),
-                      k.reshape(kv_heads, head_dim * k.shape[1]), v.reshape(kv_heads, head_dim * v.shape[1])], dim=1)
+    return torch.cat(
+        [
+            q.reshape(kv_heads, per * head_dim * q.shape[1]),
+            k.reshape(kv_heads, head_dim * k.shape[1]),
+            v.reshape(kv_heads, head_dim * v.shape[1]),
+        ],
+        dim=1,
+    )
 
 
 def _head_rows(perm: torch.Tensor, heads_per_group: int, head_dim: int) -> torch.Tensor:

@@ -70,8 +70,9 @@ def router(experts: int, hidden: int, layer: int, seed: int, std: float) -> np.n
     return normal((experts, hidden), "router", seed, layer) * std
 
 
-def drop(weight: np.ndarray, axis: int, expert: int, layer: int, projection: str, seed: int,
-         ratio: float) -> np.ndarray:
+def drop(
+    weight: np.ndarray, axis: int, expert: int, layer: int, projection: str, seed: int, ratio: float
+) -> np.ndarray:
     """Drop-Upcycling: the neurons this expert re-initialises (the same in gate, up and down: drawn from
     the expert's own stream) get values from N(mean, std) of the dense matrix."""
     neurons = weight.shape[axis]
@@ -100,7 +101,7 @@ def split_down(weight: np.ndarray, expert: int, experts: int, neurons: tuple[int
     if neurons is not None:
         return weight[:, list(neurons)] * experts
     size = weight.shape[1] // experts
-    return weight[:, expert * size:(expert + 1) * size] * experts
+    return weight[:, expert * size : (expert + 1) * size] * experts
 
 
 def split_rows(weight: np.ndarray, neurons: tuple[int, ...]) -> np.ndarray:
@@ -108,8 +109,13 @@ def split_rows(weight: np.ndarray, neurons: tuple[int, ...]) -> np.ndarray:
     return weight[list(neurons), :]
 
 
-OPERATORS = {"moe_router": router, "moe_drop": drop, "moe_noise": noise, "moe_split_down": split_down,
-             "moe_split_rows": split_rows}
+OPERATORS = {
+    "moe_router": router,
+    "moe_drop": drop,
+    "moe_noise": noise,
+    "moe_split_down": split_down,
+    "moe_split_rows": split_rows,
+}
 
 
 def values(op: str, inputs: list[np.ndarray], params: dict) -> np.ndarray:

@@ -46,8 +46,12 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def write_shards(directory: str, shards: list[list[TensorSpec]],
-                 progress: Callable[[int], None] = lambda n: None, digest: str = DEFAULT) -> dict[str, dict]:
+def write_shards(
+    directory: str,
+    shards: list[list[TensorSpec]],
+    progress: Callable[[int], None] = lambda n: None,
+    digest: str = DEFAULT,
+) -> dict[str, dict]:
     """Write every shard; return {file name: {digest: hex, "bytes": size}}, `digest` one of DIGESTS.
 
     The hash of a shard is computed from the bytes it is planned to hold (its
@@ -71,8 +75,9 @@ def write_shards(directory: str, shards: list[list[TensorSpec]],
     return {os.path.basename(p): {digest: d, "bytes": os.path.getsize(p)} for p, d in zip(paths, digests)}
 
 
-def write_shard(path: str, specs: list[TensorSpec], hasher: ShardHasher,
-                progress: Callable[[int], None] = lambda n: None) -> None:
+def write_shard(
+    path: str, specs: list[TensorSpec], hasher: ShardHasher, progress: Callable[[int], None] = lambda n: None
+) -> None:
     """Write one shard, handing `hasher` every byte range it holds, in order."""
     header = _header(specs)
     sources: dict[str, int] = {}
@@ -159,4 +164,4 @@ def _copy_fallback(src: int, dst: int, offset: int, count: int) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

@@ -76,6 +76,7 @@ def row_name(op: str, freeze: str) -> str:
 
 # --- data ---------------------------------------------------------------------------------------
 
+
 def split_topics() -> tuple[dict[str, str], dict[str, str]]:
     """(train, held_out) topics of pydoc_data.topics, by a hash of the key."""
     from pydoc_data.topics import topics
@@ -98,6 +99,7 @@ def count_tokens(texts, model_dir: Path) -> int:
 
 # --- measuring ----------------------------------------------------------------------------------
 
+
 def held_out_perplexity(model_dir: Path, text: str, args) -> dict:
     model, _ = load_model(model_dir, "auto", "float32")
     tokenizer = load_tokenizer(model_dir)
@@ -108,46 +110,78 @@ def held_out_perplexity(model_dir: Path, text: str, args) -> dict:
 
 def train(model_dir: Path, data: Path, run_dir: Path, freeze: str, args) -> dict:
     """Continued pretraining with `dus pretrain`; returns the run summary, trainable params and losses."""
-    cfg = PretrainConfig(model=str(model_dir), data=[str(data)], output=str(run_dir), seq_len=args.seq_len,
-                         batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-                         warmup_steps=args.warmup_steps, seed=args.seed, freeze=freeze,
-                         log_every=max(1, args.steps // 10), save_every=args.steps, eval_every=args.steps)
+    cfg = PretrainConfig(
+        model=str(model_dir),
+        data=[str(data)],
+        output=str(run_dir),
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        freeze=freeze,
+        log_every=max(1, args.steps // 10),
+        save_every=args.steps,
+        eval_every=args.steps,
+    )
     start = time.perf_counter()
     summary = pretrain(cfg)
     seconds = time.perf_counter() - start
     info = json.loads((run_dir / "run.json").read_text())
     losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"summary": summary, "train_s": seconds, "trainable_parameters": info["params"]["trainable"],
-            "loss_curve": [[r["step"], r["loss"]] for r in losses if "loss" in r]}
+    return {
+        "summary": summary,
+        "train_s": seconds,
+        "trainable_parameters": info["params"]["trainable"],
+        "loss_curve": [[r["step"], r["loss"]] for r in losses if "loss" in r],
+    }
 
 
-def measure_operator(name: str, options: dict, freezes: list[str], source: Path, texts: dict, work: Path,
-                     args) -> list[dict]:
+def measure_operator(
+    name: str, options: dict, freezes: list[str], source: Path, texts: dict, work: Path, args
+) -> list[dict]:
     """Build, measure, train once per freeze mode, measure again; delete everything written."""
     model_dir = work / "model"
     start = time.perf_counter()
     record = build(str(source), model_dir, dtype="float32", force=True, **options)
     build_s = time.perf_counter() - start
     before = held_out_perplexity(model_dir, texts["held_out"], args)
-    print(f"[{name}] {record['output']['num_layers']} layers, built in {build_s:.1f}s, "
-          f"perplexity before {before['perplexity']:.3f}", flush=True)
+    print(
+        f"[{name}] {record['output']['num_layers']} layers, built in {build_s:.1f}s, "
+        f"perplexity before {before['perplexity']:.3f}",
+        flush=True,
+    )
     rows = []
     for freeze in freezes:
         run_dir = work / "run"
         trained = train(model_dir, texts["train_file"], run_dir, freeze, args)
         after = held_out_perplexity(run_dir, texts["held_out"], args)
         shutil.rmtree(run_dir)
-        rows.append({"name": row_name(name, freeze), "operator": name, "options": options, "freeze": freeze,
-                     "num_layers": record["output"]["num_layers"],
-                     "num_parameters": record["output"]["num_parameters"], "build_s": build_s,
-                     "before": before, "after": after, **trained})
-        print(f"[{rows[-1]['name']}] perplexity after {after['perplexity']:.3f} "
-              f"({trained['train_s']:.0f}s training)", flush=True)
+        rows.append(
+            {
+                "name": row_name(name, freeze),
+                "operator": name,
+                "options": options,
+                "freeze": freeze,
+                "num_layers": record["output"]["num_layers"],
+                "num_parameters": record["output"]["num_parameters"],
+                "build_s": build_s,
+                "before": before,
+                "after": after,
+                **trained,
+            }
+        )
+        print(
+            f"[{rows[-1]['name']}] perplexity after {after['perplexity']:.3f} ({trained['train_s']:.0f}s training)",
+            flush=True,
+        )
     shutil.rmtree(model_dir)
     return rows
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
+
 
 def cpu_name() -> str:
     info = Path("/proc/cpuinfo")
@@ -158,26 +192,45 @@ def cpu_name() -> str:
 
 
 def machine() -> dict:
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu": cpu_name(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "dus": dus.__version__,
-            "platform": platform.platform()}
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dus": dus.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def setup(args, texts: dict, source: Path) -> dict:
     """Everything the numbers depend on; a rerun reuses finished rows only when this is equal."""
-    return {"model": "SmolLM2-135M-Instruct", "source": str(source), "steps": args.steps, "seq_len": args.seq_len,
-            "batch_size": args.batch_size, "tokens_trained": args.steps * args.seq_len * args.batch_size,
-            "lr": args.lr, "warmup_steps": args.warmup_steps, "seed": args.seed, "schedule": "dus pretrain defaults: "
-            "AdamW (0.9, 0.95), weight decay 0.1, cosine to 0.1 x lr, grad clip 1.0",
-            "eval_tokens": args.eval_tokens, "eval_window": args.eval_window, "idus_group": args.idus_group,
-            "expand_new_layers": args.expand_new, "build_dtype": "float32",
-            "split": f"held out: topics with zlib.crc32(key) % {HOLD_OUT_MOD} == 0",
-            "held_out_topics": list(texts["held"]), "train_topics": len(texts["train"]),
-            "held_out_chars": len(texts["held_out"]), "train_chars": sum(map(len, texts["train"].values())),
-            "train_corpus_tokens": count_tokens(texts["train"].values(), source),
-            "compute_device": resolve_device("auto")}  # as dus pretrain chooses
+    return {
+        "model": "SmolLM2-135M-Instruct",
+        "source": str(source),
+        "steps": args.steps,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "tokens_trained": args.steps * args.seq_len * args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "seed": args.seed,
+        "schedule": "dus pretrain defaults: AdamW (0.9, 0.95), weight decay 0.1, cosine to 0.1 x lr, grad clip 1.0",
+        "eval_tokens": args.eval_tokens,
+        "eval_window": args.eval_window,
+        "idus_group": args.idus_group,
+        "expand_new_layers": args.expand_new,
+        "build_dtype": "float32",
+        "split": f"held out: topics with zlib.crc32(key) % {HOLD_OUT_MOD} == 0",
+        "held_out_topics": list(texts["held"]),
+        "train_topics": len(texts["train"]),
+        "held_out_chars": len(texts["held_out"]),
+        "train_chars": sum(map(len, texts["train"].values())),
+        "train_corpus_tokens": count_tokens(texts["train"].values(), source),
+        "compute_device": resolve_device("auto"),
+    }  # as dus pretrain chooses
 
 
 def load_results(path: Path, current: dict) -> dict:
@@ -197,6 +250,7 @@ def save_json(results: dict, path: Path) -> None:
 
 # --- the page -----------------------------------------------------------------------------------
 
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -208,8 +262,9 @@ def plot(results: dict, path: Path) -> None:
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(11, 4.8))
     for shift, key, color in ((-0.2, "before", "#9ecae1"), (0.2, "after", "#08519c")):
-        bars = ax.bar([i + shift for i in x], [r[key]["perplexity"] for r in rows], 0.4, color=color,
-                      label=f"{key} training")
+        bars = ax.bar(
+            [i + shift for i in x], [r[key]["perplexity"] for r in rows], 0.4, color=color, label=f"{key} training"
+        )
         ax.bar_label(bars, fmt="%.4g", fontsize=6, padding=1)
     base = next((r for r in rows if r["operator"] == "base"), None)
     if base:
@@ -219,8 +274,11 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("held-out perplexity (log scale)")
-    ax.set_title(f"SmolLM2-135M grown by each operator: held-out perplexity before / after "
-                 f"{s['steps']} steps ({s['tokens_trained']:,} tokens)", fontsize=10)
+    ax.set_title(
+        f"SmolLM2-135M grown by each operator: held-out perplexity before / after "
+        f"{s['steps']} steps ({s['tokens_trained']:,} tokens)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -237,9 +295,11 @@ def table(results: dict) -> str:
     ]
     for r in rows:
         ratio = f"{r['after']['perplexity'] / base['after']['perplexity']:.3f}" if base else "–"
-        lines.append(f"| {r['name']} | {r['num_layers']} | {r['num_parameters'] / 1e6:.1f}M | "
-                     f"{r['trainable_parameters'] / 1e6:.1f}M | {r['build_s']:.1f} | {r['train_s']:.0f} | "
-                     f"{r['before']['perplexity']:.3f} | {r['after']['perplexity']:.3f} | {ratio} |")
+        lines.append(
+            f"| {r['name']} | {r['num_layers']} | {r['num_parameters'] / 1e6:.1f}M | "
+            f"{r['trainable_parameters'] / 1e6:.1f}M | {r['build_s']:.1f} | {r['train_s']:.0f} | "
+            f"{r['before']['perplexity']:.3f} | {r['after']['perplexity']:.3f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -260,16 +320,20 @@ def checks(results: dict) -> str:
     for r in rows:
         if r["operator"].startswith("expand") and base and r["freeze"] == "none":
             same = r["before"]["nll"] == base["before"]["nll"]
-            out.append(f"- `{r['operator']}` before training (one measurement for both of its rows): mean NLL "
-                       f"{r['before']['nll']:.10f} vs the base's {base['before']['nll']:.10f}: "
-                       f"{'identical' if same else 'DIFFERENT'} (its new blocks add exactly zero).")
+            out.append(
+                f"- `{r['operator']}` before training (one measurement for both of its rows): mean NLL "
+                f"{r['before']['nll']:.10f} vs the base's {base['before']['nll']:.10f}: "
+                f"{'identical' if same else 'DIFFERENT'} (its new blocks add exactly zero)."
+            )
     trained = [r for r in rows if r["freeze"] == "none"]
     for i, a in enumerate(trained):
-        for b in trained[i + 1:]:
+        for b in trained[i + 1 :]:
             if a["num_layers"] == b["num_layers"] and same_layers(results, a, b):
                 same = a["before"]["nll"] == b["before"]["nll"] and a["after"]["nll"] == b["after"]["nll"]
-                out.append(f"- `{a['name']}` and `{b['name']}` have the same layer map, built "
-                           f"and trained separately: before and after numbers {'identical' if same else 'DIFFERENT'}.")
+                out.append(
+                    f"- `{a['name']}` and `{b['name']}` have the same layer map, built "
+                    f"and trained separately: before and after numbers {'identical' if same else 'DIFFERENT'}."
+                )
     return "\n".join(out)
 
 
@@ -280,25 +344,25 @@ def results_block(results: dict, png: str) -> str:
     epochs = s["tokens_trained"] / s["train_corpus_tokens"]
     return f"""{BEGIN}
 <!-- written by scripts/experiments/growth_study.py; edits inside these markers are overwritten -->
-- **Command:** `{results['command']}`, started {results['started']}, {results['wall_s'] / 60:.1f} min wall clock.
-- **Machine:** `nproc` = {m['nproc']} ({m['cpu']}{gpu}), compute on {s['compute_device']}, {m['torch_threads']} torch
-  threads, shared with other jobs; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']},
-  dus {m['dus']}.
-- **Training** (`dus.train.pretrain`, the same for every row): {s['steps']} steps × {s['batch_size']} blocks ×
-  {s['seq_len']} tokens = **{s['tokens_trained']:,} tokens** ({epochs:.2f} epochs of the training text), lr
-  {s['lr']:g} with {s['warmup_steps']} warmup step(s), seed {s['seed']} (the same blocks in the same order for
-  every model); {s['schedule']}. All parameters train, except in the `freeze=original` row, which trains only
+- **Command:** `{results["command"]}`, started {results["started"]}, {results["wall_s"] / 60:.1f} min wall clock.
+- **Machine:** `nproc` = {m["nproc"]} ({m["cpu"]}{gpu}), compute on {s["compute_device"]}, {m["torch_threads"]} torch
+  threads, shared with other jobs; Python {m["python"]}, torch {m["torch"]}, transformers {m["transformers"]},
+  dus {m["dus"]}.
+- **Training** (`dus.train.pretrain`, the same for every row): {s["steps"]} steps × {s["batch_size"]} blocks ×
+  {s["seq_len"]} tokens = **{s["tokens_trained"]:,} tokens** ({epochs:.2f} epochs of the training text), lr
+  {s["lr"]:g} with {s["warmup_steps"]} warmup step(s), seed {s["seed"]} (the same blocks in the same order for
+  every model); {s["schedule"]}. All parameters train, except in the `freeze=original` row, which trains only
   the blocks that `dus_plan.json` marks new (LLaMA Pro). Float32 on CPU (bf16 autocast on a GPU).
-- **Text:** Python {m['python']}'s `pydoc_data.topics`, {len(s['held_out_topics']) + s['train_topics']} topics.
-  Held out: the {len(s['held_out_topics'])} topics whose key has `zlib.crc32(key.encode()) % {HOLD_OUT_MOD} == 0`
-  ({s['held_out_chars']:,} characters): {held}.
-  Training: the other {s['train_topics']} topics ({s['train_chars']:,} characters, {s['train_corpus_tokens']:,}
+- **Text:** Python {m["python"]}'s `pydoc_data.topics`, {len(s["held_out_topics"]) + s["train_topics"]} topics.
+  Held out: the {len(s["held_out_topics"])} topics whose key has `zlib.crc32(key.encode()) % {HOLD_OUT_MOD} == 0`
+  ({s["held_out_chars"]:,} characters): {held}.
+  Training: the other {s["train_topics"]} topics ({s["train_chars"]:,} characters, {s["train_corpus_tokens"]:,}
   tokens with EOS), one JSONL document each.
-- **Perplexity:** `dus.eval.perplexity.perplexity` on the first {s['eval_tokens']:,} tokens of the held-out topics
-  (sorted keys, joined by blank lines, as `reference_text()` joins all of them) in windows of {s['eval_window']}.
+- **Perplexity:** `dus.eval.perplexity.perplexity` on the first {s["eval_tokens"]:,} tokens of the held-out topics
+  (sorted keys, joined by blank lines, as `reference_text()` joins all of them) in windows of {s["eval_window"]}.
 - **Models:** built by `dus.api.build` in float32 (bit-identical to the bf16 source weights, so training updates
   are not rounded away on export). `base` is the identity copy `layers 0:30`, so the control goes through the
-  same build, train and measure path. idus: group K = {s['idus_group']}; expand: K = {s['expand_new_layers']}
+  same build, train and measure path. idus: group K = {s["idus_group"]}; expand: K = {s["expand_new_layers"]}
   new blocks. "build s": wall time of `dus.api.build`; "train s": of `dus.train.pretrain` (model load, data,
   steps, final checkpoint and export; noisy on a shared CPU); "trained": trainable parameters.
 
@@ -322,10 +386,14 @@ def write_page(results: dict, md: Path, png: Path) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="CPU budget: 10 steps x 4 x 128 tokens, 2,048 held-out tokens (flags given still win)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU budget: 10 steps x 4 x 128 tokens, 2,048 held-out tokens (flags given still win)",
+    )
     ap.add_argument("--steps", type=int, help="optimizer steps per model (default 100; quick 10)")
     ap.add_argument("--seq-len", type=int, help="tokens per training block (default 512; quick 128)")
     ap.add_argument("--batch-size", type=int, help="blocks per step (default 8; quick 4)")
@@ -364,12 +432,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="growth-study-", dir=args.work_dir))  # removed at the end
     source = fetch_smollm2()
     train_topics, held = split_topics()
-    texts = {"train": train_topics, "held": held, "held_out": reference_text(topics=held),
-             "train_file": write_train_jsonl(train_topics, work / "train.jsonl")}
+    texts = {
+        "train": train_topics,
+        "held": held,
+        "held_out": reference_text(topics=held),
+        "train_file": write_train_jsonl(train_topics, work / "train.jsonl"),
+    }
     results = load_results(paths["json"], setup(args, texts, source))
     started = time.time() - results.get("wall_s", 0.0)
-    results.update(command="python " + shlex.join(sys.argv), machine=machine(),
-                   started=results.get("started") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    results.update(
+        command="python " + shlex.join(sys.argv),
+        machine=machine(),
+        started=results.get("started") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
     done = {r["name"] for r in results["rows"]}
     try:
         for name, options, freezes in operators(args.idus_group, args.expand_new):
