@@ -81,7 +81,9 @@ def _construct(config: dict, base, source_layers: list[int]):
     for i, j in enumerate(source_layers):
         state.update({f"{prefix}{i}.{rest}": tensor for rest, tensor in by_layer[j].items()})
     kwargs = {"dtype": base.dtype}
-    attention = getattr(base.config, "_attn_implementation", None)
+    from dus.private_api import attention_implementation
+
+    attention = attention_implementation(base.config)
     if attention:
         kwargs["attn_implementation"] = attention
     return type(base).from_pretrained(None, config=hf_config, state_dict=state, **kwargs)  # the class loading picks

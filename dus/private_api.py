@@ -71,3 +71,8 @@ def ignored_when_missing(model) -> tuple[str, ...]:
 def unsplit_blocks(model) -> set[str]:
     """Class names of the blocks a model says must not be split (its decoder layers, for most)."""
     return set(getattr(model, "_no_split_modules", None) or ())
+
+
+def attention_implementation(config) -> str | None:
+    """The attention implementation a loaded model was built with ("sdpa", "eager", ...), if it says."""
+    return getattr(config, "_attn_implementation", None)

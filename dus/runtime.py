@@ -127,21 +127,33 @@ def load_tokenizer(ref: str | Path):
         raise InputError(f"cannot load the tokenizer from {ref}: {_one_line(e)}") from None
 
 
-def load_model(ref: str | Path, device: str = "auto", dtype: str = "auto", *, attention: str | None = None):
+def load_model(
+    ref: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    attention: str | None = None,
+    device_map: str | None = None,
+):
     """A causal LM from safetensors weights only, in eval mode on `device`: (model, device used).
     `attention` (e.g. "sdpa") is asked for where the architecture has it, else its default is kept.
-    A .gguf file is read through transformers (dequantized)."""
-    device = resolve_device(device)
+    `device_map` (accelerate's, e.g. "auto") places a model larger than one GPU across devices; the
+    device returned is then its input embedding's. A .gguf file is read through transformers (dequantized)."""
+    device = resolve_device(device) if device_map is None else "cuda"
     if str(ref).endswith(".gguf"):
         from dus.read.gguf_model import load_gguf
 
         return load_gguf(ref, "model", dtype=resolve_dtype(dtype, device)).to(device).eval(), device
     ref = check_weights(ref)
     kwargs = {"dtype": resolve_dtype(dtype, device), "use_safetensors": True}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = _from_pretrained(ref, kwargs, attention)
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"cannot load the model from {ref}: {_one_line(e)}") from None
+    if device_map is not None:
+        return model.eval(), model.get_input_embeddings().weight.device
     return model.to(device).eval(), device
 
 

@@ -147,18 +147,7 @@ def _load(opts: ScanOptions):
     from dus.runtime import load_model
     from dus.scan.prefix import Runner
 
-    if opts.device_map:
-        import transformers
-
-        from dus.runtime import resolve_dtype
-
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            opts.source, dtype=resolve_dtype(opts.dtype, "cuda"), device_map=opts.device_map, use_safetensors=True
-        )
-        model.eval()
-        device = model.get_input_embeddings().weight.device
-    else:
-        model, device = load_model(opts.source, opts.device, opts.dtype)
+    model, device = load_model(opts.source, opts.device, opts.dtype, device_map=opts.device_map)
     return Runner(model), device
 
 
