@@ -8,6 +8,7 @@ import transformers
 import yaml
 from figures import assert_drawn, coloured_share
 from models import VOCAB, assert_verified, save_model
+from refusal import assert_refused
 from safetensors.torch import load_file
 
 import dus.api
@@ -190,3 +191,19 @@ def test_recipe_file_shard_size_and_override(tmp_path, run_dus):
     assert code == 0, err
     assert [p.name for p in (tmp_path / "b").glob("*.safetensors")] == ["model.safetensors"]
     assert json.loads((tmp_path / "b/config.json").read_text())["num_hidden_layers"] == 8  # the flag's 0, not 1
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"layer": 1, "scale": {"self_attn.o_proj": 0.5}},
+        {"layer": 1, "scale": {"modules": "self_attn.o_proj", "factor": 0.5}},
+        {"layer": 1, "scale": {"modules": ["self_attn.o_proj"], "factor": "half"}},
+        {"range": [0, 2, 3]},
+    ],
+)
+def test_a_malformed_scale_or_range_is_one_line(tmp_path, llama_source, run_dus, entry):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"layers": [{"range": [0, 4]}, entry]}))
+    code, _, err = run_dus("build", llama_source, tmp_path / "out", "--config", recipe)
+    assert_refused(code, err, "must be", outputs=tmp_path / "out")

@@ -107,6 +107,23 @@ def layer_entries(spec, sources: dict[str, Source]) -> list[OutputLayer]:
     return layers
 
 
+def _scale_edit(scale) -> Edit:
+    modules, factor = (scale.get("modules"), scale.get("factor")) if isinstance(scale, dict) else (None, None)
+    valid_modules = isinstance(modules, list) and modules and all(isinstance(m, str) for m in modules)
+    if (
+        not valid_modules
+        or isinstance(factor, bool)
+        or not isinstance(factor, (int, float))
+        or set(scale)
+        - {
+            "modules",
+            "factor",
+        }
+    ):
+        raise InputError(f"scale {scale!r} must be a mapping of modules (a list of names) and factor (a number)")
+    return Edit("scale", tuple(modules), float(factor))
+
+
 def _entry_layers(entry, sources: dict[str, Source], base_name: str) -> list[OutputLayer]:
     if not isinstance(entry, dict):
         raise InputError(f"layer entry {entry!r} must be a mapping (range/layer/blend, with optional zero/scale/new)")
@@ -117,11 +134,12 @@ def _entry_layers(entry, sources: dict[str, Source], base_name: str) -> list[Out
     if "zero" in entry:
         edits.append(Edit("zero", tuple(entry["zero"]), 0.0))
     if "scale" in entry:
-        scale = entry["scale"]
-        edits.append(Edit("scale", tuple(scale["modules"]), float(scale["factor"])))
+        edits.append(_scale_edit(entry["scale"]))
     new = bool(entry.get("new", bool(edits)))
     n = sources[source].num_layers
     if "range" in entry:
+        if not (isinstance(entry["range"], list) and len(entry["range"]) == 2):
+            raise InputError(f"layer entry {entry!r}: range must be [start, stop]")
         start, stop = entry["range"]
         indices = recipes.parse_layer_spec(f"{start}:{stop}", n)
         return [OutputLayer((LayerRef(i, source),), tuple(edits), new) for i in indices]
