@@ -15,17 +15,7 @@ from refusal import assert_refused
 from dus.errors import BuildError, InputError
 from dus.eval import harness
 from dus.eval.h6 import H6
-
-MC = {
-    "output_type": "multiple_choice",
-    "doc_to_text": "Question: {{question}}\nAnswer:",
-    "doc_to_choice": "{{choices}}",
-    "doc_to_target": "{{answer}}",
-    "metric_list": [
-        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-    ],
-}
+from dus.pipeline.tinydata import MC  # the task layout the tiny recipe writes
 
 
 def _docs(n: int, gold: int) -> list[dict]:
