@@ -21,6 +21,7 @@ COMMON = dict(
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
+MULTI_HEAD = {k: v for k, v in COMMON.items() if k != "num_key_value_heads"}  # configs without grouped queries
 
 ARCHITECTURES = {
     "llama": lambda: transformers.LlamaConfig(**COMMON),
@@ -35,27 +36,11 @@ ARCHITECTURES = {
     "gpt2": lambda: transformers.GPT2Config(
         **TOKENS, vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128
     ),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(
-        **TOKENS,
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**MULTI_HEAD),
     "olmo2": lambda: transformers.Olmo2Config(**COMMON),
     "starcoder2": lambda: transformers.Starcoder2Config(**COMMON, sliding_window=8),
     "cohere2": lambda: transformers.Cohere2Config(**COMMON, sliding_window=6),
-    "phi": lambda: transformers.PhiConfig(
-        **TOKENS,
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-    ),
+    "phi": lambda: transformers.PhiConfig(**MULTI_HEAD),
     "granite": lambda: transformers.GraniteConfig(**COMMON),
 }
 
