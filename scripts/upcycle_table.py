@@ -28,7 +28,7 @@ def table() -> str:
         names = "/".join(f.expert_names)
         why = "top-k weights always renormalised" if f.norm_topk == "always" else "`norm_topk_prob: true` written"
         if f.shared:
-            why += f"; shared expert (`{f.shared}`) down projection{' and gate' if f.shared_gate else ''} zero"
+            why += f"; shared expert (`{f.shared}`) down projection zero"
         must = ", ".join(f"`{k}: {str(v).lower()}`" for k, v in f.must) or "—"
         rows.append(
             f"| `{dense}` | `{f.target}` ({f.architecture}) | `{f.block}.experts.E.{{{names}}}.weight`, "

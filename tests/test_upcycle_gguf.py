@@ -100,18 +100,3 @@ def test_smollm2_q4_1_upcycles_and_verifies(smollm2_gguf, tmp_path):
     dus.api.upcycle(str(smollm2_gguf), out, experts=4, top_k=2, verify=True)
     moe = _tensors(out)
     assert moe["blk.29.ffn_down_exps.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_1
-
-
-@pytest.mark.real_model
-def test_llama_cpp_runs_the_upcycled_gguf_as_its_dense_source(smollm2_gguf, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    out = tmp_path / "smol-moe.gguf"
-    dus.api.upcycle(str(smollm2_gguf), out, experts=4, top_k=2)
-
-    def top1(path):
-        llm = llama_cpp.Llama(str(path), n_ctx=128, n_batch=128, logits_all=True, verbose=False, seed=0)
-        ids = llm.tokenize(b"The capital of France is Paris, and the capital of Italy is Rome. " * 3)
-        llm.eval(ids)
-        return np.asarray(llm.scores[: len(ids)]).argmax(-1)
-
-    assert (top1(out) == top1(smollm2_gguf)).mean() >= 0.99

@@ -101,8 +101,13 @@ def _moe_block(
             if projection == "down_proj":
                 spec = dataclasses.replace(spec, parts=(), computed=None)
             tensors.append(dataclasses.replace(spec, name=f"{block}{family.shared}.{projection}.weight"))
-    if family.shared_gate:
-        tensors.append(TensorSpec(f"{block}{family.shared_gate}.weight", gate.dtype, (1, hidden), ()))
+    if family.shared_gate:  # any gate keeps the function (the shared expert adds zero); not zero, which
+        # llama.cpp's sigmoid, silu(x) / x, turns into 0 / 0
+        params = (("hidden", hidden), ("layer", index), ("seed", moe["seed"]), ("std", moe["router_std"]))
+        shared_gate = Computed("moe_shared_gate", (), params)
+        tensors.append(
+            TensorSpec(f"{block}{family.shared_gate}.weight", gate.dtype, (1, hidden), (), computed=shared_gate)
+        )
     return tensors
 
 
@@ -236,7 +241,7 @@ def describe(moe: dict, specs: list[TensorSpec], layer_prefix: str) -> dict:
     }
     if family.shared:
         layout["shared_expert"] = f"{block}{family.shared}.{{gate_proj,up_proj,down_proj}}.weight (down zero)" + (
-            f", {block}{family.shared_gate}.weight (zero)" if family.shared_gate else ""
+            f", {block}{family.shared_gate}.weight (seeded N(0, router_std))" if family.shared_gate else ""
         )
     return {**moe, "layout": layout, **parameter_counts(moe, specs)}
 

@@ -70,6 +70,12 @@ def router(experts: int, hidden: int, layer: int, seed: int, std: float) -> np.n
     return normal((experts, hidden), "router", seed, layer) * std
 
 
+def shared_gate(hidden: int, layer: int, seed: int, std: float) -> np.ndarray:
+    """N(0, std) for a shared expert's sigmoid gate (Qwen2-MoE): the shared expert's down projection is zero, so
+    any gate keeps the function; a random one gives the gate a gradient to learn from."""
+    return normal((1, hidden), "shared_gate", seed, layer) * std
+
+
 def drop(
     weight: np.ndarray, axis: int, expert: int, layer: int, projection: str, seed: int, ratio: float
 ) -> np.ndarray:
@@ -111,6 +117,7 @@ def split_rows(weight: np.ndarray, neurons: tuple[int, ...]) -> np.ndarray:
 
 OPERATORS = {
     "moe_router": router,
+    "moe_shared_gate": shared_gate,
     "moe_drop": drop,
     "moe_noise": noise,
     "moe_split_down": split_down,
