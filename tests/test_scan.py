@@ -117,13 +117,13 @@ def test_resume_scores_only_what_is_missing(tiny_model, inputs, tmp_path, monkey
     record.update(plans=kept, complete=False)  # as a scan killed after six plans leaves it
     path.write_text(json.dumps(record))
     calls = []
-    original = prefix.Runner.logits_together
-    monkeypatch.setattr(
-        prefix.Runner, "logits_together", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
-    )
+    original = prefix.Runner.hidden
+    monkeypatch.setattr(prefix.Runner, "hidden", lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k))
     again = scan(opts)
-    assert _windows(tiny_model, inputs["text"]) > 1
-    assert len(calls) == 10 - 6  # batch size 1: one call per missing plan, its windows together
+    windows = _windows(tiny_model, inputs["text"])
+    assert windows > 1
+    # batch size 1: one call per missing plan, all its windows (of one length) together
+    assert [len(batch) for batch in calls] == [windows] * (10 - 6)
     assert again["plans"] == first["plans"]
     with pytest.raises(InputError, match="other settings .*window"):
         scan(_opts(tiny_model, tmp_path / "s", text=inputs["text"], window=32))
@@ -142,6 +142,32 @@ def test_a_prefix_cache_over_the_memory_cap_lives_in_a_file_and_scores_the_same(
     memory = scan(_opts(tiny_model, tmp_path / "a", text=inputs["text"], window=64, layers=layers))
     on_disk = scan(_opts(tiny_model, tmp_path / "b", text=inputs["text"], window=64, layers=layers, memory="1KB"))
     assert [p["scores"] for p in memory["plans"]] == [p["scores"] for p in on_disk["plans"]]
+
+
+def test_a_jsonl_text_scores_as_its_documents_joined(tiny_model, inputs, tmp_path):
+    """--text FILE.jsonl reads the `text` field as `dus pretrain --data` does, documents joined by a blank line."""
+    jsonl = tmp_path / "text.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in TOPICS[:5]), encoding="utf-8")
+    layers = ["0:4,1:4", "0:3,2:4"]
+    plain = scan(_opts(tiny_model, tmp_path / "a", text=inputs["text"], window=64, layers=layers))
+    documents = scan(_opts(tiny_model, tmp_path / "b", text=str(jsonl), window=64, layers=layers))
+    assert [p["scores"] for p in documents["plans"]] == [p["scores"] for p in plain["plans"]]
+    assert documents["base"]["scores"] == plain["base"]["scores"]
+
+
+def test_a_device_map_scores_as_one_device(tiny_model, inputs, tmp_path, monkeypatch):
+    """--device-map places the model through accelerate (a model larger than one device); on this CPU-only
+    machine everything lands on the CPU, and the scores are the plain run's."""
+    pytest.importorskip("accelerate")
+    import dus.runtime
+
+    asked, load = [], dus.runtime._from_pretrained
+    monkeypatch.setattr(dus.runtime, "_from_pretrained", lambda ref, kw, a: asked.append(dict(kw)) or load(ref, kw, a))
+    kw = {"text": inputs["text"], "probe": [inputs["probe"]], "window": 64, "layers": ["0:4,1:4", "0:3,2:4"]}
+    plain = scan(_opts(tiny_model, tmp_path / "a", **kw))
+    mapped = scan(ScanOptions(source=str(tiny_model), out=str(tmp_path / "b"), device_map="auto", **kw))
+    assert "device_map" not in asked[0] and asked[1]["device_map"] == "auto"
+    assert [p["scores"] for p in mapped["plans"]] == [p["scores"] for p in plain["plans"]]
 
 
 def test_spaces():

@@ -32,7 +32,9 @@ class ScanOptions:
     top: int = option(10, "Plans shown, given held-out scores, and drawn as build commands (the best 3).")
     window: int = option(512, "--text: tokens per scoring window (as dus eval --perplexity).")
     max_tokens: int | None = option(None, "--text: use at most this many tokens (as dus eval --perplexity).")
-    batch_size: int = option(4, "Plans that share their repeated layers run as one batch of up to this many.")
+    batch_size: int = option(
+        4, "Plans that share their repeated layers run as one batch of up to this many (each with all its sequences)."
+    )
     memory: str = option(
         "4GiB",
         "Keep the prefix cache (hidden states at every layer boundary) in memory up to "

@@ -15,7 +15,10 @@ position (the check `dus build` runs), and the planned config gives each
 position its source layer's type, so a layer receives the same mask and
 position embeddings in the grown model as in the base. Without a KV cache the
 layer index selects nothing else. Plans that share a suffix run together, their
-hidden states stacked along the batch (the per-layer arguments broadcast).
+hidden states stacked along the batch (the per-layer arguments broadcast), and
+so do sequences of one length whose layers received identical arguments (the
+text's windows, probe sequences): one layer call then serves many plans and
+sequences, which is what makes small probes cheap.
 """
 
 from __future__ import annotations
@@ -80,38 +83,45 @@ class Runner:
         return Prefix(input_ids, hidden, calls, returned["tuple"])
 
     @torch.no_grad()
-    def logits(self, prefix: Prefix, starts: list[int], suffix: tuple[int, ...], keep: int = 0) -> torch.Tensor:
-        """[len(starts), keep or T, vocab]: for each j in `starts`, hidden[j] through source layers `suffix`, then
-        the head. `keep` > 0 computes the logits of the last `keep` positions only."""
-        h = torch.cat([prefix.hidden[j] for j in starts])
-        for k in suffix:
-            args, kwargs = prefix.calls[k]
-            out = self.layers[k](h, *args, **kwargs)
-            h = out[0] if isinstance(out, tuple) else out
-        return self._head(h, prefix, keep)
-
-    @torch.no_grad()
-    def logits_together(self, prefixes: list[Prefix], starts: list[int], suffix: tuple[int, ...]) -> torch.Tensor:
-        """[len(prefixes), len(starts), T, vocab]: `logits` of sequences whose layers received the same arguments
-        (same_calls), run as one batch: the per-layer arguments are the first sequence's."""
-        h = torch.cat([p.hidden[j] for p in prefixes for j in starts])
+    def hidden(self, prefixes: list[Prefix], starts: list[int], suffix: tuple[int, ...]) -> torch.Tensor:
+        """[len(starts) * len(prefixes), T, H], start-major: every sequence's hidden[j], for each j in `starts`,
+        through source layers `suffix`, as one batch. The sequences' layers must have received the same arguments
+        in the base pass (same_calls; one sequence always has): the first sequence's serve them all."""
+        device = prefixes[0].hidden[starts[0]].device  # under a device map, hidden[j] is where layer j ran
+        h = torch.cat([p.hidden[j].to(device) for j in starts for p in prefixes])
         for k in suffix:
             args, kwargs = prefixes[0].calls[k]
             out = self.layers[k](h, *args, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
-        ids = torch.cat([p.input_ids.expand(len(starts), -1) for p in prefixes])
-        logits = self._head(h, prefixes[0], 0, ids)
-        return logits.view(len(prefixes), len(starts), *logits.shape[1:])
+        return h
 
-    def _head(self, h: torch.Tensor, prefix: Prefix, keep: int, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's forward with its stack replaced by one module that returns `h`: the final norm, LM head and
-        whatever else the architecture applies after its layers, exactly as it applies them."""
-        ids = prefix.input_ids.expand(h.shape[0], -1) if ids is None else ids
-        setattr(self.parent, self.attr, torch.nn.ModuleList([_Inject(h, prefix.returns_tuple)]))
+    @torch.no_grad()
+    def head(self, h: torch.Tensor, prefixes: list[Prefix], keep: int = 0) -> torch.Tensor:
+        """The logits of `h` (a multiple of len(prefixes) rows, start-major as `hidden` returns them): the model's
+        forward with its stack replaced by one module that returns `h`, so the final norm, LM head and whatever
+        else the architecture applies after its layers are applied exactly as it applies them. `keep` > 0: the
+        last `keep` positions only."""
+        ids = torch.cat([p.input_ids for p in prefixes]).repeat(h.shape[0] // len(prefixes), 1)
+        setattr(self.parent, self.attr, torch.nn.ModuleList([_Inject(h, prefixes[0].returns_tuple)]))
         try:
             return self.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
         finally:
             setattr(self.parent, self.attr, self.layers)
+
+
+def batches(prefixes: list[Prefix]) -> list[list[int]]:
+    """The sequences grouped into batches that `Runner.hidden` can run together: equal lengths whose layers
+    received the same arguments (same_calls); any other sequence runs alone."""
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        by_length.setdefault(p.input_ids.shape[1], []).append(i)
+    out = []
+    for group in by_length.values():
+        if same_calls([prefixes[i] for i in group]):
+            out.append(group)
+        else:
+            out.extend([i] for i in group)
+    return out
 
 
 def same_calls(prefixes: list[Prefix]) -> bool:

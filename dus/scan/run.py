@@ -154,6 +154,7 @@ def _load(opts: ScanOptions):
 def _capture(runner, data: dict, opts: ScanOptions, out: Path, device) -> dict:
     """Every sequence's prefix, in memory under --memory, else in one file under --out (removed at the end)."""
     from dus.api import parse_size
+    from dus.scan.prefix import batches
     from dus.scan.store import keep
 
     cap = parse_size(opts.memory)
@@ -163,6 +164,9 @@ def _capture(runner, data: dict, opts: ScanOptions, out: Path, device) -> dict:
         "windows": [runner.capture(w) for w in windows],
         "probes": [[runner.capture(s) for s in seqs] for seqs in probes],
     }
+    # which sequences run as one batch, decided on the base pass's arguments before they move to a file
+    prefixes["window_batches"] = batches(prefixes["windows"])
+    prefixes["probe_batches"] = [batches(ps) for ps in prefixes["probes"]]
     keep([p for p in prefixes["windows"]] + [p for ps in prefixes["probes"] for p in ps], cap, out)
     return prefixes
 
@@ -183,10 +187,9 @@ def _score_plans(
     batch_size: int,
     advance: Callable[[int], None],
 ) -> dict:
-    """{plan: {name: score}} for `wanted` scores; plans already in `done` are not run again. Plans with the same
-    suffix after their shared prefix run as one batch."""
-    from dus.scan.prefix import same_calls
-    from dus.scan.score import accuracy, choice_loglik, perplexity
+    """{plan: {name: score}} for `wanted` scores; plans already in `done` are not run again. Up to `batch_size`
+    plans with the same suffix after their shared prefix run as one batch, with every sequence of a length."""
+    from dus.scan.score import accuracy, perplexity
 
     todo: dict[tuple, list] = {}
     for plan in plans:
@@ -195,40 +198,57 @@ def _score_plans(
             j = prefix_length(plan)
             todo.setdefault(plan[j:], []).append(plan)
     windows = cache["windows"]
-    together = bool(windows) and same_calls(windows)  # equal windows run as one batch, as dus eval runs them
-    per_chunk = max(1, batch_size // len(windows)) if together else batch_size
     for suffix, group in sorted(todo.items(), key=lambda kv: -len(kv[0])):
-        for chunk in [group[k : k + per_chunk] for k in range(0, len(group), per_chunk)]:
+        for chunk in [group[k : k + batch_size] for k in range(0, len(group), batch_size)]:
             starts = [prefix_length(p) for p in chunk]
             scores: list[dict] = [{} for _ in chunk]
             if PERPLEXITY in wanted:
-                sums = _text_nll(runner, windows, starts, suffix, together)
+                sums = _text_nll(runner, windows, cache["window_batches"], starts, suffix)
                 count = sum(prefix.input_ids.shape[1] - 1 for prefix in windows)
-                for s, value in zip(scores, sums.tolist()):
+                for s, value in zip(scores, sums):
                     s[PERPLEXITY] = perplexity(value, count)
-            for probe, prefixes in zip(data["probes"], cache["probes"]):
-                if probe.name not in wanted:
-                    continue
-                lls = [
-                    choice_loglik(runner.logits(p, starts, suffix, keep=length + 1), p.input_ids, length).tolist()
-                    for p, length in zip(prefixes, probe.choice_lengths)
-                ]
-                for b, s in enumerate(scores):
-                    s[probe.name] = accuracy(probe, [ll[b] for ll in lls])
+            for probe, prefixes, groups in zip(data["probes"], cache["probes"], cache["probe_batches"]):
+                if probe.name in wanted:
+                    lls = _choice_logliks(runner, probe, prefixes, groups, starts, suffix)
+                    for s, ll in zip(scores, lls):
+                        s[probe.name] = accuracy(probe, ll)
             for plan, s in zip(chunk, scores):
                 done.setdefault(layer_spec(plan), {}).update(s)
             advance(len(chunk))
     return {plan: done[layer_spec(plan)] for plan in plans}
 
 
-def _text_nll(runner, windows: list, starts: list[int], suffix: tuple, together: bool):
-    """[plans] summed NLL over all windows."""
+def _text_nll(runner, windows: list, groups: list[list[int]], starts: list[int], suffix: tuple) -> list[float]:
+    """[plans] NLL summed over all windows, in window order as dus eval sums it. The head runs one plan's batch at
+    a time (its logits, windows x T x vocab, are the largest tensor of a scan)."""
     from dus.scan.score import window_nll
 
-    if together:
-        logits = runner.logits_together(windows, starts, suffix)
-        return sum(window_nll(logits[w], prefix.input_ids) for w, prefix in enumerate(windows))
-    return sum(window_nll(runner.logits(prefix, starts, suffix), prefix.input_ids) for prefix in windows)
+    nll: dict[int, list] = {w: [None] * len(starts) for w in range(len(windows))}  # window -> plan -> NLL
+    for group in groups:
+        batch = [windows[w] for w in group]
+        h = runner.hidden(batch, starts, suffix)
+        for k in range(len(starts)):
+            logits = runner.head(h[k * len(batch) : (k + 1) * len(batch)], batch)
+            for g, w in enumerate(group):
+                nll[w][k] = window_nll(logits[g][None], windows[w].input_ids)[0]
+    return [sum(nll[w][k] for w in range(len(windows))).item() for k in range(len(starts))]
+
+
+def _choice_logliks(runner, probe, prefixes: list, groups: list[list[int]], starts: list[int], suffix: tuple):
+    """[plans][sequence] log-likelihood of each sequence's choice tokens; only those positions reach the head."""
+    from dus.scan.score import choice_loglik
+
+    out = [[0.0] * len(prefixes) for _ in starts]
+    for group in groups:
+        batch = [prefixes[i] for i in group]
+        keep = max(probe.choice_lengths[i] for i in group) + 1
+        logits = runner.head(runner.hidden(batch, starts, suffix), batch, keep)
+        for k in range(len(starts)):
+            for g, i in enumerate(group):
+                length = probe.choice_lengths[i]
+                row = logits[k * len(batch) + g, -(length + 1) :]
+                out[k][i] = choice_loglik(row[None], prefixes[i].input_ids, length).item()
+    return out
 
 
 def _advance(counter: dict, k: int, progress, state: dict, out: Path) -> None:
