@@ -207,3 +207,18 @@ def test_a_malformed_scale_or_range_is_one_line(tmp_path, llama_source, run_dus,
     recipe.write_text(yaml.safe_dump({"layers": [{"range": [0, 4]}, entry]}))
     code, _, err = run_dus("build", llama_source, tmp_path / "out", "--config", recipe)
     assert_refused(code, err, "must be", outputs=tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"layer": 1, "scale": {"modules": ["attn.c_proj"], "factor": 0.5}},  # GPT-2's name, not this Llama's
+        {"layer": 1, "zero": ["self_attn.o_proj", "mlp.down"]},  # a module name cut short
+    ],
+)
+def test_an_edit_of_a_module_the_layer_lacks_is_refused(tmp_path, llama_source, run_dus, entry):
+    """Such an edit would change nothing, and the plan would silently not be the one asked for."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"layers": [{"range": [0, 4]}, entry]}))
+    code, _, err = run_dus("build", llama_source, tmp_path / "out", "--config", recipe)
+    assert_refused(code, err, "which has no tensor in source layer 1", outputs=tmp_path / "out")

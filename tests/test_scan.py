@@ -1,7 +1,9 @@
 """dus scan: its scores are the built models' scores; spaces, search, resume, outputs and refusals."""
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,32 +47,82 @@ def _loglik(model, tokenizer, context: str, choice: str) -> float:
 def test_scores_equal_the_built_models(tiny_model, inputs, tmp_path, run_dus):
     """Every plan of the single-block space is scored; a sample, the best included, equals `dus eval --perplexity`
     on the built model (1e-4 relative), and its probe accuracy equals the built model's by log-likelihood."""
-    from dus.runtime import load_model, load_tokenizer
-
     record = scan(
         _opts(tiny_model, tmp_path / "scan", text=inputs["text"], probe=[inputs["probe"]], window=64, batch_size=3)
     )
     assert record["complete"] and len(record["plans"]) == 4 * 5 // 2
     assert set(record["base"]["scores"]) == {"perplexity", "accuracy:facts"}
-    tok = load_tokenizer(tiny_model)
     sample = [record["plans"][0]["layers"], "0:4,0:4", "0:2,1:4", "0:4,3"]
     for spec in sample:
         out = tmp_path / spec.replace(":", "-").replace(",", "_")
         dus.api.build(str(tiny_model), out, layers=spec)
-        code, _, err = run_dus(
-            "eval", out, "--perplexity", inputs["text"], "--window", "64", "--device", "cpu", "--output", out / "eval"
-        )
-        assert code == 0, err
-        expected = json.loads((out / "eval" / "perplexity.json").read_text())["perplexity"]
+        expected = _built_scores(out, inputs, run_dus)
         scores = next(p for p in record["plans"] if p["layers"] == spec)["scores"]
-        assert math.isclose(scores["perplexity"], expected, rel_tol=1e-4)
-        model, _ = load_model(out, "cpu", "float32")
-        right = [
-            max(range(len(q["choices"])), key=lambda c: _loglik(model, tok, q["context"], q["choices"][c]))
-            == (q["answer"] if isinstance(q["answer"], int) else q["choices"].index(q["answer"]))
-            for q in QUESTIONS
-        ]
-        assert scores["accuracy:facts"] == sum(right) / len(right)
+        assert math.isclose(scores["perplexity"], expected["perplexity"], rel_tol=1e-4)
+        assert scores["accuracy:facts"] == expected["accuracy:facts"]
+
+
+def _built_scores(out, inputs, run_dus) -> dict:
+    """A built model's perplexity by `dus eval --perplexity` (window 64) and its log-likelihood accuracy."""
+    from dus.runtime import load_model, load_tokenizer
+
+    code, _, err = run_dus(
+        "eval", out, "--perplexity", inputs["text"], "--window", "64", "--device", "cpu", "--output", out / "eval"
+    )
+    assert code == 0, err
+    model, tok = load_model(out, "cpu", "float32")[0], load_tokenizer(out)
+    right = [
+        max(range(len(q["choices"])), key=lambda c: _loglik(model, tok, q["context"], q["choices"][c]))
+        == (q["answer"] if isinstance(q["answer"], int) else q["choices"].index(q["answer"]))
+        for q in QUESTIONS
+    ]
+    perplexity = json.loads((out / "eval" / "perplexity.json").read_text())["perplexity"]
+    return {"perplexity": perplexity, "accuracy:facts": sum(right) / len(right)}
+
+
+def test_scaled_repeats_score_as_their_built_recipes(tiny_model, inputs, tmp_path, run_dus, monkeypatch):
+    """--scale F also scores the top plans with their repeated layers' residual outputs times F; each variant's
+    scores are those of the recipe `dus build --config` builds (the scale operator's tensors, exactly)."""
+    from dus.scan import scaled
+
+    layers = ["0:3,1:4", "0:4,2:4"]
+    opts = _opts(tiny_model, tmp_path / "s", text=inputs["text"], probe=[inputs["probe"]], window=64, top=2)
+    record = scan(dataclasses.replace(opts, layers=layers, scale=["0.5", "0.25"]))
+    variants = [p for p in record["plans"] if "scale" in p]
+    assert sorted((p["layers"], p["scale"]) for p in variants) == sorted((s, f) for s in layers for f in (0.5, 0.25))
+    assert all(p["scale_modules"] == ["self_attn.o_proj", "mlp.down_proj"] and "block" not in p for p in variants)
+    plain = {p["layers"]: p["scores"] for p in record["plans"] if "scale" not in p}
+    for variant in variants:
+        assert variant["scores"]["perplexity"] != plain[variant["layers"]]["perplexity"]  # the factor took effect
+        plan = (0, 1, 2, 1, 2, 3) if variant["layers"] == "0:3,1:4" else (0, 1, 2, 3, 2, 3)
+        recipe = tmp_path / f"{variant['layers']}-{variant['scale']}.yml"
+        recipe.write_text(scaled.recipe_text(str(tiny_model), plan, variant["scale"], variant["scale_modules"]))
+        out = tmp_path / f"built-{variant['layers']}-{variant['scale']}"
+        code, _, err = run_dus("build", "--config", recipe, out)
+        assert code == 0, err
+        expected = _built_scores(out, inputs, run_dus)
+        assert math.isclose(variant["scores"]["perplexity"], expected["perplexity"], rel_tol=1e-4)
+        assert variant["scores"]["accuracy:facts"] == expected["accuracy:facts"]
+    for command in record["build"]:  # a scaled variant among the best is built from the recipe the scan wrote
+        if "--config" in command:
+            assert Path(command.split()[3]).is_file()
+    computed = []
+    monkeypatch.setattr(scaled, "weights", lambda *a, **k: computed.append(a))
+    again = scan(dataclasses.replace(opts, layers=layers, scale=["0.5", "0.25"]))  # resumes: nothing to score
+    assert again["plans"] == record["plans"] and computed == []
+
+
+def test_scaled_recipe_scales_only_the_repeats():
+    from dus.scan import scaled
+
+    scale = {"modules": ["o"], "factor": 0.5}
+    assert scaled.repeated((0, 1, 2, 1, 2, 3)) == [3, 4]
+    assert scaled.recipe_layers((0, 1, 2, 1, 2, 3), 0.5, ["o"]) == [
+        {"range": [0, 3]},
+        {"layer": 1, "scale": scale},
+        {"layer": 2, "scale": scale},
+        {"range": [3, 4]},
+    ]
 
 
 def test_cli_writes_scan_json_heatmap_and_build_commands(tiny_model, inputs, tmp_path, run_dus):
@@ -234,6 +286,11 @@ def test_bad_spaces_and_names_are_refused(tiny_model, inputs, tmp_path, run_dus)
     assert "not held out" in _bad(run_dus, tmp_path, tiny_model, *text, "--report-on", "perplexity")
     assert "--text" in _bad(run_dus, tmp_path, tiny_model)
     assert "GGUF" in _bad(run_dus, tmp_path, tmp_path / "m.gguf", *text)
+    assert "is not a number" in _bad(run_dus, tmp_path, tiny_model, *text, "--scale", "half")
+    assert "other than 1" in _bad(run_dus, tmp_path, tiny_model, *text, "--scale", "0")
+    assert "no module 'attn.c_proj'" in _bad(
+        run_dus, tmp_path, tiny_model, *text, "--scale", "0.5", "--scale-modules", "attn.c_proj"
+    )
 
 
 def test_a_source_the_build_refuses_is_refused(tmp_path, run_dus, inputs):
@@ -254,10 +311,18 @@ def test_smollm2_scores_equal_the_built_models(smollm2, tmp_path):
     text = tmp_path / "topics.txt"
     text.write_text(reference_text(), encoding="utf-8")
     layers = ["0:22,8:30", "0:29,28:30"]
-    record = scan(_opts(smollm2, tmp_path / "s", text=str(text), max_tokens=512, layers=layers))
-    for spec in layers:
-        dus.api.build(str(smollm2), tmp_path / spec, layers=spec)
+    record = scan(_opts(smollm2, tmp_path / "s", text=str(text), max_tokens=512, layers=layers, scale=["0.5"], top=1))
+    variant = next(p for p in record["plans"] if "scale" in p)  # the best plan, layer 28 again at 0.5: bf16 tensors
+    assert variant["layers"] == "0:29,28:30"
+    for spec in layers + ["scaled"]:
+        if spec == "scaled":
+            scale = {"modules": variant["scale_modules"], "factor": 0.5}
+            recipe = [{"range": [0, 29]}, {"layer": 28, "scale": scale}, {"range": [29, 30]}]
+            dus.api.build(str(smollm2), tmp_path / spec, layers=recipe)
+        else:
+            dus.api.build(str(smollm2), tmp_path / spec, layers=spec)
         model, _ = load_model(tmp_path / spec, "cpu", "auto")
         expected = perplexity(model, load_tokenizer(smollm2), text.read_text(), max_tokens=512)["perplexity"]
-        got = next(p for p in record["plans"] if p["layers"] == spec)["scores"]["perplexity"]
-        assert math.isclose(got, expected, rel_tol=1e-4)
+        plain = [p for p in record["plans"] if "scale" not in p]
+        got = (variant if spec == "scaled" else next(p for p in plain if p["layers"] == spec))["scores"]
+        assert math.isclose(got["perplexity"], expected, rel_tol=1e-4)

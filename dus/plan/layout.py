@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dus.errors import InputError
-from dus.plan.model import Plan
+from dus.plan.model import Edit, Plan
 from dus.plan.per_layer import Blocks, per_layer_tensor
 from dus.read.architecture import split_layer_name
 from dus.read.safetensors import DTYPE_BITS, DTYPE_CODES, TensorInfo
@@ -92,7 +92,16 @@ def layout(plan: Plan, sources: dict[str, Source]) -> list[TensorSpec]:
         for ref in layer.inputs[1:]:
             _check_layer(sources, ref.source, ref.layer)
             _check_same_shapes(sources, (first.source, first.layer), (ref.source, ref.layer))
-        for suffix in sources[first.source].layer_tensors[first.layer]:
+        suffixes = sources[first.source].layer_tensors[first.layer]
+        for edit in layer.edits:  # a module that names nothing would leave the layer silently unedited
+            for module in edit.modules:
+                if not any(Edit(edit.op, (module,)).matches(suffix) for suffix in suffixes):
+                    modules = ", ".join(sorted({suffix.rsplit(".", 1)[0] for suffix in suffixes}))
+                    raise InputError(
+                        f"output layer {index}: {edit.op} names module {module!r}, which has no tensor in source "
+                        f"layer {first.layer} (its modules: {modules})"
+                    )
+        for suffix in suffixes:
             parts = tuple(
                 (sources[r.source].tensors[sources[r.source].layer_tensors[r.layer][suffix]], r.weight)
                 for r in layer.inputs

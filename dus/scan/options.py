@@ -30,6 +30,16 @@ class ScanOptions:
         [], "Held-out scores: measured for the base and the --top plans only, never used to rank (repeatable)."
     )
     top: int = option(10, "Plans shown, given held-out scores, and drawn as build commands (the best 3).")
+    scale: list[str] = option(
+        [],
+        "Also score the --top plans with their repeated layers' residual outputs scaled by this factor "
+        "(repeatable, e.g. 0.5; mergekit #198).",
+    )
+    scale_modules: str | None = option(
+        None,
+        "Modules --scale multiplies, comma-separated within a layer "
+        "[default: the attention and MLP output projections, found as expand finds them].",
+    )
     window: int = option(512, "--text: tokens per scoring window (as dus eval --perplexity).")
     max_tokens: int | None = option(None, "--text: use at most this many tokens (as dus eval --perplexity).")
     batch_size: int = option(

@@ -23,6 +23,7 @@ sequences, which is what makes small probes cheap.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -83,15 +84,19 @@ class Runner:
         return Prefix(input_ids, hidden, calls, returned["tuple"])
 
     @torch.no_grad()
-    def hidden(self, prefixes: list[Prefix], starts: list[int], suffix: tuple[int, ...]) -> torch.Tensor:
+    def hidden(
+        self, prefixes: list[Prefix], starts: list[int], suffix: tuple[int, ...], weights: dict | None = None
+    ) -> torch.Tensor:
         """[len(starts) * len(prefixes), T, H], start-major: every sequence's hidden[j], for each j in `starts`,
         through source layers `suffix`, as one batch. The sequences' layers must have received the same arguments
-        in the base pass (same_calls; one sequence always has): the first sequence's serve them all."""
+        in the base pass (same_calls; one sequence always has): the first sequence's serve them all. `weights`
+        {suffix position: {parameter name: tensor}} replaces those parameters while that position runs."""
         device = prefixes[0].hidden[starts[0]].device  # under a device map, hidden[j] is where layer j ran
         h = torch.cat([p.hidden[j].to(device) for j in starts for p in prefixes])
-        for k in suffix:
+        for position, k in enumerate(suffix):
             args, kwargs = prefixes[0].calls[k]
-            out = self.layers[k](h, *args, **kwargs)
+            with _swapped(self.layers[k], (weights or {}).get(position, {})):
+                out = self.layers[k](h, *args, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
         return h
 
@@ -142,6 +147,22 @@ def _equal(a, b) -> bool:
         return bool(a == b)
     except Exception:  # an object without a plain equality: do not batch
         return False
+
+
+@contextmanager
+def _swapped(layer: torch.nn.Module, tensors: dict):
+    """The layer with these parameters replaced, the originals put back after."""
+    saved = []
+    try:
+        for name, tensor in tensors.items():
+            module_name, _, attr = name.rpartition(".")
+            module = layer.get_submodule(module_name)
+            saved.append((module, attr, module._parameters[attr]))
+            module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+        yield layer
+    finally:
+        for module, attr, original in reversed(saved):
+            module._parameters[attr] = original
 
 
 class _Inject(torch.nn.Module):

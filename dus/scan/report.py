@@ -37,10 +37,33 @@ def read_previous(out: Path, settings: dict, force: bool) -> dict[str, dict]:
             f"{path} holds a scan with other settings ({', '.join(changed) or 'format'}); "
             "use another --out, or --force to start over"
         )
-    done = {p["layers"]: dict(p["scores"]) for p in record.get("plans", [])}
-    if record.get("base"):
-        done[record["base"]["layers"]] = dict(record["base"]["scores"])
+    try:
+        done = {_key(p): dict(p["scores"]) for p in record.get("plans", [])}
+        if record.get("base"):
+            done[record["base"]["layers"]] = dict(record["base"]["scores"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{path} is not a scan record ({type(e).__name__}: {e}); use --force to start over") from None
     return done
+
+
+def _key(plan: dict) -> str:
+    if "scale" in plan:
+        return scaled_key(str(plan["layers"]), float(plan["scale"]), [str(m) for m in plan["scale_modules"]])
+    return str(plan["layers"])
+
+
+def scaled_key(spec: str, factor: float, modules: list[str]) -> str:
+    """A scaled variant's key among the scores (a plan's is its spec): SPEC|FACTOR|MODULES."""
+    return f"{spec}|{factor!r}|{','.join(modules)}"
+
+
+def split_key(key: str) -> tuple[str, float | None, list[str]]:
+    """(spec, factor, modules) of a key; factor None for a plain plan."""
+    spec, _, rest = key.partition("|")
+    if not rest:
+        return spec, None, []
+    factor, _, modules = rest.partition("|")
+    return spec, float(factor), modules.split(",")
 
 
 def better(name: str):
@@ -53,9 +76,16 @@ def ranked(plans: list[dict], name: str) -> list[dict]:
     return sorted(plans, key=lambda p: sign * p["scores"].get(name, math.inf * sign))
 
 
-def build_command(source: str, spec: str) -> str:
-    name = Path(source).name or "model"
-    return f"dus build {source} {name}-{spec.replace(':', '-').replace(',', '_')} --layers {spec}"
+def output_name(source: str, spec: str, factor: float | None = None) -> str:
+    name = f"{Path(source).name or 'model'}-{spec.replace(':', '-').replace(',', '_')}"
+    return name if factor is None else f"{name}-scale{factor:g}"
+
+
+def build_command(source: str, spec: str, recipe: Path | None = None, factor: float | None = None) -> str:
+    """The command that builds a plan; a scaled variant is built from its recipe file."""
+    if recipe is not None:
+        return f"dus build --config {recipe} {output_name(source, spec, factor)}"
+    return f"dus build {source} {output_name(source, spec)} --layers {spec}"
 
 
 def table(record: dict, select_on: str, top: int):
@@ -70,7 +100,8 @@ def table(record: dict, select_on: str, top: int):
     t.add_row("base", record["base"]["layers"], str(record["num_layers"]), *[_value(base.get(k)) for k in names])
     for rank, plan in enumerate(record["plans"][:top], 1):
         cells = [_value(plan["scores"].get(k), base.get(k)) for k in names]
-        t.add_row(str(rank), plan["layers"], str(plan["num_layers"]), *cells)
+        layers = plan["layers"] + (f" ×{plan['scale']:g} repeats" if "scale" in plan else "")
+        t.add_row(str(rank), layers, str(plan["num_layers"]), *cells)
     return t
 
 

@@ -15,8 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dus.errors import InputError
+from dus.scan import scaled
 from dus.scan.options import ScanOptions
-from dus.scan.report import SCAN_FILE, better, build_command, heatmap, ranked, read_previous, write_json
+from dus.scan.report import (
+    SCAN_FILE,
+    better,
+    build_command,
+    heatmap,
+    output_name,
+    ranked,
+    read_previous,
+    scaled_key,
+    split_key,
+    write_json,
+)
 from dus.scan.score import PERPLEXITY
 from dus.scan.space import block_of, layer_spec, make_space, prefix_length, search
 
@@ -39,7 +51,10 @@ def scan(opts: ScanOptions, progress: Callable[[int, int], None] | None = None) 
     names = [PERPLEXITY] * bool(opts.text) + [f"accuracy:{Path(p).stem}" for p in opts.probe]
     select, held_out = _score_names(names, opts.select_on, opts.report_on)
     # the check `dus build` runs: every source layer must build identically at another index (the stack twice)
-    n = check_plan(opts.source, overlap=0).base.num_layers
+    base = check_plan(opts.source, overlap=0).base
+    n = base.num_layers
+    factors = scaled.factors(opts.scale)
+    scale_modules = scaled.modules(base, opts.scale_modules) if factors else []
     plans = make_space(opts.space, n, opts.layers, opts.max_block, opts.max_layers)
     if opts.budget is not None and opts.budget < len(plans) and any(block_of(p, n) is None for p in plans):
         raise InputError(
@@ -65,7 +80,7 @@ def scan(opts: ScanOptions, progress: Callable[[int, int], None] | None = None) 
         "select_on": select[0],
     }
     total = len(plans) if opts.budget is None else min(opts.budget, len(plans))
-    counter = {"done": 0, "total": total + 1}
+    counter = {"done": 0, "total": total + 1 + min(opts.top, total) * len(factors)}
 
     def score(batch: list[tuple[int, ...]], wanted: list[str]) -> dict:
         return _score_plans(
@@ -88,12 +103,28 @@ def scan(opts: ScanOptions, progress: Callable[[int, int], None] | None = None) 
     best = ranked([{"plan": p, "scores": done[layer_spec(p)]} for p in scored], select[0])[: opts.top]
     if held_out:
         score([base_plan] + [b["plan"] for b in best], held_out)
+    for plan in [b["plan"] for b in best if scaled.repeated(b["plan"])]:
+        for factor in factors:
+            _score_scaled(runner, cache, data, plan, factor, scale_modules, names, done, opts.source, device)
+            _advance(counter, 1, progress, state, out)
     state["complete"] = True
     record = _record(state)
+    _write_recipes(record, out)
     write_json(out / SCAN_FILE, record)
     picture = heatmap(record, select[0], out / "heatmap.png") if any(p.get("block") for p in record["plans"]) else None
     record["files"] = {"scan": str(out / SCAN_FILE), **({"heatmap": str(picture)} if picture else {})}
     return record
+
+
+def _score_scaled(runner, cache, data, plan, factor, modules, names, done, source, device) -> None:
+    """Score the plan with its repeated positions' `modules` scaled by `factor` (dus/scan/scaled.py), unless done."""
+    key = scaled_key(layer_spec(plan), factor, modules)
+    if all(name in done.get(key, {}) for name in names):
+        return
+    weights = scaled.weights(source, plan, factor, modules, runner.model.dtype, device)
+    j = prefix_length(plan)  # the repeats come after the shared prefix: the suffix's positions
+    shifted = {position - j: tensors for position, tensors in weights.items()}
+    done.setdefault(key, {}).update(_score_chunk(runner, cache, data, [j], plan[j:], names, shifted)[0])
 
 
 def _score_names(names: list[str], select_on: str | None, report_on: list[str]) -> tuple[list[str], list[str]]:
@@ -189,36 +220,44 @@ def _score_plans(
 ) -> dict:
     """{plan: {name: score}} for `wanted` scores; plans already in `done` are not run again. Up to `batch_size`
     plans with the same suffix after their shared prefix run as one batch, with every sequence of a length."""
-    from dus.scan.score import accuracy, perplexity
-
     todo: dict[tuple, list] = {}
     for plan in plans:
         have = done.get(layer_spec(plan), {})
         if any(name not in have for name in wanted):
             j = prefix_length(plan)
             todo.setdefault(plan[j:], []).append(plan)
-    windows = cache["windows"]
     for suffix, group in sorted(todo.items(), key=lambda kv: -len(kv[0])):
         for chunk in [group[k : k + batch_size] for k in range(0, len(group), batch_size)]:
-            starts = [prefix_length(p) for p in chunk]
-            scores: list[dict] = [{} for _ in chunk]
-            if PERPLEXITY in wanted:
-                sums = _text_nll(runner, windows, cache["window_batches"], starts, suffix)
-                count = sum(prefix.input_ids.shape[1] - 1 for prefix in windows)
-                for s, value in zip(scores, sums):
-                    s[PERPLEXITY] = perplexity(value, count)
-            for probe, prefixes, groups in zip(data["probes"], cache["probes"], cache["probe_batches"]):
-                if probe.name in wanted:
-                    lls = _choice_logliks(runner, probe, prefixes, groups, starts, suffix)
-                    for s, ll in zip(scores, lls):
-                        s[probe.name] = accuracy(probe, ll)
+            scores = _score_chunk(runner, cache, data, [prefix_length(p) for p in chunk], suffix, wanted)
             for plan, s in zip(chunk, scores):
                 done.setdefault(layer_spec(plan), {}).update(s)
             advance(len(chunk))
     return {plan: done[layer_spec(plan)] for plan in plans}
 
 
-def _text_nll(runner, windows: list, groups: list[list[int]], starts: list[int], suffix: tuple) -> list[float]:
+def _score_chunk(
+    runner, cache: dict, data: dict, starts: list[int], suffix: tuple, wanted: list[str], weights: dict | None = None
+) -> list[dict]:
+    """[{name: score}] of the plans hidden[j] + `suffix` for j in `starts`, run as one batch (`weights`: parameters
+    replaced at suffix positions, Runner.hidden)."""
+    from dus.scan.score import accuracy, perplexity
+
+    scores: list[dict] = [{} for _ in starts]
+    windows = cache["windows"]
+    if PERPLEXITY in wanted:
+        sums = _text_nll(runner, windows, cache["window_batches"], starts, suffix, weights)
+        count = sum(prefix.input_ids.shape[1] - 1 for prefix in windows)
+        for s, value in zip(scores, sums):
+            s[PERPLEXITY] = perplexity(value, count)
+    for probe, prefixes, groups in zip(data["probes"], cache["probes"], cache["probe_batches"]):
+        if probe.name in wanted:
+            lls = _choice_logliks(runner, probe, prefixes, groups, starts, suffix, weights)
+            for s, ll in zip(scores, lls):
+                s[probe.name] = accuracy(probe, ll)
+    return scores
+
+
+def _text_nll(runner, windows: list, groups: list[list[int]], starts: list[int], suffix: tuple, weights=None):
     """[plans] NLL summed over all windows, in window order as dus eval sums it. The head runs one plan's batch at
     a time (its logits, windows x T x vocab, are the largest tensor of a scan)."""
     from dus.scan.score import window_nll
@@ -226,7 +265,7 @@ def _text_nll(runner, windows: list, groups: list[list[int]], starts: list[int],
     nll: dict[int, list] = {w: [None] * len(starts) for w in range(len(windows))}  # window -> plan -> NLL
     for group in groups:
         batch = [windows[w] for w in group]
-        h = runner.hidden(batch, starts, suffix)
+        h = runner.hidden(batch, starts, suffix, weights)
         for k in range(len(starts)):
             logits = runner.head(h[k * len(batch) : (k + 1) * len(batch)], batch)
             for g, w in enumerate(group):
@@ -234,7 +273,9 @@ def _text_nll(runner, windows: list, groups: list[list[int]], starts: list[int],
     return [sum(nll[w][k] for w in range(len(windows))).item() for k in range(len(starts))]
 
 
-def _choice_logliks(runner, probe, prefixes: list, groups: list[list[int]], starts: list[int], suffix: tuple):
+def _choice_logliks(
+    runner, probe, prefixes: list, groups: list[list[int]], starts: list[int], suffix: tuple, weights=None
+):
     """[plans][sequence] log-likelihood of each sequence's choice tokens; only those positions reach the head."""
     from dus.scan.score import choice_loglik
 
@@ -242,7 +283,7 @@ def _choice_logliks(runner, probe, prefixes: list, groups: list[list[int]], star
     for group in groups:
         batch = [prefixes[i] for i in group]
         keep = max(probe.choice_lengths[i] for i in group) + 1
-        logits = runner.head(runner.hidden(batch, starts, suffix), batch, keep)
+        logits = runner.head(runner.hidden(batch, starts, suffix, weights), batch, keep)
         for k in range(len(starts)):
             for g, i in enumerate(group):
                 length = probe.choice_lengths[i]
@@ -265,14 +306,15 @@ def _record(state: dict) -> dict:
     from dus.plan.recipes import parse_layer_spec
 
     plans = []
-    for spec, scores in done.items():
-        if spec == base_spec:
+    for key, scores in done.items():
+        if key == base_spec:
             continue
+        spec, factor, modules = split_key(key)
         plan = tuple(parse_layer_spec(spec, n))
-        block = block_of(plan, n)
-        plans.append(
-            {"layers": spec, "num_layers": len(plan), **({"block": list(block)} if block else {}), "scores": scores}
-        )
+        block = block_of(plan, n) if factor is None else None  # the heat map draws plain plans
+        scale = {} if factor is None else {"scale": factor, "scale_modules": modules}
+        entry = {"layers": spec, **scale, "num_layers": len(plan), **({"block": list(block)} if block else {})}
+        plans.append({**entry, "scores": scores})
     name = state["select_on"]
     plans = ranked(plans, name)
     record = {
@@ -289,5 +331,27 @@ def _record(state: dict) -> dict:
         "plans": plans,
     }
     if state["complete"]:
-        record["build"] = [build_command(str(opts.source), p["layers"]) for p in plans[:3]]
+        record["build"] = [
+            build_command(
+                str(opts.source), p["layers"], _recipe_path(Path(opts.out), str(opts.source), p), p.get("scale")
+            )
+            for p in plans[:3]
+        ]
     return record
+
+
+def _recipe_path(out: Path, source: str, plan: dict) -> Path | None:
+    return out / "recipes" / f"{output_name(source, plan['layers'], plan['scale'])}.yml" if "scale" in plan else None
+
+
+def _write_recipes(record: dict, out: Path) -> None:
+    """The recipe file of each scaled variant among the build commands."""
+    from dus.core.publish import atomic_write_text
+    from dus.plan.recipes import parse_layer_spec
+
+    for plan in record["plans"][:3]:
+        path = _recipe_path(out, record["source"], plan)
+        if path is not None:
+            layers = tuple(parse_layer_spec(plan["layers"], record["source_num_layers"]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, scaled.recipe_text(record["source"], layers, plan["scale"], plan["scale_modules"]))
