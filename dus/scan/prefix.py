@@ -157,8 +157,9 @@ def _swapped(layer: torch.nn.Module, tensors: dict):
         for name, tensor in tensors.items():
             module_name, _, attr = name.rpartition(".")
             module = layer.get_submodule(module_name)
-            saved.append((module, attr, module._parameters[attr]))
-            module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+            original = module._parameters[attr]
+            saved.append((module, attr, original))
+            module._parameters[attr] = torch.nn.Parameter(tensor.to(original.device), requires_grad=False)
         yield layer
     finally:
         for module, attr, original in reversed(saved):
