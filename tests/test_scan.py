@@ -182,6 +182,26 @@ def test_resume_scores_only_what_is_missing(tiny_model, inputs, tmp_path, monkey
     assert scan(_opts(tiny_model, tmp_path / "s", text=inputs["text"], window=32, force=True))["complete"]
 
 
+@pytest.mark.parametrize(
+    "plans",
+    [
+        [{"scores": {}}],
+        ["0:4,1:4"],
+        [{"layers": "0:4,1:4", "scores": 3}],
+        [{"layers": "0:4,1:4", "scores": {"perplexity": "low"}}],
+        [{"layers": "0:4,1:4", "scale": "half", "scale_modules": [], "scores": {}}],
+    ],
+)
+def test_a_malformed_scan_json_is_refused_not_resumed(tiny_model, inputs, tmp_path, plans):
+    opts = _opts(tiny_model, tmp_path / "s", text=inputs["text"], window=64, layers=["0:4,1:4"])
+    scan(opts)
+    path = tmp_path / "s" / "scan.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "plans": plans}))
+    with pytest.raises(InputError, match="is not a scan record"):
+        scan(opts)
+
+
 def _windows(model, text) -> int:
     from dus.runtime import load_tokenizer
     from dus.scan.score import read_text, text_windows

@@ -38,12 +38,19 @@ def read_previous(out: Path, settings: dict, force: bool) -> dict[str, dict]:
             "use another --out, or --force to start over"
         )
     try:
-        done = {_key(p): dict(p["scores"]) for p in record.get("plans", [])}
+        done = {_key(p): _scores(p) for p in record.get("plans", [])}
         if record.get("base"):
-            done[record["base"]["layers"]] = dict(record["base"]["scores"])
+            done[str(record["base"]["layers"])] = _scores(record["base"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{path} is not a scan record ({type(e).__name__}: {e}); use --force to start over") from None
     return done
+
+
+def _scores(plan: dict) -> dict[str, float]:
+    scores = dict(plan["scores"])
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
+        raise ValueError("a score is not a number")
+    return scores
 
 
 def _key(plan: dict) -> str:
