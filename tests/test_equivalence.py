@@ -169,7 +169,7 @@ def test_formula_no_value_expresses_is_refused():
     "model_type, extra, message",
     [
         ("bart", {"is_encoder_decoder": False}, "DUS needs a decoder stack: bart is an encoder-decoder model"),
-        ("bert", {}, "DUS needs a decoder stack: transformers builds this bert config's layers as an encoder"),
+        ("bert", {}, "DUS needs a decoder stack: transformers builds this bert config's layers with bidirectional"),
     ],
 )
 def test_encoders_are_refused(model_type, extra, message):

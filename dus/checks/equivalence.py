@@ -156,8 +156,9 @@ def _check_decoder(config, stack) -> None:
     causal = {m.is_causal for m in stack.modules() if isinstance(getattr(m, "is_causal", None), bool)}
     if causal == {False}:
         raise InputError(
-            f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers as an "
-            "encoder (bidirectional attention; is_decoder is false)"
+            f"DUS needs a decoder stack: transformers builds this {config.model_type} config's layers with "
+            "bidirectional attention (no attention is causal): an encoder, or a prefix-LM whose prompt attends "
+            "both ways"
         )
 
 
