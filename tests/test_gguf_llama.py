@@ -94,8 +94,7 @@ def tiny_config(family: str):
     if family == "llama":
         return transformers.LlamaConfig(**common, num_hidden_layers=8, tie_word_embeddings=True)
     if family in ("qwen2", "qwen3"):
-        config = transformers.AutoConfig.for_model(family, **common, num_hidden_layers=4)
-        return config
+        return transformers.AutoConfig.for_model(family, **common, num_hidden_layers=4)
     # Gemma-3: every 6th layer full attention (5 and 11), a 16-token window so a short text crosses it.
     return transformers.Gemma3TextConfig(
         **common, num_hidden_layers=12, head_dim=16, query_pre_attn_scalar=16, sliding_window=16
@@ -281,4 +280,3 @@ def test_q4_1_smollm2_upcycled_in_llama_cpp(tmp_path, smollm2_gguf):
     assert abs(got["ppl_ratio"] - 1) <= abs(base["ppl_ratio"] - 1) + 0.005, (base, got)
     dense, moe = (llama_cpp_logits(path, ids).argmax(-1) for path in (source, upcycled))
     assert (dense == moe).float().mean().item() >= 0.99
-    print(f"llama.cpp vs transformers: dense source {base}, upcycled {got}")
