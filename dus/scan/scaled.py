@@ -38,11 +38,14 @@ def modules(base, given: str | None) -> list[str]:
 
     if not given:
         return list(residual_output_modules(base.layer_tensors[0]))
+    from dus.plan.model import Edit
+
     names = [m.strip() for m in given.split(",") if m.strip()]
-    present = sorted({s.rsplit(".", 1)[0] for s in base.layer_tensors[0]})
-    for name in names:
-        if not any(m == name or m.startswith(name + ".") for m in present):
-            raise InputError(f"--scale-modules: no module {name!r} in the layers (they have {', '.join(present)})")
+    suffixes = list(base.layer_tensors[0])
+    for name in names:  # checked now, before the scan, as the build checks each layer's edits
+        if not any(Edit("scale", (name,)).matches(suffix) for suffix in suffixes):
+            present = ", ".join(sorted({suffix.rsplit(".", 1)[0] for suffix in suffixes}))
+            raise InputError(f"--scale-modules: no module {name!r} in the layers (they have {present})")
     return names
 
 
