@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -50,3 +53,38 @@ def perplexity(model_dir: Path, text_path: Path, seq_len: int = 64, blocks: int 
     batch = torch.tensor(ids[: seq_len * blocks]).view(blocks, seq_len)
     with torch.no_grad():
         return math.exp(model(input_ids=batch, labels=batch).loss.item())
+
+
+def run_config(model, corpus: dict, output, cache, /, **options) -> dict:
+    """A small `dus pretrain` config: the training corpus, 64-token sequences, batches of 4, a log line a step;
+    `options` override any of it (model= too)."""
+    return {
+        "model": str(model),
+        "data": [str(corpus["train"])],
+        "output": str(output),
+        "seq_len": 64,
+        "batch_size": 4,
+        "log_every": 1,
+        "cache_dir": str(cache),
+        **options,
+    }
+
+
+FAST_SCHEDULE = {"lr": 3e-3, "warmup_steps": 2}  # what a tiny model learns from in a few steps
+
+
+def torchrun_pretrain(model, corpus: dict, output, cache, *flags: str) -> list[str]:
+    """`dus pretrain` on two CPU ranks under torchrun (gloo), 64-token sequences, batches of 4: its command."""
+    return [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        *("-m", "dus", "pretrain", str(model), "--device", "cpu", "--data", str(corpus["train"])),
+        *("--output", str(output), "--seq-len", "64", "--batch-size", "4", "--cache-dir", str(cache)),
+        *flags,
+    ]
+
+
+def run_ranks(cmd: list[str]) -> subprocess.CompletedProcess:
+    """A torchrun command, one thread a rank (two ranks share this machine's cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)

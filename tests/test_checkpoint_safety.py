@@ -11,15 +11,13 @@ import os
 import pickle
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from pretrain_helpers import make_model, read_jsonl
+from pretrain_helpers import make_model, read_jsonl, run_ranks, torchrun_pretrain
 from refusal import assert_refused, snapshot
 
 from dus.errors import InputError
@@ -270,48 +268,14 @@ def test_rng_state_round_trips_through_json():
 def test_two_ranks_refuse_a_damaged_shard_together(tiny_model, corpus, tmp_path):
     """Rank 0 checks the record and every rank gets its verdict: both stop, neither waits for the other."""
     out = tmp_path / "fsdp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "dus",
-        "pretrain",
-        str(tiny_model),
-        "--device",
-        "cpu",
-        "--data",
-        str(corpus["train"]),
-        "--output",
-        str(out),
-        "--seq-len",
-        "64",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "4",
-        "--save-every",
-        "2",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-    run = {
-        "check": False,
-        "capture_output": True,
-        "text": True,
-        "timeout": 300,
-        "env": {**os.environ, "OMP_NUM_THREADS": "1"},
-    }
-    first = subprocess.run(cmd + ["--stop-after", "2"], **run)
+    cmd = torchrun_pretrain(tiny_model, corpus, out, tmp_path / "cache", "--max-steps", "4", "--save-every", "2")
+    first = run_ranks(cmd + ["--stop-after", "2"])
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoint = out / "checkpoints" / "step_00000002"
     assert set(json.loads((checkpoint / RECORD).read_text())["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
     _flip_bit(checkpoint, "__1_0.distcp")  # rank 1's shard
     before = snapshot(out)
-    done = subprocess.run(cmd + ["--resume"], **run)
+    done = run_ranks(cmd + ["--resume"])
     # one error from each rank (two processes share stderr, so their lines may run together)
     refusal = f"error: {checkpoint / '__1_0.distcp'}: sha256 differs"
     assert done.returncode != 0 and done.stderr.count(refusal) == 2, done.stderr[-3000:]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from pretrain_helpers import perplexity, read_jsonl, weights
+from pretrain_helpers import FAST_SCHEDULE, perplexity, read_jsonl, run_config, weights
 from refusal import assert_refused
 
 from dus.train import load_config, pretrain
@@ -18,19 +18,7 @@ def run(tiny_model, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def run(output, **options) -> dict:
-        config = {
-            "model": str(tiny_model),
-            "data": [str(corpus["train"])],
-            "output": str(output),
-            "seq_len": 64,
-            "batch_size": 4,
-            "lr": 3e-3,
-            "warmup_steps": 2,
-            "log_every": 1,
-            "cache_dir": str(cache),
-            **options,
-        }
-        return pretrain(config)
+        return pretrain(run_config(tiny_model, corpus, output, cache, **{**FAST_SCHEDULE, **options}))
 
     return run
 

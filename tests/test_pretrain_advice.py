@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from pretrain_helpers import weights
+from pretrain_helpers import run_config, weights
 
 from dus.train import advice, pretrain
 
@@ -17,18 +17,7 @@ def run(tiny_model, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def run(output, **options) -> dict:
-        config = {
-            "model": str(tiny_model),
-            "data": [str(corpus["train"])],
-            "output": str(output),
-            "seq_len": 64,
-            "batch_size": 4,
-            "log_every": 1,
-            "save_every": 0,
-            "cache_dir": str(cache),
-            **options,
-        }
-        return pretrain(config)
+        return pretrain(run_config(tiny_model, corpus, output, cache, **{"save_every": 0, **options}))
 
     return run
 

@@ -4,60 +4,25 @@ data, and a run stopped halfway resumes from its sharded checkpoint."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from pretrain_helpers import perplexity, read_jsonl
+from pretrain_helpers import perplexity, read_jsonl, run_ranks, torchrun_pretrain
 from transformers import AutoModelForCausalLM
 
 
 @pytest.mark.slow
 def test_two_ranks_shard_parameters_and_data(tiny_model, corpus, tmp_path):
     out = tmp_path / "fsdp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "dus",
-        "pretrain",
-        str(tiny_model),
-        "--device",
-        "cpu",
-        "--data",
-        str(corpus["train"]),
-        "--eval-data",
-        str(corpus["eval"]),
-        "--output",
-        str(out),
-        "--seq-len",
-        "64",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "20",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "2",
-        "--log-every",
-        "5",
-        "--eval-every",
-        "20",
-        "--log-samples",
-        "--save-every",
-        "10",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = torchrun_pretrain(
+        tiny_model,
+        corpus,
+        out,
+        tmp_path / "cache",
+        *("--eval-data", str(corpus["eval"]), "--max-steps", "20", "--lr", "3e-3", "--warmup-steps", "2"),
+        *("--log-every", "5", "--eval-every", "20", "--log-samples", "--save-every", "10"),
+    )
     for extra in (["--stop-after", "10"], ["--resume"]):  # the second half resumes from sharded checkpoints
-        done = subprocess.run(cmd + extra, check=False, capture_output=True, text=True, timeout=300, env=env)
+        done = run_ranks(cmd + extra)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
     info = json.loads((out / "run.json").read_text())

@@ -32,6 +32,17 @@ PRIVATE = re.compile(
 )
 
 
+TINY_LLAMA = {  # a one-layer Llama config, built on the meta device
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "vocab_size": 64,
+}
+
+
 def test_no_other_module_uses_the_internals():
     users = sorted(
         str(p.relative_to(ROOT))
@@ -71,17 +82,7 @@ def test_dcp_internals_behave_as_dus_relies_on():
 def test_weight_conversions_map_a_checkpoint_name(tmp_path):
     from dus.checks.transformers_check import loaded_names, meta_model
 
-    model = meta_model(
-        {
-            "model_type": "llama",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "vocab_size": 64,
-        }
-    )
+    model = meta_model(TINY_LLAMA)
     assert weight_conversions(model) is not None
     assert loaded_names(model, ["model.layers.0.mlp.up_proj.weight"]) == {"model.layers.0.mlp.up_proj.weight"}
 
@@ -90,17 +91,7 @@ def test_without_the_conversions_the_coverage_check_refuses(monkeypatch):
     """Simulates a transformers without them: the import fails, and the check says it cannot check."""
     from dus.checks.transformers_check import check_covers, meta_model
 
-    model = meta_model(
-        {
-            "model_type": "llama",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "vocab_size": 64,
-        }
-    )
+    model = meta_model(TINY_LLAMA)
     monkeypatch.setitem(sys.modules, "transformers.conversion_mapping", None)  # import raises ImportError
     assert weight_conversions(model) is None
     with pytest.raises(BuildError, match="cannot check that the checkpoint holds every weight"):
@@ -111,16 +102,6 @@ def test_transformers_model_internals_behave_as_dus_relies_on():
     from dus.checks.transformers_check import meta_model
 
     assert decode_special_floats({"a": {"__float__": "Infinity"}, "b": 1})["a"] == float("inf")
-    model = meta_model(
-        {
-            "model_type": "llama",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "vocab_size": 64,
-        }
-    )
+    model = meta_model(TINY_LLAMA)
     assert unsplit_blocks(model) == {"LlamaDecoderLayer"}
     assert isinstance(ignored_when_missing(model), tuple)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from pretrain_helpers import read_jsonl
+from pretrain_helpers import FAST_SCHEDULE, read_jsonl, run_config
 
 import dus.api
 from dus.errors import InputError
@@ -22,20 +22,7 @@ def train(moe, corpus, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "datasets-cache"
 
     def train(output, **options) -> dict:
-        config = {
-            "model": str(moe),
-            "data": [str(corpus["train"])],
-            "output": str(output),
-            "seq_len": 64,
-            "batch_size": 4,
-            "lr": 3e-3,
-            "warmup_steps": 2,
-            "log_every": 1,
-            "cache_dir": str(cache),
-            "max_steps": 3,
-            **options,
-        }
-        return pretrain(config)
+        return pretrain(run_config(moe, corpus, output, cache, **{**FAST_SCHEDULE, "max_steps": 3, **options}))
 
     return train
 
